@@ -1,0 +1,30 @@
+// The per-pair rules of the contrastive core, shared by the CPU and CUDA kernels so
+// that both agree on which pairs are masked, which are positive and which get a bias.
+#pragma once
+#include <cstdint>
+
+#include "macros.h"
+
+namespace fastcl {
+
+// Column j is the anchor itself (row i, shifted into column space by row_offset).
+FASTCL_HD bool is_self(int64_t i, int64_t j, int64_t row_offset, bool exclude_self) {
+  return exclude_self && j == i + row_offset;
+}
+
+// Negative column labels never match: they mark columns that are only ever negatives.
+FASTCL_HD bool is_positive(int64_t row_label, int64_t col_label) {
+  return col_label >= 0 && col_label == row_label;
+}
+
+// A column bias applies to every row, or (with owners) only to the row whose label owns it,
+// as SimCSE's hard-negative weight applies only to a query's own hard negative.
+FASTCL_HD bool bias_applies(const int64_t* owner, int64_t j, int64_t row_label) {
+  return owner == nullptr || owner[j] == row_label;
+}
+
+// Normalisation epsilon (as torch.nn.functional.normalize); norms are computed in fp32 or
+// wider, so it survives fp16 inputs.
+constexpr double kNormEps = 1e-12;
+
+}  // namespace fastcl
