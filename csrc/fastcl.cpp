@@ -26,7 +26,9 @@ PYBIND11_MODULE(_C, m) {
     const fastcl::BuildInfo info = fastcl::build_info();
     pybind11::dict d;
     d["version"] = info.version;
-    d["backends"] = info.backends;
+    pybind11::list backends;
+    for (const std::string& b : info.backends) backends.append(b);
+    d["backends"] = backends;
     d["cuda_version"] = info.cuda_version;
     d["cuda_arch_list"] = info.cuda_arch_list;
     d["cpu_isa"] = info.cpu_isa;

@@ -1,0 +1,340 @@
+// CPU kernels of the contrastive core (semantics: csrc/README.md).
+//
+// Rows are split into blocks; each block streams column tiles, computes the tile of dot
+// products with one BLAS GEMM into a small buffer, and folds it into per-row online
+// log-sum-exp state. The backward visits every (row block, column tile) exactly once:
+// grad_qn rows belong to one block, while grad_kn is accumulated into one partial per
+// chunk of row blocks and summed in chunk order, so there are no atomics and repeated
+// runs are bitwise equal.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "../build_info.h"
+#include "../checks.h"
+#include "../common/contrastive_math.h"
+#include "../common/online_lse.h"
+#include "row_kernels.h"
+
+namespace fastcl {
+namespace {
+
+constexpr int64_t kColTile = 256;               // columns per GEMM tile: a 256 x 256 fp32 tile is 256 KiB
+constexpr int64_t kMaxRowBlock = 256;
+constexpr int64_t kPartialBudget = 64ll << 20;  // bytes of grad_kn partials in flight in the backward
+
+// Everything a row needs to know about the problem, with raw pointers for the hot loops.
+template <typename acc_t>
+struct Problem {
+  int64_t M, L, D;
+  int64_t row_offset;
+  bool exclude_self;
+  const int64_t* row_labels;
+  const int64_t* col_labels;
+  const acc_t* bias;         // nullptr when there is no column bias
+  const int64_t* bias_owner;  // nullptr: the bias applies to every row
+  acc_t scale;
+};
+
+int64_t row_block_size(int64_t M) {
+  // Enough blocks for every thread to have two, so the last block does not leave a core idle.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per_block = (M + 2 * threads - 1) / (2 * threads);
+  return std::clamp<int64_t>((per_block + 15) / 16 * 16, 16, kMaxRowBlock);
+}
+
+// Rows converted to the accumulation type and (optionally) L2-normalised; norms saved.
+struct Normalised {
+  at::Tensor rows;   // (n, D) acc dtype, contiguous
+  at::Tensor norms;  // (n,) acc dtype; empty when not normalising
+};
+
+Normalised normalise_rows(const at::Tensor& x, at::ScalarType acc, bool normalize) {
+  Normalised out;
+  out.rows = x.to(acc).contiguous();
+  if (normalize) {
+    out.norms = out.rows.norm(2, {1});
+    out.rows = out.rows / out.norms.clamp_min(kNormEps).unsqueeze(1);
+  }
+  return out;
+}
+
+// The gradient of x / max(|x|, eps) applied to grad_n (both acc dtype).
+at::Tensor normalise_backward(const at::Tensor& grad_n, const Normalised& n, bool normalize) {
+  if (!normalize) return grad_n;
+  const at::Tensor radial = (grad_n * n.rows).sum(1, /*keepdim=*/true);
+  const at::Tensor norms = n.norms.unsqueeze(1);
+  const at::Tensor projected = (grad_n - radial * n.rows) / norms.clamp_min(kNormEps);
+  return at::where(norms >= kNormEps, projected, grad_n / kNormEps);
+}
+
+// Adds bias and self-mask to one row of a tile, already scaled: s[j] = logit of column c0 + j.
+template <typename acc_t>
+void finish_logits(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, acc_t* s) {
+  if (p.bias != nullptr) {
+    const int64_t label = p.row_labels[i];
+    for (int64_t j = 0; j < bc; ++j) {
+      if (bias_applies(p.bias_owner, c0 + j, label)) s[j] += p.bias[c0 + j];
+    }
+  }
+  if (p.exclude_self) {
+    const int64_t self = i + p.row_offset - c0;
+    if (self >= 0 && self < bc) s[self] = neg_inf<acc_t>();
+  }
+}
+
+// Sum over the positives of row i among columns [c0, c0 + bc) of v[j]; their count in *count.
+template <typename acc_t>
+acc_t positive_sum(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, const acc_t* v,
+                   acc_t* count) {
+  const int64_t label = p.row_labels[i];
+  const int64_t self = p.exclude_self ? i + p.row_offset - c0 : -1;
+  const int64_t* cl = p.col_labels + c0;
+  acc_t sum = 0, n = 0;
+  for (int64_t j = 0; j < bc; ++j) {
+    if (j != self && is_positive(label, cl[j])) {
+      sum += v[j];
+      n += 1;
+    }
+  }
+  *count = n;
+  return sum;
+}
+
+template <typename acc_t>
+at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+template <typename acc_t>
+void forward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Tensor& kn, int64_t r0,
+                  int64_t r1, acc_t* loss, acc_t* lse, acc_t* num_pos) {
+  const int64_t br = r1 - r0;
+  at::Tensor buffer = at::empty({br * kColTile}, qn.options());
+  std::vector<OnlineLSE<acc_t>> state(br);
+  std::vector<acc_t> pos_sum(br, acc_t(0)), pos_count(br, acc_t(0));
+  const at::Tensor q_block = qn.narrow(0, r0, br);
+  for (int64_t c0 = 0; c0 < p.L; c0 += kColTile) {
+    const int64_t bc = std::min(kColTile, p.L - c0);
+    at::Tensor tile = tile_view<acc_t>(buffer, br, bc);
+    at::mm_out(tile, q_block, kn.narrow(0, c0, bc).t());
+    acc_t* s = tile.data_ptr<acc_t>();
+    for (int64_t r = 0; r < br; ++r) {
+      acc_t* row = s + r * bc;
+      const int64_t i = r0 + r;
+      scale_in_place(row, bc, p.scale);
+      finish_logits(p, i, c0, bc, row);
+      acc_t count;
+      pos_sum[r] += positive_sum(p, i, c0, bc, row, &count);
+      pos_count[r] += count;
+      const acc_t m = max_of(row, bc);
+      if (m != neg_inf<acc_t>()) state[r].merge(m, sum_exp_shifted(row, bc, m));
+    }
+  }
+  for (int64_t r = 0; r < br; ++r) {
+    const int64_t i = r0 + r;
+    lse[i] = state[r].value();
+    num_pos[i] = pos_count[r];
+    loss[i] = pos_count[r] > 0 ? lse[i] - pos_sum[r] / pos_count[r] : acc_t(0);
+  }
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const Problem<acc_t>& base,
+                                                            const at::Tensor& qn, const at::Tensor& kn) {
+  const Problem<acc_t> p = base;
+  const auto opts = qn.options();
+  at::Tensor loss = at::empty({p.M}, opts), lse = at::empty({p.M}, opts), num_pos = at::empty({p.M}, opts);
+  acc_t* loss_p = loss.data_ptr<acc_t>();
+  acc_t* lse_p = lse.data_ptr<acc_t>();
+  acc_t* pos_p = num_pos.data_ptr<acc_t>();
+  const int64_t br = row_block_size(p.M);
+  const int64_t blocks = (p.M + br - 1) / br;
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      forward_rows(p, qn, kn, b * br, std::min(p.M, (b + 1) * br), loss_p, lse_p, pos_p);
+    }
+  });
+  return {loss, lse, num_pos};
+}
+
+// One row block against columns [g0, g1): turns each dot-product tile into G (the gradient
+// of the loss with respect to the logits), then adds G kn to grad_qn and G^T qn to the
+// chunk's grad_kn partial. Returns this block's share of sum(G * dot).
+template <typename acc_t>
+double backward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Tensor& kn,
+                     const acc_t* grad, const acc_t* lse, const acc_t* num_pos, int64_t r0, int64_t r1,
+                     int64_t g0, int64_t g1, at::Tensor& buffer, at::Tensor& grad_qn,
+                     at::Tensor& partial) {
+  const int64_t br = r1 - r0;
+  const at::Tensor q_block = qn.narrow(0, r0, br);
+  at::Tensor grad_q_block = grad_qn.narrow(0, r0, br);
+  std::vector<acc_t> logits(kColTile);
+  double dscale = 0;
+  for (int64_t c0 = g0; c0 < g1; c0 += kColTile) {
+    const int64_t bc = std::min(kColTile, g1 - c0);
+    at::Tensor tile = tile_view<acc_t>(buffer, br, bc);
+    at::mm_out(tile, q_block, kn.narrow(0, c0, bc).t());
+    acc_t* s = tile.data_ptr<acc_t>();
+    for (int64_t r = 0; r < br; ++r) {
+      const int64_t i = r0 + r;
+      acc_t* dot = s + r * bc;
+      const acc_t g = grad[i];
+      acc_t count;
+      const acc_t pos_dot = num_pos[i] > 0 ? positive_sum(p, i, c0, bc, dot, &count) : acc_t(0);
+      std::memcpy(logits.data(), dot, bc * sizeof(acc_t));
+      scale_in_place(logits.data(), bc, p.scale);
+      finish_logits(p, i, c0, bc, logits.data());
+      // dot[j] <- g * softmax_ij, and the softmax-weighted sum of dots for the scale gradient.
+      const acc_t weighted = softmax_grad_in_place(logits.data(), dot, bc, lse[i], g);
+      dscale += static_cast<double>(weighted);
+      if (num_pos[i] > 0) {
+        const acc_t share = g / num_pos[i];
+        dscale -= static_cast<double>(share * pos_dot);
+        const int64_t label = p.row_labels[i];
+        const int64_t self = p.exclude_self ? i + p.row_offset - c0 : -1;
+        const int64_t* cl = p.col_labels + c0;
+        for (int64_t j = 0; j < bc; ++j) {
+          if (j != self && is_positive(label, cl[j])) dot[j] -= share;
+        }
+      }
+    }
+    grad_q_block.addmm_(tile, kn.narrow(0, c0, bc));
+    at::Tensor partial_tile = partial.narrow(0, c0 - g0, bc);
+    partial_tile.addmm_(tile.t(), q_block);
+  }
+  return dscale;
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, acc_t> backward_impl(const Problem<acc_t>& p, const at::Tensor& qn,
+                                                        const at::Tensor& kn, const at::Tensor& grad,
+                                                        const at::Tensor& lse, const at::Tensor& num_pos) {
+  const auto opts = qn.options();
+  at::Tensor grad_qn = at::zeros({p.M, p.D}, opts);
+  at::Tensor grad_kn = at::empty({p.L, p.D}, opts);
+  const acc_t* grad_p = grad.data_ptr<acc_t>();
+  const acc_t* lse_p = lse.data_ptr<acc_t>();
+  const acc_t* pos_p = num_pos.data_ptr<acc_t>();
+
+  const int64_t br = row_block_size(p.M);
+  const int64_t blocks = (p.M + br - 1) / br;
+  const int64_t chunks = std::min<int64_t>(blocks, std::max(1, at::get_num_threads()));
+  // Columns per group, so that the chunks' grad_kn partials stay within the budget.
+  const int64_t bytes_per_col = chunks * p.D * static_cast<int64_t>(sizeof(acc_t));
+  int64_t group = std::max<int64_t>(kColTile, kPartialBudget / std::max<int64_t>(1, bytes_per_col));
+  group = std::min(p.L, group / kColTile * kColTile);
+  at::Tensor partials = at::empty({chunks, std::max<int64_t>(group, 1), p.D}, opts);
+  std::vector<at::Tensor> buffers;
+  for (int64_t c = 0; c < chunks; ++c) buffers.push_back(at::empty({br * kColTile}, opts));
+  std::vector<double> dscale(chunks, 0.0);
+
+  for (int64_t g0 = 0; g0 < p.L; g0 += group) {
+    const int64_t g1 = std::min(p.L, g0 + group);
+    partials.zero_();
+    // Chunks, not threads, own the partials, so the split does not depend on scheduling.
+    at::parallel_for(0, chunks, 1, [&](int64_t c_begin, int64_t c_end) {
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        at::Tensor partial = partials[c];
+        for (int64_t b = c * blocks / chunks; b < (c + 1) * blocks / chunks; ++b) {
+          dscale[c] += backward_rows(p, qn, kn, grad_p, lse_p, pos_p, b * br, std::min(p.M, (b + 1) * br),
+                                     g0, g1, buffers[c], grad_qn, partial);
+        }
+      }
+    });
+    grad_kn.narrow(0, g0, g1 - g0).copy_(partials.narrow(1, 0, g1 - g0).sum(0));
+  }
+  double total = 0;
+  for (double d : dscale) total += d;
+  return {grad_qn.mul_(p.scale), grad_kn.mul_(p.scale), static_cast<acc_t>(total)};
+}
+
+template <typename acc_t>
+Problem<acc_t> make_problem(const ContrastiveSizes& sz, const at::Tensor& row_labels,
+                            const at::Tensor& col_labels, const at::Tensor& bias, const at::Tensor& owner,
+                            const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self) {
+  Problem<acc_t> p;
+  p.M = sz.M;
+  p.L = sz.L;
+  p.D = sz.D;
+  p.row_offset = row_offset;
+  p.exclude_self = exclude_self;
+  p.row_labels = row_labels.data_ptr<int64_t>();
+  p.col_labels = col_labels.data_ptr<int64_t>();
+  p.bias = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
+  p.bias_owner = owner.defined() ? owner.data_ptr<int64_t>() : nullptr;
+  p.scale = logit_scale.item<acc_t>();
+  return p;
+}
+
+at::Tensor contiguous_or_empty(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
+    const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
+    const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self, bool normalize) {
+  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner,
+                                                     logit_scale, row_offset, exclude_self);
+  const at::ScalarType acc = loss_dtype(q.scalar_type());
+  const Normalised qn = normalise_rows(q, acc, normalize);
+  const Normalised kn = q.is_same(k) ? qn : normalise_rows(k, acc, normalize);
+  const at::Tensor rl = row_labels.contiguous(), cl = col_labels.contiguous();
+  const at::Tensor bias = contiguous_or_empty(col_bias), owner = contiguous_or_empty(col_bias_owner);
+  if (acc == at::kDouble) {
+    return forward_impl(make_problem<double>(sz, rl, cl, bias, owner, logit_scale, row_offset, exclude_self),
+                        qn.rows, kn.rows);
+  }
+  return forward_impl(make_problem<float>(sz, rl, cl, bias, owner, logit_scale, row_offset, exclude_self),
+                      qn.rows, kn.rows);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
+    const at::Tensor& grad_loss, const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
+    const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
+    const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale, const at::Tensor& lse,
+    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize) {
+  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner,
+                                                     logit_scale, row_offset, exclude_self);
+  check_backward_args(sz, grad_loss, lse, num_pos, q);
+  const at::ScalarType acc = loss_dtype(q.scalar_type());
+  const Normalised qn = normalise_rows(q, acc, normalize);
+  const Normalised kn = q.is_same(k) ? qn : normalise_rows(k, acc, normalize);
+  const at::Tensor rl = row_labels.contiguous(), cl = col_labels.contiguous();
+  const at::Tensor bias = contiguous_or_empty(col_bias), owner = contiguous_or_empty(col_bias_owner);
+  const at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), pos = num_pos.contiguous();
+  at::Tensor grad_qn, grad_kn, grad_scale;
+  if (acc == at::kDouble) {
+    auto [gq, gk, gs] = backward_impl(
+        make_problem<double>(sz, rl, cl, bias, owner, logit_scale, row_offset, exclude_self), qn.rows,
+        kn.rows, grad, lse_c, pos);
+    grad_qn = gq, grad_kn = gk, grad_scale = at::scalar_tensor(gs, q.options().dtype(acc));
+  } else {
+    auto [gq, gk, gs] = backward_impl(
+        make_problem<float>(sz, rl, cl, bias, owner, logit_scale, row_offset, exclude_self), qn.rows,
+        kn.rows, grad, lse_c, pos);
+    grad_qn = gq, grad_kn = gk, grad_scale = at::scalar_tensor(gs, q.options().dtype(acc));
+  }
+  at::Tensor grad_q = normalise_backward(grad_qn, qn, normalize).to(q.scalar_type());
+  at::Tensor grad_k = normalise_backward(grad_kn, kn, normalize).to(k.scalar_type());
+  return {grad_q, grad_k, grad_scale};
+}
+
+}  // namespace
+
+std::string cpu_isa() { return row_kernels_isa(); }
+
+TORCH_LIBRARY_IMPL(fastcl, CPU, m) {
+  m.impl("contrastive_forward", &contrastive_forward_cpu);
+  m.impl("contrastive_backward", &contrastive_backward_cpu);
+}
+
+}  // namespace fastcl

@@ -1,0 +1,108 @@
+// Row loops of the CPU contrastive kernels. Reductions keep kLanes independent partial
+// results so the compiler can vectorise them without -ffast-math, and so the summation
+// order (hence the result) is fixed.
+#include "row_kernels.h"
+
+#include <cmath>
+#include <limits>
+
+#include "../common/fast_exp.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTCL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FASTCL_CLONES
+#endif
+
+namespace fastcl {
+namespace {
+constexpr int64_t kLanes = 16;
+}
+
+FASTCL_CLONES void scale_in_place(float* s, int64_t n, float scale) {
+  for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+}
+
+void scale_in_place(double* s, int64_t n, double scale) {
+  for (int64_t j = 0; j < n; ++j) s[j] *= scale;
+}
+
+FASTCL_CLONES float max_of(const float* s, int64_t n) {
+  float lane[kLanes];
+  for (int64_t u = 0; u < kLanes; ++u) lane[u] = -std::numeric_limits<float>::infinity();
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t u = 0; u < kLanes; ++u) lane[u] = s[j + u] > lane[u] ? s[j + u] : lane[u];
+  }
+  for (; j < n; ++j) lane[0] = s[j] > lane[0] ? s[j] : lane[0];
+  float m = lane[0];
+  for (int64_t u = 1; u < kLanes; ++u) m = lane[u] > m ? lane[u] : m;
+  return m;
+}
+
+double max_of(const double* s, int64_t n) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t j = 0; j < n; ++j) m = s[j] > m ? s[j] : m;
+  return m;
+}
+
+FASTCL_CLONES float sum_exp_shifted(const float* s, int64_t n, float m) {
+  float lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t u = 0; u < kLanes; ++u) lane[u] += fast_expf(s[j + u] - m);
+  }
+  for (; j < n; ++j) lane[0] += fast_expf(s[j] - m);
+  float total = 0;
+  for (int64_t u = 0; u < kLanes; ++u) total += lane[u];
+  return total;
+}
+
+double sum_exp_shifted(const double* s, int64_t n, double m) {
+  double total = 0;
+  for (int64_t j = 0; j < n; ++j) total += std::exp(s[j] - m);
+  return total;
+}
+
+FASTCL_CLONES float softmax_grad_in_place(const float* logits, float* dot, int64_t n, float lse, float g) {
+  float lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t u = 0; u < kLanes; ++u) {
+      const float p = fast_expf(logits[j + u] - lse);
+      lane[u] += p * dot[j + u];
+      dot[j + u] = g * p;
+    }
+  }
+  for (; j < n; ++j) {
+    const float p = fast_expf(logits[j] - lse);
+    lane[0] += p * dot[j];
+    dot[j] = g * p;
+  }
+  float total = 0;
+  for (int64_t u = 0; u < kLanes; ++u) total += lane[u];
+  return g * total;
+}
+
+double softmax_grad_in_place(const double* logits, double* dot, int64_t n, double lse, double g) {
+  double total = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const double p = std::exp(logits[j] - lse);
+    total += p * dot[j];
+    dot[j] = g * p;
+  }
+  return g * total;
+}
+
+std::string row_kernels_isa() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return "avx512 (x86-64-v4)";
+  if (__builtin_cpu_supports("x86-64-v3")) return "avx2+fma (x86-64-v3)";
+  return "baseline (x86-64)";
+#else
+  return "baseline (compiler auto-vectorisation)";
+#endif
+}
+
+}  // namespace fastcl

@@ -1,0 +1,27 @@
+// Vectorised loops over one row of a logit tile, for the CPU contrastive kernels.
+// The float versions are compiled for several x86 ISA levels and picked at load time.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace fastcl {
+
+void scale_in_place(float* s, int64_t n, float scale);
+void scale_in_place(double* s, int64_t n, double scale);
+
+// Maximum of s[0..n); -inf for an all-masked row.
+float max_of(const float* s, int64_t n);
+double max_of(const double* s, int64_t n);
+
+// sum_j exp(s[j] - m), with m finite.
+float sum_exp_shifted(const float* s, int64_t n, float m);
+double sum_exp_shifted(const double* s, int64_t n, double m);
+
+// With p_j = exp(logits[j] - lse): returns g * sum_j p_j * dot[j] and overwrites dot[j] with g * p_j.
+float softmax_grad_in_place(const float* logits, float* dot, int64_t n, float lse, float g);
+double softmax_grad_in_place(const double* logits, double* dot, int64_t n, double lse, double g);
+
+// Which clone of the float loops this CPU runs ("avx512", "avx2+fma" or "baseline").
+std::string row_kernels_isa();
+
+}  // namespace fastcl

@@ -1,0 +1,108 @@
+"""Build configuration shared by setup.py (ahead of time) and the JIT loader.
+
+Loaded by setup.py straight from its file (the package is not importable before it is
+built), so it imports nothing from fastcl. Knobs: FASTCL_FORCE_CUDA, CUDA_HOME,
+TORCH_CUDA_ARCH_LIST, MAX_JOBS (read by torch), FASTCL_DEBUG.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"  # Ampere and Hopper machine code, PTX for newer GPUs
+
+
+def _flag(name: str) -> str | None:
+    value = os.environ.get(name)
+    return None if value is None or value == "" else value
+
+
+def cuda_home() -> str | None:
+    home = _flag("CUDA_HOME") or _flag("CUDA_PATH")
+    if home is None and os.path.exists("/usr/local/cuda"):
+        home = "/usr/local/cuda"
+    if home is None:
+        nvcc = shutil.which("nvcc")
+        home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc))) if nvcc else None
+    return home
+
+
+def want_cuda() -> bool:
+    """FASTCL_FORCE_CUDA=1 forces the CUDA sources, =0 forbids them; unset: when nvcc exists."""
+    import torch
+
+    force = _flag("FASTCL_FORCE_CUDA")
+    if force is not None:
+        if force not in ("0", "1"):
+            raise ValueError(f"FASTCL_FORCE_CUDA must be 0 or 1, got {force!r}")
+        if force == "1" and torch.version.cuda is None:
+            raise RuntimeError("FASTCL_FORCE_CUDA=1 but this torch build has no CUDA support")
+        return force == "1"
+    home = cuda_home()
+    return torch.version.cuda is not None and home is not None and os.path.exists(
+        os.path.join(home, "bin", "nvcc")
+    )
+
+
+def debug() -> bool:
+    return _flag("FASTCL_DEBUG") == "1"
+
+
+def arch_list() -> str:
+    """The arch list torch will compile for; set it in the environment so torch reads the same."""
+    import torch
+
+    chosen = _flag("TORCH_CUDA_ARCH_LIST")
+    if chosen is None and not torch.cuda.is_available():
+        chosen = DEFAULT_ARCH_LIST  # no GPU to read the arch off: build the supported range
+        os.environ["TORCH_CUDA_ARCH_LIST"] = chosen
+    if chosen is None:
+        major, minor = torch.cuda.get_device_capability()
+        chosen = f"{major}.{minor}"
+    return chosen
+
+
+def sources(with_cuda: bool) -> list[str]:
+    found = [os.path.join(CSRC, "fastcl.cpp")]
+    found += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    if with_cuda:
+        found += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+    return found
+
+
+def compile_args(with_cuda: bool, version: str) -> tuple[dict[str, list[str]], list[str]]:
+    """(extra_compile_args, extra_link_args). No nvcc flag may contain 'arch': torch would
+    then drop its own -gencode flags built from TORCH_CUDA_ARCH_LIST."""
+    import torch
+
+    opt = ["-O0", "-g"] if debug() else ["-O3"]
+    defines = [f'-DFASTCL_VERSION="{version}"']
+    if debug():
+        defines.append("-DFASTCL_DEBUG")
+    if with_cuda:
+        arches = arch_list().replace(";", ",").replace(" ", ",")
+        defines += ["-DWITH_CUDA", f'-DFASTCL_CUDA_ARCH_LIST="{arches}"',
+                    f'-DCUDA_VERSION_STRING="{torch.version.cuda}"']
+    cxx = opt + defines + ["-fopenmp", "-Wno-unused-function"]
+    args = {"cxx": cxx}
+    if with_cuda:
+        args["nvcc"] = opt + defines + ["-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+    return args, ["-fopenmp"]
+
+
+def describe(with_cuda: bool) -> str:
+    import torch
+
+    lines = [
+        f"torch {torch.__version__} (CUDA {torch.version.cuda})",
+        f"build CUDA kernels: {with_cuda} (FASTCL_FORCE_CUDA={_flag('FASTCL_FORCE_CUDA')})",
+        f"CUDA_HOME: {cuda_home()}",
+        f"TORCH_CUDA_ARCH_LIST: {arch_list() if with_cuda else '(unused)'}",
+        f"MAX_JOBS: {_flag('MAX_JOBS')}",
+        f"FASTCL_DEBUG: {debug()}",
+    ]
+    return "\n".join("fastcl build: " + line for line in lines)

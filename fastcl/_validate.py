@@ -1,0 +1,80 @@
+"""Input checks for the public loss API: clear ValueError/TypeError naming the argument."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def embeddings(name: str, x, ndims: tuple[int, ...] = (2,)) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in ndims:
+        shapes = " or ".join({2: "(N, D)", 3: "(N, V, D)"}[n] for n in ndims)
+        raise ValueError(f"{name} must have shape {shapes}, got {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
+    if x.dtype == torch.float64 and x.device.type == "cuda":
+        raise TypeError(f"{name}: float64 is supported on CPU only (for gradcheck); use float32 on CUDA")
+    if x.shape[-1] < 1:
+        raise ValueError(f"{name} must have at least one feature (D >= 1), got shape {tuple(x.shape)}")
+    return x.contiguous()
+
+
+def same_kind(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}; move them to one device")
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but {ref_name} has {ref.dtype}; cast them to one dtype")
+    if x.shape[-1] != ref.shape[-1]:
+        raise ValueError(f"{name} has feature size D={x.shape[-1]} but {ref_name} has D={ref.shape[-1]}")
+
+
+def labels(name: str, y, n: int, ref: Tensor) -> Tensor:
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer class labels, got {type(y).__name__}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer class labels, got {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), one label per sample, got {tuple(y.shape)}")
+    if y.device != ref.device:
+        raise ValueError(f"{name} is on {y.device} but the embeddings are on {ref.device}")
+    if not _compiling() and n > 0 and bool((y < 0).any()):
+        raise ValueError(f"{name} must be non-negative class labels")
+    return y.to(torch.int64)
+
+
+def temperature(t: Union[float, Tensor]) -> None:
+    if isinstance(t, Tensor):
+        if t.dim() != 0 or not t.dtype.is_floating_point:
+            raise ValueError(f"temperature must be a float or a 0-dim floating tensor, got {t.dtype} {tuple(t.shape)}")
+        if _compiling():
+            return
+        value = float(t.detach())
+    elif isinstance(t, (int, float)) and not isinstance(t, bool):
+        value = float(t)
+    else:
+        raise TypeError(f"temperature must be a float or a 0-dim tensor, got {type(t).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {value}")
+
+
+def reduction(r: str) -> None:
+    if r not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {r!r}")
+
+
+def finite_weight(name: str, w: float) -> None:
+    if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
+        raise ValueError(f"{name} must be a finite float, got {w!r}")
+

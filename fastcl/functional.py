@@ -1,0 +1,161 @@
+"""Functional contrastive losses: NT-Xent (SimCLR), SupCon, InfoNCE (SimCSE, CLIP).
+
+Each builds the row/column labels of the fused core (fastcl.ops.contrastive) and reduces
+its per-row losses. The losses are returned in float32 (float64 for float64 inputs)."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from . import _validate, ops
+
+Temperature = Union[float, Tensor]
+
+
+def _logit_scale(temperature: Temperature, like: Tensor) -> Tensor:
+    """1 / temperature as a 0-dim tensor on the embeddings' device, differentiable when the
+    temperature is a tensor that requires grad."""
+    _validate.temperature(temperature)
+    dtype = ops.loss_dtype(like.dtype)
+    if isinstance(temperature, Tensor):
+        return (1.0 / temperature.to(device=like.device, dtype=dtype)).reshape(())
+    return torch.full((), 1.0 / float(temperature), dtype=dtype, device=like.device)
+
+
+def _reduce(loss: Tensor, num_pos: Tensor, reduction: str, allow_no_positive: bool) -> Tensor:
+    has_pos = num_pos > 0
+    if not allow_no_positive:
+        if torch.compiler.is_compiling():
+            # No host sync inside a graph: an anchor without a positive poisons the loss instead.
+            loss = torch.where(has_pos, loss, torch.full_like(loss, float("nan")))
+        elif not bool(has_pos.all()):
+            bad = int((~has_pos).sum())
+            raise ValueError(
+                f"{bad} anchor(s) have no positive (no other sample with the same label); "
+                "pass allow_no_positive=True to skip them")
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if allow_no_positive:
+        return loss.sum() / has_pos.sum().clamp_min(1).to(loss.dtype)
+    return loss.mean()
+
+
+def nt_xent(
+    z1: Tensor,
+    z2: Optional[Tensor] = None,
+    *,
+    labels: Optional[Tensor] = None,
+    temperature: Temperature = 0.5,
+    normalize: bool = True,
+    reduction: str = "mean",
+    allow_no_positive: bool = False,
+    impl: str = "auto",
+) -> Tensor:
+    """NT-Xent (SimCLR) and its supervised / multi-view form (SupCon L_out).
+
+    - ``nt_xent(z1, z2)``: z1, z2 (N, D) are two views; each of the 2N rows is an anchor whose
+      positive is the other view of its sample and whose negatives are the other 2N - 2 rows.
+    - ``nt_xent(z)`` with z (N, V, D): V views per sample, every other view is a positive.
+    - ``nt_xent(z, labels=y)`` with z (M, D) and y (M,), or z (N, V, D) and y (N,): positives
+      are all other rows with the same label (SupCon); with z1, z2 and y (N,) as well.
+
+    reduction "none" returns one loss per anchor, in the row order [z1; z2] (or view-major
+    for (N, V, D) input, as torch.cat(torch.unbind(z, 1)))."""
+    _validate.reduction(reduction)
+    z1 = _validate.embeddings("z1" if z2 is not None else "z", z1, (2,) if z2 is not None else (2, 3))
+    if z2 is not None:
+        z2 = _validate.embeddings("z2", z2)
+        _validate.same_kind("z2", z2, "z1", z1)
+        if z2.shape != z1.shape:
+            raise ValueError(f"z1 and z2 must have the same shape (N, D), got {tuple(z1.shape)} and "
+                             f"{tuple(z2.shape)}")
+    n = z1.shape[0]  # samples (rows, for (M, D) input with labels)
+    if z2 is not None or z1.dim() == 3:
+        # Views are stacked view-major: rows [view 0 of all samples; view 1; ...].
+        views = 2 if z2 is not None else z1.shape[1]
+        rows = torch.cat([z1, z2]) if z2 is not None else z1.transpose(0, 1).reshape(views * n, z1.shape[2])
+        if labels is None:
+            if views < 2:
+                raise ValueError(f"z must have at least 2 views per sample without labels, got shape "
+                                 f"{tuple(z1.shape)}")
+            labels = torch.arange(n, device=z1.device)
+        else:
+            labels = _validate.labels("labels", labels, n, z1)
+        labels = labels.repeat(views)
+    else:
+        if labels is None:
+            raise ValueError("nt_xent(z) with z of shape (M, D) needs labels=...; pass z1, z2 for two views")
+        rows = z1
+        labels = _validate.labels("labels", labels, n, z1)
+    if n < 2:
+        raise ValueError(f"NT-Xent needs a batch of at least 2 samples so that every anchor has a negative, "
+                         f"got N={n}")
+    loss, num_pos = ops.contrastive(rows, rows, labels, labels, _logit_scale(temperature, rows),
+                                    exclude_self=True, normalize=normalize, impl=impl)
+    return _reduce(loss, num_pos, reduction, allow_no_positive)
+
+
+def info_nce(
+    query: Tensor,
+    positive_key: Tensor,
+    negative_keys: Optional[Tensor] = None,
+    *,
+    temperature: Temperature = 0.1,
+    symmetric: bool = False,
+    hard_negative_weight: float = 0.0,
+    normalize: bool = True,
+    reduction: str = "mean",
+    impl: str = "auto",
+) -> Tensor:
+    """InfoNCE: query i against keys [positive_key; negative_keys], its positive is key i.
+
+    - SimCSE: ``info_nce(z1, z2)`` (unsupervised), ``info_nce(z1, z2, z3)`` (hard negatives
+      z3 (M, D), one per query); ``hard_negative_weight`` adds that logit to each query's own
+      hard negative, as in the SimCSE code.
+    - CLIP: ``info_nce(img, txt, symmetric=True)`` averages image->text and text->image."""
+    _validate.reduction(reduction)
+    _validate.finite_weight("hard_negative_weight", hard_negative_weight)
+    query = _validate.embeddings("query", query)
+    positive_key = _validate.embeddings("positive_key", positive_key)
+    _validate.same_kind("positive_key", positive_key, "query", query)
+    m = query.shape[0]
+    if positive_key.shape[0] != m:
+        raise ValueError(f"query and positive_key must have the same batch size, got {m} and "
+                         f"{positive_key.shape[0]}")
+    if m < 1:
+        raise ValueError("query must hold at least one row")
+    row_labels = torch.arange(m, device=query.device)
+    keys, col_labels, col_bias, owner = positive_key, row_labels, None, None
+    if negative_keys is not None:
+        if symmetric:
+            raise ValueError("symmetric=True is defined for paired data only; drop negative_keys")
+        negative_keys = _validate.embeddings("negative_keys", negative_keys)
+        _validate.same_kind("negative_keys", negative_keys, "query", query)
+        extra = negative_keys.shape[0]
+        keys = torch.cat([positive_key, negative_keys])
+        col_labels = torch.cat([row_labels, torch.full((extra,), -1, device=query.device, dtype=torch.int64)])
+        if hard_negative_weight != 0.0:
+            if extra != m:
+                raise ValueError("hard_negative_weight needs one hard negative per query: negative_keys must "
+                                 f"have {m} rows, got {extra}")
+            dtype = ops.loss_dtype(query.dtype)
+            col_bias = torch.cat([torch.zeros(m, dtype=dtype, device=query.device),
+                                  torch.full((m,), float(hard_negative_weight), dtype=dtype, device=query.device)])
+            owner = torch.cat([row_labels, row_labels])
+    elif hard_negative_weight != 0.0:
+        raise ValueError("hard_negative_weight needs negative_keys")
+    elif m < 2:
+        raise ValueError("InfoNCE without negative_keys needs at least 2 pairs so that a query has a negative")
+    scale = _logit_scale(temperature, query)
+    loss, num_pos = ops.contrastive(query, keys, row_labels, col_labels, scale, col_bias=col_bias,
+                                    col_bias_owner=owner, normalize=normalize, impl=impl)
+    if symmetric:
+        loss_t, _ = ops.contrastive(positive_key, query, row_labels, row_labels, scale, normalize=normalize,
+                                    impl=impl)
+        loss = (loss + loss_t) / 2
+    return _reduce(loss, num_pos, reduction, allow_no_positive=False)

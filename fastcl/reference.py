@@ -1,0 +1,96 @@
+"""Pure-PyTorch implementations: the test oracle, the fallback path and the benchmark baseline.
+
+They materialise the full logit matrix, which is exactly what the fused kernels avoid."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NORM_EPS = 1e-12  # as F.normalize; csrc/common/contrastive_math.h uses the same
+
+
+def contrastive(
+    q: Tensor,
+    k: Tensor,
+    row_labels: Tensor,
+    col_labels: Tensor,
+    logit_scale: Tensor,
+    *,
+    col_bias: Optional[Tensor] = None,
+    col_bias_owner: Optional[Tensor] = None,
+    row_offset: int = 0,
+    exclude_self: bool = False,
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(per-row loss, positive count) of the contrastive core, computed in the loss dtype."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    qn, kn = q.to(acc), k.to(acc)
+    if normalize:
+        qn, kn = F.normalize(qn, dim=1, eps=NORM_EPS), F.normalize(kn, dim=1, eps=NORM_EPS)
+    logits = logit_scale.to(acc) * (qn @ kn.T)
+    rows = torch.arange(q.shape[0], device=q.device)
+    cols = torch.arange(k.shape[0], device=q.device)
+    if col_bias is not None:
+        applies = torch.ones_like(logits, dtype=torch.bool)
+        if col_bias_owner is not None:
+            applies = col_bias_owner[None, :] == row_labels[:, None]
+        logits = logits + torch.where(applies, col_bias.to(acc)[None, :], 0.0)
+    excluded = (cols[None, :] == rows[:, None] + row_offset) if exclude_self else torch.zeros_like(
+        logits, dtype=torch.bool)
+    logits = logits.masked_fill(excluded, float("-inf"))
+    positive = (col_labels[None, :] == row_labels[:, None]) & (col_labels[None, :] >= 0) & ~excluded
+    num_pos = positive.sum(1).to(acc)
+    lse = torch.logsumexp(logits, dim=1)
+    pos_mean = torch.where(positive, logits, 0.0).sum(1) / num_pos.clamp_min(1)
+    loss = torch.where(num_pos > 0, lse - pos_mean, 0.0)
+    return loss, num_pos
+
+
+def nt_xent_naive(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+    """The NT-Xent loss as users write it: normalize, matmul, mask the diagonal, cross-entropy."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    logits = (z @ z.T) / temperature
+    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(logits, targets)
+
+
+def simcse_loss(z1: Tensor, z2: Tensor, z3: Optional[Tensor] = None, temperature: float = 0.05,
+                hard_negative_weight: float = 0.0) -> Tensor:
+    """The SimCSE code's formulation: cosine matrix / temperature, hard negatives appended,
+    their weight added on each query's own hard negative, cross-entropy over keys."""
+    cos_sim = F.cosine_similarity(z1.unsqueeze(1), z2.unsqueeze(0), dim=-1) / temperature
+    if z3 is not None:
+        z1_z3_cos = F.cosine_similarity(z1.unsqueeze(1), z3.unsqueeze(0), dim=-1) / temperature
+        cos_sim = torch.cat([cos_sim, z1_z3_cos], 1)
+        weights = torch.zeros_like(cos_sim)
+        m = z1_z3_cos.shape[1]
+        weights[:, z2.shape[0]:] = torch.eye(z1.shape[0], m, device=z1.device) * hard_negative_weight
+        cos_sim = cos_sim + weights
+    labels = torch.arange(cos_sim.shape[0], device=z1.device)
+    return F.cross_entropy(cos_sim, labels)
+
+
+def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1) -> Tensor:
+    """SupCon L_out (Khosla et al.) on rows `features` (M, D) with labels (M,): mean over
+    anchors of the mean over positives of -log softmax, the anchor itself excluded."""
+    z = F.normalize(features, dim=1)
+    logits = (z @ z.T) / temperature
+    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(eye, float("-inf"))
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & ~eye
+    per_anchor = -torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1)
+    return per_anchor.mean()
+
+
+def clip_loss(image: Tensor, text: Tensor, temperature: float = 0.07) -> Tensor:
+    """CLIP's symmetric loss: cross-entropy over texts for each image and over images for each text."""
+    logits = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
+    labels = torch.arange(image.shape[0], device=image.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
