@@ -87,7 +87,8 @@ def compile_args(with_cuda: bool, version: str) -> tuple[dict[str, list[str]], l
         arches = arch_list().replace(";", ",").replace(" ", ",")
         defines += ["-DWITH_CUDA", f'-DFASTCL_CUDA_ARCH_LIST="{arches}"',
                     f'-DCUDA_VERSION_STRING="{torch.version.cuda}"']
-    cxx = opt + defines + ["-fopenmp", "-Wno-unused-function"]
+    # No trapping math: lets the compiler if-convert and vectorise the clamps in the row loops.
+    cxx = opt + defines + ["-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wno-unused-function"]
     args = {"cxx": cxx}
     if with_cuda:
         args["nvcc"] = opt + defines + ["-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]

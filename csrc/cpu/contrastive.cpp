@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -29,6 +30,12 @@ namespace {
 constexpr int64_t kColTile = 256;               // columns per GEMM tile: a 256 x 256 fp32 tile is 256 KiB
 constexpr int64_t kMaxRowBlock = 256;
 constexpr int64_t kPartialBudget = 64ll << 20;  // bytes of grad_kn partials in flight in the backward
+
+// FASTCL_CPU_PARTIAL_BYTES overrides the budget (the tests shrink it to exercise column groups).
+int64_t partial_budget() {
+  const char* env = std::getenv("FASTCL_CPU_PARTIAL_BYTES");
+  return env != nullptr ? std::max<long long>(1, std::atoll(env)) : kPartialBudget;
+}
 
 // Everything a row needs to know about the problem, with raw pointers for the hot loops.
 template <typename acc_t>
@@ -58,7 +65,7 @@ struct Normalised {
 
 Normalised normalise_rows(const at::Tensor& x, at::ScalarType acc, bool normalize) {
   Normalised out;
-  out.rows = x.to(acc).contiguous();
+  out.rows = x.detach().to(acc).contiguous();  // detached: the ATen calls below see no autograd history
   if (normalize) {
     out.norms = out.rows.norm(2, {1});
     out.rows = out.rows / out.norms.clamp_min(kNormEps).unsqueeze(1);
@@ -186,7 +193,7 @@ double backward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Te
     for (int64_t r = 0; r < br; ++r) {
       const int64_t i = r0 + r;
       acc_t* dot = s + r * bc;
-      const acc_t g = grad[i];
+      const acc_t g = num_pos[i] > 0 ? grad[i] : acc_t(0);  // a row without positives has loss 0
       acc_t count;
       const acc_t pos_dot = num_pos[i] > 0 ? positive_sum(p, i, c0, bc, dot, &count) : acc_t(0);
       std::memcpy(logits.data(), dot, bc * sizeof(acc_t));
@@ -229,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor, acc_t> backward_impl(const Problem<acc_t>& p,
   const int64_t chunks = std::min<int64_t>(blocks, std::max(1, at::get_num_threads()));
   // Columns per group, so that the chunks' grad_kn partials stay within the budget.
   const int64_t bytes_per_col = chunks * p.D * static_cast<int64_t>(sizeof(acc_t));
-  int64_t group = std::max<int64_t>(kColTile, kPartialBudget / std::max<int64_t>(1, bytes_per_col));
+  int64_t group = std::max<int64_t>(kColTile, partial_budget() / std::max<int64_t>(1, bytes_per_col));
   group = std::min(p.L, group / kColTile * kColTile);
   at::Tensor partials = at::empty({chunks, std::max<int64_t>(group, 1), p.D}, opts);
   std::vector<at::Tensor> buffers;

@@ -1,0 +1,45 @@
+"""Devices, seeds, markers and the per-dtype accuracy criterion shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastcl
+
+HAS_CUDA = torch.cuda.is_available() and fastcl.has_cuda_ops()
+cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and fastcl's CUDA kernels")
+
+# Every test that takes `device` runs on the CPU and, marked `cuda`, on the GPU (its twin).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda])]
+
+# Absolute slack on top of twice plain PyTorch's own error (the apple/ml-cross-entropy criterion).
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def dtypes_for(device: str):
+    return [torch.float64, torch.float32, torch.float16, torch.bfloat16] if device == "cpu" else [
+        torch.float32, torch.float16, torch.bfloat16]
+
+
+def assert_close_to_truth(actual, truth, baseline, dtype, what="value"):
+    """|actual - truth| <= 2 |baseline - truth| + tol[dtype], elementwise; truth is fp64 and
+    baseline is plain PyTorch run in the test dtype. Reports how many elements fail and where."""
+    actual, truth, baseline = (t.detach().double().cpu() for t in (actual, truth, baseline))
+    assert actual.shape == truth.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(truth.shape)}"
+    assert torch.isfinite(actual).all(), f"{what}: non-finite values"
+    err = (actual - truth).abs()
+    allowed = 2 * (baseline - truth).abs() + TOL[dtype] * (1 + truth.abs())
+    bad = err > allowed
+    if bad.any():
+        idx = bad.nonzero()[0].tolist()
+        raise AssertionError(
+            f"{what} ({dtype}): {int(bad.sum())}/{bad.numel()} elements off; worst error {err.max():.3g}; "
+            f"first at {idx}: got {actual[tuple(idx)]:.6g}, truth {truth[tuple(idx)]:.6g}, "
+            f"plain PyTorch {baseline[tuple(idx)]:.6g}")
