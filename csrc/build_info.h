@@ -3,11 +3,14 @@
 #include <string>
 #include <vector>
 
-#ifndef FASTCL_VERSION
+// The build passes bare tokens (FASTCL_VERSION_RAW=0.1.0, FASTCL_CUDA_ARCH_LIST_RAW=8.0,9.0+PTX):
+// quotes do not survive every build path, so they are stringised here.
+#define FASTCL_STR_(...) #__VA_ARGS__
+#define FASTCL_STR(...) FASTCL_STR_(__VA_ARGS__)
+#ifdef FASTCL_VERSION_RAW
+#define FASTCL_VERSION FASTCL_STR(FASTCL_VERSION_RAW)
+#else
 #define FASTCL_VERSION "unknown"
-#endif
-#ifndef FASTCL_CUDA_ARCH_LIST
-#define FASTCL_CUDA_ARCH_LIST ""
 #endif
 
 namespace fastcl {
@@ -29,10 +32,8 @@ inline BuildInfo build_info() {
   info.backends.push_back("cpu");
 #ifdef WITH_CUDA
   info.backends.push_back("cuda");
-#ifdef CUDA_VERSION_STRING
-  info.cuda_version = CUDA_VERSION_STRING;
-#endif
-  info.cuda_arch_list = FASTCL_CUDA_ARCH_LIST;
+  info.cuda_version = FASTCL_STR(FASTCL_CUDA_VERSION_RAW);
+  info.cuda_arch_list = FASTCL_STR(FASTCL_CUDA_ARCH_LIST_RAW);
 #endif
   info.cpu_isa = cpu_isa();
 #ifdef FASTCL_DEBUG

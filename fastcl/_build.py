@@ -80,13 +80,14 @@ def compile_args(with_cuda: bool, version: str) -> tuple[dict[str, list[str]], l
     import torch
 
     opt = ["-O0", "-g"] if debug() else ["-O3"]
-    defines = [f'-DFASTCL_VERSION="{version}"']
+    # Values travel unquoted (the JIT path would strip the quotes) and are stringised in build_info.h.
+    defines = [f"-DFASTCL_VERSION_RAW={version}"]
     if debug():
         defines.append("-DFASTCL_DEBUG")
     if with_cuda:
         arches = arch_list().replace(";", ",").replace(" ", ",")
-        defines += ["-DWITH_CUDA", f'-DFASTCL_CUDA_ARCH_LIST="{arches}"',
-                    f'-DCUDA_VERSION_STRING="{torch.version.cuda}"']
+        defines += ["-DWITH_CUDA", f"-DFASTCL_CUDA_ARCH_LIST_RAW={arches}",
+                    f"-DFASTCL_CUDA_VERSION_RAW={torch.version.cuda}"]
     # No trapping math: lets the compiler if-convert and vectorise the clamps in the row loops.
     cxx = opt + defines + ["-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wno-unused-function"]
     args = {"cxx": cxx}
