@@ -90,6 +90,15 @@ def has_cuda_ops() -> bool:
     return has_ops() and "cuda" in build_info().get("backends", [])
 
 
+_warned: set = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn("fastcl: " + message, RuntimeWarning, stacklevel=3)
+
+
 def build_info() -> dict:
     load()
     info = {"version": __version__, "source": _state["source"]}

@@ -76,6 +76,9 @@ def contrastive(
         raise ValueError(f"impl must be 'auto', 'fastcl' or 'torch', got {impl!r}")
     if impl == "fastcl":
         _extension.assert_has_ops()
+    if impl == "auto" and q.is_cuda and not _extension.has_cuda_ops():
+        _extension.warn_once("fastcl was built without CUDA kernels; CUDA inputs use the pure-PyTorch path")
+        impl = "torch"
     if impl == "torch" or not _extension.has_ops():
         return reference.contrastive(q, k, row_labels, col_labels, logit_scale, col_bias=col_bias,
                                      col_bias_owner=col_bias_owner, row_offset=row_offset,

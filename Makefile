@@ -1,0 +1,45 @@
+# The two commands README.md names: `make demo` and `make test`. Each creates .venv, installs the
+# pinned torch and the package (building the kernels), then runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+export CUDA_HOME ?= /usr/local/cuda
+export MAX_JOBS ?= 2
+
+.PHONY: setup build demo test bench gpu-check clean
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN) numpy pybind11 ninja setuptools wheel pytest pytest-benchmark psutil
+	touch $@
+
+# A development install: the repository on the venv's path, fastcl._C built in place, so that
+# `make build` recompiles only what changed (users run `pip install --no-build-isolation .`).
+$(VENV)/.installed: $(VENV)/.deps
+	$(PY) -c "import site, sys; open(site.getsitepackages()[0] + '/fastcl-dev.pth', 'w').write(sys.argv[1])" "$(CURDIR)"
+	touch $@
+
+setup: $(VENV)/.installed
+
+build: setup
+	$(PY) setup.py --quiet build_ext --inplace
+
+demo: build
+	$(PY) -m fastcl info
+	$(PY) -m fastcl demo
+
+test: build
+	$(PY) -m fastcl info
+	$(PY) -m pytest tests -q
+
+bench: build
+	$(PY) -m pytest benchmarks/bench_ntxent.py -q --benchmark-json=benchmarks/latest.json
+	$(PY) benchmarks/report.py benchmarks/latest.json
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf build fastcl/_C*.so *.egg-info

@@ -1,0 +1,55 @@
+"""Turns pytest-benchmark JSON from bench_ntxent.py into a markdown table: median times,
+the speed-up and memory ratio of fastcl over the naive loss measured in the same run.
+
+    python benchmarks/report.py bench.json [--out table.md]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+
+
+def _mib(n):
+    return "n/a" if n is None else f"{n / 2**20:,.1f}"
+
+
+def table(data: dict) -> str:
+    cells = defaultdict(dict)
+    hardware = set()
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        key = (info["device"], info["dtype"], info["passes"], info["rows"], info["dim"])
+        cells[key][info["impl"]] = (bench["stats"]["median"], info.get("peak_bytes"))
+        hardware.add(f"{info['hardware']}, torch {info['torch']}, fastcl {info['fastcl']}, {info['date']}")
+    lines = ["Hardware: " + "; ".join(sorted(hardware)), "",
+             "| device | dtype | pass | 2N | D | naive ms | fastcl ms | speed-up | naive peak MiB | "
+             "fastcl peak MiB | fastcl / naive memory |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in sorted(cells):
+        row = cells[key]
+        if "naive" not in row or "fastcl" not in row:
+            continue
+        (t_n, m_n), (t_f, m_f) = row["naive"], row["fastcl"]
+        mem_ratio = "n/a" if not m_n or m_f is None else f"{100 * m_f / m_n:.1f}%"
+        device, dtype, passes, rows, dim = key
+        lines.append(f"| {device} | {dtype} | {passes} | {rows} | {dim} | {t_n * 1e3:,.1f} | {t_f * 1e3:,.1f} | "
+                     f"{t_n / t_f:.2f}x | {_mib(m_n)} | {_mib(m_f)} | {mem_ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("json")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    with open(args.json) as f:
+        text = table(json.load(f))
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

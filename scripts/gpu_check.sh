@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# One call that verifies fastcl's CUDA path on a GPU machine, from the repository root:
+# build in place for the local GPU (sm_90 on Hopper), run the CUDA-marked tests, a
+# compute-sanitizer memcheck over one small forward+backward, and the CUDA benchmarks.
+# Logs, pytest-benchmark JSON and a markdown summary go to $OUT (default ./gpu-results).
+# Uses the machine's python3 and packages (torch with CUDA, ninja, pybind11, pytest,
+# pytest-benchmark); downloads nothing. Budget: under 8 minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu-results}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1 FASTCL_FORCE_CUDA=1 FASTCL_STRICT=1
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+SUMMARY="$OUT/summary.md"
+status=0
+step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
+record() { echo "- $1: $2" >> "$SUMMARY"; }
+
+echo "# fastcl GPU check $(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$SUMMARY"
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
+record "GPU" "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+
+step "build fastcl._C in place (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+if timeout 300 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
+  record "build" "ok"
+else
+  tail -40 "$OUT/build.log"; record "build" "FAILED (build.log)"; exit 1
+fi
+"$PY" -m fastcl info | tee "$OUT/info.txt"
+
+step "CUDA tests (pytest -m cuda)"
+timeout 180 "$PY" -m pytest tests -m cuda -q -x --junitxml="$OUT/cuda-tests.xml" > "$OUT/cuda-tests.log" 2>&1
+rc=$?; tail -25 "$OUT/cuda-tests.log"
+record "CUDA tests" "$(tail -1 "$OUT/cuda-tests.log")"
+[ $rc -eq 0 ] || status=1
+
+step "compute-sanitizer memcheck, one small forward+backward"
+cat > "$OUT/memcheck_case.py" <<'PYEOF'
+import torch, fastcl
+for dtype in (torch.float32, torch.bfloat16):
+    z1, z2 = (torch.randn(67, 129, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
+    y = torch.randint(0, 9, (67,), device="cuda")
+    loss = fastcl.NTXentLoss(0.1)(z1, z2) + fastcl.NTXentLoss(0.1, allow_no_positive=True)(z1, labels=y)
+    loss = loss + fastcl.InfoNCELoss(0.05, hard_negative_weight=0.5)(z1, z2, negative_keys=z2.flip(0))
+    loss.backward()
+torch.cuda.synchronize()
+print("memcheck case ok", float(loss))
+PYEOF
+if command -v compute-sanitizer >/dev/null || [ -x "$CUDA_HOME/bin/compute-sanitizer" ]; then
+  SAN="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
+  timeout 180 "$SAN" --tool memcheck --error-exitcode 9 "$PY" "$OUT/memcheck_case.py" > "$OUT/memcheck.log" 2>&1
+  rc=$?; tail -8 "$OUT/memcheck.log"
+  record "memcheck" "$( [ $rc -eq 0 ] && echo clean || echo "FAILED rc=$rc (memcheck.log)")"
+  [ $rc -eq 0 ] || status=1
+else
+  record "memcheck" "compute-sanitizer not found"
+fi
+
+step "CUDA benchmarks"
+export FASTCL_BENCH_SIZES="${FASTCL_BENCH_SIZES:-1024,4096,8192,16384}" FASTCL_BENCH_DIMS="${FASTCL_BENCH_DIMS:-128}"
+timeout 180 "$PY" -m pytest benchmarks/bench_ntxent.py -q -k cuda --benchmark-json="$OUT/bench-cuda.json" \
+  > "$OUT/bench.log" 2>&1
+rc=$?; tail -5 "$OUT/bench.log"
+if [ -s "$OUT/bench-cuda.json" ]; then
+  "$PY" benchmarks/report.py "$OUT/bench-cuda.json" --out "$OUT/bench-cuda.md"
+  { echo; cat "$OUT/bench-cuda.md"; } >> "$SUMMARY"
+fi
+[ $rc -eq 0 ] || status=1
+
+step "one million rows: 2N=1,048,576, D=128, bf16, forward+backward in one call"
+timeout 120 "$PY" - > "$OUT/million.log" 2>&1 <<'PYEOF'
+import time, torch, fastcl
+n = 1 << 19
+z1, z2 = (torch.randn(n, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+torch.cuda.reset_peak_memory_stats()
+torch.cuda.synchronize(); t = time.perf_counter()
+loss = fastcl.NTXentLoss(0.1)(z1, z2); loss.backward(); torch.cuda.synchronize()
+print(f"2N={2 * n}: loss {float(loss):.4f}, {time.perf_counter() - t:.2f} s, "
+      f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, finite grads {bool(torch.isfinite(z1.grad).all())}")
+PYEOF
+rc=$?; cat "$OUT/million.log"
+record "2N=1,048,576" "$(tail -1 "$OUT/million.log")"
+[ $rc -eq 0 ] || status=1
+
+step "done (status $status)"
+cat "$SUMMARY"
+exit $status
