@@ -22,102 +22,18 @@
 #include "../checks.h"
 #include "../common/contrastive_math.h"
 #include "../common/online_lse.h"
+#include "problem.h"
 #include "row_kernels.h"
+#include "self_similarity.h"
 
 namespace fastcl {
 namespace {
-
-constexpr int64_t kColTile = 256;               // columns per GEMM tile: a 256 x 256 fp32 tile is 256 KiB
-constexpr int64_t kMaxRowBlock = 256;
-constexpr int64_t kPartialBudget = 64ll << 20;  // bytes of grad_kn partials in flight in the backward
-
-// FASTCL_CPU_PARTIAL_BYTES overrides the budget (the tests shrink it to exercise column groups).
-int64_t partial_budget() {
-  const char* env = std::getenv("FASTCL_CPU_PARTIAL_BYTES");
-  return env != nullptr ? std::max<long long>(1, std::atoll(env)) : kPartialBudget;
-}
-
-// Everything a row needs to know about the problem, with raw pointers for the hot loops.
-template <typename acc_t>
-struct Problem {
-  int64_t M, L, D;
-  int64_t row_offset;
-  bool exclude_self;
-  const int64_t* row_labels;
-  const int64_t* col_labels;
-  const acc_t* bias;         // nullptr when there is no column bias
-  const int64_t* bias_owner;  // nullptr: the bias applies to every row
-  acc_t scale;
-};
 
 int64_t row_block_size(int64_t M) {
   // Enough blocks for every thread to have two, so the last block does not leave a core idle.
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t per_block = (M + 2 * threads - 1) / (2 * threads);
   return std::clamp<int64_t>((per_block + 15) / 16 * 16, 16, kMaxRowBlock);
-}
-
-// Rows converted to the accumulation type and (optionally) L2-normalised; norms saved.
-struct Normalised {
-  at::Tensor rows;   // (n, D) acc dtype, contiguous
-  at::Tensor norms;  // (n,) acc dtype; empty when not normalising
-};
-
-Normalised normalise_rows(const at::Tensor& x, at::ScalarType acc, bool normalize) {
-  Normalised out;
-  out.rows = x.detach().to(acc).contiguous();  // detached: the ATen calls below see no autograd history
-  if (normalize) {
-    out.norms = out.rows.norm(2, {1});
-    out.rows = out.rows / out.norms.clamp_min(kNormEps).unsqueeze(1);
-  }
-  return out;
-}
-
-// The gradient of x / max(|x|, eps) applied to grad_n (both acc dtype).
-at::Tensor normalise_backward(const at::Tensor& grad_n, const Normalised& n, bool normalize) {
-  if (!normalize) return grad_n;
-  const at::Tensor radial = (grad_n * n.rows).sum(1, /*keepdim=*/true);
-  const at::Tensor norms = n.norms.unsqueeze(1);
-  const at::Tensor projected = (grad_n - radial * n.rows) / norms.clamp_min(kNormEps);
-  return at::where(norms >= kNormEps, projected, grad_n / kNormEps);
-}
-
-// Adds bias and self-mask to one row of a tile, already scaled: s[j] = logit of column c0 + j.
-template <typename acc_t>
-void finish_logits(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, acc_t* s) {
-  if (p.bias != nullptr) {
-    const int64_t label = p.row_labels[i];
-    for (int64_t j = 0; j < bc; ++j) {
-      if (bias_applies(p.bias_owner, c0 + j, label)) s[j] += p.bias[c0 + j];
-    }
-  }
-  if (p.exclude_self) {
-    const int64_t self = i + p.row_offset - c0;
-    if (self >= 0 && self < bc) s[self] = neg_inf<acc_t>();
-  }
-}
-
-// Sum over the positives of row i among columns [c0, c0 + bc) of v[j]; their count in *count.
-template <typename acc_t>
-acc_t positive_sum(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, const acc_t* v,
-                   acc_t* count) {
-  const int64_t label = p.row_labels[i];
-  const int64_t self = p.exclude_self ? i + p.row_offset - c0 : -1;
-  const int64_t* cl = p.col_labels + c0;
-  acc_t sum = 0, n = 0;
-  for (int64_t j = 0; j < bc; ++j) {
-    if (j != self && is_positive(label, cl[j])) {
-      sum += v[j];
-      n += 1;
-    }
-  }
-  *count = n;
-  return sum;
-}
-
-template <typename acc_t>
-at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
-  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
 template <typename acc_t>
@@ -263,45 +179,89 @@ std::tuple<at::Tensor, at::Tensor, acc_t> backward_impl(const Problem<acc_t>& p,
   return {grad_qn.mul_(p.scale), grad_kn.mul_(p.scale), static_cast<acc_t>(total)};
 }
 
+at::Tensor contiguous_or_empty(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+// The inputs of either op, checked, made contiguous and normalised once.
+struct Prepared {
+  ContrastiveSizes sz;
+  at::ScalarType acc;
+  Normalised qn, kn;
+  at::Tensor row_labels, col_labels, bias, owner;
+  bool self_path;
+};
+
+Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
+                 const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
+                 const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale,
+                 int64_t row_offset, bool exclude_self, bool normalize) {
+  Prepared pr;
+  pr.sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
+                                 exclude_self);
+  pr.acc = loss_dtype(q.scalar_type());
+  pr.qn = normalise_rows(q, pr.acc, normalize);
+  pr.kn = q.is_same(k) ? pr.qn : normalise_rows(k, pr.acc, normalize);
+  pr.row_labels = row_labels.contiguous();
+  pr.col_labels = col_labels.contiguous();
+  pr.bias = contiguous_or_empty(col_bias);
+  pr.owner = contiguous_or_empty(col_bias_owner);
+  pr.self_path = self_similarity_applies(q, k, pr.row_labels, pr.col_labels, pr.bias.defined(), row_offset,
+                                         exclude_self, c10::elementSize(pr.acc));
+  return pr;
+}
+
 template <typename acc_t>
-Problem<acc_t> make_problem(const ContrastiveSizes& sz, const at::Tensor& row_labels,
-                            const at::Tensor& col_labels, const at::Tensor& bias, const at::Tensor& owner,
-                            const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self) {
+Problem<acc_t> make_problem(const Prepared& pr, const at::Tensor& logit_scale, int64_t row_offset,
+                            bool exclude_self) {
   Problem<acc_t> p;
-  p.M = sz.M;
-  p.L = sz.L;
-  p.D = sz.D;
+  p.M = pr.sz.M;
+  p.L = pr.sz.L;
+  p.D = pr.sz.D;
   p.row_offset = row_offset;
   p.exclude_self = exclude_self;
-  p.row_labels = row_labels.data_ptr<int64_t>();
-  p.col_labels = col_labels.data_ptr<int64_t>();
-  p.bias = bias.defined() ? bias.data_ptr<acc_t>() : nullptr;
-  p.bias_owner = owner.defined() ? owner.data_ptr<int64_t>() : nullptr;
+  p.row_labels = pr.row_labels.data_ptr<int64_t>();
+  p.col_labels = pr.col_labels.data_ptr<int64_t>();
+  p.bias = pr.bias.defined() ? pr.bias.data_ptr<acc_t>() : nullptr;
+  p.bias_owner = pr.owner.defined() ? pr.owner.data_ptr<int64_t>() : nullptr;
   p.scale = logit_scale.item<acc_t>();
   return p;
 }
 
-at::Tensor contiguous_or_empty(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_typed(const Prepared& pr, const at::Tensor& logit_scale,
+                                                             int64_t row_offset, bool exclude_self) {
+  const Problem<acc_t> p = make_problem<acc_t>(pr, logit_scale, row_offset, exclude_self);
+  return pr.self_path ? self_similarity_forward(p, pr.qn.rows) : forward_impl(p, pr.qn.rows, pr.kn.rows);
+}
+
+template <typename acc_t>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_typed(const Prepared& pr, const at::Tensor& q,
+                                                              const at::Tensor& k, const at::Tensor& grad,
+                                                              const at::Tensor& lse, const at::Tensor& num_pos,
+                                                              const at::Tensor& logit_scale, int64_t row_offset,
+                                                              bool exclude_self, bool normalize) {
+  const Problem<acc_t> p = make_problem<acc_t>(pr, logit_scale, row_offset, exclude_self);
+  const auto scalar = q.options().dtype(pr.acc);
+  if (pr.self_path) {
+    // q and k are one tensor: grad_q carries its whole gradient (csrc/README.md).
+    auto [grad_zn, grad_scale] = self_similarity_backward(p, pr.qn.rows, grad, lse, num_pos);
+    return {normalise_backward(grad_zn, pr.qn, normalize).to(q.scalar_type()), at::zeros_like(k),
+            at::scalar_tensor(grad_scale, scalar)};
+  }
+  auto [grad_qn, grad_kn, grad_scale] = backward_impl(p, pr.qn.rows, pr.kn.rows, grad, lse, num_pos);
+  return {normalise_backward(grad_qn, pr.qn, normalize).to(q.scalar_type()),
+          normalise_backward(grad_kn, pr.kn, normalize).to(k.scalar_type()), at::scalar_tensor(grad_scale, scalar)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
     const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
     const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self, bool normalize) {
-  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner,
-                                                     logit_scale, row_offset, exclude_self);
-  const at::ScalarType acc = loss_dtype(q.scalar_type());
-  const Normalised qn = normalise_rows(q, acc, normalize);
-  const Normalised kn = q.is_same(k) ? qn : normalise_rows(k, acc, normalize);
-  const at::Tensor rl = row_labels.contiguous(), cl = col_labels.contiguous();
-  const at::Tensor bias = contiguous_or_empty(col_bias), owner = contiguous_or_empty(col_bias_owner);
-  if (acc == at::kDouble) {
-    return forward_impl(make_problem<double>(sz, rl, cl, bias, owner, logit_scale, row_offset, exclude_self),
-                        qn.rows, kn.rows);
-  }
-  return forward_impl(make_problem<float>(sz, rl, cl, bias, owner, logit_scale, row_offset, exclude_self),
-                      qn.rows, kn.rows);
+  const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
+                              exclude_self, normalize);
+  return pr.acc == at::kDouble ? forward_typed<double>(pr, logit_scale, row_offset, exclude_self)
+                               : forward_typed<float>(pr, logit_scale, row_offset, exclude_self);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
@@ -309,30 +269,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
     const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale, const at::Tensor& lse,
     const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize) {
-  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner,
-                                                     logit_scale, row_offset, exclude_self);
-  check_backward_args(sz, grad_loss, lse, num_pos, q);
-  const at::ScalarType acc = loss_dtype(q.scalar_type());
-  const Normalised qn = normalise_rows(q, acc, normalize);
-  const Normalised kn = q.is_same(k) ? qn : normalise_rows(k, acc, normalize);
-  const at::Tensor rl = row_labels.contiguous(), cl = col_labels.contiguous();
-  const at::Tensor bias = contiguous_or_empty(col_bias), owner = contiguous_or_empty(col_bias_owner);
+  const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
+                              exclude_self, normalize);
+  check_backward_args(pr.sz, grad_loss, lse, num_pos, q);
   const at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), pos = num_pos.contiguous();
-  at::Tensor grad_qn, grad_kn, grad_scale;
-  if (acc == at::kDouble) {
-    auto [gq, gk, gs] = backward_impl(
-        make_problem<double>(sz, rl, cl, bias, owner, logit_scale, row_offset, exclude_self), qn.rows,
-        kn.rows, grad, lse_c, pos);
-    grad_qn = gq, grad_kn = gk, grad_scale = at::scalar_tensor(gs, q.options().dtype(acc));
-  } else {
-    auto [gq, gk, gs] = backward_impl(
-        make_problem<float>(sz, rl, cl, bias, owner, logit_scale, row_offset, exclude_self), qn.rows,
-        kn.rows, grad, lse_c, pos);
-    grad_qn = gq, grad_kn = gk, grad_scale = at::scalar_tensor(gs, q.options().dtype(acc));
-  }
-  at::Tensor grad_q = normalise_backward(grad_qn, qn, normalize).to(q.scalar_type());
-  at::Tensor grad_k = normalise_backward(grad_kn, kn, normalize).to(k.scalar_type());
-  return {grad_q, grad_k, grad_scale};
+  return pr.acc == at::kDouble
+             ? backward_typed<double>(pr, q, k, grad, lse_c, pos, logit_scale, row_offset, exclude_self, normalize)
+             : backward_typed<float>(pr, q, k, grad, lse_c, pos, logit_scale, row_offset, exclude_self, normalize);
 }
 
 }  // namespace

@@ -106,3 +106,58 @@ std::string row_kernels_isa() {
 }
 
 }  // namespace fastcl
+
+namespace fastcl {
+
+FASTCL_CLONES void max_into(float* acc, const float* row, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] = row[c] > acc[c] ? row[c] : acc[c];
+}
+
+void max_into(double* acc, const double* row, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] = row[c] > acc[c] ? row[c] : acc[c];
+}
+
+FASTCL_CLONES void add_exp_shifted_into(float* acc, const float* row, const float* shift, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += fast_expf(row[c] - shift[c]);
+}
+
+void add_exp_shifted_into(double* acc, const double* row, const double* shift, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += std::exp(row[c] - shift[c]);
+}
+
+FASTCL_CLONES void softmax_grad_row(const float* logits, float* out, int64_t n, float lse, float g) {
+  for (int64_t c = 0; c < n; ++c) out[c] = g * fast_expf(logits[c] - lse);
+}
+
+void softmax_grad_row(const double* logits, double* out, int64_t n, double lse, double g) {
+  for (int64_t c = 0; c < n; ++c) out[c] = g * std::exp(logits[c] - lse);
+}
+
+FASTCL_CLONES void softmax_grad_cols_add(const float* logits, float* out, int64_t n, const float* lse,
+                                         const float* g) {
+  for (int64_t c = 0; c < n; ++c) out[c] += g[c] * fast_expf(logits[c] - lse[c]);
+}
+
+void softmax_grad_cols_add(const double* logits, double* out, int64_t n, const double* lse, const double* g) {
+  for (int64_t c = 0; c < n; ++c) out[c] += g[c] * std::exp(logits[c] - lse[c]);
+}
+
+FASTCL_CLONES float dot_of(const float* a, const float* b, int64_t n) {
+  float lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t u = 0; u < kLanes; ++u) lane[u] += a[j + u] * b[j + u];
+  }
+  for (; j < n; ++j) lane[0] += a[j] * b[j];
+  float total = 0;
+  for (int64_t u = 0; u < kLanes; ++u) total += lane[u];
+  return total;
+}
+
+double dot_of(const double* a, const double* b, int64_t n) {
+  double total = 0;
+  for (int64_t j = 0; j < n; ++j) total += a[j] * b[j];
+  return total;
+}
+
+}  // namespace fastcl

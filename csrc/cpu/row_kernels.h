@@ -25,3 +25,24 @@ double softmax_grad_in_place(const double* logits, double* dot, int64_t n, doubl
 std::string row_kernels_isa();
 
 }  // namespace fastcl
+
+namespace fastcl {
+
+// Column-wise forms, for a tile whose columns are rows of their own (the self-similarity path).
+// acc[c] = max(acc[c], row[c])
+void max_into(float* acc, const float* row, int64_t n);
+void max_into(double* acc, const double* row, int64_t n);
+// acc[c] += exp(row[c] - shift[c])
+void add_exp_shifted_into(float* acc, const float* row, const float* shift, int64_t n);
+void add_exp_shifted_into(double* acc, const double* row, const double* shift, int64_t n);
+// out[c] = g * exp(logits[c] - lse)
+void softmax_grad_row(const float* logits, float* out, int64_t n, float lse, float g);
+void softmax_grad_row(const double* logits, double* out, int64_t n, double lse, double g);
+// out[c] += g[c] * exp(logits[c] - lse[c])
+void softmax_grad_cols_add(const float* logits, float* out, int64_t n, const float* lse, const float* g);
+void softmax_grad_cols_add(const double* logits, double* out, int64_t n, const double* lse, const double* g);
+// sum_c a[c] * b[c] in a fixed order
+float dot_of(const float* a, const float* b, int64_t n);
+double dot_of(const double* a, const double* b, int64_t n);
+
+}  // namespace fastcl

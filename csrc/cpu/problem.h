@@ -1,0 +1,100 @@
+// What the CPU contrastive kernels share: the problem description, the per-row logit rules
+// and the normalisation pre-pass / epilogue.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "../common/contrastive_math.h"
+#include "../common/online_lse.h"
+
+namespace fastcl {
+
+constexpr int64_t kColTile = 256;               // columns per GEMM tile: a 256 x 256 fp32 tile is 256 KiB
+constexpr int64_t kMaxRowBlock = 256;
+constexpr int64_t kPartialBudget = 64ll << 20;  // bytes of grad_kn partials in flight in the backward
+
+// FASTCL_CPU_PARTIAL_BYTES overrides the budget (the tests shrink it to exercise column groups).
+inline int64_t partial_budget() {
+  const char* env = std::getenv("FASTCL_CPU_PARTIAL_BYTES");
+  return env != nullptr ? std::max<long long>(1, std::atoll(env)) : kPartialBudget;
+}
+
+// Everything a row needs to know about the problem, with raw pointers for the hot loops.
+template <typename acc_t>
+struct Problem {
+  int64_t M, L, D;
+  int64_t row_offset;
+  bool exclude_self;
+  const int64_t* row_labels;
+  const int64_t* col_labels;
+  const acc_t* bias;         // nullptr when there is no column bias
+  const int64_t* bias_owner;  // nullptr: the bias applies to every row
+  acc_t scale;
+};
+
+// Rows converted to the accumulation type and (optionally) L2-normalised; norms saved.
+struct Normalised {
+  at::Tensor rows;   // (n, D) acc dtype, contiguous
+  at::Tensor norms;  // (n,) acc dtype; empty when not normalising
+};
+
+inline Normalised normalise_rows(const at::Tensor& x, at::ScalarType acc, bool normalize) {
+  Normalised out;
+  out.rows = x.detach().to(acc).contiguous();  // detached: the ATen calls below see no autograd history
+  if (normalize) {
+    out.norms = out.rows.norm(2, {1});
+    out.rows = out.rows / out.norms.clamp_min(kNormEps).unsqueeze(1);
+  }
+  return out;
+}
+
+// The gradient of x / max(|x|, eps) applied to grad_n (both acc dtype).
+inline at::Tensor normalise_backward(const at::Tensor& grad_n, const Normalised& n, bool normalize) {
+  if (!normalize) return grad_n;
+  const at::Tensor radial = (grad_n * n.rows).sum(1, /*keepdim=*/true);
+  const at::Tensor norms = n.norms.unsqueeze(1);
+  const at::Tensor projected = (grad_n - radial * n.rows) / norms.clamp_min(kNormEps);
+  return at::where(norms >= kNormEps, projected, grad_n / kNormEps);
+}
+
+// Adds bias and self-mask to one row of a tile, already scaled: s[j] = logit of column c0 + j.
+template <typename acc_t>
+inline void finish_logits(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, acc_t* s) {
+  if (p.bias != nullptr) {
+    const int64_t label = p.row_labels[i];
+    for (int64_t j = 0; j < bc; ++j) {
+      if (bias_applies(p.bias_owner, c0 + j, label)) s[j] += p.bias[c0 + j];
+    }
+  }
+  if (p.exclude_self) {
+    const int64_t self = i + p.row_offset - c0;
+    if (self >= 0 && self < bc) s[self] = neg_inf<acc_t>();
+  }
+}
+
+// Sum over the positives of row i among columns [c0, c0 + bc) of v[j]; their count in *count.
+template <typename acc_t>
+inline acc_t positive_sum(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, const acc_t* v,
+                   acc_t* count) {
+  const int64_t label = p.row_labels[i];
+  const int64_t self = p.exclude_self ? i + p.row_offset - c0 : -1;
+  const int64_t* cl = p.col_labels + c0;
+  acc_t sum = 0, n = 0;
+  for (int64_t j = 0; j < bc; ++j) {
+    if (j != self && is_positive(label, cl[j])) {
+      sum += v[j];
+      n += 1;
+    }
+  }
+  *count = n;
+  return sum;
+}
+
+template <typename acc_t>
+inline at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
+  return buffer.narrow(0, 0, rows * cols).view({rows, cols});
+}
+
+}  // namespace fastcl
