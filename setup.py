@@ -9,6 +9,7 @@ import importlib.util
 import os
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -41,8 +42,20 @@ extension = Extension(
     extra_link_args=link_args,
 )
 
+class BuildPyWithSources(build_py):
+    """Ships csrc/ inside the package (fastcl/_csrc) so that an installed fastcl can still
+    JIT-build its kernels when fastcl._C is missing or FASTCL_JIT=1."""
+
+    def run(self):
+        super().run()
+        for source in build.sources(with_cuda=True) + build.headers():
+            target = os.path.join(self.build_lib, "fastcl", "_csrc", os.path.relpath(source, build.CSRC))
+            self.mkpath(os.path.dirname(target))
+            self.copy_file(source, target)
+
+
 setup(
     version=version,
     ext_modules=[extension],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithSources},
 )

@@ -11,8 +11,10 @@ import glob
 import os
 import shutil
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(ROOT, "csrc")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+# A source checkout has csrc/ beside the package; an installed package carries a copy in _csrc/.
+CSRC = os.path.join(ROOT, "csrc") if os.path.isdir(os.path.join(ROOT, "csrc")) else os.path.join(HERE, "_csrc")
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"  # Ampere and Hopper machine code, PTX for newer GPUs
 
 
@@ -72,6 +74,13 @@ def sources(with_cuda: bool) -> list[str]:
     if with_cuda:
         found += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
     return found
+
+
+def headers() -> list[str]:
+    found = []
+    for pattern in ("*.h", "*/*.h", "*/*.cuh"):
+        found += glob.glob(os.path.join(CSRC, pattern))
+    return sorted(found)
 
 
 def compile_args(with_cuda: bool, version: str) -> tuple[dict[str, list[str]], list[str]]:
