@@ -37,3 +37,14 @@ def test_jit_build_matches_aot(tmp_path):
     source, value = jit.stdout.split()
     assert source == "jit"
     assert float(value) == pytest.approx(float(aot.stdout.split()[1]), rel=1e-6)
+
+
+def test_demo_command_prints_a_table():
+    out = subprocess.run([sys.executable, "-m", "fastcl", "demo", "--sizes", "64", "128", "--repeats", "1"],
+                         capture_output=True, text=True, check=True)
+    rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("64 ", "128 "))]
+    assert len(rows) == 2, out.stdout
+    # The last two columns are the loss and gradient differences against the hand-written loss.
+    for row in rows:
+        loss_diff, grad_diff = (float(cell) for cell in row.split("|")[-2:])
+        assert loss_diff < 1e-4 and grad_diff < 1e-4
