@@ -76,6 +76,22 @@ def sources(with_cuda: bool) -> list[str]:
     return found
 
 
+def cuda_library_includes() -> list[str]:
+    """Header folders of the CUDA libraries torch's pip wheels carry (nvidia/cu13/include...),
+    for toolkits that lack some of them (cusparse.h, which torch's CUDA headers include)."""
+    home = cuda_home()
+    if home and os.path.exists(os.path.join(home, "include", "cusparse.h")):
+        return []
+    try:
+        import nvidia  # the namespace package of NVIDIA's pip wheels
+    except ImportError:
+        return []
+    found = []
+    for root in getattr(nvidia, "__path__", []):
+        found += sorted(glob.glob(os.path.join(root, "*", "include")))
+    return [d for d in found if os.path.exists(os.path.join(d, "cusparse.h"))]
+
+
 def headers() -> list[str]:
     found = []
     for pattern in ("*.h", "*/*.h", "*/*.cuh"):
@@ -101,7 +117,9 @@ def compile_args(with_cuda: bool, version: str) -> tuple[dict[str, list[str]], l
     cxx = opt + defines + ["-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wno-unused-function"]
     args = {"cxx": cxx}
     if with_cuda:
-        args["nvcc"] = opt + defines + ["-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+        # -isystem: searched after the toolkit's own -I folder, so only missing headers come from there.
+        extra = [f"-isystem={d}" for d in cuda_library_includes()]
+        args["nvcc"] = opt + defines + ["-lineinfo", "--expt-relaxed-constexpr"] + extra
     return args, ["-fopenmp"]
 
 

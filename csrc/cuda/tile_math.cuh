@@ -39,7 +39,7 @@ template <typename T> constexpr bool kWmmaOk = !std::is_same<T, __nv_bfloat16>::
 template <typename T> constexpr bool kWmmaOk = true;
 #endif
 
-// 16-byte global -> shared copy; a false predicate zero-fills without reading.
+// 16- and 8-byte global -> shared copies; a false predicate zero-fills without reading.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
 #ifndef FASTCL_PRE_AMPERE
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
@@ -47,6 +47,15 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
                : "memory");
 #else
   *static_cast<uint4*>(smem) = pred ? *static_cast<const uint4*>(gmem) : make_uint4(0, 0, 0, 0);
+#endif
+}
+__device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pred) {
+#ifndef FASTCL_PRE_AMPERE
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(pred ? 8 : 0)
+               : "memory");
+#else
+  *static_cast<uint2*>(smem) = pred ? *static_cast<const uint2*>(gmem) : make_uint2(0, 0);
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
@@ -61,6 +70,15 @@ __device__ __forceinline__ void cp_async_wait_prev() {
 #endif
 }
 
+// The thread index through volatile asm: a kernel inlines the loader at several call sites,
+// and this stops the compiler from hoisting each site's 64-bit addresses into registers that
+// stay live (and spill) beside the accumulators; recomputing them costs a few integer ops.
+__device__ __forceinline__ int opaque_tid() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return t;
+}
+
 // Copies rows [row0, row0 + 64) x columns [col0, col0 + BK) of the row-major (nrows, D) matrix x
 // into dst (row stride LD), zero outside the matrix so partial tiles need no masking in the
 // products. `vec` (D a multiple of 16 bytes, x 16-byte aligned) selects asynchronous 16-byte
@@ -68,11 +86,12 @@ __device__ __forceinline__ void cp_async_wait_prev() {
 template <typename T, int BK, int LD>
 __device__ __forceinline__ void load_tile(T* dst, const T* __restrict__ x, int64_t nrows, int64_t D,
                                           int64_t row0, int64_t col0, bool vec) {
+  const int tid = opaque_tid();
   if (vec) {
     constexpr int kVec = 16 / sizeof(T), kPerRow = BK / kVec;
 #pragma unroll
     for (int it = 0; it < kTile * kPerRow / kThreads; ++it) {
-      const int v = threadIdx.x + it * kThreads, r = v / kPerRow, c = (v % kPerRow) * kVec;
+      const int v = tid + it * kThreads, r = v / kPerRow, c = (v % kPerRow) * kVec;
       const int64_t gr = row0 + r, gc = col0 + c;
       const bool ok = gr < nrows && gc < D;
       cp_async16(dst + r * LD + c, ok ? x + gr * D + gc : x, ok);
@@ -80,7 +99,7 @@ __device__ __forceinline__ void load_tile(T* dst, const T* __restrict__ x, int64
   } else {
 #pragma unroll 4
     for (int it = 0; it < kTile * BK / kThreads; ++it) {
-      const int e = threadIdx.x + it * kThreads, r = e / BK, c = e % BK;
+      const int e = tid + it * kThreads, r = e / BK, c = e % BK;
       const int64_t gr = row0 + r, gc = col0 + c;
       dst[r * LD + c] = (gr < nrows && gc < D) ? x[gr * D + gc] : from_float<T>(0.f);
     }
@@ -92,8 +111,10 @@ __device__ __forceinline__ void load_tile(T* dst, const T* __restrict__ x, int64
 template <typename T>
 struct WmmaMath {
   static constexpr int kBK = 64, kLd = kBK + 8, kGLd = kTile + 8;  // +16 bytes against bank conflicts
+  static constexpr int kDC = 256;  // gradient columns per backward block: 4 slices x 2 fragments a warp
   static constexpr bool kRangeScale = std::is_same<T, __half>::value;  // G in fp16 needs a scale
-  using G = T;                                                          // G is staged in the input type
+  static constexpr bool kStageG = true;  // G is converted to the input type in its own buffer
+  using G = T;
   using Frag = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
   struct Acc {
     Frag f[2];
@@ -137,7 +158,7 @@ struct WmmaMath {
   __device__ static void mma_ab(Acc& acc, const G* sG, const T* sB) {
     using namespace nvcuda;
     if constexpr (kWmmaOk<T>) {
-#pragma unroll
+#pragma unroll 2
       for (int kk = 0; kk < kTile; kk += 16) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
         wmma::load_matrix_sync(a, sG + frow() * 16 * kGLd + kk, kGLd);
@@ -166,7 +187,9 @@ struct WmmaMath {
 // shares one A row. Each dot product runs over k in order, so it is the same in every kernel.
 struct SimtMath {
   static constexpr int kBK = 32, kLd = kBK + 4, kGLd = kSLd;
+  static constexpr int kDC = 128;  // 4 slices x 8 accumulators a thread: 256 would spill
   static constexpr bool kRangeScale = false;
+  static constexpr bool kStageG = false;  // G is read in place from the fp32 S tile
   using G = float;
   template <int NJ>
   struct Acc {
