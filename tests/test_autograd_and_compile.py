@@ -82,3 +82,18 @@ def test_bitwise_deterministic(device):
 
     first, second = run(), run()
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_inductor(device):
+    """The default backend too: the custom op stays opaque inside an inductor graph."""
+    torch._dynamo.reset()
+    criterion = fastcl.NTXentLoss(temperature=0.3)
+    compiled = torch.compile(lambda a, b: criterion(a, b) * 2, fullgraph=True)
+    z1 = torch.randn(40, 24, device=device, requires_grad=True)
+    z2 = torch.randn(40, 24, device=device, requires_grad=True)
+    got = compiled(z1, z2)
+    want = criterion(z1, z2) * 2
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got, z1)[0], torch.autograd.grad(want, z1)[0])

@@ -48,3 +48,27 @@ def test_demo_command_prints_a_table():
     for row in rows:
         loss_diff, grad_diff = (float(cell) for cell in row.split("|")[-2:])
         assert loss_diff < 1e-4 and grad_diff < 1e-4
+
+
+@pytest.mark.slow
+def test_failed_jit_build_falls_back_or_fails_strictly(tmp_path):
+    """A JIT build that cannot compile warns once and runs the pure-PyTorch path; with
+    FASTCL_STRICT=1 it is an error instead."""
+    env = dict(os.environ, FASTCL_JIT="1", FASTCL_FORCE_CUDA="0", FASTCL_JIT_CACHE=str(tmp_path / "cache"),
+               CXX="/bin/false", CC="/bin/false")
+    env.pop("FASTCL_STRICT", None)
+    code = ("import warnings, torch\n"
+            "with warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n"
+            "    import fastcl\n"
+            "    a, b = torch.randn(2, 6, 4).unbind()\n"
+            "    loss = fastcl.NTXentLoss(0.3)(a, b)\n"
+            "print(fastcl.build_info()['source'], sum('pure-PyTorch path' in str(w.message) for w in caught),"
+            " float(loss - fastcl.reference.nt_xent_naive(a, b, 0.3)))\n")
+    fallback = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert fallback.returncode == 0, fallback.stderr[-3000:]
+    source, warnings_seen, diff = fallback.stdout.split()
+    assert source == "python" and int(warnings_seen) == 1 and abs(float(diff)) < 1e-5
+    strict = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                            env=dict(env, FASTCL_STRICT="1"))
+    assert strict.returncode != 0 and "FASTCL_STRICT=1" in strict.stderr

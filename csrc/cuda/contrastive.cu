@@ -356,7 +356,13 @@ __global__ void __launch_bounds__(kThreads, FASTCL_GRAD_MINB)
         if (pr.valid) g = grad_logit(pr, rv);
         str_r = rv.info.x;
       }
-      const float gs = g * str_r;
+      float gs = g * str_r;
+      if constexpr (M::kRangeScale) {
+        // A nonzero fp16 row has norm >= 2^-24, so 1/eps marks an all-zero stream row, whose
+        // product is 0 whatever G. Left in, its ~1e12 would set the block's fp16 scale (which
+        // never rises again) and flush every other G entry of this and later tiles to zero.
+        if (str_r >= 0.5f / static_cast<float>(kNormEps)) gs = 0.f;
+      }
       sS[er * kSLd + jj] = gs;
       gmax = fmaxf(gmax, fabsf(gs));
     }
