@@ -18,6 +18,11 @@ TORCH_LIBRARY(fastcl, m) {
       "Tensor col_labels, Tensor? col_bias, Tensor? col_bias_owner, Tensor logit_scale, "
       "Tensor lse, Tensor num_pos, int row_offset, bool exclude_self, bool normalize) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_logit_scale)");
+  // SimCLR batch augmentation: output sample p is images[source_index[p]] transformed by the
+  // parameter row params[p] (layout: csrc/common/augment_math.h), resized to size x size.
+  m.def(
+      "augment(Tensor[] images, Tensor source_index, Tensor params, int size, int blur_kernel, "
+      "Tensor? mean, Tensor? std, ScalarType out_dtype, bool channels_last) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {

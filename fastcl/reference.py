@@ -96,3 +96,41 @@ def clip_loss(image: Tensor, text: Tensor, temperature: float = 0.07) -> Tensor:
     logits = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
     labels = torch.arange(image.shape[0], device=image.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def augment(images, params, *, mean=None, std=None, dtype=torch.float32) -> Tensor:
+    """fastcl.augment.apply done one sample at a time with torchvision.transforms.v2.functional:
+    the oracle the fused augmentation kernels are tested against."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from . import augment as A
+
+    out = []
+    for p in range(params.table.shape[0]):
+        row = params.table[p].tolist()
+        src = int(params.source_index[p])
+        img = images[src]
+        if img.dtype.is_floating_point:
+            img = img.float()
+        u8 = img.dtype == torch.uint8
+        x = TF.resized_crop(img, int(row[A.TOP]), int(row[A.LEFT]), int(row[A.HEIGHT]), int(row[A.WIDTH]),
+                            [params.size, params.size], antialias=True)
+        if row[A.FLIP]:
+            x = TF.horizontal_flip(x)
+        if row[A.JITTER]:
+            for op in row[A.ORDER]:
+                name = A.JITTER_OPS[int(op)]
+                factor = row[{"brightness": A.BRIGHTNESS, "contrast": A.CONTRAST, "saturation": A.SATURATION,
+                              "hue": A.HUE}[name]]
+                x = getattr(TF, f"adjust_{name}")(x, factor)
+        if row[A.GRAY] and x.shape[0] == 3:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        if row[A.BLUR_SIGMA] > 0:
+            x = TF.gaussian_blur(x, [params.blur_kernel] * 2, [row[A.BLUR_SIGMA]] * 2)
+        if row[A.SOLARIZE]:
+            x = TF.solarize(x, 128 if u8 else 0.5)
+        x = TF.to_dtype(x, torch.float32, scale=True)
+        if mean is not None:
+            x = TF.normalize(x, list(mean), list(std))
+        out.append(x.to(dtype))
+    return torch.stack(out)

@@ -1,0 +1,203 @@
+// Per-pixel math of the SimCLR augmentation, shared by the CPU and CUDA kernels.
+//
+// Each function reproduces torchvision.transforms.v2.functional on tensors, including
+// its uint8 behaviour: on uint8 images every colour op clamps and truncates back to
+// integers (`.to(uint8)`), grayscale means are floored, and hue goes through [0, 1]
+// floats and back with to_dtype(scale=True). Values here are floats either in [0, 1]
+// (float images, bound 1) or in [0, 255] (uint8 images, bound 255, integer-valued).
+#pragma once
+#include <cmath>
+#include <cstdint>
+
+#include "macros.h"
+
+namespace fastcl {
+namespace aug {
+
+// Recipe steps a colour-jitter order refers to (ColorJitter's fn_idx).
+enum JitterOp : int { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3 };
+
+// Layout of one sample's parameter row (float32). Integers are stored exactly.
+enum ParamColumn : int {
+  kTop = 0, kLeft, kHeight, kWidth,  // crop box in source pixels
+  kFlip,                             // 1: horizontal flip
+  kJitter,                           // 1: colour jitter applied
+  kBrightnessFactor, kContrastFactor, kSaturationFactor, kHueFactor,
+  kOrder0, kOrder1, kOrder2, kOrder3,  // permutation of JitterOp
+  kGray,                               // 1: grayscale (3 output channels)
+  kBlurSigma,                          // > 0: gaussian blur with this sigma
+  kSolarize,                           // 1: solarize
+  kNumParams
+};
+
+FASTCL_HD float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
+
+// Back to the image's value set: uint8 images truncate like `.to(torch.uint8)` (values are >= 0).
+FASTCL_HD float settle(float x, float bound, bool u8) {
+  x = clampf(x, 0.0f, bound);
+  return u8 ? floorf(x) : x;
+}
+
+// _rgb_to_grayscale_image: r * 0.2989 + g * 0.587 + b * 0.114, in that order.
+FASTCL_HD float luma(float r, float g, float b) {
+  float l = r * 0.2989f;
+  l = l + g * 0.587f;
+  return l + b * 0.114f;
+}
+
+// _blend(image, other, ratio): image * ratio + other * (1 - ratio), clamped and settled.
+FASTCL_HD float blend(float x, float other, float ratio, float bound, bool u8) {
+  return settle(x * ratio + other * (1.0f - ratio), bound, u8);
+}
+
+FASTCL_HD float brightness(float x, float factor, float bound, bool u8) { return settle(x * factor, bound, u8); }
+
+// The gray value saturation and contrast blend towards: floored for uint8 images.
+FASTCL_HD float gray_of(float r, float g, float b, bool u8) {
+  const float l = luma(r, g, b);
+  return u8 ? floorf(l) : l;
+}
+
+// torch.remainder(a, 1) for the hue wheel.
+FASTCL_HD float wrap_unit(float a) { return a - floorf(a); }
+
+// adjust_hue on one RGB pixel in [0, 1] (uint8 callers scale by 1/255 first and come back with
+// hue_to_u8), following _rgb_to_hsv / _hsv_to_rgb step by step.
+FASTCL_HD void hue_shift(float& r, float& g, float& b, float factor) {
+  const float maxc = fmaxf(r, fmaxf(g, b));
+  const float minc = fminf(r, fminf(g, b));
+  const bool eqc = maxc == minc;
+  const float range = maxc - minc;
+  const float s = range / (eqc ? 1.0f : maxc);
+  const float div = eqc ? 1.0f : range;
+  const float rc = (maxc - r) / div, gc = (maxc - g) / div, bc = (maxc - b) / div;
+  const bool neq_r = maxc != r, eq_g = maxc == g;
+  const float hg = (eq_g && neq_r) ? (rc + 2.0f) - bc : 0.0f;
+  const float hr = !neq_r ? bc - gc : 0.0f;
+  const float hb = (neq_r && !eq_g) ? (gc + 4.0f) - rc : 0.0f;
+  float h = (hr + hg) + hb;
+  h = fmodf(h * (1.0f / 6.0f) + 1.0f, 1.0f);
+  h = wrap_unit(h + factor);
+  const float v = maxc;
+  const float h6 = h * 6.0f;
+  const float fi = floorf(h6);
+  const float f = h6 - fi;
+  int i = static_cast<int>(fi) % 6;
+  if (i < 0) i += 6;
+  const float sxf = s * f;
+  const float one_minus_s = 1.0f - s;
+  const float q = clampf((1.0f - sxf) * v, 0.0f, 1.0f);
+  const float t = clampf((sxf + one_minus_s) * v, 0.0f, 1.0f);
+  const float p = clampf(one_minus_s * v, 0.0f, 1.0f);
+  switch (i) {
+    case 0: r = v, g = t, b = p; break;
+    case 1: r = q, g = v, b = p; break;
+    case 2: r = p, g = v, b = t; break;
+    case 3: r = p, g = q, b = v; break;
+    case 4: r = t, g = p, b = v; break;
+    default: r = v, g = p, b = q; break;
+  }
+}
+
+// to_dtype(float -> uint8, scale=True): x * (255 + 1 - 1e-3), truncated.
+FASTCL_HD float hue_to_u8(float x) { return floorf(x * (255.0f + 1.0f - 1e-3f)); }
+
+// solarize: values at or above the threshold are inverted.
+FASTCL_HD float solarize(float x, float threshold, float bound) { return x >= threshold ? bound - x : x; }
+
+// Antialiased bilinear resampling along one axis, as torch's _upsample_bilinear2d_aa
+// (align_corners=False): output index i reads source [first, first + count) with weights.
+struct AAWindow {
+  int64_t first, count;
+};
+
+template <typename T>
+FASTCL_HD T aa_filter(T x) {
+  x = x < T(0) ? -x : x;
+  return x < T(1) ? T(1) - x : T(0);
+}
+
+// Fills weights[0..count) (normalised) and returns the window; T is float for float images
+// and double for uint8 images (whose weights torch then rounds to fixed point).
+template <typename T>
+FASTCL_HD AAWindow aa_window(int64_t i, int64_t in_size, int64_t out_size, T* weights, int64_t max_taps) {
+  const T scale = static_cast<T>(in_size) / static_cast<T>(out_size);
+  const T support = scale >= T(1) ? scale : T(1);
+  const T center = scale * (static_cast<T>(i) + T(0.5));
+  const T invscale = scale >= T(1) ? T(1) / scale : T(1);
+  int64_t first = static_cast<int64_t>(center - support + T(0.5));
+  if (first < 0) first = 0;
+  int64_t last = static_cast<int64_t>(center + support + T(0.5));
+  if (last > in_size) last = in_size;
+  int64_t count = last - first;
+  count = count < 0 ? 0 : (count > max_taps ? max_taps : count);
+  T total = T(0);
+  for (int64_t j = 0; j < count; ++j) {
+    const T w = aa_filter<T>((static_cast<T>(j + first) - center + T(0.5)) * invscale);
+    weights[j] = w;
+    total += w;
+  }
+  if (total != T(0)) {
+    for (int64_t j = 0; j < count; ++j) weights[j] /= total;
+  }
+  return {first, count};
+}
+
+// torch's fixed-point precision for uint8 resampling: the most bits for which the largest
+// weight still fits int16 (_compute_index_ranges_int16_weights).
+FASTCL_HD int u8_weight_precision(double max_weight) {
+  int precision = 0;
+  for (; precision < 22; ++precision) {
+    const int next = static_cast<int>(0.5 + max_weight * static_cast<double>(1 << (precision + 1)));
+    if (next >= (1 << 15)) break;
+  }
+  return precision;
+}
+
+FASTCL_HD int32_t u8_weight(double w, int precision) {
+  const double v = w * static_cast<double>(1 << precision);
+  return v < 0 ? static_cast<int32_t>(-0.5 + v) : static_cast<int32_t>(0.5 + v);
+}
+
+// One fixed-point tap sum, rounded by the half-unit start and saturated to [0, 255].
+FASTCL_HD float u8_resample_finish(int64_t acc, int precision) {
+  const int64_t v = acc >> precision;
+  return static_cast<float>(v < 0 ? 0 : (v > 255 ? 255 : v));
+}
+
+// Taps an axis needs at most: ceil(support) * 2 + 1, as torch bounds it.
+FASTCL_HD int64_t aa_max_taps(int64_t in_size, int64_t out_size) {
+  const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
+  return static_cast<int64_t>(ceil(scale >= 1.0 ? scale : 1.0)) * 2 + 1;
+}
+
+// torchvision's gaussian kernel: softmax(-(x / sigma)^2) over x = linspace(-lim, lim, k),
+// lim = (k - 1) / (2 sqrt 2).
+FASTCL_HD void gaussian_kernel(int k, float sigma, float* w) {
+  const float lim = static_cast<float>((k - 1) / (2.0 * 1.4142135623730951));
+  float total = 0.0f;
+  float mx = -1e30f;
+  for (int j = 0; j < k; ++j) {
+    const float x = k == 1 ? -lim : -lim + (2.0f * lim) * static_cast<float>(j) / static_cast<float>(k - 1);
+    const float z = x / sigma;
+    w[j] = -(z * z);
+    mx = w[j] > mx ? w[j] : mx;
+  }
+  for (int j = 0; j < k; ++j) {
+    w[j] = expf(w[j] - mx);
+    total += w[j];
+  }
+  for (int j = 0; j < k; ++j) w[j] /= total;
+}
+
+// torch's "reflect" padding index (the edge pixel is not repeated).
+FASTCL_HD int64_t reflect_index(int64_t x, int64_t n) {
+  if (n == 1) return 0;
+  const int64_t period = 2 * (n - 1);
+  x = x % period;
+  if (x < 0) x += period;
+  return x < n ? x : period - x;
+}
+
+}  // namespace aug
+}  // namespace fastcl

@@ -1,0 +1,279 @@
+// CPU kernel of the SimCLR batch augmentation (semantics: fastcl/augment.py and
+// csrc/common/augment_math.h). One output sample at a time, in parallel over samples:
+// crop + antialiased resize + flip in one separable pass into a per-thread float buffer,
+// the colour ops in their sampled order on that buffer, an optional separable blur, then
+// solarize, scaling, normalisation and the cast on the way to the output tensor.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../common/augment_math.h"
+
+namespace fastcl {
+namespace {
+
+using namespace aug;
+
+// A source image as the kernel reads it: element (c, y, x) at base + c*sc + y*sy + x*sx.
+struct Source {
+  const void* base;
+  bool u8;
+  int64_t C, H, W, sc, sy, sx;
+  float at(int64_t c, int64_t y, int64_t x) const {
+    const int64_t off = c * sc + y * sy + x * sx;
+    return u8 ? static_cast<float>(static_cast<const uint8_t*>(base)[off]) : static_cast<const float*>(base)[off];
+  }
+};
+
+Source source_of(const at::Tensor& img) {
+  return {img.data_ptr(), img.scalar_type() == at::kByte, img.size(0), img.size(1), img.size(2),
+          img.stride(0), img.stride(1), img.stride(2)};
+}
+
+// Per-thread scratch, reused across samples.
+struct Scratch {
+  std::vector<float> image, rows, weights;
+};
+
+// One resampled axis: each output index's source window and weights. uint8 images use
+// torch's fixed-point weights (computed in double, rounded to int16 at a shared precision),
+// float images float weights, so both match torch's own resize bit for bit or nearly.
+struct Axis {
+  int64_t taps = 0;
+  int precision = 0;
+  std::vector<AAWindow> window;
+  std::vector<float> wf;
+  std::vector<int32_t> wi;
+
+  Axis(int64_t in, int64_t out, bool u8) : taps(aa_max_taps(in, out)), window(out) {
+    if (!u8) {
+      wf.assign(out * taps, 0.0f);
+      for (int64_t i = 0; i < out; ++i) window[i] = aa_window<float>(i, in, out, &wf[i * taps], taps);
+      return;
+    }
+    std::vector<double> wd(out * taps, 0.0);
+    double wmax = 0.0;
+    for (int64_t i = 0; i < out; ++i) {
+      window[i] = aa_window<double>(i, in, out, &wd[i * taps], taps);
+      for (int64_t j = 0; j < window[i].count; ++j) wmax = std::max(wmax, wd[i * taps + j]);
+    }
+    precision = u8_weight_precision(wmax);
+    wi.assign(out * taps, 0);
+    for (int64_t k = 0; k < out * taps; ++k) wi[k] = u8_weight(wd[k], precision);
+  }
+
+  // Output index i of a line whose source pixel j is read by at(j).
+  template <typename Read>
+  float sample(int64_t i, bool u8, Read at) const {
+    const AAWindow win = window[i];
+    if (u8) {
+      int64_t acc = int64_t(1) << (precision - 1);
+      for (int64_t j = 0; j < win.count; ++j) acc += wi[i * taps + j] * static_cast<int64_t>(at(win.first + j));
+      return u8_resample_finish(acc, precision);
+    }
+    float acc = 0.0f;
+    for (int64_t j = 0; j < win.count; ++j) acc += wf[i * taps + j] * at(win.first + j);
+    return acc;
+  }
+};
+
+// Crop, antialiased bilinear resize to S x S (width first, as torch) and flip, into scratch.image.
+void resized_crop(const Source& src, const float* prm, int64_t S, bool u8, Scratch& sc) {
+  const int64_t top = static_cast<int64_t>(prm[kTop]), left = static_cast<int64_t>(prm[kLeft]);
+  const int64_t h = static_cast<int64_t>(prm[kHeight]), w = static_cast<int64_t>(prm[kWidth]);
+  const bool flip = prm[kFlip] != 0.0f;
+  float* img = sc.image.data();
+  auto out_x = [&](int64_t x) { return flip ? S - 1 - x : x; };
+  sc.rows.resize(src.C * h * S);
+  float* rows = sc.rows.data();
+  if (w == S) {  // torch skips an axis whose size does not change
+    for (int64_t c = 0; c < src.C; ++c)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < S; ++x) rows[(c * h + y) * S + x] = src.at(c, top + y, left + x);
+  } else {
+    const Axis ax(w, S, u8);
+    for (int64_t c = 0; c < src.C; ++c)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < S; ++x)
+          rows[(c * h + y) * S + x] = ax.sample(x, u8, [&](int64_t j) { return src.at(c, top + y, left + j); });
+  }
+  if (h == S) {
+    for (int64_t c = 0; c < src.C; ++c)
+      for (int64_t y = 0; y < S; ++y)
+        for (int64_t x = 0; x < S; ++x) img[(c * S + y) * S + out_x(x)] = rows[(c * h + y) * S + x];
+    return;
+  }
+  const Axis ay(h, S, u8);
+  for (int64_t c = 0; c < src.C; ++c)
+    for (int64_t y = 0; y < S; ++y)
+      for (int64_t x = 0; x < S; ++x)
+        img[(c * S + y) * S + out_x(x)] = ay.sample(y, u8, [&](int64_t j) { return rows[(c * h + j) * S + x]; });
+}
+
+// Mean gray level of the image as adjust_contrast takes it.
+float contrast_mean(const float* img, int64_t C, int64_t n, bool u8) {
+  double total = 0.0;
+  if (C == 3) {
+    for (int64_t i = 0; i < n; ++i) total += gray_of(img[i], img[n + i], img[2 * n + i], u8);
+  } else {
+    for (int64_t i = 0; i < n; ++i) total += img[i];
+  }
+  return static_cast<float>(total / static_cast<double>(n));
+}
+
+void jitter(float* img, int64_t C, int64_t n, const float* prm, bool u8) {
+  const float bound = u8 ? 255.0f : 1.0f;
+  for (int k = 0; k < 4; ++k) {
+    const int op = static_cast<int>(prm[kOrder0 + k]);
+    if (op == kBrightness) {
+      const float f = prm[kBrightnessFactor];
+      for (int64_t i = 0; i < C * n; ++i) img[i] = brightness(img[i], f, bound, u8);
+    } else if (op == kContrast) {
+      const float f = prm[kContrastFactor];
+      const float mean = contrast_mean(img, C, n, u8);
+      for (int64_t i = 0; i < C * n; ++i) img[i] = blend(img[i], mean, f, bound, u8);
+    } else if (op == kSaturation && C == 3) {
+      const float f = prm[kSaturationFactor];
+      for (int64_t i = 0; i < n; ++i) {
+        const float g = gray_of(img[i], img[n + i], img[2 * n + i], u8);
+        for (int64_t c = 0; c < 3; ++c) img[c * n + i] = blend(img[c * n + i], g, f, bound, u8);
+      }
+    } else if (op == kHue && C == 3) {
+      const float f = prm[kHueFactor];
+      for (int64_t i = 0; i < n; ++i) {
+        float r = img[i], g = img[n + i], b = img[2 * n + i];
+        if (u8) r *= 1.0f / 255.0f, g *= 1.0f / 255.0f, b *= 1.0f / 255.0f;
+        hue_shift(r, g, b, f);
+        if (u8) r = hue_to_u8(r), g = hue_to_u8(g), b = hue_to_u8(b);
+        img[i] = r, img[n + i] = g, img[2 * n + i] = b;
+      }
+    }
+  }
+}
+
+void grayscale(float* img, int64_t n, bool u8) {
+  for (int64_t i = 0; i < n; ++i) {
+    float l = luma(img[i], img[n + i], img[2 * n + i]);
+    if (u8) l = floorf(l);  // rgb_to_grayscale keeps the dtype: .to(uint8) truncates
+    img[i] = img[n + i] = img[2 * n + i] = l;
+  }
+}
+
+// Separable gaussian blur with reflect padding, in place (tmp holds the horizontal pass).
+void blur(float* img, int64_t C, int64_t S, int k, float sigma, bool u8, Scratch& sc) {
+  sc.weights.resize(k);
+  gaussian_kernel(k, sigma, sc.weights.data());
+  sc.rows.resize(C * S * S);
+  float* tmp = sc.rows.data();
+  const float* w = sc.weights.data();
+  const int64_t r = k / 2;
+  for (int64_t c = 0; c < C; ++c) {
+    const float* src = img + c * S * S;
+    float* dst = tmp + c * S * S;
+    for (int64_t y = 0; y < S; ++y)
+      for (int64_t x = 0; x < S; ++x) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < k; ++j) acc += w[j] * src[y * S + reflect_index(x + j - r, S)];
+        dst[y * S + x] = acc;
+      }
+    float* out = img + c * S * S;
+    for (int64_t y = 0; y < S; ++y)
+      for (int64_t x = 0; x < S; ++x) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < k; ++j) acc += w[j] * dst[reflect_index(y + j - r, S) * S + x];
+        out[y * S + x] = u8 ? rintf(acc) : acc;
+      }
+  }
+}
+
+template <typename out_t>
+void write_sample(const float* img, int64_t C, int64_t S, bool u8, const float* mean, const float* std_,
+                  at::Tensor& out, int64_t p) {
+  out_t* dst = out.data_ptr<out_t>();
+  const int64_t sp = out.stride(0), sc = out.stride(1), sy = out.stride(2), sx = out.stride(3);
+  for (int64_t c = 0; c < C; ++c) {
+    const float m = mean != nullptr ? mean[c] : 0.0f;
+    const float inv = std_ != nullptr ? 1.0f / std_[c] : 1.0f;
+    for (int64_t y = 0; y < S; ++y)
+      for (int64_t x = 0; x < S; ++x) {
+        float v = img[(c * S + y) * S + x];
+        if (u8) v *= 1.0f / 255.0f;  // to_dtype(uint8 -> float, scale=True)
+        dst[p * sp + c * sc + y * sy + x * sx] = static_cast<out_t>((v - m) * inv);
+      }
+  }
+}
+
+at::Tensor augment_cpu(at::TensorList images, const at::Tensor& source_index, const at::Tensor& params, int64_t size,
+                       int64_t blur_kernel, const c10::optional<at::Tensor>& mean,
+                       const c10::optional<at::Tensor>& std_, at::ScalarType out_dtype, bool channels_last) {
+  TORCH_CHECK_VALUE(!images.empty(), "fastcl.augment: images is empty");
+  TORCH_CHECK_VALUE(size > 0, "fastcl.augment: size must be > 0, got ", size);
+  TORCH_CHECK_VALUE(blur_kernel >= 1 && blur_kernel % 2 == 1, "fastcl.augment: blur_kernel must be odd, got ",
+                    blur_kernel);
+  const bool batched = images.size() == 1 && images[0].dim() == 4;
+  const int64_t count = batched ? images[0].size(0) : static_cast<int64_t>(images.size());
+  const int64_t C = batched ? images[0].size(1) : images[0].size(0);
+  for (const at::Tensor& img : images) {
+    TORCH_CHECK_VALUE(img.dim() == (batched ? 4 : 3), "fastcl.augment: images must be (B, C, H, W) or a list of (C, H, W)");
+    TORCH_CHECK_TYPE(img.scalar_type() == at::kByte || img.scalar_type() == at::kFloat,
+                     "fastcl.augment: images must be uint8 or float32, got ", img.scalar_type());
+    TORCH_CHECK_VALUE(img.size(batched ? 1 : 0) == C, "fastcl.augment: all images need ", C, " channels");
+    TORCH_CHECK_VALUE(img.device().is_cpu(), "fastcl.augment: CPU kernel got images on ", img.device());
+  }
+  TORCH_CHECK_VALUE(C == 1 || C == 3, "fastcl.augment: images must have 1 or 3 channels, got ", C);
+  const int64_t P = params.size(0);
+  TORCH_CHECK_VALUE(params.dim() == 2 && params.size(1) == kNumParams && params.scalar_type() == at::kFloat,
+                    "fastcl.augment: params must be float32 (P, ", static_cast<int>(kNumParams), ")");
+  TORCH_CHECK_VALUE(source_index.dim() == 1 && source_index.size(0) == P && source_index.scalar_type() == at::kLong,
+                    "fastcl.augment: source_index must be int64 of shape (", P, ")");
+  const at::Tensor prm = params.contiguous(), src_idx = source_index.contiguous();
+  const int64_t* idx = src_idx.data_ptr<int64_t>();
+  for (int64_t p = 0; p < P; ++p) {
+    TORCH_CHECK_VALUE(idx[p] >= 0 && idx[p] < count, "fastcl.augment: source_index ", idx[p], " out of range");
+  }
+  at::Tensor mean_c, std_c;
+  if (mean.has_value()) mean_c = mean->to(at::kFloat).contiguous();
+  if (std_.has_value()) std_c = std_->to(at::kFloat).contiguous();
+  const float* mean_p = mean_c.defined() ? mean_c.data_ptr<float>() : nullptr;
+  const float* std_p = std_c.defined() ? std_c.data_ptr<float>() : nullptr;
+  const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  at::Tensor out = at::empty({P, C, size, size}, images[0].options().dtype(out_dtype), format);
+  const int64_t S = size, n = S * S;
+
+  at::parallel_for(0, P, 1, [&](int64_t begin, int64_t end) {
+    Scratch sc;
+    sc.image.resize(C * n);
+    for (int64_t p = begin; p < end; ++p) {
+      const float* row = prm.data_ptr<float>() + p * kNumParams;
+      const at::Tensor img = batched ? images[0][idx[p]] : images[idx[p]];
+      const Source src = source_of(img);
+      const bool u8 = src.u8;
+      TORCH_CHECK_VALUE(row[kTop] >= 0 && row[kLeft] >= 0 && row[kHeight] >= 1 && row[kWidth] >= 1 &&
+                            row[kTop] + row[kHeight] <= src.H && row[kLeft] + row[kWidth] <= src.W,
+                        "fastcl.augment: crop box of sample ", p, " lies outside its ", src.H, "x", src.W, " image");
+      resized_crop(src, row, S, u8, sc);
+      float* buf = sc.image.data();
+      if (row[kJitter] != 0.0f) jitter(buf, C, n, row, u8);
+      if (row[kGray] != 0.0f && C == 3) grayscale(buf, n, u8);
+      if (row[kBlurSigma] > 0.0f) blur(buf, C, S, static_cast<int>(blur_kernel), row[kBlurSigma], u8, sc);
+      if (row[kSolarize] != 0.0f) {
+        const float bound = u8 ? 255.0f : 1.0f, threshold = u8 ? 128.0f : 0.5f;
+        for (int64_t i = 0; i < C * n; ++i) buf[i] = solarize(buf[i], threshold, bound);
+      }
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out_dtype, "fastcl_augment_write", [&] {
+        write_sample<scalar_t>(buf, C, S, u8, mean_p, std_p, out, p);
+      });
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcl, CPU, m) { m.impl("augment", &augment_cpu); }
+
+}  // namespace fastcl
