@@ -1,9 +1,9 @@
 """fastcl: fused contrastive losses (NT-Xent, SupCon, InfoNCE) for PyTorch, CPU and CUDA."""
 
-from . import functional, ops, reference
+from . import augment, functional, ops, reference
 from ._extension import build_info, has_cuda_ops, has_ops
 from .losses import InfoNCELoss, NTXentLoss
 from .version import __version__
 
-__all__ = ["NTXentLoss", "InfoNCELoss", "functional", "ops", "reference", "build_info", "has_ops",
+__all__ = ["NTXentLoss", "InfoNCELoss", "augment", "functional", "ops", "reference", "build_info", "has_ops",
            "has_cuda_ops", "__version__"]

@@ -114,7 +114,9 @@ def compile_args(with_cuda: bool, version: str) -> tuple[dict[str, list[str]], l
         defines += ["-DWITH_CUDA", f"-DFASTCL_CUDA_ARCH_LIST_RAW={arches}",
                     f"-DFASTCL_CUDA_VERSION_RAW={torch.version.cuda}"]
     # No trapping math: lets the compiler if-convert and vectorise the clamps in the row loops.
-    cxx = opt + defines + ["-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wno-unused-function"]
+    # No contraction: the augmentation must round each product and sum as torch's tensor ops do.
+    cxx = opt + defines + ["-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off",
+                           "-Wno-unused-function"]
     args = {"cxx": cxx}
     if with_cuda:
         # -isystem: searched after the toolkit's own -I folder, so only missing headers come from there.

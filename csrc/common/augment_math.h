@@ -32,25 +32,56 @@ enum ParamColumn : int {
 
 FASTCL_HD float clampf(float x, float lo, float hi) { return x < lo ? lo : (x > hi ? hi : x); }
 
+// Plain comparisons rather than fmaxf/fminf (pixels are never NaN), so loops vectorise.
+FASTCL_HD float max3(float a, float b, float c) {
+  const float ab = a > b ? a : b;
+  return ab > c ? ab : c;
+}
+
+FASTCL_HD float min3(float a, float b, float c) {
+  const float ab = a < b ? a : b;
+  return ab < c ? ab : c;
+}
+
+// A product or sum that must round on its own, as torch's separate tensor ops do: the host
+// build turns contraction off (-ffp-contract=off), and on the device these are the _rn
+// intrinsics, which nvcc never fuses into an FMA.
+FASTCL_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+FASTCL_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // Back to the image's value set: uint8 images truncate like `.to(torch.uint8)` (values are >= 0).
 FASTCL_HD float settle(float x, float bound, bool u8) {
   x = clampf(x, 0.0f, bound);
   return u8 ? floorf(x) : x;
 }
 
-// _rgb_to_grayscale_image: r * 0.2989 + g * 0.587 + b * 0.114, in that order.
+// _rgb_to_grayscale_image: r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114); torch's
+// add with alpha is a fused multiply-add.
 FASTCL_HD float luma(float r, float g, float b) {
-  float l = r * 0.2989f;
-  l = l + g * 0.587f;
-  return l + b * 0.114f;
+  return fmaf(b, 0.114f, fmaf(g, 0.587f, mul_rn(r, 0.2989f)));
 }
 
-// _blend(image, other, ratio): image * ratio + other * (1 - ratio), clamped and settled.
+// _blend(image, other, ratio): image.mul(ratio).add_(other, alpha=1 - ratio), clamped and settled.
 FASTCL_HD float blend(float x, float other, float ratio, float bound, bool u8) {
-  return settle(x * ratio + other * (1.0f - ratio), bound, u8);
+  return settle(fmaf(other, 1.0f - ratio, mul_rn(x, ratio)), bound, u8);
 }
 
-FASTCL_HD float brightness(float x, float factor, float bound, bool u8) { return settle(x * factor, bound, u8); }
+FASTCL_HD float brightness(float x, float factor, float bound, bool u8) {
+  return settle(mul_rn(x, factor), bound, u8);
+}
 
 // The gray value saturation and contrast blend towards: floored for uint8 images.
 FASTCL_HD float gray_of(float r, float g, float b, bool u8) {
@@ -62,41 +93,42 @@ FASTCL_HD float gray_of(float r, float g, float b, bool u8) {
 FASTCL_HD float wrap_unit(float a) { return a - floorf(a); }
 
 // adjust_hue on one RGB pixel in [0, 1] (uint8 callers scale by 1/255 first and come back with
-// hue_to_u8), following _rgb_to_hsv / _hsv_to_rgb step by step.
+// hue_to_u8), following _rgb_to_hsv / _hsv_to_rgb step by step. Branch-free, so the CPU
+// loops over pixels vectorise; fmod(x, 1) of the non-negative h is x - floor(x), exactly.
 FASTCL_HD void hue_shift(float& r, float& g, float& b, float factor) {
-  const float maxc = fmaxf(r, fmaxf(g, b));
-  const float minc = fminf(r, fminf(g, b));
-  const bool eqc = maxc == minc;
+  const float maxc = max3(r, g, b);
+  const float minc = min3(r, g, b);
+  // Conditions become 0/1 factors, as torchvision multiplies by its masks: exact, and no branches.
+  const float eqc = static_cast<float>(maxc == minc);
   const float range = maxc - minc;
-  const float s = range / (eqc ? 1.0f : maxc);
-  const float div = eqc ? 1.0f : range;
+  const float s = range / (maxc + eqc);  // eqc: range is 0 and the divisor only has to be non-zero
+  const float div = range + eqc;
   const float rc = (maxc - r) / div, gc = (maxc - g) / div, bc = (maxc - b) / div;
-  const bool neq_r = maxc != r, eq_g = maxc == g;
-  const float hg = (eq_g && neq_r) ? (rc + 2.0f) - bc : 0.0f;
-  const float hr = !neq_r ? bc - gc : 0.0f;
-  const float hb = (neq_r && !eq_g) ? (gc + 4.0f) - rc : 0.0f;
+  const float is_r = static_cast<float>(maxc == r), is_g = static_cast<float>(maxc == g);
+  const float hr = (bc - gc) * is_r;
+  const float hg = ((rc + 2.0f) - bc) * (is_g * (1.0f - is_r));
+  const float hb = ((gc + 4.0f) - rc) * ((1.0f - is_r) * (1.0f - is_g));
   float h = (hr + hg) + hb;
-  h = fmodf(h * (1.0f / 6.0f) + 1.0f, 1.0f);
+  h = add_rn(mul_rn(h, 1.0f / 6.0f), 1.0f);
+  h = h - floorf(h);
   h = wrap_unit(h + factor);
   const float v = maxc;
-  const float h6 = h * 6.0f;
-  const float fi = floorf(h6);
-  const float f = h6 - fi;
-  int i = static_cast<int>(fi) % 6;
-  if (i < 0) i += 6;
-  const float sxf = s * f;
+  const float h6 = mul_rn(h, 6.0f);
+  float i = floorf(h6);
+  const float f = h6 - i;
+  i = i - 6.0f * static_cast<float>(i >= 6.0f);  // h6 can round up to 6: the sector wraps to 0
+  const float sxf = mul_rn(s, f);
   const float one_minus_s = 1.0f - s;
   const float q = clampf((1.0f - sxf) * v, 0.0f, 1.0f);
-  const float t = clampf((sxf + one_minus_s) * v, 0.0f, 1.0f);
+  const float t = clampf(add_rn(sxf, one_minus_s) * v, 0.0f, 1.0f);
   const float p = clampf(one_minus_s * v, 0.0f, 1.0f);
-  switch (i) {
-    case 0: r = v, g = t, b = p; break;
-    case 1: r = q, g = v, b = p; break;
-    case 2: r = p, g = v, b = t; break;
-    case 3: r = p, g = q, b = v; break;
-    case 4: r = t, g = p, b = v; break;
-    default: r = v, g = p, b = q; break;
-  }
+  // Sector i -> (r, g, b): 0 (v,t,p) 1 (q,v,p) 2 (p,v,t) 3 (p,q,v) 4 (t,p,v) 5 (v,p,q).
+  const float s0 = static_cast<float>(i == 0.0f), s1 = static_cast<float>(i == 1.0f);
+  const float s2 = static_cast<float>(i == 2.0f), s3 = static_cast<float>(i == 3.0f);
+  const float s4 = static_cast<float>(i == 4.0f), s5 = static_cast<float>(i == 5.0f);
+  r = v * (s0 + s5) + q * s1 + p * (s2 + s3) + t * s4;
+  g = v * (s1 + s2) + t * s0 + q * s3 + p * (s4 + s5);
+  b = v * (s3 + s4) + t * s2 + q * s5 + p * (s0 + s1);
 }
 
 // to_dtype(float -> uint8, scale=True): x * (255 + 1 - 1e-3), truncated.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "../common/augment_math.h"
+#include "clones.h"
 
 namespace fastcl {
 namespace {
@@ -29,9 +30,14 @@ struct Source {
   }
 };
 
-Source source_of(const at::Tensor& img) {
-  return {img.data_ptr(), img.scalar_type() == at::kByte, img.size(0), img.size(1), img.size(2),
-          img.stride(0), img.stride(1), img.stride(2)};
+// Image i of the input: one (B, C, H, W) tensor or a list of (C, H, W) tensors.
+Source source_of(at::TensorList images, bool batched, int64_t i) {
+  const at::Tensor& t = batched ? images[0] : images[i];
+  const int64_t d = batched ? 1 : 0;
+  const bool u8 = t.scalar_type() == at::kByte;
+  const int64_t offset = batched ? i * t.stride(0) * static_cast<int64_t>(t.element_size()) : 0;
+  return {static_cast<const char*>(t.data_ptr()) + offset, u8, t.size(d), t.size(d + 1), t.size(d + 2),
+          t.stride(d), t.stride(d + 1), t.stride(d + 2)};
 }
 
 // Per-thread scratch, reused across samples.
@@ -125,37 +131,63 @@ float contrast_mean(const float* img, int64_t C, int64_t n, bool u8) {
   return static_cast<float>(total / static_cast<double>(n));
 }
 
+// The colour passes over one sample (n pixels per channel); each a flat loop the compiler vectorises.
+FASTCL_CLONES void brightness_pass(float* img, int64_t count, float f, float bound, bool u8) {
+  for (int64_t i = 0; i < count; ++i) img[i] = brightness(img[i], f, bound, u8);
+}
+
+FASTCL_CLONES void blend_constant_pass(float* img, int64_t count, float other, float f, float bound, bool u8) {
+  for (int64_t i = 0; i < count; ++i) img[i] = blend(img[i], other, f, bound, u8);
+}
+
+FASTCL_CLONES void saturation_pass(float* img, int64_t n, float f, float bound, bool u8) {
+  float* r = img;
+  float* g = img + n;
+  float* b = img + 2 * n;
+  for (int64_t i = 0; i < n; ++i) {
+    const float gray = gray_of(r[i], g[i], b[i], u8);
+    r[i] = blend(r[i], gray, f, bound, u8);
+    g[i] = blend(g[i], gray, f, bound, u8);
+    b[i] = blend(b[i], gray, f, bound, u8);
+  }
+}
+
+FASTCL_CLONES void hue_rows(float* __restrict r, float* __restrict g, float* __restrict b, int64_t n, float f) {
+  for (int64_t i = 0; i < n; ++i) {
+    float rr = r[i], gg = g[i], bb = b[i];
+    hue_shift(rr, gg, bb, f);
+    r[i] = rr, g[i] = gg, b[i] = bb;
+  }
+}
+
+// adjust_hue works in [0, 1]: uint8 values go there and back (to_dtype with scale=True).
+FASTCL_CLONES void hue_pass(float* img, int64_t n, float f, bool u8) {
+  if (u8) {
+    for (int64_t i = 0; i < 3 * n; ++i) img[i] = img[i] * (1.0f / 255.0f);
+  }
+  hue_rows(img, img + n, img + 2 * n, n, f);
+  if (u8) {
+    for (int64_t i = 0; i < 3 * n; ++i) img[i] = hue_to_u8(img[i]);
+  }
+}
+
 void jitter(float* img, int64_t C, int64_t n, const float* prm, bool u8) {
   const float bound = u8 ? 255.0f : 1.0f;
   for (int k = 0; k < 4; ++k) {
     const int op = static_cast<int>(prm[kOrder0 + k]);
     if (op == kBrightness) {
-      const float f = prm[kBrightnessFactor];
-      for (int64_t i = 0; i < C * n; ++i) img[i] = brightness(img[i], f, bound, u8);
+      brightness_pass(img, C * n, prm[kBrightnessFactor], bound, u8);
     } else if (op == kContrast) {
-      const float f = prm[kContrastFactor];
-      const float mean = contrast_mean(img, C, n, u8);
-      for (int64_t i = 0; i < C * n; ++i) img[i] = blend(img[i], mean, f, bound, u8);
+      blend_constant_pass(img, C * n, contrast_mean(img, C, n, u8), prm[kContrastFactor], bound, u8);
     } else if (op == kSaturation && C == 3) {
-      const float f = prm[kSaturationFactor];
-      for (int64_t i = 0; i < n; ++i) {
-        const float g = gray_of(img[i], img[n + i], img[2 * n + i], u8);
-        for (int64_t c = 0; c < 3; ++c) img[c * n + i] = blend(img[c * n + i], g, f, bound, u8);
-      }
+      saturation_pass(img, n, prm[kSaturationFactor], bound, u8);
     } else if (op == kHue && C == 3) {
-      const float f = prm[kHueFactor];
-      for (int64_t i = 0; i < n; ++i) {
-        float r = img[i], g = img[n + i], b = img[2 * n + i];
-        if (u8) r *= 1.0f / 255.0f, g *= 1.0f / 255.0f, b *= 1.0f / 255.0f;
-        hue_shift(r, g, b, f);
-        if (u8) r = hue_to_u8(r), g = hue_to_u8(g), b = hue_to_u8(b);
-        img[i] = r, img[n + i] = g, img[2 * n + i] = b;
-      }
+      hue_pass(img, n, prm[kHueFactor], u8);
     }
   }
 }
 
-void grayscale(float* img, int64_t n, bool u8) {
+FASTCL_CLONES void grayscale(float* img, int64_t n, bool u8) {
   for (int64_t i = 0; i < n; ++i) {
     float l = luma(img[i], img[n + i], img[2 * n + i]);
     if (u8) l = floorf(l);  // rgb_to_grayscale keeps the dtype: .to(uint8) truncates
@@ -249,8 +281,7 @@ at::Tensor augment_cpu(at::TensorList images, const at::Tensor& source_index, co
     sc.image.resize(C * n);
     for (int64_t p = begin; p < end; ++p) {
       const float* row = prm.data_ptr<float>() + p * kNumParams;
-      const at::Tensor img = batched ? images[0][idx[p]] : images[idx[p]];
-      const Source src = source_of(img);
+      const Source src = source_of(images, batched, idx[p]);
       const bool u8 = src.u8;
       TORCH_CHECK_VALUE(row[kTop] >= 0 && row[kLeft] >= 0 && row[kHeight] >= 1 && row[kWidth] >= 1 &&
                             row[kTop] + row[kHeight] <= src.H && row[kLeft] + row[kWidth] <= src.W,

@@ -8,11 +8,7 @@
 
 #include "../common/fast_exp.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTCL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FASTCL_CLONES
-#endif
+#include "clones.h"
 
 namespace fastcl {
 namespace {
