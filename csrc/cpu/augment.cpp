@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "../common/augment_math.h"
@@ -40,94 +41,157 @@ Source source_of(at::TensorList images, bool batched, int64_t i) {
           t.stride(d), t.stride(d + 1), t.stride(d + 2)};
 }
 
-// Per-thread scratch, reused across samples.
-struct Scratch {
-  std::vector<float> image, rows, weights;
-};
-
 // One resampled axis: each output index's source window and weights. uint8 images use
 // torch's fixed-point weights (computed in double, rounded to int16 at a shared precision),
-// float images float weights, so both match torch's own resize bit for bit or nearly.
+// float images float weights, so both match torch's own resize. Buffers are reused.
 struct Axis {
   int64_t taps = 0;
   int precision = 0;
   std::vector<AAWindow> window;
   std::vector<float> wf;
   std::vector<int32_t> wi;
+  std::vector<double> wd;
 
-  Axis(int64_t in, int64_t out, bool u8) : taps(aa_max_taps(in, out)), window(out) {
+  void build(int64_t in, int64_t out, bool u8) {
+    taps = aa_max_taps(in, out);
+    window.resize(out);
     if (!u8) {
       wf.assign(out * taps, 0.0f);
       for (int64_t i = 0; i < out; ++i) window[i] = aa_window<float>(i, in, out, &wf[i * taps], taps);
       return;
     }
-    std::vector<double> wd(out * taps, 0.0);
+    wd.assign(out * taps, 0.0);
     double wmax = 0.0;
     for (int64_t i = 0; i < out; ++i) {
       window[i] = aa_window<double>(i, in, out, &wd[i * taps], taps);
       for (int64_t j = 0; j < window[i].count; ++j) wmax = std::max(wmax, wd[i * taps + j]);
     }
     precision = u8_weight_precision(wmax);
-    wi.assign(out * taps, 0);
+    wi.resize(out * taps);
     for (int64_t k = 0; k < out * taps; ++k) wi[k] = u8_weight(wd[k], precision);
   }
-
-  // Output index i of a line whose source pixel j is read by at(j).
-  template <typename Read>
-  float sample(int64_t i, bool u8, Read at) const {
-    const AAWindow win = window[i];
-    if (u8) {
-      int64_t acc = int64_t(1) << (precision - 1);
-      for (int64_t j = 0; j < win.count; ++j) acc += wi[i * taps + j] * static_cast<int64_t>(at(win.first + j));
-      return u8_resample_finish(acc, precision);
-    }
-    float acc = 0.0f;
-    for (int64_t j = 0; j < win.count; ++j) acc += wf[i * taps + j] * at(win.first + j);
-    return acc;
-  }
 };
+
+// Per-thread scratch, reused across samples.
+struct Scratch {
+  std::vector<float> image, rows, weights;
+  std::vector<int32_t> acc;
+  Axis ax, ay;
+};
+
+// Horizontal pass: the crop's h rows, each resampled from w to S columns, into rows (C, h, S).
+template <typename src_t>
+void resample_rows(const Source& src, int64_t top, int64_t left, int64_t h, int64_t w, int64_t S, Scratch& sc) {
+  float* rows = sc.rows.data();
+  const src_t* base = static_cast<const src_t*>(src.base);
+  const bool u8 = std::is_same<src_t, uint8_t>::value;
+  if (w == S) {  // torch skips an axis whose size does not change
+    for (int64_t c = 0; c < src.C; ++c)
+      for (int64_t y = 0; y < h; ++y) {
+        const src_t* line = base + c * src.sc + (top + y) * src.sy + left * src.sx;
+        for (int64_t x = 0; x < S; ++x) rows[(c * h + y) * S + x] = static_cast<float>(line[x * src.sx]);
+      }
+    return;
+  }
+  const Axis& ax = sc.ax;
+  for (int64_t c = 0; c < src.C; ++c)
+    for (int64_t y = 0; y < h; ++y) {
+      const src_t* line = base + c * src.sc + (top + y) * src.sy + left * src.sx;
+      float* out = rows + (c * h + y) * S;
+      for (int64_t x = 0; x < S; ++x) {
+        const AAWindow win = ax.window[x];
+        const src_t* px = line + win.first * src.sx;
+        if (u8) {
+          const int32_t* wt = &ax.wi[x * ax.taps];
+          int32_t acc = int32_t(1) << (ax.precision - 1);
+          for (int64_t j = 0; j < win.count; ++j) acc += wt[j] * static_cast<int32_t>(px[j * src.sx]);
+          out[x] = u8_resample_finish(acc, ax.precision);
+        } else {
+          const float* wt = &ax.wf[x * ax.taps];
+          float acc = 0.0f;
+          for (int64_t j = 0; j < win.count; ++j) acc += wt[j] * static_cast<float>(px[j * src.sx]);
+          out[x] = acc;
+        }
+      }
+    }
+}
+
+// Vertical pass, tap by tap over whole rows (a loop over x the compiler vectorises), with the flip.
+FASTCL_CLONES void resample_columns(const float* rows, int64_t C, int64_t h, int64_t S, bool u8, bool flip,
+                                    Scratch& sc) {
+  float* img = sc.image.data();
+  const Axis& ay = sc.ay;
+  sc.acc.resize(S);
+  sc.weights.resize(S);
+  int32_t* iacc = sc.acc.data();
+  float* facc = sc.weights.data();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t y = 0; y < S; ++y) {
+      const AAWindow win = ay.window[y];
+      float* dst = img + (c * S + y) * S;
+      if (u8) {
+        for (int64_t x = 0; x < S; ++x) iacc[x] = int32_t(1) << (ay.precision - 1);
+        for (int64_t j = 0; j < win.count; ++j) {
+          const float* line = rows + (c * h + win.first + j) * S;
+          const int32_t wt = ay.wi[y * ay.taps + j];
+          for (int64_t x = 0; x < S; ++x) iacc[x] += wt * static_cast<int32_t>(line[x]);
+        }
+        for (int64_t x = 0; x < S; ++x) dst[flip ? S - 1 - x : x] = u8_resample_finish(iacc[x], ay.precision);
+      } else {
+        for (int64_t x = 0; x < S; ++x) facc[x] = 0.0f;
+        for (int64_t j = 0; j < win.count; ++j) {
+          const float* line = rows + (c * h + win.first + j) * S;
+          const float wt = ay.wf[y * ay.taps + j];
+          for (int64_t x = 0; x < S; ++x) facc[x] += wt * line[x];
+        }
+        for (int64_t x = 0; x < S; ++x) dst[flip ? S - 1 - x : x] = facc[x];
+      }
+    }
+}
 
 // Crop, antialiased bilinear resize to S x S (width first, as torch) and flip, into scratch.image.
 void resized_crop(const Source& src, const float* prm, int64_t S, bool u8, Scratch& sc) {
   const int64_t top = static_cast<int64_t>(prm[kTop]), left = static_cast<int64_t>(prm[kLeft]);
   const int64_t h = static_cast<int64_t>(prm[kHeight]), w = static_cast<int64_t>(prm[kWidth]);
   const bool flip = prm[kFlip] != 0.0f;
-  float* img = sc.image.data();
-  auto out_x = [&](int64_t x) { return flip ? S - 1 - x : x; };
   sc.rows.resize(src.C * h * S);
-  float* rows = sc.rows.data();
-  if (w == S) {  // torch skips an axis whose size does not change
-    for (int64_t c = 0; c < src.C; ++c)
-      for (int64_t y = 0; y < h; ++y)
-        for (int64_t x = 0; x < S; ++x) rows[(c * h + y) * S + x] = src.at(c, top + y, left + x);
+  if (w != S) sc.ax.build(w, S, u8);
+  if (u8) {
+    resample_rows<uint8_t>(src, top, left, h, w, S, sc);
   } else {
-    const Axis ax(w, S, u8);
-    for (int64_t c = 0; c < src.C; ++c)
-      for (int64_t y = 0; y < h; ++y)
-        for (int64_t x = 0; x < S; ++x)
-          rows[(c * h + y) * S + x] = ax.sample(x, u8, [&](int64_t j) { return src.at(c, top + y, left + j); });
+    resample_rows<float>(src, top, left, h, w, S, sc);
   }
   if (h == S) {
+    float* img = sc.image.data();
     for (int64_t c = 0; c < src.C; ++c)
       for (int64_t y = 0; y < S; ++y)
-        for (int64_t x = 0; x < S; ++x) img[(c * S + y) * S + out_x(x)] = rows[(c * h + y) * S + x];
+        for (int64_t x = 0; x < S; ++x) img[(c * S + y) * S + (flip ? S - 1 - x : x)] = sc.rows[(c * h + y) * S + x];
     return;
   }
-  const Axis ay(h, S, u8);
-  for (int64_t c = 0; c < src.C; ++c)
-    for (int64_t y = 0; y < S; ++y)
-      for (int64_t x = 0; x < S; ++x)
-        img[(c * S + y) * S + out_x(x)] = ay.sample(y, u8, [&](int64_t j) { return rows[(c * h + j) * S + x]; });
+  sc.ay.build(h, S, u8);
+  resample_columns(sc.rows.data(), src.C, h, S, u8, flip, sc);
 }
 
-// Mean gray level of the image as adjust_contrast takes it.
-float contrast_mean(const float* img, int64_t C, int64_t n, bool u8) {
-  double total = 0.0;
+// Mean gray level of the image as adjust_contrast takes it. Sixteen float partial sums
+// (exact for uint8 images, whose floored gray levels are integers) then a double total.
+FASTCL_CLONES float contrast_mean(const float* img, int64_t C, int64_t n, bool u8) {
+  constexpr int64_t kLanes = 16;
+  float lane[kLanes] = {};
+  int64_t i = 0;
   if (C == 3) {
-    for (int64_t i = 0; i < n; ++i) total += gray_of(img[i], img[n + i], img[2 * n + i], u8);
+    const float* r = img;
+    const float* g = img + n;
+    const float* b = img + 2 * n;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int64_t u = 0; u < kLanes; ++u) lane[u] += gray_of(r[i + u], g[i + u], b[i + u], u8);
+    for (; i < n; ++i) lane[0] += gray_of(r[i], g[i], b[i], u8);
   } else {
-    for (int64_t i = 0; i < n; ++i) total += img[i];
+    for (; i + kLanes <= n; i += kLanes)
+      for (int64_t u = 0; u < kLanes; ++u) lane[u] += img[i + u];
+    for (; i < n; ++i) lane[0] += img[i];
   }
+  double total = 0.0;
+  for (int64_t u = 0; u < kLanes; ++u) total += lane[u];
   return static_cast<float>(total / static_cast<double>(n));
 }
 
