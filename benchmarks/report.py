@@ -14,18 +14,50 @@ def _mib(n):
     return "n/a" if n is None else f"{n / 2**20:,.1f}"
 
 
+def augment_table(benches: list) -> str:
+    """bench_augment.py rows: output images per second, and fastcl's ratio to each baseline."""
+    rate = defaultdict(dict)
+    for bench in benches:
+        info = bench["extra_info"]
+        rate[(info["device"], info["recipe"], info["in_size"], info["out_size"])][info["impl"]] = (
+            info["images_per_call"] / bench["stats"]["median"])
+    lines = ["| device | recipe | in -> out | fastcl img/s | torchvision per sample img/s | kornia img/s | "
+             "fastcl / torchvision | fastcl / kornia |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for key in sorted(rate):
+        row = rate[key]
+        device, recipe, in_size, out_size = key
+        fast = row.get("fastcl")
+
+        def cell(name):
+            return f"{row[name]:,.0f}" if name in row else "-"
+
+        def ratio(name):
+            return f"{fast / row[name]:.1f}x" if fast and name in row else "-"
+
+        lines.append(f"| {device} | {recipe} | {in_size} -> {out_size} | {cell('fastcl')} | {cell('torchvision')} | "
+                     f"{cell('kornia')} | {ratio('torchvision')} | {ratio('kornia')} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(data: dict) -> str:
     cells = defaultdict(dict)
     hardware = set()
+    augment_rows = [b for b in data["benchmarks"] if b["extra_info"].get("bench") == "augment"]
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
+        hardware.add(f"{info['hardware']}, torch {info['torch']}, fastcl {info['fastcl']}, {info['date']}")
+        if info.get("bench") == "augment":
+            continue
         key = (info["device"], info["dtype"], info["passes"], info["rows"], info["dim"])
         cells[key][info["impl"]] = (bench["stats"]["median"], info.get("peak_bytes"))
-        hardware.add(f"{info['hardware']}, torch {info['torch']}, fastcl {info['fastcl']}, {info['date']}")
-    lines = ["Hardware: " + "; ".join(sorted(hardware)), "",
-             "| device | dtype | pass | 2N | D | naive ms | fastcl ms | speed-up | naive peak MiB | "
-             "fastcl peak MiB | fastcl / naive memory |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["Hardware: " + "; ".join(sorted(hardware)), ""]
+    if augment_rows:
+        lines.append(augment_table(augment_rows))
+    if not cells:
+        return "\n".join(lines)
+    lines += ["| device | dtype | pass | 2N | D | naive ms | fastcl ms | speed-up | naive peak MiB | "
+              "fastcl peak MiB | fastcl / naive memory |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key in sorted(cells):
         row = cells[key]
         if "naive" not in row or "fastcl" not in row:
