@@ -34,8 +34,10 @@ test: build
 	$(PY) -m fastcl info
 	$(PY) -m pytest tests -q
 
+# kornia is a baseline of the augmentation benchmark only, so it is installed here, not for tests.
 bench: build
-	$(PY) -m pytest benchmarks/bench_ntxent.py -q --benchmark-json=benchmarks/latest.json
+	$(PY) -m pip install --quiet kornia
+	$(PY) -m pytest benchmarks/bench_ntxent.py benchmarks/bench_augment.py -q --benchmark-json=benchmarks/latest.json
 	$(PY) benchmarks/report.py benchmarks/latest.json
 
 gpu-check:

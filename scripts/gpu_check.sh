@@ -47,6 +47,10 @@ for dtype in (torch.float32, torch.bfloat16):
     loss = fastcl.NTXentLoss(0.1)(z1, z2) + fastcl.NTXentLoss(0.1, allow_no_positive=True)(z1, labels=y)
     loss = loss + fastcl.InfoNCELoss(0.05, hard_negative_weight=0.5)(z1, z2, negative_keys=z2.flip(0))
     loss.backward()
+images = torch.randint(0, 256, (6, 3, 45, 37), dtype=torch.uint8, device="cuda")
+for aug in (fastcl.augment.SimCLRAugment(32), fastcl.augment.SimCLRAugment.byol(40, blur_kernel=5)):
+    views = aug(images, views=2, generator=torch.Generator(device="cuda").manual_seed(0))
+    views = aug([img for img in images.float().div(255)], views=2)
 torch.cuda.synchronize()
 print("memcheck case ok", float(loss))
 PYEOF
@@ -65,7 +69,8 @@ fi
 
 step "CUDA benchmarks"
 export FASTCL_BENCH_SIZES="${FASTCL_BENCH_SIZES:-1024,4096,8192,16384}" FASTCL_BENCH_DIMS="${FASTCL_BENCH_DIMS:-128}"
-timeout 90 "$PY" -m pytest benchmarks/bench_ntxent.py -q -k cuda --benchmark-json="$OUT/bench-cuda.json" \
+timeout 90 "$PY" -m pytest benchmarks/bench_ntxent.py benchmarks/bench_augment.py -q -k cuda \
+  --benchmark-json="$OUT/bench-cuda.json" \
   > "$OUT/bench.log" 2>&1
 rc=$?; tail -5 "$OUT/bench.log"
 if [ -s "$OUT/bench-cuda.json" ]; then
