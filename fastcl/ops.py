@@ -49,6 +49,12 @@ def _register() -> None:
 
     torch.library.register_autograd("fastcl::contrastive_forward", _backward, setup_context=_setup_context)
 
+    @torch.library.register_fake("fastcl::augment")
+    def _augment_fake(images, source_index, params, size, blur_kernel, mean, std, out_dtype, channels_last):
+        channels = images[0].shape[1] if images[0].dim() == 4 else images[0].shape[0]
+        out = images[0].new_empty((params.shape[0], channels, size, size), dtype=out_dtype)
+        return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
 
 if _extension.has_ops():
     _register()

@@ -177,3 +177,28 @@ def test_sampled_parameters_follow_the_recipe():
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_and_compile(device):
+    images = _images(torch.uint8, 4, 3, 20, 24, device)
+    params = A.SimCLRAugment(16, blur_p=0.5, blur_kernel=3).sample(4, (20, 24), generator=torch.Generator().manual_seed(9),
+                                                                   views=2)
+    table, source = params.table.to(device), params.source_index.to(device)
+    mean = torch.tensor([0.5, 0.4, 0.3], device=device)
+    std = torch.tensor([0.2, 0.25, 0.3], device=device)
+    for channels_last in (False, True):
+        args = ([images], source, table, 16, 3, mean, std, torch.bfloat16, channels_last)
+        torch.library.opcheck(torch.ops.fastcl.augment.default, args)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda imgs, src, tab: torch.ops.fastcl.augment(
+        [imgs], src, tab, 16, 3, None, None, torch.float32, False) * 2, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(images, source, table), A.apply(images, params) * 2, rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_list_mixing_devices_is_rejected():
+    images = [torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8, device="cuda")]
+    with pytest.raises(ValueError, match="is on"):
+        A.SimCLRAugment(8)(images)
