@@ -209,9 +209,13 @@ class SimCLRAugment(nn.Module):
 
     def forward(self, images: Images, views: int = 2, generator: Optional[torch.Generator] = None):
         """`views` augmented views of the batch, each (B, C, size, size), in one kernel launch."""
-        batch, sizes = _batch_and_sizes(images)
+        listed = _check_images(images)
+        if listed[0].dim() == 4:
+            batch, sizes = listed[0].shape[0], (int(listed[0].shape[2]), int(listed[0].shape[3]))
+        else:
+            batch, sizes = len(listed), [(int(img.shape[1]), int(img.shape[2])) for img in listed]
         params = self.sample(batch, sizes, generator=generator, views=views)
-        out = apply(images, params, mean=self.mean, std=self.std, dtype=self.dtype, channels_last=self.channels_last)
+        out = apply(listed, params, mean=self.mean, std=self.std, dtype=self.dtype, channels_last=self.channels_last)
         return tuple(out.chunk(views)) if views > 1 else out
 
     def extra_repr(self) -> str:
@@ -220,17 +224,11 @@ class SimCLRAugment(nn.Module):
                 f"grayscale_p={self.grayscale_p}, blur_p={self.blur_p}, solarize_p={self.solarize_p}")
 
 
-def _batch_and_sizes(images: Images):
-    if isinstance(images, Tensor):
-        if images.dim() != 4:
-            raise ValueError(f"images must be (B, C, H, W) or a list of (C, H, W), got shape {tuple(images.shape)}")
-        return images.shape[0], (int(images.shape[2]), int(images.shape[3]))
-    images = list(images)
-    return len(images), [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
-
-
 def _check_images(images: Images) -> list[Tensor]:
     """The kernel's image list: one (B, C, H, W) tensor, or (C, H, W) tensors on one device."""
+    if isinstance(images, (list, tuple)) and len(images) == 1 and isinstance(images[0], Tensor) \
+            and images[0].dim() == 4:
+        images = images[0]  # the kernel's own form of a batch
     if isinstance(images, Tensor):
         if images.dim() != 4:
             raise ValueError(f"images must be (B, C, H, W) or a list of (C, H, W), got shape {tuple(images.shape)}")
