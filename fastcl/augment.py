@@ -262,6 +262,22 @@ def _check_images(images: Images) -> list[Tensor]:
     return listed
 
 
+def _check_rows(rows: Tensor, heights: Tensor, widths: Tensor) -> None:
+    """Hand-made or edited parameter rows get the ranges torchvision's functions accept."""
+    def first_bad(ok: Tensor, what: str) -> None:
+        if not bool(ok.all()):
+            raise ValueError(f"params row {int((~ok).nonzero()[0])}: {what}")
+
+    first_bad(torch.isfinite(rows).all(dim=1), "non-finite values")
+    first_bad((rows[:, TOP] >= 0) & (rows[:, LEFT] >= 0) & (rows[:, HEIGHT] >= 1) & (rows[:, WIDTH] >= 1)
+              & (rows[:, TOP] + rows[:, HEIGHT] <= heights) & (rows[:, LEFT] + rows[:, WIDTH] <= widths),
+              "the crop box lies outside its image; params do not match these images")
+    first_bad((rows[:, [BRIGHTNESS, CONTRAST, SATURATION]] >= 0).all(dim=1), "jitter factors must be >= 0")
+    first_bad(rows[:, HUE].abs() <= 0.5, "the hue factor must lie in [-0.5, 0.5]")
+    first_bad(((rows[:, ORDER] >= 0) & (rows[:, ORDER] <= 3)).all(dim=1), "the jitter order holds op indices 0..3")
+    first_bad(rows[:, BLUR_SIGMA] >= 0, "the blur sigma must be >= 0 (0: no blur)")
+
+
 def apply(images: Images, params: AugmentParams, *, mean: Optional[Sequence[float]] = None,
           std: Optional[Sequence[float]] = None, dtype: torch.dtype = torch.float32,
           channels_last: bool = False) -> Tensor:
@@ -271,11 +287,19 @@ def apply(images: Images, params: AugmentParams, *, mean: Optional[Sequence[floa
     device = listed[0].device
     count = listed[0].shape[0] if len(listed) == 1 and listed[0].dim() == 4 else len(listed)
     table, source = params.table, params.source_index
-    if table.dim() != 2 or table.shape[1] != NUM_PARAMS:
-        raise ValueError(f"params.table must have shape (P, {NUM_PARAMS}), got {tuple(table.shape)}")
-    if source.shape != (table.shape[0],):
-        raise ValueError(f"params.source_index must have shape ({table.shape[0]},), got {tuple(source.shape)}")
-    if bool((source < 0).any()) or bool((source >= count).any()):
+    if table.dim() != 2 or table.shape[1] != NUM_PARAMS or not table.dtype.is_floating_point:
+        raise ValueError(f"params.table must be a float tensor of shape (P, {NUM_PARAMS}), got "
+                         f"{table.dtype} {tuple(table.shape)}")
+    if source.shape != (table.shape[0],) or source.dtype.is_floating_point:
+        raise ValueError(f"params.source_index must be integers of shape ({table.shape[0]},), got "
+                         f"{source.dtype} {tuple(source.shape)}")
+    if not isinstance(params.size, int) or params.size <= 0:
+        raise ValueError(f"params.size must be a positive int, got {params.size!r}")
+    if not isinstance(params.blur_kernel, int) or params.blur_kernel < 1 or params.blur_kernel % 2 == 0:
+        raise ValueError(f"params.blur_kernel must be a positive odd int, got {params.blur_kernel!r}")
+    # One copy to the host for all checks (a single sync on CUDA).
+    rows, src = table.detach().float().cpu(), source.cpu()
+    if bool(((src < 0) | (src >= count)).any()):
         raise ValueError(f"params were sampled for another batch: source_index must lie in [0, {count}) "
                          f"for these {count} images")
     if listed[0].dim() == 4:
@@ -284,16 +308,11 @@ def apply(images: Images, params: AugmentParams, *, mean: Optional[Sequence[floa
     else:
         heights = torch.tensor([float(img.shape[1]) for img in listed])
         widths = torch.tensor([float(img.shape[2]) for img in listed])
-    cpu_table, cpu_source = table.detach().float().cpu(), source.cpu()
-    box_ok = ((cpu_table[:, TOP] >= 0) & (cpu_table[:, LEFT] >= 0) & (cpu_table[:, HEIGHT] >= 1)
-              & (cpu_table[:, WIDTH] >= 1)
-              & (cpu_table[:, TOP] + cpu_table[:, HEIGHT] <= heights[cpu_source])
-              & (cpu_table[:, LEFT] + cpu_table[:, WIDTH] <= widths[cpu_source]))
-    if not bool(box_ok.all()):
-        bad = int((~box_ok).nonzero()[0])
-        raise ValueError(f"params row {bad}: the crop box lies outside its image; params do not match these images")
+    _check_rows(rows, heights[src], widths[src])
     if (mean is None) != (std is None):
         raise ValueError("mean and std go together: pass both or neither")
+    if std is not None and any(float(v) <= 0 for v in (std if isinstance(std, (list, tuple)) else [std])):
+        raise ValueError(f"std must be positive, got {std!r}")
     channels = listed[0].shape[-3]
     mean_t = std_t = None
     if mean is not None:

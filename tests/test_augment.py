@@ -154,6 +154,11 @@ def test_sampled_parameters_follow_the_recipe():
     assert abs(float(byol[n:, A.SOLARIZE].mean()) - 0.2) < 0.02 and float(byol[:n, A.SOLARIZE].sum()) == 0
 
 
+def _edited(**cols):
+    row = _row(8, 8, **cols)
+    return A.AugmentParams(row[None], torch.zeros(1, dtype=torch.int64), size=8)
+
+
 @pytest.mark.parametrize("call,exc,match", [
     (lambda: A.SimCLRAugment(0), ValueError, "size"),
     (lambda: A.SimCLRAugment(32, scale=(0.5, 0.1)), ValueError, "scale"),
@@ -173,6 +178,10 @@ def test_sampled_parameters_follow_the_recipe():
     (lambda: A.apply(torch.zeros(2, 3, 32, 32), A.SimCLRAugment(32).sample(4, (32, 32))), ValueError,
      "another batch"),
     (lambda: A.apply(torch.zeros(2, 3, 16, 16), A.SimCLRAugment(32).sample(2, (32, 32))), ValueError, "crop box"),
+    (lambda: A.apply(torch.zeros(1, 3, 8, 8), _edited(HUE=0.7)), ValueError, "hue"),
+    (lambda: A.apply(torch.zeros(1, 3, 8, 8), _edited(BRIGHTNESS=-1.0)), ValueError, "jitter factors"),
+    (lambda: A.apply(torch.zeros(1, 3, 8, 8), _edited(BLUR_SIGMA=float("nan"))), ValueError, "non-finite"),
+    (lambda: A.apply(torch.zeros(1, 3, 8, 8), _edited(), mean=(0.5,), std=(0.0,)), ValueError, "std"),
 ])
 def test_bad_input(call, exc, match):
     with pytest.raises(exc, match=match):
