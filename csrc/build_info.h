@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-// The build passes bare tokens (FASTCL_VERSION_RAW=0.1.0, FASTCL_CUDA_ARCH_LIST_RAW=8.0,9.0+PTX):
+// The build passes bare tokens (FASTCL_VERSION_RAW=0.1.0, FASTCL_CUDA_ARCH_LIST_RAW=8.0/9.0+PTX):
 // quotes do not survive every build path, so they are stringised here.
 #define FASTCL_STR_(...) #__VA_ARGS__
 #define FASTCL_STR(...) FASTCL_STR_(__VA_ARGS__)

@@ -110,7 +110,8 @@ def compile_args(with_cuda: bool, version: str) -> tuple[dict[str, list[str]], l
     if debug():
         defines.append("-DFASTCL_DEBUG")
     if with_cuda:
-        arches = arch_list().replace(";", ",").replace(" ", ",")
+        # nvcc splits option values at commas, so the list travels as 8.0/9.0+PTX.
+        arches = "/".join(arch_list().replace(";", " ").split())
         defines += ["-DWITH_CUDA", f"-DFASTCL_CUDA_ARCH_LIST_RAW={arches}",
                     f"-DFASTCL_CUDA_VERSION_RAW={torch.version.cuda}"]
     # No trapping math: lets the compiler if-convert and vectorise the clamps in the row loops.

@@ -72,3 +72,15 @@ def test_failed_jit_build_falls_back_or_fails_strictly(tmp_path):
     strict = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                             env=dict(env, FASTCL_STRICT="1"))
     assert strict.returncode != 0 and "FASTCL_STRICT=1" in strict.stderr
+
+
+def test_build_flags_survive_nvcc(monkeypatch):
+    """nvcc splits option values at commas: no define may contain one (the default arch list has two entries)."""
+    from fastcl import _build
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    args, _ = _build.compile_args(with_cuda=True, version="1.2.3")
+    defines = [flag for flag in args["nvcc"] if flag.startswith("-D")]
+    assert "-DFASTCL_CUDA_ARCH_LIST_RAW=8.0/9.0+PTX" in defines
+    assert not any("," in flag for flag in args["nvcc"])
+    assert not any("arch" in flag.lower() and not flag.startswith("-DFASTCL_CUDA_ARCH") for flag in args["nvcc"])
