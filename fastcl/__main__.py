@@ -1,8 +1,9 @@
-"""Command line: `python -m fastcl info` (build information) and `python -m fastcl demo`."""
+"""Command line: `python -m fastcl info | demo | simclr | knn | linear-probe`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -36,6 +37,65 @@ def _demo(args) -> int:
     return run(sizes=args.sizes, dim=args.dim, repeats=args.repeats)
 
 
+def _simclr(args) -> int:
+    from .train import SimCLRConfig, SimCLRTrainer, TrainingDiverged
+
+    fields = {f.name for f in __import__("dataclasses").fields(SimCLRConfig)}
+    config = SimCLRConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    try:
+        summary = SimCLRTrainer(config).train()
+    except TrainingDiverged as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(method):
+    def run(args) -> int:
+        from .train import evaluate_checkpoint
+
+        top1 = evaluate_checkpoint(args.checkpoint, args.data, method=method, device=args.device)
+        print(f"{'kNN' if method == 'knn' else 'linear probe'} top-1: {100 * top1:.2f}%")
+        return 0
+    return run
+
+
+def _add_simclr(sub) -> None:
+    p = sub.add_parser("simclr", help="SimCLR pre-training (see fastcl.train.SimCLRConfig)")
+    p.add_argument("--data", default="fake", help="fake | cifar10:DIR | folder:DIR")
+    p.add_argument("--out", default="runs/simclr")
+    p.add_argument("--arch", choices=["resnet18", "resnet50", "small_cnn"])
+    p.add_argument("--size", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--optimizer", choices=["lars", "sgd", "adamw"])
+    p.add_argument("--lr", type=float, help="default: 0.3 x B/256 (linear) or 0.075 x sqrt(B) (sqrt)")
+    p.add_argument("--lr-scaling", dest="lr_scaling", choices=["linear", "sqrt"])
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--proj-hidden", dest="proj_hidden", type=int)
+    p.add_argument("--proj-dim", dest="proj_dim", type=int)
+    p.add_argument("--strength", type=float, help="colour-jitter strength (0.5 CIFAR, 1.0 ImageNet)")
+    p.add_argument("--blur-p", dest="blur_p", type=float)
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--device")
+    p.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last.pt")
+    p.set_defaults(func=_simclr)
+    for name, method in (("knn", "knn"), ("linear-probe", "linear")):
+        e = sub.add_parser(name, help=f"{name} top-1 of a SimCLR checkpoint's frozen encoder")
+        e.add_argument("--checkpoint", required=True)
+        e.add_argument("--data", help="default: the dataset the checkpoint was trained on")
+        e.add_argument("--device", default="auto")
+        e.set_defaults(func=_evaluate(method))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastcl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,8 +105,13 @@ def main(argv=None) -> int:
     demo.add_argument("--dim", type=int, default=128)
     demo.add_argument("--repeats", type=int, default=3)
     demo.set_defaults(func=_demo)
+    _add_simclr(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad arguments or data: a message, not a traceback
+        print(f"fastcl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
