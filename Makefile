@@ -12,7 +12,8 @@ export MAX_JOBS ?= 2
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PIN) numpy pybind11 ninja setuptools wheel pytest pytest-benchmark psutil
+	$(PY) -m pip install --quiet $(TORCH_PIN) numpy pybind11 ninja setuptools wheel pytest pytest-benchmark psutil \
+		matplotlib
 	touch $@
 
 # A development install: the repository on the venv's path, fastcl._C built in place, so that

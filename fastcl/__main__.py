@@ -1,4 +1,4 @@
-"""Command line: `python -m fastcl info | demo | simclr | knn | linear-probe`."""
+"""Command line: `python -m fastcl info | demo | simclr | knn | linear-probe | plot`."""
 
 from __future__ import annotations
 
@@ -63,6 +63,13 @@ def _evaluate(method):
     return run
 
 
+def _plot(args) -> int:
+    from .plot import plot_run
+
+    print(f"wrote {plot_run(args.run, args.output)}")
+    return 0
+
+
 def _add_simclr(sub) -> None:
     p = sub.add_parser("simclr", help="SimCLR pre-training (see fastcl.train.SimCLRConfig)")
     p.add_argument("--data", default="fake", help="fake | cifar10:DIR | folder:DIR")
@@ -94,6 +101,10 @@ def _add_simclr(sub) -> None:
         e.add_argument("--data", help="default: the dataset the checkpoint was trained on")
         e.add_argument("--device", default="auto")
         e.set_defaults(func=_evaluate(method))
+    plot = sub.add_parser("plot", help="loss and kNN curves of a run (RUN/curves.png)")
+    plot.add_argument("run", help="the --out folder of a training run")
+    plot.add_argument("--output", help="image path (default RUN/curves.png)")
+    plot.set_defaults(func=_plot)
 
 
 def main(argv=None) -> int:
@@ -109,7 +120,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:  # bad arguments or data: a message, not a traceback
+    except (ValueError, FileNotFoundError, ImportError) as exc:  # bad arguments or data: a message, not a traceback
         print(f"fastcl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

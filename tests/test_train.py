@@ -108,3 +108,14 @@ def test_command_line(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "fastcl", "simclr", "--data", "nope", "--out", str(out)],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plot_writes_the_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fastcl.plot import plot_run
+
+    SimCLRTrainer(_config(tmp_path, epochs=1)).train()
+    image = plot_run(str(tmp_path / "run"))
+    assert image.endswith("curves.png") and os.path.getsize(image) > 1000
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        plot_run(str(tmp_path / "nowhere"))
