@@ -25,10 +25,6 @@ struct Source {
   const void* base;
   bool u8;
   int64_t C, H, W, sc, sy, sx;
-  float at(int64_t c, int64_t y, int64_t x) const {
-    const int64_t off = c * sc + y * sy + x * sx;
-    return u8 ? static_cast<float>(static_cast<const uint8_t*>(base)[off]) : static_cast<const float*>(base)[off];
-  }
 };
 
 // Image i of the input: one (B, C, H, W) tensor or a list of (C, H, W) tensors.

@@ -46,7 +46,7 @@ void forward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Tenso
   const at::Tensor q_block = qn.narrow(0, r0, br);
   for (int64_t c0 = 0; c0 < p.L; c0 += kColTile) {
     const int64_t bc = std::min(kColTile, p.L - c0);
-    at::Tensor tile = tile_view<acc_t>(buffer, br, bc);
+    at::Tensor tile = tile_view(buffer, br, bc);
     at::mm_out(tile, q_block, kn.narrow(0, c0, bc).t());
     acc_t* s = tile.data_ptr<acc_t>();
     for (int64_t r = 0; r < br; ++r) {
@@ -70,9 +70,8 @@ void forward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Tenso
 }
 
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const Problem<acc_t>& base,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_impl(const Problem<acc_t>& p,
                                                             const at::Tensor& qn, const at::Tensor& kn) {
-  const Problem<acc_t> p = base;
   const auto opts = qn.options();
   at::Tensor loss = at::empty({p.M}, opts), lse = at::empty({p.M}, opts), num_pos = at::empty({p.M}, opts);
   acc_t* loss_p = loss.data_ptr<acc_t>();
@@ -103,7 +102,7 @@ double backward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Te
   double dscale = 0;
   for (int64_t c0 = g0; c0 < g1; c0 += kColTile) {
     const int64_t bc = std::min(kColTile, g1 - c0);
-    at::Tensor tile = tile_view<acc_t>(buffer, br, bc);
+    at::Tensor tile = tile_view(buffer, br, bc);
     at::mm_out(tile, q_block, kn.narrow(0, c0, bc).t());
     acc_t* s = tile.data_ptr<acc_t>();
     for (int64_t r = 0; r < br; ++r) {

@@ -92,7 +92,6 @@ inline acc_t positive_sum(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_
   return sum;
 }
 
-template <typename acc_t>
 inline at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, rows * cols).view({rows, cols});
 }

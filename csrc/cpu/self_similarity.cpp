@@ -102,7 +102,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_similarity_forward(const Pro
         const auto [I, J] = pairs.list[n];
         const int64_t i0 = I * kTile, j0 = J * kTile;
         const int64_t bi = std::min(kTile, M - i0), bj = std::min(kTile, M - j0);
-        at::Tensor tile = tile_view<acc_t>(buffer, bi, bj);
+        at::Tensor tile = tile_view(buffer, bi, bj);
         at::mm_out(tile, zn.narrow(0, i0, bi), zn.narrow(0, j0, bj).t());
         acc_t* S = tile.data_ptr<acc_t>();
         scale_in_place(S, bi * bj, p.scale);
@@ -162,8 +162,8 @@ std::tuple<at::Tensor, acc_t> self_similarity_backward(const Problem<acc_t>& p, 
         const int64_t i0 = I * kTile, j0 = J * kTile;
         const int64_t bi = std::min(kTile, M - i0), bj = std::min(kTile, M - j0);
         const at::Tensor zi = zn.narrow(0, i0, bi), zj = zn.narrow(0, j0, bj);
-        at::Tensor dot_tile = tile_view<acc_t>(dots, bi, bj);
-        at::Tensor h_tile = tile_view<acc_t>(hbuf, bi, bj);
+        at::Tensor dot_tile = tile_view(dots, bi, bj);
+        at::Tensor h_tile = tile_view(hbuf, bi, bj);
         at::mm_out(dot_tile, zi, zj.t());
         const acc_t* S = dot_tile.data_ptr<acc_t>();
         acc_t* H = h_tile.data_ptr<acc_t>();
