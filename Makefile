@@ -13,7 +13,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN) numpy pybind11 ninja setuptools wheel pytest pytest-benchmark psutil \
-		matplotlib
+		tqdm matplotlib scikit-learn
 	touch $@
 
 # A development install: the repository on the venv's path, fastcl._C built in place, so that
@@ -27,6 +27,7 @@ setup: $(VENV)/.installed
 build: setup
 	$(PY) setup.py --quiet build_ext --inplace
 
+# SimCLR on the built-in digits: about 8 minutes on 2 CPU cores.
 demo: build
 	$(PY) -m fastcl info
 	$(PY) -m fastcl demo
@@ -38,6 +39,7 @@ test: build
 # kornia is a baseline of the augmentation benchmark only, so it is installed here, not for tests.
 bench: build
 	$(PY) -m pip install --quiet kornia
+	$(PY) -m fastcl speed
 	$(PY) -m pytest benchmarks/bench_ntxent.py benchmarks/bench_augment.py -q --benchmark-json=benchmarks/latest.json
 	$(PY) benchmarks/report.py benchmarks/latest.json
 

@@ -1,4 +1,4 @@
-"""Command line: `python -m fastcl info | demo | simclr | knn | linear-probe | plot`."""
+"""Command line: `python -m fastcl info | demo | speed | simclr | knn | linear-probe | plot`."""
 
 from __future__ import annotations
 
@@ -31,17 +31,23 @@ def _info(_args) -> int:
     return 0
 
 
-def _demo(args) -> int:
-    from .demo import run
+def _speed(args) -> int:
+    from .speed import run
 
     return run(sizes=args.sizes, dim=args.dim, repeats=args.repeats)
 
 
+def _demo(args) -> int:
+    from .demo import run
+
+    return run(out=args.out, epochs=args.epochs, seed=args.seed, device=args.device)
+
+
 def _simclr(args) -> int:
-    from .train import SimCLRConfig, SimCLRTrainer, TrainingDiverged
+    from .train import SimCLRConfig, SimCLRTrainer, TrainingDiverged, config_for
 
     fields = {f.name for f in __import__("dataclasses").fields(SimCLRConfig)}
-    config = SimCLRConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    config = config_for(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
     try:
         summary = SimCLRTrainer(config).train()
     except TrainingDiverged as exc:
@@ -72,7 +78,8 @@ def _plot(args) -> int:
 
 def _add_simclr(sub) -> None:
     p = sub.add_parser("simclr", help="SimCLR pre-training (see fastcl.train.SimCLRConfig)")
-    p.add_argument("--data", default="fake", help="fake | cifar10:DIR | folder:DIR")
+    p.add_argument("--data", default="fake", help="digits | fake | cifar10:DIR | folder:DIR; unset options take "
+                   "the dataset's recipe (fastcl.train.RECIPES), then SimCLRConfig's CIFAR defaults")
     p.add_argument("--out", default="runs/simclr")
     p.add_argument("--arch", choices=["resnet18", "resnet50", "small_cnn"])
     p.add_argument("--size", type=int)
@@ -87,12 +94,15 @@ def _add_simclr(sub) -> None:
     p.add_argument("--proj-hidden", dest="proj_hidden", type=int)
     p.add_argument("--proj-dim", dest="proj_dim", type=int)
     p.add_argument("--strength", type=float, help="colour-jitter strength (0.5 CIFAR, 1.0 ImageNet)")
+    p.add_argument("--crop-min", dest="crop_min", type=float, help="smallest crop area fraction (default 0.08)")
+    p.add_argument("--flip-p", dest="flip_p", type=float, help="horizontal flip probability (default 0.5)")
     p.add_argument("--blur-p", dest="blur_p", type=float)
     p.add_argument("--amp", choices=["none", "bf16", "fp16"])
     p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
     p.add_argument("--seed", type=int)
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--device")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
     p.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last.pt")
     p.set_defaults(func=_simclr)
     for name, method in (("knn", "knn"), ("linear-probe", "linear")):
@@ -111,11 +121,17 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastcl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print versions, compiled backends and build settings").set_defaults(func=_info)
-    demo = sub.add_parser("demo", help="fastcl vs the pure-PyTorch NT-Xent loss: time, memory, difference")
-    demo.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="values of 2N")
-    demo.add_argument("--dim", type=int, default=128)
-    demo.add_argument("--repeats", type=int, default=3)
+    demo = sub.add_parser("demo", help="SimCLR on the built-in digits: kNN of raw pixels, random-init and trained")
+    demo.add_argument("--out", default="runs/digits-demo")
+    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda")
     demo.set_defaults(func=_demo)
+    speed = sub.add_parser("speed", help="fastcl vs the pure-PyTorch NT-Xent loss: time, memory, difference")
+    speed.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="values of 2N")
+    speed.add_argument("--dim", type=int, default=128)
+    speed.add_argument("--repeats", type=int, default=3)
+    speed.set_defaults(func=_speed)
     _add_simclr(sub)
     args = parser.parse_args(argv)
     try:

@@ -1,9 +1,10 @@
-"""Datasets for the trainers, held in memory as uint8 (N, C, H, W) tensors with int64 labels,
+"""Datasets for the trainers, held in memory (or memory-mapped) as uint8 (N, C, H, W) tensors with int64 labels,
 so that batches go to the device as uint8 and are augmented there.
 
-Specs: ``fake`` (torchvision FakeData, for smoke tests), ``cifar10:DIR`` (a local copy of the
+Specs: ``digits`` (built in: scikit-learn's handwritten digits in noisy scenes, see
+fastcl.digits), ``fake`` (torchvision FakeData, for smoke tests), ``cifar10:DIR`` (a local copy of the
 python CIFAR-10 batches; never downloads), ``folder:DIR`` (an ImageFolder, decoded, resized and
-cached as uint8 once)."""
+cached once as a memory-mapped uint8 array)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .checkpoint import save_atomic
 
-DATASETS = ("fake", "cifar10:DIR", "folder:DIR")
+DATASETS = ("digits", "fake", "cifar10:DIR", "folder:DIR")
 
 
 @dataclass
@@ -63,32 +63,36 @@ def _cifar10(root: str, train: bool) -> ImageData:
 
 
 def _folder(root: str, train: bool, size: int) -> ImageData:
-    """ImageFolder decoded once: shorter side resized to `size`, centre crop, cached as uint8 in
-    DIR/.fastcl-cache-<split>-<size>.pt (epochs after the first decode no JPEGs)."""
-    from torchvision.datasets import ImageFolder
-    from torchvision.transforms import v2
+    """An ImageFolder, decoded once into a memory-mapped uint8 cache (see fastcl.image_cache):
+    DIR/train and DIR/val, or DIR itself for both splits (then kNN is measured on training images)."""
+    from . import image_cache
 
     if not os.path.isdir(root):
         raise FileNotFoundError(f"folder: no directory {root!r}")
     split = "train" if train else "val"
-    source = os.path.join(root, split) if os.path.isdir(os.path.join(root, split)) else root
-    cache = os.path.join(root, f".fastcl-cache-{split}-{size}.pt")
-    if os.path.exists(cache):
-        saved = torch.load(cache)
-        return ImageData(saved["images"], saved["labels"], saved["num_classes"])
-    resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
-    folder = ImageFolder(source, transform=resize)
-    if len(folder) == 0:
-        raise FileNotFoundError(f"folder: {source!r} holds no images in class subfolders")
-    images, labels = _from_pil(folder[i] for i in range(len(folder)))
-    data = ImageData(images, labels, len(folder.classes))
-    save_atomic({"images": images, "labels": labels, "num_classes": data.num_classes}, cache)
-    return data
+    if os.path.isdir(os.path.join(root, split)):
+        source = os.path.join(root, split)
+    elif os.path.isdir(os.path.join(root, "train")):
+        raise FileNotFoundError(f"folder: {root!r} has train/ but no val/; the kNN monitor and the probes need "
+                                "the held-out split")
+    else:
+        source, split = root, "all"  # one flat ImageFolder: train and evaluation both use it
+    target = image_cache.cache_dir(root, split, size)
+    cached = image_cache.open_cache(target)
+    if cached is None:
+        print(f"folder: decoding {source} into {target} (once)", flush=True)
+        image_cache.build(source, target, size)
+        cached = image_cache.open_cache(target)
+    return ImageData(*cached)
 
 
 def load(spec: str, train: bool = True, size: int = 32) -> ImageData:
     """The dataset a spec names (see DATASETS), train or held-out split."""
     kind, _, path = spec.partition(":")
+    if kind == "digits" and not path:
+        from . import digits
+
+        return digits.load(train, size)
     if kind == "fake" and not path:
         return _fake(train, size)
     if kind == "cifar10" and path:

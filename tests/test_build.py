@@ -39,8 +39,8 @@ def test_jit_build_matches_aot(tmp_path):
     assert float(value) == pytest.approx(float(aot.stdout.split()[1]), rel=1e-6)
 
 
-def test_demo_command_prints_a_table():
-    out = subprocess.run([sys.executable, "-m", "fastcl", "demo", "--sizes", "64", "128", "--repeats", "1"],
+def test_speed_command_prints_a_table():
+    out = subprocess.run([sys.executable, "-m", "fastcl", "speed", "--sizes", "64", "128", "--repeats", "1"],
                          capture_output=True, text=True, check=True)
     rows = [line for line in out.stdout.splitlines() if line.strip().startswith(("64 ", "128 "))]
     assert len(rows) == 2, out.stdout
