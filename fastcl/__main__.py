@@ -1,4 +1,5 @@
-"""Command line: `python -m fastcl info | demo | speed | simclr | knn | linear-probe | plot`."""
+"""Command line: `python -m fastcl info | demo | speed | simclr | knn | linear-probe | plot | simcse |
+sts-eval`."""
 
 from __future__ import annotations
 
@@ -69,6 +70,65 @@ def _evaluate(method):
     return run
 
 
+def _simcse(args) -> int:
+    from .train_simcse import SimCSEConfig, SimCSETrainer
+
+    fields = {f.name for f in __import__("dataclasses").fields(SimCSEConfig)}
+    config = SimCSEConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    summary = SimCSETrainer(config).train()
+    summary.pop("config")
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _sts_eval(args) -> int:
+    from . import sts
+    from .simcse import SimCSE
+
+    model = SimCSE.from_pretrained(args.model, pooler=args.pooler)
+    if args.device != "auto" or __import__("torch").cuda.is_available():
+        model.to("cuda" if args.device == "auto" else args.device)
+    results = {args.sts_file: sts.evaluate_file(model, args.sts_file)} if args.sts_file else sts.builtin(model)
+    for name, r in results.items():
+        print(f"{name}: Spearman {r['spearman']:.2f}  Pearson {r['pearson']:.2f}  ({r['pairs']} pairs)")
+    return 0
+
+
+def _add_simcse(sub) -> None:
+    p = sub.add_parser("simcse", help="SimCSE sentence-embedding training (see fastcl.train_simcse.SimCSEConfig)")
+    p.add_argument("--model", required=True, help="minilm | tiny | a local folder | a hub name")
+    p.add_argument("--train-file", dest="train_file", required=True,
+                   help="builtin | sentences.txt (unsupervised) | pairs.csv with sent0,sent1[,hard_neg]")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pooler", choices=["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"])
+    p.add_argument("--mlp-only-train", dest="mlp_only_train", action="store_true", default=None)
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--max-length", dest="max_length", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--hard-negative-weight", dest="hard_negative_weight", type=float)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float)
+    p.add_argument("--max-grad-norm", dest="max_grad_norm", type=float)
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    p.add_argument("--dev-file", dest="dev_file", help="an STS file: evaluate every --eval-steps, keep the best")
+    p.add_argument("--eval-steps", dest="eval_steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--max-steps", dest="max_steps", type=int)
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.set_defaults(func=_simcse)
+    e = sub.add_parser("sts-eval", help="Spearman/Pearson x 100 of a sentence encoder on an STS file or the "
+                                        "built-in Lee, SimLex-999 and WordSim-353 benchmarks")
+    e.add_argument("--model", required=True)
+    e.add_argument("--sts-file", dest="sts_file", help="STS-B / SICK / sentence1<TAB>sentence2<TAB>score; "
+                                                     "default: the built-in benchmarks")
+    e.add_argument("--pooler", choices=["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"])
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=_sts_eval)
+
+
 def _plot(args) -> int:
     from .plot import plot_run
 
@@ -133,6 +193,7 @@ def main(argv=None) -> int:
     speed.add_argument("--repeats", type=int, default=3)
     speed.set_defaults(func=_speed)
     _add_simclr(sub)
+    _add_simcse(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

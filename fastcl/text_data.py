@@ -1,0 +1,96 @@
+"""SimCSE training data in the SimCSE repository's formats, and the built-in corpus.
+
+- one sentence per line (.txt): unsupervised (wiki1m_for_simcse.txt);
+- CSV with a header: `sent0` alone (unsupervised), `sent0,sent1` (positive pairs) or
+  `sent0,sent1,hard_neg` (nli_for_simcse.csv: entailment positives, contradiction negatives);
+- `builtin`: sentences split from gensim's Lee background corpus (300 news articles, in the
+  gensim wheel's test data), deduplicated.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+SUPERVISED_COLUMNS = ("sent0", "sent1", "hard_neg")
+
+
+@dataclass
+class TextData:
+    anchors: list  # sent0
+    positives: Optional[list] = None  # sent1; None: unsupervised (the anchor is its own positive)
+    hard_negatives: Optional[list] = None  # hard_neg
+
+    @property
+    def supervised(self) -> bool:
+        return self.positives is not None
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+
+def gensim_test_file(name: str) -> str:
+    """A file of gensim's bundled test data, found without importing gensim."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the built-in corpus and benchmarks ship inside the gensim wheel: pip install gensim "
+                          "(or fastcl[nlp]); fastcl only reads its data files")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "test", "test_data", name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"gensim's test data has no {name!r} (looked in {path})")
+    return path
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
+
+
+def builtin_corpus(min_words: int = 4) -> TextData:
+    with open(gensim_test_file("lee_background.cor"), encoding="utf-8", errors="replace") as f:
+        articles = f.read().splitlines()
+    seen, sentences = set(), []
+    for article in articles:
+        for sentence in _SENTENCE_END.split(article.strip()):
+            sentence = sentence.strip()
+            if len(sentence.split()) >= min_words and sentence not in seen:
+                seen.add(sentence)
+                sentences.append(sentence)
+    return TextData(sentences)
+
+
+def _read_lines(path: str) -> TextData:
+    with open(path, encoding="utf-8") as f:
+        sentences = [line.strip() for line in f if line.strip()]
+    if not sentences:
+        raise ValueError(f"train file {path!r} holds no sentences")
+    return TextData(sentences)
+
+
+def _read_csv(path: str) -> TextData:
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = tuple(reader.fieldnames or ())
+        if columns not in (SUPERVISED_COLUMNS[:1], SUPERVISED_COLUMNS[:2], SUPERVISED_COLUMNS):
+            raise ValueError(f"train file {path!r} has columns {list(columns)}; expected a header of sent0, "
+                             "sent0,sent1 or sent0,sent1,hard_neg")
+        rows = [row for row in reader if any((value or "").strip() for value in row.values())]
+    if not rows:
+        raise ValueError(f"train file {path!r} holds no rows")
+    for number, row in enumerate(rows, start=2):
+        missing = [c for c in columns if not (row.get(c) or "").strip()]
+        if missing:
+            raise ValueError(f"train file {path!r}, line {number}: empty {', '.join(missing)}")
+    column = lambda name: [row[name].strip() for row in rows] if name in columns else None  # noqa: E731
+    return TextData(column("sent0"), column("sent1"), column("hard_neg"))
+
+
+def load_train_file(spec: str) -> TextData:
+    """`builtin`, a .csv (see the module doc) or any other file as one sentence per line."""
+    if spec == "builtin":
+        return builtin_corpus()
+    if not os.path.isfile(spec):
+        raise FileNotFoundError(f"train file {spec!r} does not exist")
+    return _read_csv(spec) if spec.endswith(".csv") else _read_lines(spec)

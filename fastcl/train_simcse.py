@@ -1,0 +1,220 @@
+"""SimCSE training (Gao, Yao and Chen 2021) with fastcl.InfoNCELoss.
+
+Unsupervised: each batch of sentences runs through the encoder twice in one forward (the batch
+duplicated), so dropout is the only augmentation; the two passes are positives, the rest of the
+batch negatives. Supervised: (sent0, sent1[, hard_neg]) rows; the hard negatives are appended to
+the keys, with `hard_negative_weight` added to each anchor's own hard-negative logit.
+
+    from fastcl.train_simcse import SimCSEConfig, SimCSETrainer
+    SimCSETrainer(SimCSEConfig(model="minilm", train_file="builtin", out="runs/demo")).train()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from . import sts, text_data
+from .losses import InfoNCELoss
+from .simcse import POOLERS, SimCSE, native_pooler
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# The paper's settings for BERT-base: (batch size, learning rate, epochs).
+UNSUPERVISED_DEFAULTS = dict(batch_size=64, lr=3e-5, epochs=1)
+SUPERVISED_DEFAULTS = dict(batch_size=512, lr=5e-5, epochs=3)
+
+
+@dataclass
+class SimCSEConfig:
+    model: str = "tiny"
+    train_file: str = "builtin"
+    out: str = "runs/simcse"
+    pooler: Optional[str] = None  # None: the checkpoint's own (sentence-transformers), else cls
+    mlp_only_train: Optional[bool] = None  # None: True for unsupervised cls, as the paper
+    temperature: float = 0.05
+    max_length: int = 32
+    batch_size: Optional[int] = None  # None: 64 unsupervised, 512 supervised
+    lr: Optional[float] = None  # None: 3e-5 unsupervised, 5e-5 supervised
+    epochs: Optional[int] = None  # None: 1 unsupervised, 3 supervised
+    hard_negative_weight: float = 0.0
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0  # then linear decay to 0 (the transformers Trainer schedule)
+    max_grad_norm: float = 1.0
+    amp: str = "none"
+    dev_file: Optional[str] = None  # an STS file: evaluate every eval_steps, keep the best model
+    eval_steps: int = 125
+    seed: int = 42
+    device: str = "auto"
+    log_every: int = 10
+    max_steps: Optional[int] = None
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.pooler is not None and self.pooler not in POOLERS:
+            raise ValueError(f"pooler must be one of {POOLERS}, got {self.pooler!r}")
+        if self.max_length <= 0:
+            raise ValueError(f"max_length must be > 0, got {self.max_length}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (a batch of one has no negatives), got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {tuple(AMP_DTYPES)}, got {self.amp!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1, got {self.eval_steps}")
+        if self.dev_file is not None and not os.path.isfile(self.dev_file):
+            raise FileNotFoundError(f"dev file {self.dev_file!r} does not exist")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class SimCSETrainer:
+    def __init__(self, config: SimCSEConfig):
+        config.validate()
+        self.data = text_data.load_train_file(config.train_file)
+        defaults = SUPERVISED_DEFAULTS if self.data.supervised else UNSUPERVISED_DEFAULTS
+        self.cfg = cfg = dataclasses.replace(config, **{k: v for k, v in defaults.items()
+                                                        if getattr(config, k) is None})
+        if len(self.data) < 2:
+            raise ValueError(f"train file {cfg.train_file!r} has {len(self.data)} row; need at least 2")
+        self.batch_size = min(cfg.batch_size, len(self.data))
+        self.device = _device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        pooler = cfg.pooler or native_pooler(cfg.model) or "cls"
+        mlp_only_train = (not self.data.supervised) if cfg.mlp_only_train is None else cfg.mlp_only_train
+        self.model = SimCSE.from_pretrained(cfg.model, pooler=pooler, mlp_only_train=mlp_only_train,
+                                            max_length=cfg.max_length, seed=cfg.seed).to(self.device)
+        self.criterion = InfoNCELoss(temperature=cfg.temperature, hard_negative_weight=cfg.hard_negative_weight)
+        self.steps_per_epoch = math.ceil(len(self.data) / self.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        decay = [p for n, p in self.model.named_parameters() if not n.endswith("bias") and "LayerNorm" not in n]
+        no_decay = [p for n, p in self.model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+        self.optimizer = torch.optim.AdamW([dict(params=decay, weight_decay=cfg.weight_decay),
+                                            dict(params=no_decay, weight_decay=0.0)], lr=cfg.lr)
+        warmup = int(cfg.warmup_ratio * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
+            else max(0.0, (self.total_steps - step) / max(1, self.total_steps - warmup)))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        os.makedirs(cfg.out, exist_ok=True)
+        self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+        if os.path.exists(self.metrics_path):
+            os.remove(self.metrics_path)
+        self.global_step, self.best, self.saved_at = 0, None, -1
+
+    def _log(self, **record) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _batch(self, rows: list) -> dict:
+        """Tokenised sentences of a batch: anchors twice (unsupervised) or anchors, positives and
+        hard negatives, stacked so that one forward embeds them all."""
+        d = self.data
+        groups = [[d.anchors[i] for i in rows]]
+        groups.append([d.positives[i] for i in rows] if d.supervised else groups[0])
+        if d.hard_negatives is not None:
+            groups.append([d.hard_negatives[i] for i in rows])
+        tokens = self.model.tokenize([s for group in groups for s in group])
+        return {k: v.to(self.device, non_blocking=True) for k, v in tokens.items()}
+
+    def _step(self, rows: list) -> float:
+        cfg, n = self.cfg, len(rows)
+        batch = self._batch(rows)
+        amp = AMP_DTYPES[cfg.amp]
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            z = self.model(**batch)
+        z = z.float()
+        negatives = z[2 * n:] if z.shape[0] > 2 * n else None
+        loss = self.criterion(z[:n], z[n:2 * n], negative_keys=negatives)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"the SimCSE loss became {float(loss.detach())} at step {self.global_step + 1}; "
+                               "lower the learning rate or use bf16 instead of fp16")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return float(loss.detach())
+
+    def evaluate_dev(self) -> Optional[float]:
+        if self.cfg.dev_file is None:
+            return None
+        return sts.evaluate_file(self.model, self.cfg.dev_file)["spearman"]
+
+    def _checkpoint(self) -> None:
+        """With a dev set, keep the best model by dev Spearman; without, the latest."""
+        if self.saved_at == self.global_step:
+            return
+        self.saved_at = self.global_step
+        score = self.evaluate_dev()
+        if score is not None:
+            self._log(kind="eval", step=self.global_step, dev_spearman=score)
+            if self.best is not None and score <= self.best:
+                return
+            self.best = score
+        self.model.save_pretrained(self.cfg.out)
+
+    def train(self) -> dict:
+        from tqdm import tqdm
+
+        cfg, start, losses = self.cfg, time.perf_counter(), []
+        generator = torch.Generator().manual_seed(cfg.seed)
+        bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, disable=not cfg.progress,
+                   mininterval=0.2 if sys.stderr.isatty() else 30)
+        tick, seen = time.perf_counter(), 0
+        self.model.train()
+        with bar:
+            for epoch in range(cfg.epochs):
+                order = torch.randperm(len(self.data), generator=generator).tolist()
+                for first in range(0, len(order), self.batch_size):
+                    rows = order[first:first + self.batch_size]
+                    if len(rows) < 2:
+                        continue  # a final batch of one has no negatives
+                    loss = self._step(rows)
+                    losses.append(loss)
+                    self.global_step += 1
+                    seen += len(rows)
+                    rate = seen / max(time.perf_counter() - tick, 1e-9)
+                    lr = self.scheduler.get_last_lr()[0]
+                    bar.set_postfix_str(f"epoch {epoch + 1} loss {loss:.4f} lr {lr:.3g} {rate:,.0f} sent/s",
+                                        refresh=False)
+                    bar.update()
+                    if self.global_step % cfg.log_every == 0:
+                        self._log(kind="step", step=self.global_step, epoch=epoch, loss=loss, lr=lr,
+                                  sentences_per_s=rate)
+                    if self.global_step % cfg.eval_steps == 0:
+                        self._checkpoint()
+                    if self.global_step >= self.total_steps:
+                        break
+                if self.global_step >= self.total_steps:
+                    break
+        self._checkpoint()
+        summary = dict(steps=self.global_step, final_loss=losses[-1] if losses else None, best_dev_spearman=self.best,
+                       seconds=time.perf_counter() - start, model=cfg.out, supervised=self.data.supervised,
+                       pooler=self.model.pooler, config=dataclasses.asdict(cfg))
+        with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        return summary
