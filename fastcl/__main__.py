@@ -71,11 +71,16 @@ def _evaluate(method):
 
 
 def _simcse(args) -> int:
+    from .train import TrainingDiverged
     from .train_simcse import SimCSEConfig, SimCSETrainer
 
     fields = {f.name for f in __import__("dataclasses").fields(SimCSEConfig)}
     config = SimCSEConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    summary = SimCSETrainer(config).train()
+    try:
+        summary = SimCSETrainer(config).train()
+    except TrainingDiverged as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
     summary.pop("config")
     print(json.dumps(summary, indent=2))
     return 0

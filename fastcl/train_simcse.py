@@ -25,6 +25,7 @@ import torch
 from . import sts, text_data
 from .losses import InfoNCELoss
 from .simcse import POOLERS, SimCSE, native_pooler
+from .train import TrainingDiverged
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The paper's settings for BERT-base: (batch size, learning rate, epochs).
@@ -147,8 +148,9 @@ class SimCSETrainer:
         negatives = z[2 * n:] if z.shape[0] > 2 * n else None
         loss = self.criterion(z[:n], z[n:2 * n], negative_keys=negatives)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"the SimCSE loss became {float(loss.detach())} at step {self.global_step + 1}; "
-                               "lower the learning rate or use bf16 instead of fp16")
+            raise TrainingDiverged(f"the SimCSE loss became {float(loss.detach())} at step {self.global_step + 1}; "
+                                   "lower the learning rate or use bf16 instead of fp16; the last saved model in "
+                                   f"{self.cfg.out} (if any) is kept")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if cfg.max_grad_norm > 0:

@@ -249,3 +249,14 @@ def test_command_line(tmp_path):
 
 def test_poolers_listed():
     assert POOLERS == ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
+
+
+def test_a_nan_loss_stops_the_run(tmp_path):
+    from fastcl.train import TrainingDiverged
+
+    (tmp_path / "train.txt").write_text("\n".join(f"sentence {i}" for i in range(20)))
+    trainer = SimCSETrainer(SimCSEConfig(train_file=str(tmp_path / "train.txt"), out=str(tmp_path / "run"),
+                                         batch_size=8, progress=False))
+    trainer.criterion = lambda q, k, negative_keys=None: (q.sum() + k.sum()) * float("nan")
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 1"):
+        trainer.train()
