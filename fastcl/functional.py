@@ -10,7 +10,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from . import _validate, ops
+from . import _validate, distributed, ops
 
 Temperature = Union[float, Tensor]
 
@@ -45,6 +45,28 @@ def _reduce(loss: Tensor, num_pos: Tensor, reduction: str, allow_no_positive: bo
     return loss.mean()
 
 
+def _reduce_global(loss: Tensor, num_pos: Tensor, reduction: str, allow_no_positive: bool) -> Tensor:
+    """This rank's share of the global-batch loss (see fastcl.distributed): scaled so that the
+    mean over ranks is the global value and DDP's averaged gradients are its gradients."""
+    world = torch.distributed.get_world_size()
+    local = _reduce(loss, num_pos, "none" if reduction == "none" else "sum", allow_no_positive)
+    if reduction == "none":
+        return local
+    if reduction == "sum":
+        return local * world
+    counted = (num_pos > 0).sum() if allow_no_positive else torch.tensor(loss.shape[0], device=loss.device)
+    total = counted.to(torch.int64).reshape(1).clone()
+    torch.distributed.all_reduce(total)
+    return local * world / total.clamp_min(1).to(local.dtype).squeeze(0)
+
+
+def _gathering(gather_distributed: bool) -> bool:
+    if gather_distributed:
+        return distributed.active()
+    distributed.warn_not_gathering()
+    return False
+
+
 def nt_xent(
     z1: Tensor,
     z2: Optional[Tensor] = None,
@@ -54,6 +76,7 @@ def nt_xent(
     normalize: bool = True,
     reduction: str = "mean",
     allow_no_positive: bool = False,
+    gather_distributed: bool = False,
     impl: str = "auto",
 ) -> Tensor:
     """NT-Xent (SimCLR) and its supervised / multi-view form (SupCon L_out).
@@ -65,7 +88,12 @@ def nt_xent(
       are all other rows with the same label (SupCon); with z1, z2 and y (N,) as well.
 
     reduction "none" returns one loss per anchor, in the row order [z1; z2] (or view-major
-    for (N, V, D) input, as torch.cat(torch.unbind(z, 1)))."""
+    for (N, V, D) input, as torch.cat(torch.unbind(z, 1))).
+
+    gather_distributed: under torch.distributed, every rank's rows are columns too (negatives
+    and, with labels, positives from all ranks); this rank's loss is its share of the global
+    loss, so that under DDP the gradients equal the single-process global batch's. Batch sizes
+    may differ between ranks. "none" returns this rank's anchors' losses."""
     _validate.reduction(reduction)
     z1 = _validate.embeddings("z1" if z2 is not None else "z", z1, (2,) if z2 is not None else (2, 3))
     if z2 is not None:
@@ -75,6 +103,7 @@ def nt_xent(
             raise ValueError(f"z1 and z2 must have the same shape (N, D), got {tuple(z1.shape)} and "
                              f"{tuple(z2.shape)}")
     n = z1.shape[0]  # samples (rows, for (M, D) input with labels)
+    labels_given = labels
     if z2 is not None or z1.dim() == 3:
         # Views are stacked view-major: rows [view 0 of all samples; view 1; ...].
         views = 2 if z2 is not None else z1.shape[1]
@@ -92,6 +121,20 @@ def nt_xent(
             raise ValueError("nt_xent(z) with z of shape (M, D) needs labels=...; pass z1, z2 for two views")
         rows = z1
         labels = _validate.labels("labels", labels, n, z1)
+    if _gathering(gather_distributed):
+        samples = distributed.sizes(n, z1.device)
+        if sum(samples) < 2:
+            raise ValueError(f"NT-Xent needs a global batch of at least 2 samples, got {sum(samples)} over "
+                             f"{len(samples)} ranks")
+        if z2 is not None or z1.dim() == 3:
+            if labels_given is None:  # sample ids must be unique across ranks
+                labels = labels + distributed.offset(samples)
+        counts = distributed.sizes(rows.shape[0], z1.device)
+        columns, col_labels = distributed.gather(rows, counts), distributed.gather(labels, counts)
+        loss, num_pos = ops.contrastive(rows, columns, labels, col_labels, _logit_scale(temperature, rows),
+                                        row_offset=distributed.offset(counts), exclude_self=True,
+                                        normalize=normalize, impl=impl)
+        return _reduce_global(loss, num_pos, reduction, allow_no_positive)
     if n < 2:
         raise ValueError(f"NT-Xent needs a batch of at least 2 samples so that every anchor has a negative, "
                          f"got N={n}")
@@ -110,6 +153,7 @@ def info_nce(
     hard_negative_weight: float = 0.0,
     normalize: bool = True,
     reduction: str = "mean",
+    gather_distributed: bool = False,
     impl: str = "auto",
 ) -> Tensor:
     """InfoNCE: query i against keys [positive_key; negative_keys], its positive is key i.
@@ -117,7 +161,10 @@ def info_nce(
     - SimCSE: ``info_nce(z1, z2)`` (unsupervised), ``info_nce(z1, z2, z3)`` (hard negatives
       z3 (M, D), one per query); ``hard_negative_weight`` adds that logit to each query's own
       hard negative, as in the SimCSE code.
-    - CLIP: ``info_nce(img, txt, symmetric=True)`` averages image->text and text->image."""
+    - CLIP: ``info_nce(img, txt, symmetric=True)`` averages image->text and text->image.
+
+    gather_distributed: under torch.distributed, the keys (and negative keys) of every rank are
+    keys of every query; see nt_xent."""
     _validate.reduction(reduction)
     _validate.finite_weight("hard_negative_weight", hard_negative_weight)
     query = _validate.embeddings("query", query)
@@ -129,8 +176,27 @@ def info_nce(
                          f"{positive_key.shape[0]}")
     if m < 1:
         raise ValueError("query must hold at least one row")
-    row_labels = torch.arange(m, device=query.device)
-    keys, col_labels, col_bias, owner = positive_key, row_labels, None, None
+    gathering = _gathering(gather_distributed)
+    if gathering:
+        queries_per_rank = distributed.sizes(m, query.device)
+        first, total = distributed.offset(queries_per_rank), sum(queries_per_rank)
+        row_labels = torch.arange(first, first + m, device=query.device)
+        all_queries = distributed.gather(query, queries_per_rank) if symmetric else None
+        local_positive, positive_key = positive_key, distributed.gather(positive_key, queries_per_rank)
+        if negative_keys is not None:
+            negatives_per_rank = distributed.sizes(negative_keys.shape[0], query.device)
+            if hard_negative_weight != 0.0 and negatives_per_rank != queries_per_rank:
+                raise ValueError("hard_negative_weight needs one hard negative per query on every rank: "
+                                 f"queries per rank {queries_per_rank}, negative_keys {negatives_per_rank}")
+            negative_keys = distributed.gather(_validate.embeddings("negative_keys", negative_keys),
+                                               negatives_per_rank)
+        if total < 2 and negative_keys is None:
+            raise ValueError("InfoNCE without negative_keys needs at least 2 pairs over all ranks")
+    else:
+        row_labels = torch.arange(m, device=query.device)
+    positives = positive_key.shape[0]
+    col_labels = torch.arange(positives, device=query.device)
+    keys, col_bias, owner = positive_key, None, None
     if negative_keys is not None:
         if symmetric:
             raise ValueError("symmetric=True is defined for paired data only; drop negative_keys")
@@ -138,24 +204,29 @@ def info_nce(
         _validate.same_kind("negative_keys", negative_keys, "query", query)
         extra = negative_keys.shape[0]
         keys = torch.cat([positive_key, negative_keys])
-        col_labels = torch.cat([row_labels, torch.full((extra,), -1, device=query.device, dtype=torch.int64)])
+        col_labels = torch.cat([col_labels, torch.full((extra,), -1, device=query.device, dtype=torch.int64)])
         if hard_negative_weight != 0.0:
-            if extra != m:
+            if extra != positives:
                 raise ValueError("hard_negative_weight needs one hard negative per query: negative_keys must "
                                  f"have {m} rows, got {extra}")
             dtype = ops.loss_dtype(query.dtype)
-            col_bias = torch.cat([torch.zeros(m, dtype=dtype, device=query.device),
-                                  torch.full((m,), float(hard_negative_weight), dtype=dtype, device=query.device)])
-            owner = torch.cat([row_labels, row_labels])
+            col_bias = torch.cat([torch.zeros(positives, dtype=dtype, device=query.device),
+                                  torch.full((extra,), float(hard_negative_weight), dtype=dtype,
+                                             device=query.device)])
+            own = torch.arange(positives, device=query.device)
+            owner = torch.cat([own, own])
     elif hard_negative_weight != 0.0:
         raise ValueError("hard_negative_weight needs negative_keys")
-    elif m < 2:
+    elif positives < 2:
         raise ValueError("InfoNCE without negative_keys needs at least 2 pairs so that a query has a negative")
     scale = _logit_scale(temperature, query)
     loss, num_pos = ops.contrastive(query, keys, row_labels, col_labels, scale, col_bias=col_bias,
                                     col_bias_owner=owner, normalize=normalize, impl=impl)
     if symmetric:
-        loss_t, _ = ops.contrastive(positive_key, query, row_labels, row_labels, scale, normalize=normalize,
-                                    impl=impl)
+        # The other direction: this rank's keys as rows against every rank's queries.
+        rows_t, cols_t = (local_positive, all_queries) if gathering else (positive_key, query)
+        loss_t, _ = ops.contrastive(rows_t, cols_t, row_labels, col_labels, scale, normalize=normalize, impl=impl)
         loss = (loss + loss_t) / 2
+    if gathering:
+        return _reduce_global(loss, num_pos, reduction, allow_no_positive=False)
     return _reduce(loss, num_pos, reduction, allow_no_positive=False)

@@ -1,0 +1,113 @@
+"""Global negatives under torch.distributed (gloo, CPU, 2 and 3 processes spawned here): with
+gather_distributed=True and DDP, the mean of the ranks' losses and the parameter gradients
+equal those of one process holding the whole global batch, for uneven batch sizes too."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import fastcl
+
+D_IN, D = 6, 5
+CASES = ("ntxent", "supcon", "infonce_hard", "symmetric", "learnable_temperature")
+
+
+class Encoder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(D_IN, D)
+        self.log_temperature = torch.nn.Parameter(torch.tensor(-1.5))
+
+    def forward(self, x):
+        return self.linear(x), self.log_temperature.exp()
+
+
+def _data(total):
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(total, 3, D_IN, generator=g, dtype=torch.float64), torch.randint(0, 3, (total,), generator=g)
+
+
+def _loss(case, model, x, y, gather):
+    # One forward over all views, as a trainer does (DDP expects one forward per backward).
+    z, temperature = model(x.reshape(-1, D_IN))
+    z = z.reshape(x.shape[0], 3, D)
+    if case == "ntxent":
+        return fastcl.NTXentLoss(0.3, gather_distributed=gather)(z[:, 0], z[:, 1])
+    if case == "supcon":
+        return fastcl.NTXentLoss(0.3, gather_distributed=gather)(z[:, :2], labels=y)
+    if case == "infonce_hard":
+        return fastcl.InfoNCELoss(0.2, hard_negative_weight=0.7, gather_distributed=gather)(
+            z[:, 0], z[:, 1], negative_keys=z[:, 2])
+    if case == "symmetric":
+        return fastcl.InfoNCELoss(0.2, symmetric=True, gather_distributed=gather)(z[:, 0], z[:, 1])
+    if case == "learnable_temperature":
+        return fastcl.NTXentLoss(temperature, gather_distributed=gather)(z[:, 0], z[:, 1])
+    raise AssertionError(case)
+
+
+def _grads(model):
+    return {name: torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+            for name, p in model.named_parameters()}
+
+
+def _worker(rank, world, sizes, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    torch.manual_seed(0)
+    model = Encoder().double()
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)  # temperature: one case
+    x, y = _data(sum(sizes))
+    start = sum(sizes[:rank])
+    x, y = x[start:start + sizes[rank]], y[start:start + sizes[rank]]
+    results = {}
+    for case in CASES:
+        ddp.zero_grad()
+        loss = _loss(case, ddp, x, y, gather=True)
+        loss.backward()
+        results[case] = (float(loss.detach()), _grads(model))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _loss("ntxent", model, x, y, gather=False)
+        _loss("ntxent", model, x, y, gather=False)
+    results["warnings"] = [str(w.message) for w in caught if "gather_distributed" in str(w.message)]
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sizes", [[4, 4], [3, 5], [2, 4, 3]], ids=["2-even", "2-uneven", "3-uneven"])
+def test_ddp_gradients_equal_the_global_batch(tmp_path, sizes):
+    world = len(sizes)
+    mp.start_processes(_worker, args=(world, sizes, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
+                       join=True, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
+    torch.manual_seed(0)
+    model = Encoder().double()
+    x, y = _data(sum(sizes))
+    for case in CASES:
+        model.zero_grad()
+        loss = _loss(case, model, x, y, gather=False)
+        loss.backward()
+        want = _grads(model)
+        mean_loss = sum(r[case][0] for r in ranks) / world
+        assert mean_loss == pytest.approx(float(loss), rel=1e-10, abs=1e-12), case
+        for r in ranks:
+            got = r[case][1]
+            assert got.keys() == want.keys(), case
+            for name in want:
+                torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-12, msg=f"{case}: {name}")
+    # Without gathering, a live process group earns one warning per process, not one per call.
+    assert all(len(r["warnings"]) == 1 for r in ranks)
+
+
+def test_without_a_process_group_gathering_is_a_no_op():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(5, 4), torch.randn(5, 4)
+    assert torch.equal(fastcl.NTXentLoss(0.5, gather_distributed=True)(z1, z2), fastcl.NTXentLoss(0.5)(z1, z2))
+    assert torch.equal(fastcl.InfoNCELoss(0.1, gather_distributed=True)(z1, z2), fastcl.InfoNCELoss(0.1)(z1, z2))
