@@ -45,10 +45,12 @@ def _demo(args) -> int:
 
 
 def _simclr(args) -> int:
+    from . import distributed
     from .train import SimCLRConfig, SimCLRTrainer, TrainingDiverged, config_for
 
     fields = {f.name for f in __import__("dataclasses").fields(SimCLRConfig)}
     config = config_for(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    distributed.init_from_env()  # under torchrun: join the process group
     try:
         summary = SimCLRTrainer(config).train()
     except TrainingDiverged as exc:
@@ -56,7 +58,8 @@ def _simclr(args) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    print(json.dumps(summary, indent=2))
+    if distributed.rank_world()[0] == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -168,6 +171,8 @@ def _add_simclr(sub) -> None:
     p.add_argument("--max-steps", dest="max_steps", type=int)
     p.add_argument("--device")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=None,
+                   help="under torchrun: batch norm over the global batch (SimCLR's global BN)")
     p.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last.pt")
     p.set_defaults(func=_simclr)
     for name, method in (("knn", "knn"), ("linear-probe", "linear")):

@@ -102,14 +102,20 @@ def load(spec: str, train: bool = True, size: int = 32) -> ImageData:
     raise ValueError(f"unknown dataset {spec!r}; expected one of {', '.join(DATASETS)}")
 
 
-def batches(data: ImageData, batch_size: int, seed: int, epoch: int, drop_last: bool = True):
+def batches(data: ImageData, batch_size: int, seed: int, epoch: int, drop_last: bool = True,
+            shard: tuple = (0, 1)):
     """Shuffled uint8 batches (pinned when CUDA is available, for non_blocking copies); the order
-    depends only on (seed, epoch), so a resumed run sees the same batches."""
+    depends only on (seed, epoch), so a resumed run sees the same batches. With shard=(rank,
+    world), batch_size is the global batch and this rank gets its contiguous share of each
+    (the DistributedSampler split with a per-epoch seed, without padding)."""
+    rank, world = shard
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(data), generator=g)
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     pin = torch.cuda.is_available()
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
+        share = len(idx) // world
+        idx = idx[rank * share:(rank + 1) * share]
         images = data.images[idx]
         yield (images.pin_memory() if pin else images), data.labels[idx]

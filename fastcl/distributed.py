@@ -78,3 +78,76 @@ def gather(x: Tensor, counts: list) -> Tensor:
 def offset(counts: list) -> int:
     """Where this rank's rows start in the gathered tensor."""
     return sum(counts[:dist.get_rank()])
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without an initialised process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT
+    in the environment): NCCL when CUDA is visible, else gloo. True when running distributed."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return active()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return active()
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the global batch (SimCLR's global BN) on any device and backend: the batch
+    statistics are summed over ranks with a differentiable all_reduce. (torch's SyncBatchNorm
+    runs on GPUs only; `to_global_batch_norm` uses it there.)"""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input, got {x.dim()}D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and active()):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        sums = all_reduce(torch.cat([x.sum(dims), count]))
+        n = sums[-1]
+        mean = sums[:-1] / n
+        var = all_reduce(((x - mean.reshape(shape)) ** 2).sum(dims)) / n  # two passes: no cancellation
+        if self.track_running_stats:
+            with torch.no_grad():
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked + 1)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
+                unbiased = var.detach() * n / (n - 1).clamp_min(1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+                self.num_batches_tracked.add_(1)
+        y = (x - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y
+
+
+def to_global_batch_norm(module: torch.nn.Module, cuda: bool) -> torch.nn.Module:
+    """Every BatchNorm*d in `module` turned into a global one: torch's SyncBatchNorm on CUDA,
+    GlobalBatchNorm elsewhere (weights and running statistics kept)."""
+    if cuda:
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
+        new = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                              module.track_running_stats)
+        like = next(module.parameters(), None)
+        like = like if like is not None else next(module.buffers(), torch.empty(0))
+        new.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
+        new.load_state_dict(module.state_dict())
+        new.train(module.training)
+        return new
+    for name, child in module.named_children():
+        setattr(module, name, to_global_batch_norm(child, cuda))
+    return module

@@ -18,8 +18,8 @@ from typing import Optional
 
 import torch
 
-from . import checkpoint, data, evaluate, models, optim
-from .augment import SimCLRAugment
+from . import checkpoint, data, distributed, evaluate, models, optim
+from .augment import AugmentParams, SimCLRAugment, apply
 from .losses import NTXentLoss
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,6 +60,7 @@ class SimCLRConfig:
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps in all
     device: str = "auto"
     resume: bool = False
+    sync_bn: bool = False  # under torch.distributed: batch norm statistics over the global batch
 
     def validate(self) -> None:
         if self.batch_size < 2:
@@ -103,7 +104,9 @@ def config_for(data: str, **overrides) -> SimCLRConfig:
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.active():
+        return torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
     return torch.device(name)
 
 
@@ -122,6 +125,11 @@ class SimCLRTrainer:
     def __init__(self, config: SimCLRConfig):
         config.validate()
         self.cfg = cfg = config
+        self.rank, self.world = distributed.rank_world()
+        self.is_main = self.rank == 0
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must divide evenly over "
+                             f"{self.world} processes")
         self.device = _device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.train_data = data.load(cfg.data, train=True, size=cfg.size)
@@ -130,12 +138,18 @@ class SimCLRTrainer:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(self.train_data)} training images")
         encoder = models.encoder(cfg.arch, cifar_stem=cfg.cifar_stem, in_channels=self.train_data.images.shape[1])
         self.model = models.SimCLRModel(encoder, models.ProjectionHead(encoder.out_dim, cfg.proj_hidden, cfg.proj_dim))
+        if self.world > 1 and cfg.sync_bn:
+            self.model = distributed.to_global_batch_norm(self.model, cuda=self.device.type == "cuda")
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.net = self.model  # what the training step calls: the model, or DDP around it
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.augment = SimCLRAugment(cfg.size, scale=(cfg.crop_min, 1.0), flip_p=cfg.flip_p,
                                      strength=cfg.strength, blur_p=cfg.blur_p, channels_last=cfg.channels_last)
-        self.criterion = NTXentLoss(temperature=cfg.temperature)
+        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=self.world > 1)
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         total = cfg.epochs * self.steps_per_epoch
         lr = cfg.lr if cfg.lr is not None else optim.scaled_learning_rate(cfg.batch_size, cfg.lr_scaling)
@@ -149,7 +163,7 @@ class SimCLRTrainer:
         self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
         if cfg.resume:
             self._restore()
-        elif os.path.exists(self.metrics_path):
+        elif os.path.exists(self.metrics_path) and self.is_main:
             os.remove(self.metrics_path)
 
     # -- state --------------------------------------------------------------------------------
@@ -161,7 +175,8 @@ class SimCLRTrainer:
                     config=dataclasses.asdict(self.cfg))
 
     def save(self) -> None:
-        checkpoint.save_atomic(self._state(), self.checkpoint_path)
+        if self.is_main:  # the ranks hold identical states
+            checkpoint.save_atomic(self._state(), self.checkpoint_path)
 
     def _restore(self) -> None:
         state = checkpoint.load(self.checkpoint_path, map_location=self.device)
@@ -173,7 +188,7 @@ class SimCLRTrainer:
         torch.set_rng_state(state["torch_rng"].cpu())
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         # Metrics written after the checkpoint belong to a run that did not get to save them.
-        if os.path.exists(self.metrics_path):
+        if os.path.exists(self.metrics_path) and self.is_main:
             with open(self.metrics_path) as f:
                 kept = [line for line in f if self._before_checkpoint(json.loads(line))]
             with open(self.metrics_path, "w") as f:
@@ -185,21 +200,43 @@ class SimCLRTrainer:
         return record["epoch"] < self.epoch
 
     def _log(self, **record) -> None:
+        if not self.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
     # -- training -----------------------------------------------------------------------------
+    def _views(self, images: torch.Tensor) -> tuple:
+        """Two views of this rank's images. Under torch.distributed every rank samples the
+        parameters of the whole global batch from the same generator and applies its share, so a
+        sample gets the views it would get in a one-process run."""
+        if self.world == 1:
+            return self.augment(images, views=2, generator=self.generator)
+        cfg, local = self.cfg, images.shape[0]
+        params = self.augment.sample(cfg.batch_size, tuple(images.shape[-2:]), generator=self.generator, views=2)
+        first = torch.arange(self.rank * local, (self.rank + 1) * local, device=params.table.device)
+        rows = torch.cat([first, first + cfg.batch_size])
+        mine = AugmentParams(params.table[rows], torch.arange(local, device=rows.device).repeat(2), params.size,
+                             params.blur_kernel, views=2)
+        out = apply(images, mine, mean=self.augment.mean, std=self.augment.std, dtype=self.augment.dtype,
+                    channels_last=self.augment.channels_last)
+        return tuple(out.chunk(2))
+
     def _step(self, images: torch.Tensor) -> float:
         cfg = self.cfg
         images = images.to(self.device, non_blocking=True)
-        v1, v2 = self.augment(images, views=2, generator=self.generator)
+        v1, v2 = self._views(images)
         amp = AMP_DTYPES[cfg.amp]
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            z = self.model(torch.cat([v1, v2]))
+            z = self.net(torch.cat([v1, v2]))
         loss = self.criterion(z[:images.shape[0]], z[images.shape[0]:])
-        if not torch.isfinite(loss):
+        value = loss.detach().clone()
+        if self.world > 1:  # the global loss is the mean of the ranks' shares; every rank sees it
+            torch.distributed.all_reduce(value)
+            value /= self.world
+        if not torch.isfinite(value):
             raise TrainingDiverged(
-                f"the loss became {float(loss.detach())} at step {self.global_step + 1} (epoch {self.epoch}); training "
+                f"the loss became {float(value)} at step {self.global_step + 1} (epoch {self.epoch}); training "
                 f"stopped and the last good checkpoint {self.checkpoint_path} is kept. Lower the learning rate "
                 "or use bf16 instead of fp16.")
         self.optimizer.zero_grad(set_to_none=True)
@@ -207,7 +244,7 @@ class SimCLRTrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return float(loss.detach())
+        return float(value)
 
     def knn_accuracy(self) -> float:
         bank = encode(self.model.encoder, self.train_data.images, self.device)
@@ -222,7 +259,7 @@ class SimCLRTrainer:
         interactive = sys.stderr.isatty()
         return tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, unit="step", leave=True,
                     desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True,
-                    mininterval=0.2 if interactive else 30, disable=not self.cfg.progress)
+                    mininterval=0.2 if interactive else 30, disable=not (self.cfg.progress and self.is_main))
 
     def train(self) -> dict:
         cfg = self.cfg
@@ -232,13 +269,13 @@ class SimCLRTrainer:
                 tick, seen = time.perf_counter(), 0
                 with self._progress() as bar:
                     for i, (images, _) in enumerate(data.batches(self.train_data, cfg.batch_size, cfg.seed,
-                                                                 self.epoch)):
+                                                                 self.epoch, shard=(self.rank, self.world))):
                         if i < self.step_in_epoch:
                             continue  # resumed mid-epoch: this batch was trained on before the checkpoint
                         loss = self._step(images)
                         losses.append(loss)
                         self.step_in_epoch, self.global_step = i + 1, self.global_step + 1
-                        seen += images.shape[0]
+                        seen += images.shape[0] * self.world
                         rate = seen / max(time.perf_counter() - tick, 1e-9)
                         lr = self.optimizer.param_groups[0]["lr"]
                         bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} {rate:,.0f} img/s", refresh=False)
@@ -264,9 +301,11 @@ class SimCLRTrainer:
 
     def _finish(self, start: float, losses: list, knn: Optional[float]) -> dict:
         summary = dict(epochs=self.epoch, steps=self.global_step, final_loss=losses[-1] if losses else None,
-                       knn_top1=knn, seconds=time.perf_counter() - start, checkpoint=self.checkpoint_path)
-        with open(os.path.join(self.cfg.out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+                       knn_top1=knn, seconds=time.perf_counter() - start, checkpoint=self.checkpoint_path,
+                       world_size=self.world)
+        if self.is_main:
+            with open(os.path.join(self.cfg.out, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
         return summary
 
 
