@@ -74,18 +74,21 @@ def _evaluate(method):
 
 
 def _simcse(args) -> int:
+    from . import distributed
     from .train import TrainingDiverged
     from .train_simcse import SimCSEConfig, SimCSETrainer
 
     fields = {f.name for f in __import__("dataclasses").fields(SimCSEConfig)}
     config = SimCSEConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    distributed.init_from_env()  # under torchrun: join the process group
     try:
         summary = SimCSETrainer(config).train()
     except TrainingDiverged as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     summary.pop("config")
-    print(json.dumps(summary, indent=2))
+    if distributed.rank_world()[0] == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

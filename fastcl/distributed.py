@@ -89,14 +89,18 @@ def rank_world() -> tuple[int, int]:
 
 def init_from_env() -> bool:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT
-    in the environment): NCCL when CUDA is visible, else gloo. True when running distributed."""
+    in the environment): NCCL when CUDA is visible, else gloo. A collective that waits longer
+    than FASTCL_DIST_TIMEOUT seconds (default 600) fails instead of hanging. True when running
+    distributed."""
     import os
+    from datetime import timedelta
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return active()
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    timeout = timedelta(seconds=float(os.environ.get("FASTCL_DIST_TIMEOUT", "600")))
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
     return active()
 
 

@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from . import sts, text_data
+from . import distributed, sts, text_data
 from .losses import InfoNCELoss
 from .simcse import POOLERS, SimCSE, native_pooler
 from .train import TrainingDiverged
@@ -83,7 +83,9 @@ class SimCSEConfig:
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.active():
+        return torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
     return torch.device(name)
 
 
@@ -97,13 +99,20 @@ class SimCSETrainer:
         if len(self.data) < 2:
             raise ValueError(f"train file {cfg.train_file!r} has {len(self.data)} row; need at least 2")
         self.batch_size = min(cfg.batch_size, len(self.data))
+        self.rank, self.world = distributed.rank_world()
+        self.is_main = self.rank == 0
         self.device = _device(cfg.device)
         torch.manual_seed(cfg.seed)
         pooler = cfg.pooler or native_pooler(cfg.model) or "cls"
         mlp_only_train = (not self.data.supervised) if cfg.mlp_only_train is None else cfg.mlp_only_train
         self.model = SimCSE.from_pretrained(cfg.model, pooler=pooler, mlp_only_train=mlp_only_train,
                                             max_length=cfg.max_length, seed=cfg.seed).to(self.device)
-        self.criterion = InfoNCELoss(temperature=cfg.temperature, hard_negative_weight=cfg.hard_negative_weight)
+        self.net = self.model  # what the training step calls: the model, or DDP around it
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.criterion = InfoNCELoss(temperature=cfg.temperature, hard_negative_weight=cfg.hard_negative_weight,
+                                     gather_distributed=self.world > 1)
         self.steps_per_epoch = math.ceil(len(self.data) / self.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
@@ -119,11 +128,13 @@ class SimCSETrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         os.makedirs(cfg.out, exist_ok=True)
         self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
-        if os.path.exists(self.metrics_path):
+        if os.path.exists(self.metrics_path) and self.is_main:
             os.remove(self.metrics_path)
         self.global_step, self.best, self.saved_at = 0, None, -1
 
     def _log(self, **record) -> None:
+        if not self.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -143,12 +154,16 @@ class SimCSETrainer:
         batch = self._batch(rows)
         amp = AMP_DTYPES[cfg.amp]
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            z = self.model(**batch)
+            z = self.net(**batch)
         z = z.float()
         negatives = z[2 * n:] if z.shape[0] > 2 * n else None
         loss = self.criterion(z[:n], z[n:2 * n], negative_keys=negatives)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the SimCSE loss became {float(loss.detach())} at step {self.global_step + 1}; "
+        value = loss.detach().clone()
+        if self.world > 1:  # the global loss is the mean of the ranks' shares; every rank sees it
+            torch.distributed.all_reduce(value)
+            value /= self.world
+        if not torch.isfinite(value):
+            raise TrainingDiverged(f"the SimCSE loss became {float(value)} at step {self.global_step + 1}; "
                                    "lower the learning rate or use bf16 instead of fp16; the last saved model in "
                                    f"{self.cfg.out} (if any) is kept")
         self.optimizer.zero_grad(set_to_none=True)
@@ -159,7 +174,7 @@ class SimCSETrainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return float(loss.detach())
+        return float(value)
 
     def evaluate_dev(self) -> Optional[float]:
         if self.cfg.dev_file is None:
@@ -167,7 +182,10 @@ class SimCSETrainer:
         return sts.evaluate_file(self.model, self.cfg.dev_file)["spearman"]
 
     def _checkpoint(self) -> None:
-        """With a dev set, keep the best model by dev Spearman; without, the latest."""
+        """With a dev set, keep the best model by dev Spearman; without, the latest. Rank 0 only:
+        the ranks hold identical models."""
+        if not self.is_main:
+            return
         if self.saved_at == self.global_step:
             return
         self.saved_at = self.global_step
@@ -184,7 +202,7 @@ class SimCSETrainer:
 
         cfg, start, losses = self.cfg, time.perf_counter(), []
         generator = torch.Generator().manual_seed(cfg.seed)
-        bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, disable=not cfg.progress,
+        bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, disable=not (cfg.progress and self.is_main),
                    mininterval=0.2 if sys.stderr.isatty() else 30)
         tick, seen = time.perf_counter(), 0
         self.model.train()
@@ -193,12 +211,13 @@ class SimCSETrainer:
                 order = torch.randperm(len(self.data), generator=generator).tolist()
                 for first in range(0, len(order), self.batch_size):
                     rows = order[first:first + self.batch_size]
-                    if len(rows) < 2:
-                        continue  # a final batch of one has no negatives
+                    if len(rows) < max(2, self.world):
+                        continue  # a final batch of one has no negatives (or leaves a rank empty)
+                    rows = [r.tolist() for r in torch.tensor(rows).tensor_split(self.world)][self.rank]
                     loss = self._step(rows)
                     losses.append(loss)
                     self.global_step += 1
-                    seen += len(rows)
+                    seen += len(rows) * self.world
                     rate = seen / max(time.perf_counter() - tick, 1e-9)
                     lr = self.scheduler.get_last_lr()[0]
                     bar.set_postfix_str(f"epoch {epoch + 1} loss {loss:.4f} lr {lr:.3g} {rate:,.0f} sent/s",
@@ -217,6 +236,8 @@ class SimCSETrainer:
         summary = dict(steps=self.global_step, final_loss=losses[-1] if losses else None, best_dev_spearman=self.best,
                        seconds=time.perf_counter() - start, model=cfg.out, supervised=self.data.supervised,
                        pooler=self.model.pooler, config=dataclasses.asdict(cfg))
-        with open(os.path.join(cfg.out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        summary["world_size"] = self.world
+        if self.is_main:
+            with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
         return summary
