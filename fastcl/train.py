@@ -280,10 +280,12 @@ class SimCLRTrainer:
                         lr = self.optimizer.param_groups[0]["lr"]
                         bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} {rate:,.0f} img/s", refresh=False)
                         bar.update()
-                        if self.global_step % cfg.log_every == 0 or self.step_in_epoch == self.steps_per_epoch:
+                        stopping = cfg.max_steps is not None and self.global_step >= cfg.max_steps
+                        if (self.global_step % cfg.log_every == 0 or self.step_in_epoch == self.steps_per_epoch
+                                or stopping):
                             self._log(kind="step", step=self.global_step, epoch=self.epoch, loss=loss, lr=lr,
                                       images_per_s=rate)
-                        if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                        if stopping:
                             self.save()
                             return self._finish(start, losses, None)
                     self.epoch, self.step_in_epoch = self.epoch + 1, 0

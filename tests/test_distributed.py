@@ -216,3 +216,43 @@ def test_two_process_simcse_matches_one_process(tmp_path):
     assert sum(two) / 8 == pytest.approx(sum(one) / 8, rel=0.05)
     written = {p.name for p in (tmp_path / "two").iterdir()}
     assert {"model.safetensors", "fastcl_simcse.json", "metrics.jsonl", "summary.json"} <= written
+
+
+def _simclr_resume_worker(rank, world, init_file, out, steps, resume):
+    from fastcl.train import SimCLRTrainer
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    torch.set_num_threads(1)
+    SimCLRTrainer(_simclr_config(out, max_steps=steps, resume=resume)).train()
+    dist.destroy_process_group()
+
+
+def test_two_process_resume_is_exact(tmp_path):
+    def run(name, steps, resume, init):
+        mp.start_processes(_simclr_resume_worker, args=(2, str(tmp_path / init), tmp_path / name, steps, resume),
+                           nprocs=2, join=True, start_method="spawn")
+
+    run("full", 6, False, "init1")
+    run("split", 3, False, "init2")
+    run("split", 6, True, "init3")
+    assert _step_losses(tmp_path / "split") == pytest.approx(_step_losses(tmp_path / "full"), rel=1e-6)
+
+
+def test_torchrun_launches_the_command_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "fastcl", "simclr", "--data", "fake", "--arch", "small_cnn", "--batch-size", "64", "--epochs", "1",
+           "--proj-hidden", "32", "--max-steps", "2", "--device", "cpu", "--sync-bn", "--no-progress", "--out",
+           str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout[run.stdout.index("{"):])  # printed once, by rank 0
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    assert len(_step_losses(out)) == 1  # the step where --max-steps stopped it
+    assert (out / "last.pt").exists()
