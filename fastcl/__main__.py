@@ -44,23 +44,34 @@ def _demo(args) -> int:
     return run(out=args.out, epochs=args.epochs, seed=args.seed, device=args.device)
 
 
-def _simclr(args) -> int:
-    from . import distributed
-    from .train import SimCLRConfig, SimCLRTrainer, TrainingDiverged, config_for
+def _train(make_config, config_class, make_trainer, args) -> int:
+    """Build the config from the options given, join torchrun's process group if there is one,
+    train, and print the summary once (rank 0)."""
+    import dataclasses
 
-    fields = {f.name for f in __import__("dataclasses").fields(SimCLRConfig)}
-    config = config_for(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    distributed.init_from_env()  # under torchrun: join the process group
+    from . import distributed
+    from .train import TrainingDiverged
+
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    config = make_config(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    distributed.init_from_env()
     try:
-        summary = SimCLRTrainer(config).train()
+        summary = make_trainer(config).train()
     except TrainingDiverged as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    summary.pop("config", None)
     if distributed.rank_world()[0] == 0:
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _simclr(args) -> int:
+    from .train import SimCLRConfig, SimCLRTrainer, config_for
+
+    return _train(config_for, SimCLRConfig, SimCLRTrainer, args)
 
 
 def _evaluate(method):
@@ -74,22 +85,9 @@ def _evaluate(method):
 
 
 def _simcse(args) -> int:
-    from . import distributed
-    from .train import TrainingDiverged
     from .train_simcse import SimCSEConfig, SimCSETrainer
 
-    fields = {f.name for f in __import__("dataclasses").fields(SimCSEConfig)}
-    config = SimCSEConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
-    distributed.init_from_env()  # under torchrun: join the process group
-    try:
-        summary = SimCSETrainer(config).train()
-    except TrainingDiverged as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 1
-    summary.pop("config")
-    if distributed.rank_world()[0] == 0:
-        print(json.dumps(summary, indent=2))
-    return 0
+    return _train(SimCSEConfig, SimCSEConfig, SimCSETrainer, args)
 
 
 def _sts_eval(args) -> int:

@@ -87,6 +87,16 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def device(name: str = "auto") -> torch.device:
+    """The device a trainer runs on: "auto" is CUDA when visible; under torchrun, CUDA means this
+    process's GPU (set from LOCAL_RANK by init_from_env)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and active():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(name)
+
+
 def init_from_env() -> bool:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT
     in the environment): NCCL when CUDA is visible, else gloo. A collective that waits longer

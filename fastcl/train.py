@@ -102,14 +102,6 @@ def config_for(data: str, **overrides) -> SimCLRConfig:
     return SimCLRConfig(**{**recipe, **overrides, "data": data})
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and distributed.active():
-        return torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
-    return torch.device(name)
-
-
 @torch.no_grad()
 def encode(encoder: torch.nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 512) -> torch.Tensor:
     """Encoder features of uint8 images scaled to [0, 1], in eval mode."""
@@ -130,7 +122,7 @@ class SimCLRTrainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must divide evenly over "
                              f"{self.world} processes")
-        self.device = _device(cfg.device)
+        self.device = distributed.device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.train_data = data.load(cfg.data, train=True, size=cfg.size)
         self.test_data = data.load(cfg.data, train=False, size=cfg.size)
@@ -318,7 +310,7 @@ def load_encoder(path: str, device: str = "auto") -> tuple[torch.nn.Module, dict
     enc = models.encoder(cfg.arch, cifar_stem=cfg.cifar_stem)
     model = models.SimCLRModel(enc, models.ProjectionHead(enc.out_dim, cfg.proj_hidden, cfg.proj_dim))
     model.load_state_dict(state["model"])
-    return model.encoder.to(_device(device)), state["config"]
+    return model.encoder.to(distributed.device(device)), state["config"]
 
 
 def evaluate_checkpoint(path: str, spec: Optional[str] = None, method: str = "knn", device: str = "auto") -> float:

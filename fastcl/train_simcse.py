@@ -81,14 +81,6 @@ class SimCSEConfig:
             raise FileNotFoundError(f"dev file {self.dev_file!r} does not exist")
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and distributed.active():
-        return torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
-    return torch.device(name)
-
-
 class SimCSETrainer:
     def __init__(self, config: SimCSEConfig):
         config.validate()
@@ -101,7 +93,7 @@ class SimCSETrainer:
         self.batch_size = min(cfg.batch_size, len(self.data))
         self.rank, self.world = distributed.rank_world()
         self.is_main = self.rank == 0
-        self.device = _device(cfg.device)
+        self.device = distributed.device(cfg.device)
         torch.manual_seed(cfg.seed)
         pooler = cfg.pooler or native_pooler(cfg.model) or "cls"
         mlp_only_train = (not self.data.supervised) if cfg.mlp_only_train is None else cfg.mlp_only_train

