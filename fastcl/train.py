@@ -238,9 +238,20 @@ class SimCLRTrainer:
         self.scheduler.step()
         return float(value)
 
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder features of all `images`; under torch.distributed each rank encodes a slice
+        and the slices are gathered, so every rank holds them all."""
+        if self.world == 1:
+            return encode(self.model.encoder, images, self.device)
+        counts = [len(part) for part in torch.arange(images.shape[0]).tensor_split(self.world)]
+        start = sum(counts[:self.rank])
+        mine = images[start:start + counts[self.rank]]
+        feats = encode(self.model.encoder, mine, self.device) if len(mine) else \
+            torch.empty(0, self.model.encoder.out_dim)
+        return distributed.gather(feats.to(self.device), counts).cpu()
+
     def knn_accuracy(self) -> float:
-        bank = encode(self.model.encoder, self.train_data.images, self.device)
-        test = encode(self.model.encoder, self.test_data.images, self.device)
+        bank, test = self._features(self.train_data.images), self._features(self.test_data.images)
         return evaluate.knn_accuracy(bank, self.train_data.labels, test, self.test_data.labels, self.cfg.knn_k,
                                      self.cfg.knn_t)
 

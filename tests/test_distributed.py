@@ -119,7 +119,9 @@ def _simclr_worker(rank, world, init_file, out, steps):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
-    SimCLRTrainer(_simclr_config(out, max_steps=steps)).train()
+    trainer = SimCLRTrainer(_simclr_config(out, max_steps=steps))
+    trainer.train()
+    (out / f"knn{rank}.txt").write_text(str(trainer.knn_accuracy()))  # each rank encodes a slice
     dist.destroy_process_group()
 
 
@@ -146,11 +148,14 @@ def test_two_process_simclr_matches_one_process(tmp_path):
     steps = 4
     mp.start_processes(_simclr_worker, args=(2, str(tmp_path / "init"), tmp_path / "two", steps), nprocs=2,
                        join=True, start_method="spawn")
-    SimCLRTrainer(_simclr_config(tmp_path / "one", max_steps=steps)).train()
+    single = SimCLRTrainer(_simclr_config(tmp_path / "one", max_steps=steps))
+    single.train()
     one, two = _step_losses(tmp_path / "one"), _step_losses(tmp_path / "two")
     assert len(one) == len(two) == steps
     assert two == pytest.approx(one, rel=1e-4)
-    assert sorted(os.listdir(tmp_path / "two")) == ["last.pt", "metrics.jsonl", "summary.json"]
+    knn = [float((tmp_path / "two" / f"knn{r}.txt").read_text()) for r in range(2)]
+    assert knn[0] == knn[1] == pytest.approx(single.knn_accuracy(), abs=0.01)
+    assert {"last.pt", "metrics.jsonl", "summary.json"} <= set(os.listdir(tmp_path / "two"))
 
 
 _DYING_RANK = """
