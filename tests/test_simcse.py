@@ -260,3 +260,15 @@ def test_a_nan_loss_stops_the_run(tmp_path):
     trainer.criterion = lambda q, k, negative_keys=None: (q.sum() + k.sum()) * float("nan")
     with pytest.raises(TrainingDiverged, match="loss became nan at step 1"):
         trainer.train()
+
+
+def test_minilm_embeds_as_sentence_transformers_does():
+    """The built-in model with its own pooling (mean) gives sentence-transformers' embeddings."""
+    st = pytest.importorskip("sentence_transformers")
+    from fastcl.text_models import minilm_path
+
+    sentences = ["A man is playing a guitar.", "Stocks fell sharply on Monday after the announcement."]
+    model = SimCSE.from_pretrained("minilm")
+    assert model.pooler == "avg"
+    want = torch.as_tensor(st.SentenceTransformer(minilm_path(), device="cpu").encode(sentences))
+    torch.testing.assert_close(model.encode(sentences, normalize=True), want, atol=1e-5, rtol=1e-4)
