@@ -53,6 +53,18 @@ class AugmentParams:
     def __len__(self) -> int:
         return self.table.shape[0]
 
+    def shard(self, first: int, count: int) -> "AugmentParams":
+        """The parameters of images [first, first + count) in every view, renumbered from 0: what
+        one process of a data-parallel job applies to its share of the global batch (for
+        parameters from `sample`, whose rows are view-major)."""
+        batch = len(self) // self.views
+        if not 0 <= first <= first + count <= batch:
+            raise ValueError(f"shard [{first}, {first + count}) is outside the batch of {batch}")
+        mine = torch.arange(first, first + count, device=self.table.device)
+        rows = torch.cat([mine + v * batch for v in range(self.views)])
+        return AugmentParams(self.table[rows], self.source_index[rows] - first, self.size, self.blur_kernel,
+                             self.views)
+
 
 def _check_probability(name: str, p) -> tuple[float, ...]:
     values = tuple(p) if isinstance(p, (tuple, list)) else (p,)
@@ -207,14 +219,25 @@ class SimCLRAugment(nn.Module):
         left = torch.where(done, left, torch.div(W - fw, 2, rounding_mode="floor"))
         return top, left, torch.where(done, h, fh), torch.where(done, w, fw)
 
-    def forward(self, images: Images, views: int = 2, generator: Optional[torch.Generator] = None):
-        """`views` augmented views of the batch, each (B, C, size, size), in one kernel launch."""
+    def forward(self, images: Images, views: int = 2, generator: Optional[torch.Generator] = None,
+                shard: Optional[tuple[int, int]] = None):
+        """`views` augmented views of the batch, each (B, C, size, size), in one kernel launch.
+
+        shard=(first, global_batch): `images` (a batch tensor) are images [first, first + B) of a
+        global batch; the parameters of the whole global batch are drawn and these images get
+        theirs, so each image is augmented as in a one-process run with the same generator."""
         listed = _check_images(images)
         if listed[0].dim() == 4:
             batch, sizes = listed[0].shape[0], (int(listed[0].shape[2]), int(listed[0].shape[3]))
+        elif shard is not None:
+            raise ValueError("shard needs a batch tensor (B, C, H, W), not a list of images")
         else:
             batch, sizes = len(listed), [(int(img.shape[1]), int(img.shape[2])) for img in listed]
-        params = self.sample(batch, sizes, generator=generator, views=views)
+        if shard is None:
+            params = self.sample(batch, sizes, generator=generator, views=views)
+        else:
+            first, global_batch = shard
+            params = self.sample(global_batch, sizes, generator=generator, views=views).shard(first, batch)
         out = apply(listed, params, mean=self.mean, std=self.std, dtype=self.dtype, channels_last=self.channels_last)
         return tuple(out.chunk(views)) if views > 1 else out
 

@@ -80,6 +80,16 @@ def offset(counts: list) -> int:
     return sum(counts[:dist.get_rank()])
 
 
+def mean_over_ranks(x: Tensor) -> Tensor:
+    """The mean of a (detached) value over ranks; x itself without a process group. Each rank's
+    loss is its share of the global loss, so this is the global loss, the same on every rank."""
+    x = x.detach().clone()
+    if active():
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
+
+
 def rank_world() -> tuple[int, int]:
     """(rank, world size); (0, 1) without an initialised process group."""
     if dist.is_available() and dist.is_initialized():

@@ -119,17 +119,16 @@ def nt_xent(
     else:
         if labels is None:
             raise ValueError("nt_xent(z) with z of shape (M, D) needs labels=...; pass z1, z2 for two views")
-        rows = z1
+        rows, views = z1, 1
         labels = _validate.labels("labels", labels, n, z1)
     if _gathering(gather_distributed):
         samples = distributed.sizes(n, z1.device)
         if sum(samples) < 2:
             raise ValueError(f"NT-Xent needs a global batch of at least 2 samples, got {sum(samples)} over "
                              f"{len(samples)} ranks")
-        if z2 is not None or z1.dim() == 3:
-            if labels_given is None:  # sample ids must be unique across ranks
-                labels = labels + distributed.offset(samples)
-        counts = distributed.sizes(rows.shape[0], z1.device)
+        if labels_given is None:  # sample ids (views without labels) must be unique across ranks
+            labels = labels + distributed.offset(samples)
+        counts = [s * views for s in samples]  # rows per rank
         columns, col_labels = distributed.gather(rows, counts), distributed.gather(labels, counts)
         loss, num_pos = ops.contrastive(rows, columns, labels, col_labels, _logit_scale(temperature, rows),
                                         row_offset=distributed.offset(counts), exclude_self=True,
@@ -179,7 +178,7 @@ def info_nce(
     gathering = _gathering(gather_distributed)
     if gathering:
         queries_per_rank = distributed.sizes(m, query.device)
-        first, total = distributed.offset(queries_per_rank), sum(queries_per_rank)
+        first = distributed.offset(queries_per_rank)
         row_labels = torch.arange(first, first + m, device=query.device)
         all_queries = distributed.gather(query, queries_per_rank) if symmetric else None
         local_positive, positive_key = positive_key, distributed.gather(positive_key, queries_per_rank)
@@ -190,8 +189,6 @@ def info_nce(
                                  f"queries per rank {queries_per_rank}, negative_keys {negatives_per_rank}")
             negative_keys = distributed.gather(_validate.embeddings("negative_keys", negative_keys),
                                                negatives_per_rank)
-        if total < 2 and negative_keys is None:
-            raise ValueError("InfoNCE without negative_keys needs at least 2 pairs over all ranks")
     else:
         row_labels = torch.arange(m, device=query.device)
     positives = positive_key.shape[0]

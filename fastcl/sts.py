@@ -104,7 +104,8 @@ def evaluate_file(model, path: str, batch_size: int = 64) -> dict:
     return correlations(pair_similarities(model, s1, s2, batch_size), gold)
 
 
-def _word_pairs(name: str) -> tuple[list, list, Tensor]:
+def word_pairs(model, name: str) -> dict:
+    """Correlation over one of gensim's tab-separated word-pair files (SimLex-999, WordSim-353)."""
     first, second, gold = [], [], []
     with open(gensim_test_file(name), encoding="utf-8") as f:
         for line in f:
@@ -114,7 +115,7 @@ def _word_pairs(name: str) -> tuple[list, list, Tensor]:
             first.append(a)
             second.append(b)
             gold.append(float(score))
-    return first, second, torch.tensor(gold, dtype=torch.float64)
+    return correlations(pair_similarities(model, first, second), torch.tensor(gold, dtype=torch.float64))
 
 
 def lee(model, batch_size: int = 16, max_length: int = 256) -> dict:
@@ -130,13 +131,11 @@ def lee(model, batch_size: int = 16, max_length: int = 256) -> dict:
 
 
 def simlex(model) -> dict:
-    first, second, gold = _word_pairs("simlex999.txt")
-    return correlations(pair_similarities(model, first, second), gold)
+    return word_pairs(model, "simlex999.txt")
 
 
 def wordsim(model) -> dict:
-    first, second, gold = _word_pairs("wordsim353.tsv")
-    return correlations(pair_similarities(model, first, second), gold)
+    return word_pairs(model, "wordsim353.tsv")
 
 
 BUILTIN_BENCHMARKS = {"lee": lee, "simlex": simlex, "wordsim": wordsim}

@@ -78,9 +78,11 @@ def load_backbone(name: str, seed: int = 0):
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the unused-pooler load report is noise here
     try:
+        config = transformers.AutoConfig.from_pretrained(source)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-        model = transformers.AutoModel.from_pretrained(source, add_pooling_layer=False) \
-            if _is_bert_like(source) else transformers.AutoModel.from_pretrained(source)
+        # BERT and RoBERTa take add_pooling_layer; SimCSE never uses their pooler.
+        extra = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+        model = transformers.AutoModel.from_pretrained(source, config=config, **extra)
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(
             f"model {name!r}: not a folder with a Hugging Face checkpoint, and not loadable from the hub "
@@ -90,11 +92,3 @@ def load_backbone(name: str, seed: int = 0):
         transformers.logging.set_verbosity(verbosity)
     return model, tokenizer
 
-
-def _is_bert_like(source: str) -> bool:
-    """BERT and RoBERTa take add_pooling_layer; SimCSE never uses their pooler."""
-    try:
-        config = _transformers().AutoConfig.from_pretrained(source)
-    except (OSError, ValueError):
-        return False
-    return config.model_type in ("bert", "roberta")

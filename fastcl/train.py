@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import checkpoint, data, distributed, evaluate, models, optim
-from .augment import AugmentParams, SimCLRAugment, apply
+from .augment import SimCLRAugment
 from .losses import NTXentLoss
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -27,6 +27,15 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def progress_bar(total: int, enabled: bool, **kwargs):
+    """A tqdm bar on stderr: redrawn in place on a terminal, one line every 30 s in a log file
+    (CI, nohup)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="step", leave=True, dynamic_ncols=True, disable=not enabled,
+                mininterval=0.2 if sys.stderr.isatty() else 30, **kwargs)
 
 
 @dataclass
@@ -199,20 +208,10 @@ class SimCLRTrainer:
 
     # -- training -----------------------------------------------------------------------------
     def _views(self, images: torch.Tensor) -> tuple:
-        """Two views of this rank's images. Under torch.distributed every rank samples the
-        parameters of the whole global batch from the same generator and applies its share, so a
-        sample gets the views it would get in a one-process run."""
-        if self.world == 1:
-            return self.augment(images, views=2, generator=self.generator)
-        cfg, local = self.cfg, images.shape[0]
-        params = self.augment.sample(cfg.batch_size, tuple(images.shape[-2:]), generator=self.generator, views=2)
-        first = torch.arange(self.rank * local, (self.rank + 1) * local, device=params.table.device)
-        rows = torch.cat([first, first + cfg.batch_size])
-        mine = AugmentParams(params.table[rows], torch.arange(local, device=rows.device).repeat(2), params.size,
-                             params.blur_kernel, views=2)
-        out = apply(images, mine, mean=self.augment.mean, std=self.augment.std, dtype=self.augment.dtype,
-                    channels_last=self.augment.channels_last)
-        return tuple(out.chunk(2))
+        """Two views of this rank's images; under torch.distributed each sample gets the views it
+        would get in a one-process run (see SimCLRAugment's shard)."""
+        shard = None if self.world == 1 else (self.rank * images.shape[0], self.cfg.batch_size)
+        return self.augment(images, views=2, generator=self.generator, shard=shard)
 
     def _step(self, images: torch.Tensor) -> float:
         cfg = self.cfg
@@ -222,10 +221,7 @@ class SimCLRTrainer:
         with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
             z = self.net(torch.cat([v1, v2]))
         loss = self.criterion(z[:images.shape[0]], z[images.shape[0]:])
-        value = loss.detach().clone()
-        if self.world > 1:  # the global loss is the mean of the ranks' shares; every rank sees it
-            torch.distributed.all_reduce(value)
-            value /= self.world
+        value = distributed.mean_over_ranks(loss)
         if not torch.isfinite(value):
             raise TrainingDiverged(
                 f"the loss became {float(value)} at step {self.global_step + 1} (epoch {self.epoch}); training "
@@ -255,22 +251,14 @@ class SimCLRTrainer:
         return evaluate.knn_accuracy(bank, self.train_data.labels, test, self.test_data.labels, self.cfg.knn_k,
                                      self.cfg.knn_t)
 
-    def _progress(self):
-        from tqdm import tqdm
-
-        # On a terminal the bar redraws in place; in a log file (CI, nohup) one line every 30 s.
-        interactive = sys.stderr.isatty()
-        return tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch, unit="step", leave=True,
-                    desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", dynamic_ncols=True,
-                    mininterval=0.2 if interactive else 30, disable=not (self.cfg.progress and self.is_main))
-
     def train(self) -> dict:
         cfg = self.cfg
         start, losses, knn = time.perf_counter(), [], None
         try:
             while self.epoch < cfg.epochs:
                 tick, seen = time.perf_counter(), 0
-                with self._progress() as bar:
+                with progress_bar(self.steps_per_epoch, self.cfg.progress and self.is_main, initial=self.step_in_epoch,
+                                  desc=f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
                     for i, (images, _) in enumerate(data.batches(self.train_data, cfg.batch_size, cfg.seed,
                                                                  self.epoch, shard=(self.rank, self.world))):
                         if i < self.step_in_epoch:

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -25,7 +24,7 @@ import torch
 from . import distributed, sts, text_data
 from .losses import InfoNCELoss
 from .simcse import POOLERS, SimCSE, native_pooler
-from .train import TrainingDiverged
+from .train import TrainingDiverged, progress_bar
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # The paper's settings for BERT-base: (batch size, learning rate, epochs).
@@ -150,10 +149,7 @@ class SimCSETrainer:
         z = z.float()
         negatives = z[2 * n:] if z.shape[0] > 2 * n else None
         loss = self.criterion(z[:n], z[n:2 * n], negative_keys=negatives)
-        value = loss.detach().clone()
-        if self.world > 1:  # the global loss is the mean of the ranks' shares; every rank sees it
-            torch.distributed.all_reduce(value)
-            value /= self.world
+        value = distributed.mean_over_ranks(loss)
         if not torch.isfinite(value):
             raise TrainingDiverged(f"the SimCSE loss became {float(value)} at step {self.global_step + 1}; "
                                    "lower the learning rate or use bf16 instead of fp16; the last saved model in "
@@ -190,26 +186,22 @@ class SimCSETrainer:
         self.model.save_pretrained(self.cfg.out)
 
     def train(self) -> dict:
-        from tqdm import tqdm
-
         cfg, start, losses = self.cfg, time.perf_counter(), []
         generator = torch.Generator().manual_seed(cfg.seed)
-        bar = tqdm(total=self.total_steps, unit="step", dynamic_ncols=True, disable=not (cfg.progress and self.is_main),
-                   mininterval=0.2 if sys.stderr.isatty() else 30)
+        bar = progress_bar(self.total_steps, cfg.progress and self.is_main)
         tick, seen = time.perf_counter(), 0
         self.model.train()
         with bar:
             for epoch in range(cfg.epochs):
                 order = torch.randperm(len(self.data), generator=generator).tolist()
                 for first in range(0, len(order), self.batch_size):
-                    rows = order[first:first + self.batch_size]
-                    if len(rows) < max(2, self.world):
+                    batch = order[first:first + self.batch_size]
+                    if len(batch) < max(2, self.world):
                         continue  # a final batch of one has no negatives (or leaves a rank empty)
-                    rows = [r.tolist() for r in torch.tensor(rows).tensor_split(self.world)][self.rank]
-                    loss = self._step(rows)
+                    loss = self._step(torch.tensor(batch).tensor_split(self.world)[self.rank].tolist())
                     losses.append(loss)
                     self.global_step += 1
-                    seen += len(rows) * self.world
+                    seen += len(batch)
                     rate = seen / max(time.perf_counter() - tick, 1e-9)
                     lr = self.scheduler.get_last_lr()[0]
                     bar.set_postfix_str(f"epoch {epoch + 1} loss {loss:.4f} lr {lr:.3g} {rate:,.0f} sent/s",
@@ -227,8 +219,7 @@ class SimCSETrainer:
         self._checkpoint()
         summary = dict(steps=self.global_step, final_loss=losses[-1] if losses else None, best_dev_spearman=self.best,
                        seconds=time.perf_counter() - start, model=cfg.out, supervised=self.data.supervised,
-                       pooler=self.model.pooler, config=dataclasses.asdict(cfg))
-        summary["world_size"] = self.world
+                       pooler=self.model.pooler, world_size=self.world, config=dataclasses.asdict(cfg))
         if self.is_main:
             with open(os.path.join(cfg.out, "summary.json"), "w") as f:
                 json.dump(summary, f, indent=2)

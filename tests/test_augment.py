@@ -131,6 +131,20 @@ def test_views_and_reproducibility(device):
     assert torch.equal(A.apply(images, params), A.apply(images, params))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_shard_gets_the_views_of_the_whole_batch(device):
+    """Data-parallel ranks: images [first, first + B) of a global batch get the views they get
+    when the whole batch is augmented at once with the same generator."""
+    images = _images(torch.uint8, 12, 3, 32, 32, device)
+    aug = A.SimCLRAugment(32)
+    whole = aug(images, views=2, generator=torch.Generator().manual_seed(5))
+    for first, count in ((0, 4), (4, 4), (8, 4), (3, 7)):
+        part = aug(images[first:first + count], views=2, generator=torch.Generator().manual_seed(5),
+                   shard=(first, 12))
+        for view, full in zip(part, whole):
+            assert torch.equal(view, full[first:first + count])
+
+
 def test_sampled_parameters_follow_the_recipe():
     aug = A.SimCLRAugment.imagenet(224)
     n = 20000
@@ -175,6 +189,8 @@ def _edited(**cols):
     (lambda: A.SimCLRAugment(32)(torch.zeros(2, 3, 32, 32, dtype=torch.int32)), TypeError, "uint8 or floating"),
     (lambda: A.SimCLRAugment(32)([torch.zeros(3, 8, 8), torch.zeros(1, 8, 8)]), ValueError, "channels"),
     (lambda: A.SimCLRAugment(32)([]), ValueError, "empty|batch_size"),
+    (lambda: A.SimCLRAugment(32)(torch.zeros(4, 3, 32, 32), shard=(6, 8)), ValueError, "outside the batch"),
+    (lambda: A.SimCLRAugment(32)([torch.zeros(3, 8, 8)], shard=(0, 2)), ValueError, "batch tensor"),
     (lambda: A.apply(torch.zeros(2, 3, 32, 32), A.SimCLRAugment(32).sample(4, (32, 32))), ValueError,
      "another batch"),
     (lambda: A.apply(torch.zeros(2, 3, 16, 16), A.SimCLRAugment(32).sample(2, (32, 32))), ValueError, "crop box"),
