@@ -89,6 +89,8 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):
     (dict(amp="fp8"), ValueError, "amp"),
     (dict(arch="vgg"), ValueError, "arch"),
     (dict(batch_size=4096), ValueError, "larger than"),
+    (dict(crop_min=0.0), ValueError, "crop_min"),
+    (dict(flip_p=1.5), ValueError, "flip_p"),
 ])
 def test_bad_arguments(tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
