@@ -57,6 +57,13 @@ def _grads(model):
             for name, p in model.named_parameters()}
 
 
+def _leave():
+    # Every rank past its last collective before the group goes: a gloo group torn down while a
+    # peer still talks to it can abort that peer ("terminate called without an active exception").
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _worker(rank, world, sizes, init_file, out_dir):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
@@ -78,7 +85,7 @@ def _worker(rank, world, sizes, init_file, out_dir):
         _loss("ntxent", model, x, y, gather=False)
     results["warnings"] = [str(w.message) for w in caught if "gather_distributed" in str(w.message)]
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    _leave()
 
 
 @pytest.mark.parametrize("sizes", [[4, 4], [3, 5], [2, 4, 3]], ids=["2-even", "2-uneven", "3-uneven"])
@@ -122,7 +129,7 @@ def _simclr_worker(rank, world, init_file, out, steps):
     trainer = SimCLRTrainer(_simclr_config(out, max_steps=steps))
     trainer.train()
     (out / f"knn{rank}.txt").write_text(str(trainer.knn_accuracy()))  # each rank encodes a slice
-    dist.destroy_process_group()
+    _leave()
 
 
 def _simclr_config(out, **kw):
@@ -200,7 +207,7 @@ def _simcse_worker(rank, world, init_file, train_file, out):
                             timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
     SimCSETrainer(_simcse_config(train_file, out)).train()
-    dist.destroy_process_group()
+    _leave()
 
 
 def test_two_process_simcse_matches_one_process(tmp_path):
@@ -230,7 +237,7 @@ def _simclr_resume_worker(rank, world, init_file, out, steps, resume):
                             timeout=timedelta(seconds=60))
     torch.set_num_threads(1)
     SimCLRTrainer(_simclr_config(out, max_steps=steps, resume=resume)).train()
-    dist.destroy_process_group()
+    _leave()
 
 
 def test_two_process_resume_is_exact(tmp_path):
