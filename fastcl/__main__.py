@@ -111,7 +111,8 @@ def _add_simcse(sub) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--pooler", choices=["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"])
     p.add_argument("--mlp-only-train", dest="mlp_only_train", action="store_true", default=None)
-    p.add_argument("--temperature", type=float)
+    p.add_argument("--temperature", type=float, help="default 0.05 (the paper); unsupervised from minilm 1.0 "
+                   "(fastcl.train_simcse.UNSUPERVISED_RECIPES)")
     p.add_argument("--max-length", dest="max_length", type=int)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--lr", type=float)

@@ -188,6 +188,17 @@ def test_unsupervised_run_reduces_the_loss(tmp_path):
     assert json.loads((out / "fastcl_simcse.json").read_text())["mlp_only_train"] is True
 
 
+def test_minilm_unsupervised_takes_its_recipe_unless_told_otherwise(tmp_path):
+    (tmp_path / "train.txt").write_text("\n".join(f"line {i} of a corpus" for i in range(8)))
+    (tmp_path / "pairs.csv").write_text("sent0,sent1\n" + "".join(f"a {i},b {i}\n" for i in range(8)))
+    run = dict(train_file=str(tmp_path / "train.txt"), out=str(tmp_path / "run"), progress=False)
+    temperature = lambda **kw: SimCSETrainer(SimCSEConfig(**{**run, **kw})).cfg.temperature  # noqa: E731
+    assert temperature(model="minilm") == 1.0
+    assert temperature(model="minilm", temperature=0.05) == 0.05
+    assert temperature(model="minilm", train_file=str(tmp_path / "pairs.csv")) == 0.05  # supervised: the paper
+    assert temperature(model="tiny") == 0.05
+
+
 def test_supervised_run_with_hard_negatives_and_dev_set(tmp_path):
     rows = [(f"a cat number {i} sits", f"cat {i} is sitting", f"a dog number {i} runs") for i in range(64)]
     (tmp_path / "nli.csv").write_text("sent0,sent1,hard_neg\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
