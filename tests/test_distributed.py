@@ -84,6 +84,13 @@ def _worker(rank, world, sizes, init_file, out_dir):
         _loss("ntxent", model, x, y, gather=False)
         _loss("ntxent", model, x, y, gather=False)
     results["warnings"] = [str(w.message) for w in caught if "gather_distributed" in str(w.message)]
+    # One hard negative too many on rank 0 only: every rank must refuse (none may wait in a collective).
+    q = torch.randn(sizes[rank], 3, dtype=torch.float64)
+    hard = torch.randn(sizes[rank] + (rank == 0), 3, dtype=torch.float64)
+    try:
+        fastcl.InfoNCELoss(0.1, hard_negative_weight=1.0, gather_distributed=True)(q, q, negative_keys=hard)
+    except ValueError as exc:
+        results["hard_negative_error"] = str(exc)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     _leave()
 
@@ -111,6 +118,7 @@ def test_ddp_gradients_equal_the_global_batch(tmp_path, sizes):
                 torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-12, msg=f"{case}: {name}")
     # Without gathering, a live process group earns one warning per process, not one per call.
     assert all(len(r["warnings"]) == 1 for r in ranks)
+    assert all("one hard negative per query on every rank" in r.get("hard_negative_error", "") for r in ranks)
 
 
 def test_without_a_process_group_gathering_is_a_no_op():
