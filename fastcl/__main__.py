@@ -91,12 +91,19 @@ def _simcse(args) -> int:
 
 
 def _sts_eval(args) -> int:
-    from . import sts
+    from . import distributed, sts
     from .simcse import SimCSE
 
+    device = distributed.device(args.device)
+    if args.max_length is not None and args.max_length <= 0:
+        raise ValueError(f"--max-length must be > 0, got {args.max_length}")
     model = SimCSE.from_pretrained(args.model, pooler=args.pooler)
-    if args.device != "auto" or __import__("torch").cuda.is_available():
-        model.to("cuda" if args.device == "auto" else args.device)
+    if model.mlp is not None and not model.mlp_only_train and not model.head_trained:
+        raise ValueError(f"pooler 'cls' embeds through the MLP that SimCSE training learns, and {args.model!r} "
+                         "has none; use --pooler cls_before_pooler (the CLS vector) or avg")
+    if args.max_length is not None:
+        model.encode_max_length = args.max_length
+    model.to(device)
     results = {args.sts_file: sts.evaluate_file(model, args.sts_file)} if args.sts_file else sts.builtin(model)
     for name, r in results.items():
         print(f"{name}: Spearman {r['spearman']:.2f}  Pearson {r['pearson']:.2f}  ({r['pairs']} pairs)")
@@ -110,7 +117,8 @@ def _add_simcse(sub) -> None:
                    help="builtin | sentences.txt (unsupervised) | pairs.csv with sent0,sent1[,hard_neg]")
     p.add_argument("--out", required=True)
     p.add_argument("--pooler", choices=["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"])
-    p.add_argument("--mlp-only-train", dest="mlp_only_train", action="store_true", default=None)
+    p.add_argument("--mlp-only-train", dest="mlp_only_train", action=argparse.BooleanOptionalAction, default=None,
+                   help="cls pooler: use the MLP only in training (default: on for unsupervised, off for supervised)")
     p.add_argument("--temperature", type=float, help="default 0.05 (the paper); unsupervised from minilm 1.0 "
                    "(fastcl.train_simcse.UNSUPERVISED_RECIPES)")
     p.add_argument("--max-length", dest="max_length", type=int)
@@ -135,6 +143,8 @@ def _add_simcse(sub) -> None:
     e.add_argument("--sts-file", dest="sts_file", help="STS-B / SICK / sentence1<TAB>sentence2<TAB>score; "
                                                      "default: the built-in benchmarks")
     e.add_argument("--pooler", choices=["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"])
+    e.add_argument("--max-length", dest="max_length", type=int,
+                   help="tokens per sentence (default: the most the model takes; Lee documents: 256)")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_sts_eval)
 

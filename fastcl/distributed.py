@@ -102,9 +102,15 @@ def device(name: str = "auto") -> torch.device:
     process's GPU (set from LOCAL_RANK by init_from_env)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from exc
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA GPU is visible to this process (use cpu or auto)")
     if name == "cuda" and active():
         return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
+    return chosen
 
 
 def init_from_env() -> bool:

@@ -22,6 +22,8 @@ from . import text_models
 POOLERS = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
 CONFIG_NAME = "fastcl_simcse.json"
 HEAD_NAME = "fastcl_simcse_mlp.pt"
+# What a save writes only for some poolers: removed from the folder when a later save does not.
+MODULE_FILES = (HEAD_NAME, "modules.json", "sentence_bert_config.json", "1_Pooling", "2_Dense")
 
 
 def _masked_mean(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -66,16 +68,21 @@ class SimCSE(nn.Module):
     eval mode only when `mlp_only_train` is False, as in the SimCSE code."""
 
     def __init__(self, backbone: nn.Module, tokenizer, pooler: str = "cls", mlp_only_train: bool = False,
-                 max_length: int = 32, name: str = ""):
+                 max_length: int = 32, name: str = "", encode_max_length: Optional[int] = None):
+        """max_length cuts training sentences (the paper's 32); encode_max_length cuts what
+        `encode` embeds (default: the most the model takes, as the SimCSE evaluation)."""
         super().__init__()
         if pooler not in POOLERS:
             raise ValueError(f"pooler must be one of {POOLERS}, got {pooler!r}")
-        if max_length <= 0:
-            raise ValueError(f"max_length must be > 0, got {max_length}")
+        for arg, value in (("max_length", max_length), ("encode_max_length", encode_max_length)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{arg} must be > 0, got {value}")
         self.backbone, self.tokenizer = backbone, tokenizer
         self.pooler, self.mlp_only_train, self.max_length, self.name = pooler, mlp_only_train, max_length, name
+        self.encode_max_length = encode_max_length or text_models.longest_input(backbone, tokenizer)
         hidden = backbone.config.hidden_size
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh()) if pooler == "cls" else None
+        self.head_trained = False  # True once loaded from a save or trained: an untrained MLP means nothing
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -84,16 +91,22 @@ class SimCSE(nn.Module):
         """A built-in name (minilm, tiny), a folder (a SimCSE model saved by fastcl, any
         transformers checkpoint, a sentence-transformers folder) or a hub name. Unset options come
         from a fastcl save, else from a sentence-transformers pooling config, else the CLS vector
-        (`cls_before_pooler`: a plain checkpoint has no trained MLP) and max length 32."""
+        (`cls_before_pooler`: a plain checkpoint has no trained MLP) and max length 32. A `cls`
+        MLP that no save provides starts from `seed` (it is what training learns)."""
         backbone, tokenizer = text_models.load_backbone(name, seed)
         path = text_models.resolve(name)
         saved = saved_settings(path)
-        model = cls(backbone, tokenizer, pooler=pooler or native_pooler(name) or "cls_before_pooler",
-                    mlp_only_train=saved.get("mlp_only_train", False) if mlp_only_train is None else mlp_only_train,
-                    max_length=max_length or saved.get("max_length", 32), name=name)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(backbone, tokenizer, pooler=pooler or native_pooler(name) or "cls_before_pooler",
+                        mlp_only_train=saved.get("mlp_only_train", False) if mlp_only_train is None else mlp_only_train,
+                        max_length=max_length or saved.get("max_length", 32), name=name,
+                        encode_max_length=saved.get("encode_max_length")
+                        or (text_models.sentence_transformers_max_length(path) if path else None))
         head = os.path.join(path, HEAD_NAME) if path else None
         if model.mlp is not None and head and os.path.isfile(head) and model.pooler == saved.get("pooler"):
             model.mlp.load_state_dict(torch.load(head, map_location="cpu"))
+            model.head_trained = True
         return model
 
     # -- embedding ----------------------------------------------------------------------------
@@ -116,7 +129,8 @@ class SimCSE(nn.Module):
     @torch.no_grad()
     def encode(self, sentences: Sequence[str], batch_size: int = 64, max_length: Optional[int] = None,
                normalize: bool = False) -> Tensor:
-        """Sentence embeddings (len(sentences), hidden) on the CPU, in eval mode (no dropout)."""
+        """Sentence embeddings (len(sentences), hidden) on the CPU, in eval mode (no dropout), of
+        up to `max_length` tokens (default `encode_max_length`)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         was_training, device = self.training, next(self.parameters()).device
@@ -125,7 +139,7 @@ class SimCSE(nn.Module):
             chunks = []
             for start in range(0, len(sentences), batch_size):
                 batch = {k: v.to(device) for k, v in self.tokenize(sentences[start:start + batch_size],
-                                                                   max_length).items()}
+                                                                   max_length or self.encode_max_length).items()}
                 chunks.append(self(**batch).float().cpu())
         finally:
             self.train(was_training)
@@ -139,7 +153,9 @@ class SimCSE(nn.Module):
         """Weights and tokenizer (transformers' save_pretrained), fastcl's pooler settings and MLP,
         and sentence-transformers module files. Everything is written to a temporary folder first
         and then renamed file by file into `path` (other files there, such as a run's metrics,
-        stay), so a crash never leaves a half-written file."""
+        stay), so a crash never leaves a half-written file. Module files of an earlier save that
+        this one does not write (an MLP, sentence-transformers modules) are removed first, so
+        they cannot outlive the model they described."""
         os.makedirs(path, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=path)
         try:
@@ -147,10 +163,18 @@ class SimCSE(nn.Module):
             self.tokenizer.save_pretrained(tmp)
             with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
                 json.dump(dict(pooler=self.pooler, mlp_only_train=self.mlp_only_train, max_length=self.max_length,
-                               base_model=self.name), f, indent=2)
+                               encode_max_length=self.encode_max_length, base_model=self.name), f, indent=2)
             if self.mlp is not None:
                 torch.save(self.mlp.state_dict(), os.path.join(tmp, HEAD_NAME))
             self._write_sentence_transformers_files(tmp)
+            for stale in MODULE_FILES:
+                target = os.path.join(path, stale)
+                if os.path.exists(os.path.join(tmp, stale)) or not os.path.exists(target):
+                    continue
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                else:
+                    os.remove(target)
             for folder, _, files in os.walk(tmp):
                 target = os.path.join(path, os.path.relpath(folder, tmp))
                 os.makedirs(target, exist_ok=True)
@@ -186,4 +210,4 @@ class SimCSE(nn.Module):
         with open(os.path.join(folder, "modules.json"), "w") as f:
             json.dump(modules, f, indent=2)
         with open(os.path.join(folder, "sentence_bert_config.json"), "w") as f:
-            json.dump(dict(max_seq_length=self.max_length, do_lower_case=False), f, indent=2)
+            json.dump(dict(max_seq_length=self.encode_max_length, do_lower_case=False), f, indent=2)

@@ -11,7 +11,9 @@ between the cosine similarity of embeddings and human scores.
 from __future__ import annotations
 
 import csv
-from typing import Sequence
+import math
+import os
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -45,6 +47,8 @@ def correlations(predicted: Tensor, gold: Tensor) -> dict:
     if predicted.numel() != gold.numel() or predicted.numel() < 2:
         raise ValueError(f"need two equally long score lists of at least 2, got {predicted.numel()} and "
                          f"{gold.numel()}")
+    if not bool(torch.isfinite(gold).all()) or bool((gold == gold[0]).all()):
+        raise ValueError("the gold scores must be finite and not all equal (no correlation is defined)")
     return dict(spearman=100 * spearman(predicted, gold), pearson=100 * pearson(predicted, gold), pairs=gold.numel())
 
 
@@ -65,16 +69,23 @@ def _float(text: str):
 
 def read_sts(path: str) -> tuple[list, list, Tensor]:
     """(sentences 1, sentences 2, gold scores) from an STS-B, SICK or plain three-column file."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = [row for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if row and any(row)]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"STS file {path!r} does not exist or is not a file")
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = [(number, row) for number, row in
+                    enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1) if row and any(row)]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"STS file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     if not rows:
         raise ValueError(f"STS file {path!r} is empty")
+    numbers, rows = [n for n, _ in rows], [row for _, row in rows]
     header = [cell.strip().lower() for cell in rows[0]]
     layouts = (("sentence1", "sentence2", "score"), ("sentence_a", "sentence_b", "relatedness_score"))
     for first, second, score in layouts:
         if first in header and second in header and score in header:
             cols = header.index(first), header.index(second), header.index(score)
-            body = rows[1:]
+            body, numbers = rows[1:], numbers[1:]
             break
     else:
         body = rows
@@ -89,19 +100,35 @@ def read_sts(path: str) -> tuple[list, list, Tensor]:
             raise ValueError(f"STS file {path!r}: cannot tell its layout; expected STS-B, SICK or "
                              "sentence1<TAB>sentence2<TAB>score lines")
     s1, s2, gold = [], [], []
-    for number, row in enumerate(body, start=1):
+    for number, row in zip(numbers, body):
         score = _float(row[cols[2]]) if len(row) > max(cols) else None
-        if score is None:
-            raise ValueError(f"STS file {path!r}, row {number}: no numeric score in column {cols[2] + 1}")
+        if score is None or not math.isfinite(score):
+            raise ValueError(f"STS file {path!r}, line {number}: no finite numeric score in column {cols[2] + 1}")
         s1.append(row[cols[0]])
         s2.append(row[cols[1]])
         gold.append(score)
     return s1, s2, torch.tensor(gold, dtype=torch.float64)
 
 
-def evaluate_file(model, path: str, batch_size: int = 64) -> dict:
+def load_sts(path: str) -> tuple[list, list, Tensor]:
+    """read_sts, checked for a file that can be scored: at least 2 pairs, gold scores not all equal."""
     s1, s2, gold = read_sts(path)
-    return correlations(pair_similarities(model, s1, s2, batch_size), gold)
+    if gold.numel() < 2:
+        raise ValueError(f"STS file {path!r} has {gold.numel()} scored pair(s); need at least 2")
+    if bool((gold == gold[0]).all()):
+        raise ValueError(f"STS file {path!r}: every gold score is {float(gold[0])}; no correlation is defined")
+    return s1, s2, gold
+
+
+def evaluate_pairs(model, pairs: tuple, batch_size: int = 64, max_length: Optional[int] = None) -> dict:
+    """Spearman and Pearson x 100 on (sentences 1, sentences 2, gold scores), sentences of up to
+    `max_length` tokens (default: the model's encode_max_length)."""
+    s1, s2, gold = pairs
+    return correlations(pair_similarities(model, s1, s2, batch_size, max_length), gold)
+
+
+def evaluate_file(model, path: str, batch_size: int = 64, max_length: Optional[int] = None) -> dict:
+    return evaluate_pairs(model, load_sts(path), batch_size, max_length)
 
 
 def word_pairs(model, name: str) -> dict:

@@ -62,7 +62,7 @@ def builtin_corpus(min_words: int = 4) -> TextData:
 
 
 def _read_lines(path: str) -> TextData:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         sentences = [line.strip() for line in f if line.strip()]
     if not sentences:
         raise ValueError(f"train file {path!r} holds no sentences")
@@ -70,19 +70,25 @@ def _read_lines(path: str) -> TextData:
 
 
 def _read_csv(path: str) -> TextData:
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         columns = tuple(reader.fieldnames or ())
         if columns not in (SUPERVISED_COLUMNS[:1], SUPERVISED_COLUMNS[:2], SUPERVISED_COLUMNS):
             raise ValueError(f"train file {path!r} has columns {list(columns)}; expected a header of sent0, "
                              "sent0,sent1 or sent0,sent1,hard_neg")
-        rows = [row for row in reader if any((value or "").strip() for value in row.values())]
+        rows = []
+        for row in reader:
+            if any(cell.strip() for cell in row.get(None) or ()):  # DictReader puts extra cells under None
+                raise ValueError(f"train file {path!r}, line {reader.line_num}: more cells than the header's "
+                                 f"{len(columns)} (quote sentences that hold commas)")
+            missing = [c for c in columns if not (row.get(c) or "").strip()]
+            if len(missing) == len(columns):
+                continue  # a blank line
+            if missing:
+                raise ValueError(f"train file {path!r}, line {reader.line_num}: empty {', '.join(missing)}")
+            rows.append(row)
     if not rows:
         raise ValueError(f"train file {path!r} holds no rows")
-    for number, row in enumerate(rows, start=2):
-        missing = [c for c in columns if not (row.get(c) or "").strip()]
-        if missing:
-            raise ValueError(f"train file {path!r}, line {number}: empty {', '.join(missing)}")
     column = lambda name: [row[name].strip() for row in rows] if name in columns else None  # noqa: E731
     return TextData(column("sent0"), column("sent1"), column("hard_neg"))
 
@@ -92,5 +98,8 @@ def load_train_file(spec: str) -> TextData:
     if spec == "builtin":
         return builtin_corpus()
     if not os.path.isfile(spec):
-        raise FileNotFoundError(f"train file {spec!r} does not exist")
-    return _read_csv(spec) if spec.endswith(".csv") else _read_lines(spec)
+        raise FileNotFoundError(f"train file {spec!r} does not exist or is not a file")
+    try:
+        return _read_csv(spec) if spec.endswith(".csv") else _read_lines(spec)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"train file {spec!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc

@@ -56,6 +56,23 @@ def sentence_transformers_pooler(path: str) -> str | None:
     return None
 
 
+def sentence_transformers_max_length(path: str) -> int | None:
+    """The max_seq_length a sentence-transformers checkpoint embeds with, if it says."""
+    config = os.path.join(path, "sentence_bert_config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        return json.load(f).get("max_seq_length")
+
+
+def longest_input(backbone, tokenizer) -> int:
+    """The most tokens the model takes: the tokenizer's limit where it has one, else the position
+    embeddings' (512 when the config names neither)."""
+    positions = getattr(backbone.config, "max_position_embeddings", None) or 512
+    limit = getattr(tokenizer, "model_max_length", None)
+    return min(limit, positions) if limit and limit < 1_000_000 else positions
+
+
 def resolve(name: str) -> str | None:
     """The local folder a model name stands for (None for `tiny` and for hub names)."""
     if name == "minilm":

