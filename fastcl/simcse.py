@@ -160,6 +160,7 @@ class SimCSE(nn.Module):
         tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=path)
         try:
             self.backbone.save_pretrained(tmp)
+            self._write_mlp_as_pooler(tmp)
             self.tokenizer.save_pretrained(tmp)
             with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
                 json.dump(dict(pooler=self.pooler, mlp_only_train=self.mlp_only_train, max_length=self.max_length,
@@ -184,6 +185,23 @@ class SimCSE(nn.Module):
                     os.replace(os.path.join(folder, name), os.path.join(target, name))
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_mlp_as_pooler(self, folder: str) -> None:
+        """BERT's and RoBERTa's pooler is the SimCSE MLP (Linear + Tanh on the first token), so an
+        MLP used at inference is stored as its weights, as the SimCSE repository's
+        simcse_to_huggingface does: plain `AutoModel(...).pooler_output` is then the embedding."""
+        weights = os.path.join(folder, "model.safetensors")
+        if (self.mlp is None or self.mlp_only_train or not os.path.isfile(weights)
+                or self.backbone.config.model_type not in ("bert", "roberta")):
+            return
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(weights)
+        prefix = next((k[:k.index("embeddings.")] for k in state if "embeddings." in k), "")
+        linear = self.mlp[0]
+        state[prefix + "pooler.dense.weight"] = linear.weight.detach().cpu().contiguous()
+        state[prefix + "pooler.dense.bias"] = linear.bias.detach().cpu().contiguous()
+        save_file(state, weights, metadata={"format": "pt"})
 
     def _write_sentence_transformers_files(self, folder: str) -> None:
         """modules.json and module configs, so SentenceTransformer(folder) embeds as `encode`
