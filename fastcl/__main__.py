@@ -95,14 +95,10 @@ def _sts_eval(args) -> int:
     from .simcse import SimCSE
 
     device = distributed.device(args.device)
-    if args.max_length is not None and args.max_length <= 0:
-        raise ValueError(f"--max-length must be > 0, got {args.max_length}")
-    model = SimCSE.from_pretrained(args.model, pooler=args.pooler)
-    if model.mlp is not None and not model.mlp_only_train and not model.head_trained:
+    model = SimCSE.from_pretrained(args.model, pooler=args.pooler, encode_max_length=args.max_length)
+    if model.head_at_inference and not model.head_trained:
         raise ValueError(f"pooler 'cls' embeds through the MLP that SimCSE training learns, and {args.model!r} "
                          "has none; use --pooler cls_before_pooler (the CLS vector) or avg")
-    if args.max_length is not None:
-        model.encode_max_length = args.max_length
     model.to(device)
     results = {args.sts_file: sts.evaluate_file(model, args.sts_file)} if args.sts_file else sts.builtin(model)
     for name, r in results.items():
@@ -111,12 +107,14 @@ def _sts_eval(args) -> int:
 
 
 def _add_simcse(sub) -> None:
+    from .simcse import POOLERS
+
     p = sub.add_parser("simcse", help="SimCSE sentence-embedding training (see fastcl.train_simcse.SimCSEConfig)")
     p.add_argument("--model", required=True, help="minilm | tiny | a local folder | a hub name")
     p.add_argument("--train-file", dest="train_file", required=True,
                    help="builtin | sentences.txt (unsupervised) | pairs.csv with sent0,sent1[,hard_neg]")
     p.add_argument("--out", required=True)
-    p.add_argument("--pooler", choices=["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"])
+    p.add_argument("--pooler", choices=POOLERS)
     p.add_argument("--mlp-only-train", dest="mlp_only_train", action=argparse.BooleanOptionalAction, default=None,
                    help="cls pooler: use the MLP only in training (default: on for unsupervised, off for supervised)")
     p.add_argument("--temperature", type=float, help="default 0.05 (the paper); unsupervised from minilm 1.0 "
@@ -142,9 +140,10 @@ def _add_simcse(sub) -> None:
     e.add_argument("--model", required=True)
     e.add_argument("--sts-file", dest="sts_file", help="STS-B / SICK / sentence1<TAB>sentence2<TAB>score; "
                                                      "default: the built-in benchmarks")
-    e.add_argument("--pooler", choices=["cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2"])
+    e.add_argument("--pooler", choices=POOLERS)
     e.add_argument("--max-length", dest="max_length", type=int,
-                   help="tokens per sentence (default: the most the model takes; Lee documents: 256)")
+                   help="tokens per sentence, the model's encode_max_length (default: the most the model takes; "
+                   "Lee documents: 256)")
     e.add_argument("--device", default="auto")
     e.set_defaults(func=_sts_eval)
 

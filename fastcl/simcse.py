@@ -50,10 +50,7 @@ def pool(pooler: str, attention_mask: Tensor, last_hidden: Tensor, hidden_states
 
 def saved_settings(path: Optional[str]) -> dict:
     """The pooler settings of a model fastcl saved (empty for anything else)."""
-    if not path or not os.path.isfile(os.path.join(path, CONFIG_NAME)):
-        return {}
-    with open(os.path.join(path, CONFIG_NAME)) as f:
-        return json.load(f)
+    return text_models.read_json(os.path.join(path, CONFIG_NAME)) if path else {}
 
 
 def native_pooler(name: str) -> Optional[str]:
@@ -84,10 +81,16 @@ class SimCSE(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh()) if pooler == "cls" else None
         self.head_trained = False  # True once loaded from a save or trained: an untrained MLP means nothing
 
+    @property
+    def head_at_inference(self) -> bool:
+        """Whether `encode` (eval mode) runs the MLP: `cls` without mlp_only_train."""
+        return self.mlp is not None and not self.mlp_only_train
+
     # -- loading ------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name: str, pooler: Optional[str] = None, mlp_only_train: Optional[bool] = None,
-                        max_length: Optional[int] = None, seed: int = 0) -> "SimCSE":
+                        max_length: Optional[int] = None, seed: int = 0,
+                        encode_max_length: Optional[int] = None) -> "SimCSE":
         """A built-in name (minilm, tiny), a folder (a SimCSE model saved by fastcl, any
         transformers checkpoint, a sentence-transformers folder) or a hub name. Unset options come
         from a fastcl save, else from a sentence-transformers pooling config, else the CLS vector
@@ -96,13 +99,15 @@ class SimCSE(nn.Module):
         backbone, tokenizer = text_models.load_backbone(name, seed)
         path = text_models.resolve(name)
         saved = saved_settings(path)
+        if encode_max_length is None:
+            encode_max_length = saved.get("encode_max_length") or (
+                text_models.sentence_transformers_max_length(path) if path else None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = cls(backbone, tokenizer, pooler=pooler or native_pooler(name) or "cls_before_pooler",
                         mlp_only_train=saved.get("mlp_only_train", False) if mlp_only_train is None else mlp_only_train,
-                        max_length=max_length or saved.get("max_length", 32), name=name,
-                        encode_max_length=saved.get("encode_max_length")
-                        or (text_models.sentence_transformers_max_length(path) if path else None))
+                        max_length=saved.get("max_length", 32) if max_length is None else max_length, name=name,
+                        encode_max_length=encode_max_length)
         head = os.path.join(path, HEAD_NAME) if path else None
         if model.mlp is not None and head and os.path.isfile(head) and model.pooler == saved.get("pooler"):
             model.mlp.load_state_dict(torch.load(head, map_location="cpu"))
@@ -122,7 +127,7 @@ class SimCSE(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=layers,
                             return_dict=True, **kwargs)
         z = pool(self.pooler, attention_mask, out.last_hidden_state, out.hidden_states if layers else None)
-        if self.mlp is not None and (self.training or not self.mlp_only_train):
+        if self.mlp is not None and (self.training or self.head_at_inference):
             z = self.mlp(z)
         return z
 
@@ -191,8 +196,8 @@ class SimCSE(nn.Module):
         MLP used at inference is stored as its weights, as the SimCSE repository's
         simcse_to_huggingface does: plain `AutoModel(...).pooler_output` is then the embedding."""
         weights = os.path.join(folder, "model.safetensors")
-        if (self.mlp is None or self.mlp_only_train or not os.path.isfile(weights)
-                or self.backbone.config.model_type not in ("bert", "roberta")):
+        if (not self.head_at_inference or not os.path.isfile(weights)
+                or self.backbone.config.model_type not in text_models.POOLER_MODEL_TYPES):
             return
         from safetensors.torch import load_file, save_file
 
@@ -216,7 +221,7 @@ class SimCSE(nn.Module):
             json.dump(dict(word_embedding_dimension=hidden, pooling_mode_cls_token=self.pooler != "avg",
                            pooling_mode_mean_tokens=self.pooler == "avg", pooling_mode_max_tokens=False,
                            pooling_mode_mean_sqrt_len_tokens=False), f, indent=2)
-        if self.mlp is not None and not self.mlp_only_train:
+        if self.head_at_inference:
             os.makedirs(os.path.join(folder, "2_Dense"))
             modules.append(dict(idx=2, name="2", path="2_Dense", type="sentence_transformers.models.Dense"))
             with open(os.path.join(folder, "2_Dense", "config.json"), "w") as f:

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from .text_data import gensim_test_file
+from .text_data import gensim_test_file, not_utf8
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -43,12 +43,20 @@ def spearman(x: Tensor, y: Tensor) -> float:
     return pearson(_ranks(x.double()), _ranks(y.double()))
 
 
+def _check_gold(gold: Tensor) -> None:
+    """Human scores that a correlation can be measured against."""
+    if gold.numel() < 2:
+        raise ValueError(f"{gold.numel()} scored pair(s); need at least 2")
+    if not bool(torch.isfinite(gold).all()):
+        raise ValueError("the gold scores must be finite")
+    if bool((gold == gold[0]).all()):
+        raise ValueError(f"every gold score is {float(gold[0])}; no correlation is defined")
+
+
 def correlations(predicted: Tensor, gold: Tensor) -> dict:
-    if predicted.numel() != gold.numel() or predicted.numel() < 2:
-        raise ValueError(f"need two equally long score lists of at least 2, got {predicted.numel()} and "
-                         f"{gold.numel()}")
-    if not bool(torch.isfinite(gold).all()) or bool((gold == gold[0]).all()):
-        raise ValueError("the gold scores must be finite and not all equal (no correlation is defined)")
+    if predicted.numel() != gold.numel():
+        raise ValueError(f"need two equally long score lists, got {predicted.numel()} and {gold.numel()}")
+    _check_gold(gold)
     return dict(spearman=100 * spearman(predicted, gold), pearson=100 * pearson(predicted, gold), pairs=gold.numel())
 
 
@@ -76,7 +84,7 @@ def read_sts(path: str) -> tuple[list, list, Tensor]:
             rows = [(number, row) for number, row in
                     enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1) if row and any(row)]
     except UnicodeDecodeError as exc:
-        raise ValueError(f"STS file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise not_utf8("STS file", path, exc) from exc
     if not rows:
         raise ValueError(f"STS file {path!r} is empty")
     numbers, rows = [n for n, _ in rows], [row for _, row in rows]
@@ -113,10 +121,10 @@ def read_sts(path: str) -> tuple[list, list, Tensor]:
 def load_sts(path: str) -> tuple[list, list, Tensor]:
     """read_sts, checked for a file that can be scored: at least 2 pairs, gold scores not all equal."""
     s1, s2, gold = read_sts(path)
-    if gold.numel() < 2:
-        raise ValueError(f"STS file {path!r} has {gold.numel()} scored pair(s); need at least 2")
-    if bool((gold == gold[0]).all()):
-        raise ValueError(f"STS file {path!r}: every gold score is {float(gold[0])}; no correlation is defined")
+    try:
+        _check_gold(gold)
+    except ValueError as exc:
+        raise ValueError(f"STS file {path!r}: {exc}") from None
     return s1, s2, gold
 
 

@@ -45,6 +45,11 @@ def gensim_test_file(name: str) -> str:
     return path
 
 
+def not_utf8(what: str, path: str, exc: UnicodeDecodeError) -> ValueError:
+    """The error for a data file that is not UTF-8 text, naming it and where decoding failed."""
+    return ValueError(f"{what} {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")
 
 
@@ -102,4 +107,4 @@ def load_train_file(spec: str) -> TextData:
     try:
         return _read_csv(spec) if spec.endswith(".csv") else _read_lines(spec)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"train file {spec!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise not_utf8("train file", spec, exc) from exc

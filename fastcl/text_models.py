@@ -11,6 +11,9 @@ import os
 import torch
 
 BUILTIN_MODELS = ("minilm", "tiny")
+# Model types whose optional pooler (add_pooling_layer) is Linear + Tanh on the first token: the
+# SimCSE MLP's shape.
+POOLER_MODEL_TYPES = ("bert", "roberta")
 
 
 def _transformers():
@@ -42,13 +45,17 @@ def _tiny(seed: int):
     return model, tokenizer
 
 
+def read_json(path: str) -> dict:
+    """A JSON file's object, or {} when the file does not exist."""
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
 def sentence_transformers_pooler(path: str) -> str | None:
     """The SimCSE pooler equal to a sentence-transformers checkpoint's pooling, if it has one."""
-    config = os.path.join(path, "1_Pooling", "config.json")
-    if not os.path.isfile(config):
-        return None
-    with open(config) as f:
-        pooling = json.load(f)
+    pooling = read_json(os.path.join(path, "1_Pooling", "config.json"))
     if pooling.get("pooling_mode_mean_tokens"):
         return "avg"
     if pooling.get("pooling_mode_cls_token"):
@@ -58,11 +65,7 @@ def sentence_transformers_pooler(path: str) -> str | None:
 
 def sentence_transformers_max_length(path: str) -> int | None:
     """The max_seq_length a sentence-transformers checkpoint embeds with, if it says."""
-    config = os.path.join(path, "sentence_bert_config.json")
-    if not os.path.isfile(config):
-        return None
-    with open(config) as f:
-        return json.load(f).get("max_seq_length")
+    return read_json(os.path.join(path, "sentence_bert_config.json")).get("max_seq_length")
 
 
 def longest_input(backbone, tokenizer) -> int:
@@ -97,8 +100,8 @@ def load_backbone(name: str, seed: int = 0):
     try:
         config = transformers.AutoConfig.from_pretrained(source)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-        # BERT and RoBERTa take add_pooling_layer; SimCSE never uses their pooler.
-        extra = {"add_pooling_layer": False} if config.model_type in ("bert", "roberta") else {}
+        # SimCSE computes its own head; a saved one travels in the pooler (SimCSE.save_pretrained).
+        extra = {"add_pooling_layer": False} if config.model_type in POOLER_MODEL_TYPES else {}
         model = transformers.AutoModel.from_pretrained(source, config=config, **extra)
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(

@@ -364,3 +364,12 @@ def test_an_untrained_cls_head_is_seeded_and_refused_by_sts_eval(capsys):
     assert torch.equal(a.mlp[0].weight, b.mlp[0].weight) and not a.head_trained
     assert main(["sts-eval", "--model", "minilm", "--pooler", "cls", "--device", "cpu"]) == 2
     assert "has none; use --pooler cls_before_pooler" in capsys.readouterr().err
+
+
+def test_bad_lengths_are_refused_not_replaced_by_defaults(capsys):
+    from fastcl.__main__ import main
+
+    assert main(["sts-eval", "--model", "tiny", "--max-length", "0", "--device", "cpu"]) == 2
+    assert "encode_max_length must be > 0, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="max_length must be > 0, got 0"):
+        SimCSE.from_pretrained("tiny", max_length=0)
