@@ -69,7 +69,7 @@ def arch_list() -> str:
 
 
 def sources(with_cuda: bool) -> list[str]:
-    found = [os.path.join(CSRC, "fastcl.cpp")]
+    found = [os.path.join(CSRC, "fastcl.cpp"), os.path.join(CSRC, "checks.cpp")]
     found += sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
     if with_cuda:
         found += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))

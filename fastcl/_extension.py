@@ -12,7 +12,9 @@ import torch
 
 from .version import __version__
 
-_state: dict = {"module": None, "source": None, "error": None}
+# "backends" is filled once at load so that has_cuda_ops() reads a plain tuple: torch.compile
+# traces it inside the losses and cannot trace a call into the pybind module.
+_state: dict = {"module": None, "source": None, "error": None, "backends": ()}
 
 
 def _jit_build():
@@ -43,6 +45,11 @@ def _jit_build():
     )
 
 
+def _loaded(module, source: str) -> None:
+    _state["backends"] = tuple(module.build_info().get("backends", []))
+    _state["module"], _state["source"] = module, source
+
+
 def load() -> None:
     if _state["source"] is not None:
         return
@@ -50,14 +57,12 @@ def load() -> None:
     errors = []
     if os.environ.get("FASTCL_JIT") != "1":
         try:
-            _state["module"] = importlib.import_module("fastcl._C")
-            _state["source"] = "aot"
+            _loaded(importlib.import_module("fastcl._C"), "aot")
             return
         except ImportError as exc:
             errors.append(f"fastcl._C: {exc}")
     try:
-        _state["module"] = _jit_build()
-        _state["source"] = "jit"
+        _loaded(_jit_build(), "jit")
         return
     except Exception as exc:  # a failed compiler run raises RuntimeError, a missing one OSError
         errors.append(f"JIT build: {exc}")
@@ -87,7 +92,7 @@ def assert_has_ops() -> None:
 
 
 def has_cuda_ops() -> bool:
-    return has_ops() and "cuda" in build_info().get("backends", [])
+    return has_ops() and "cuda" in _state["backends"]
 
 
 _warned: set = set()

@@ -4,7 +4,10 @@
 # compute-sanitizer memcheck over one small forward+backward, and the CUDA benchmarks.
 # Logs, pytest-benchmark JSON and a markdown summary go to $OUT (default ./gpu-results).
 # Uses the machine's python3 and packages (torch with CUDA, ninja, pybind11, pytest,
-# pytest-benchmark); downloads nothing. Step timeouts add up to under 10 minutes.
+# pytest-benchmark); downloads nothing. Steps run most telling first (build, tests, sanitizers,
+# benchmarks, trainers), so a caller's overall timeout cuts the least useful; on an H200 the whole
+# script takes under 3 minutes (its step timeouts add up to more, for a first cold build), and
+# FASTCL_GPU_CHECK_QUICK=1 stops after the sanitizers (about 2 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-results}"
@@ -14,6 +17,15 @@ export PYTHONUNBUFFERED=1 FASTCL_FORCE_CUDA=1 FASTCL_STRICT=1
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}"
 export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Build with the compiler whose libstdc++ the Python process loads. On the first H200 image CXX
+# pointed at /opt/gcc/bin/g++ while Python loaded the system libstdc++ (g++ 13.3), and every
+# error message that formats a number (any TORCH_CHECK in fastcl._C, CPU or CUDA op) crashed the
+# process in std::ostream (2026-11-29). FASTCL_GPU_CXX overrides the choice.
+if [ -n "${FASTCL_GPU_CXX:-}" ]; then
+  export CXX="$FASTCL_GPU_CXX"
+elif [ -x /usr/bin/g++ ] && [ -x /usr/bin/gcc ]; then
+  export CXX=/usr/bin/g++ CC=/usr/bin/gcc
+fi
 SUMMARY="$OUT/summary.md"
 status=0
 step() { echo; echo "=== [$(date +%H:%M:%S)] $*"; }
@@ -24,7 +36,7 @@ step "machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUT/nvidia-smi.txt"
 record "GPU" "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
 
-step "build fastcl._C in place (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
+step "build fastcl._C in place (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS, CXX=${CXX:-default})"
 if timeout 150 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
   record "build" "ok"
 else
@@ -32,8 +44,22 @@ else
 fi
 "$PY" -m fastcl info | tee "$OUT/info.txt"
 
+step "error paths: bad arguments raise, CPU and CUDA ops"
+# These format numbers into messages: a build whose libstdc++ does not match the process crashes here.
+timeout 60 "$PY" -m pytest tests/test_bad_input.py tests/test_augment.py -q -p no:cacheprovider \
+  -k "bad or reject or wrong_length or mean_and_std" > "$OUT/error-paths.log" 2>&1
+rc=$?; tail -3 "$OUT/error-paths.log"
+record "error paths" "$(tail -1 "$OUT/error-paths.log")"
+[ $rc -eq 0 ] || status=1
+
 step "CUDA tests (pytest -m cuda)"
-timeout 100 "$PY" -m pytest tests -m cuda -q --junitxml="$OUT/cuda-tests.xml" > "$OUT/cuda-tests.log" 2>&1
+# A kernel that hangs (a divergent barrier) must cost one test, not the lease.
+# With pytest-xdist a test that kills its process (a segfault) is reported and the rest still run.
+PER_TEST=""
+"$PY" -c "import pytest_timeout" 2>/dev/null && PER_TEST="--timeout=60"
+"$PY" -c "import xdist" 2>/dev/null && PER_TEST="$PER_TEST -n 4"
+timeout 150 "$PY" -m pytest tests -m cuda -q --tb=short -p no:cacheprovider $PER_TEST \
+  --junitxml="$OUT/cuda-tests.xml" > "$OUT/cuda-tests.log" 2>&1
 rc=$?; tail -25 "$OUT/cuda-tests.log"
 record "CUDA tests" "$(tail -1 "$OUT/cuda-tests.log")"
 [ $rc -eq 0 ] || status=1
@@ -59,17 +85,26 @@ for candidate in "$CUDA_HOME/bin/compute-sanitizer" "$CUDA_HOME/compute-sanitize
   [ -z "$SAN" ] && [ -x "$candidate" ] && SAN="$candidate"
 done
 if [ -n "$SAN" ]; then
-  timeout 90 "$SAN" --tool memcheck --error-exitcode 9 "$PY" "$OUT/memcheck_case.py" > "$OUT/memcheck.log" 2>&1
-  rc=$?; tail -8 "$OUT/memcheck.log"
-  record "memcheck" "$( [ $rc -eq 0 ] && echo clean || echo "FAILED rc=$rc (memcheck.log)")"
-  [ $rc -eq 0 ] || status=1
+  # memcheck: out-of-bounds and misaligned accesses; racecheck: shared-memory hazards between
+  # threads; synccheck: barriers not every thread reaches.
+  for tool in memcheck racecheck synccheck; do
+    step "compute-sanitizer --tool $tool"
+    timeout 80 "$SAN" --tool $tool --error-exitcode 9 "$PY" "$OUT/memcheck_case.py" > "$OUT/$tool.log" 2>&1
+    rc=$?; tail -8 "$OUT/$tool.log"
+    record "$tool" "$( [ $rc -eq 0 ] && echo clean || echo "FAILED rc=$rc ($tool.log)")"
+    [ $rc -eq 0 ] || status=1
+  done
 else
   record "memcheck" "compute-sanitizer not found"
 fi
 
+if [ "${FASTCL_GPU_CHECK_QUICK:-0}" = 1 ]; then  # a re-check after a fix: correctness only
+  step "done, quick (status $status)"; cat "$SUMMARY"; exit $status
+fi
+
 step "CUDA benchmarks"
 export FASTCL_BENCH_SIZES="${FASTCL_BENCH_SIZES:-1024,4096,8192,16384}" FASTCL_BENCH_DIMS="${FASTCL_BENCH_DIMS:-128}"
-timeout 90 "$PY" -m pytest benchmarks/bench_ntxent.py benchmarks/bench_augment.py -q -k cuda \
+timeout 80 "$PY" -m pytest benchmarks/bench_ntxent.py benchmarks/bench_augment.py -q -k cuda \
   --benchmark-json="$OUT/bench-cuda.json" \
   > "$OUT/bench.log" 2>&1
 rc=$?; tail -5 "$OUT/bench.log"
@@ -95,7 +130,7 @@ record "2N=1,048,576" "$(tail -1 "$OUT/million.log")"
 [ $rc -eq 0 ] || status=1
 
 step "trainers on the GPU: SimCLR (ResNet-18, bf16, channels_last) and SimCSE (tiny, bf16) for a few steps"
-timeout 90 "$PY" -m fastcl simclr --data fake --arch resnet18 --batch-size 256 --epochs 1 --max-steps 20 --amp bf16 \
+timeout 75 "$PY" -m fastcl simclr --data fake --arch resnet18 --batch-size 256 --epochs 1 --max-steps 20 --amp bf16 \
   --channels-last --device cuda --no-progress --out "$OUT/simclr-run" > "$OUT/simclr.log" 2>&1
 rc=$?; tail -12 "$OUT/simclr.log"
 record "SimCLR on CUDA" "$( [ $rc -eq 0 ] && grep -o '"final_loss": [^,]*' "$OUT/simclr.log" || echo "FAILED rc=$rc (simclr.log)")"

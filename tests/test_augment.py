@@ -118,6 +118,60 @@ def test_output_dtypes_layouts_and_normalisation(device):
     torch.testing.assert_close(last, base, rtol=0, atol=0)
 
 
+def _op(images, params, mean=None, std=None):
+    """torch.ops.fastcl.augment called directly, below the Python wrapper's checks."""
+    device = images.device
+    as_tensor = (lambda v: None if v is None else torch.tensor(v, dtype=torch.float32, device=device))
+    return torch.ops.fastcl.augment([images], params.source_index.to(device), params.table.to(device),
+                                    params.size, params.blur_kernel, as_tensor(mean), as_tensor(std),
+                                    torch.float32, False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_op_takes_mean_and_std_each_on_its_own(device):
+    """The op's contract does not depend on the wrapper pairing them: mean alone is std 1, std
+    alone is mean 0 (the CUDA op used to dereference a missing std and drop a lone std)."""
+    images = _images(torch.uint8, 4, 3, 20, 20, device)
+    params = A.SimCLRAugment(16).sample(4, (20, 20), generator=torch.Generator().manual_seed(8))
+    mean, std = (0.25, 0.5, 0.75), (0.5, 2.0, 4.0)
+    plain = _op(images, params)
+    torch.testing.assert_close(_op(images, params, mean=mean),
+                               _op(images, params, mean=mean, std=(1.0, 1.0, 1.0)), rtol=0, atol=0)
+    torch.testing.assert_close(_op(images, params, std=std),
+                               _op(images, params, mean=(0.0, 0.0, 0.0), std=std), rtol=0, atol=0)
+    assert not torch.equal(_op(images, params, std=std), plain)
+    assert not torch.equal(_op(images, params, mean=mean), plain)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_op_rejects_mean_or_std_of_the_wrong_length(device):
+    images = _images(torch.uint8, 2, 3, 12, 12, device)
+    params = A.SimCLRAugment(8).sample(2, (12, 12), generator=torch.Generator().manual_seed(1))
+    for kw in (dict(mean=(0.5,)), dict(std=(0.5, 0.5))):
+        with pytest.raises(ValueError, match="one value per channel"):
+            _op(images, params, **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_uint8_contrast_mean_is_exact_on_large_images(device):
+    """Contrast factor 0 replaces every pixel by the mean gray level, truncated to uint8. Here the
+    mean is exactly 128 (the top half 255, the bottom half 1); here sixteen float partial sums of
+    the levels pass 2^24 on the 255s, then drop the 1s and give 127 (the CPU op did, while the CUDA op
+    summed exactly), so the mean must be accumulated exactly."""
+    side = 1500
+    images = torch.full((1, 1, side, side), 255, dtype=torch.uint8, device=device)
+    images[:, :, side // 2:] = 1
+    table = torch.zeros(1, A.NUM_PARAMS)
+    table[0, A.HEIGHT] = table[0, A.WIDTH] = side
+    table[0, A.JITTER] = 1
+    table[0, A.ORDER] = torch.tensor([1.0, 0.0, 2.0, 3.0])  # contrast first; the others at factor 1 / hue 0
+    table[0, A.BRIGHTNESS] = table[0, A.SATURATION] = 1
+    table[0, A.CONTRAST] = 0.0
+    one = A.AugmentParams(table.to(device), torch.zeros(1, dtype=torch.int64, device=device), side)
+    out = _op(images, one)
+    assert torch.equal(out, torch.full_like(out, 128 / 255)), f"levels: {sorted(set((out * 255).round().flatten().tolist()))[:5]}"
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_views_and_reproducibility(device):
     images = _images(torch.uint8, 16, 3, 32, 32, device)
@@ -227,3 +281,21 @@ def test_list_mixing_devices_is_rejected():
     images = [torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8, device="cuda")]
     with pytest.raises(ValueError, match="is on"):
         A.SimCLRAugment(8)(images)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: measures device memory")
+def test_large_outputs_keep_scratch_bounded():
+    """Outputs too large for shared memory work in a global scratch slot per block; the grid is
+    capped so that those slots stay within 256 MiB (a full grid at 1024 pixels a side would take
+    over a GiB, at 4096 many GB)."""
+    images = torch.randint(0, 256, (300, 3, 8, 8), dtype=torch.uint8, device="cuda")
+    params = A.SimCLRAugment(1024, blur_kernel=3).sample(300, (8, 8), generator=torch.Generator().manual_seed(2))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    out = A.apply(images, params, dtype=torch.float16)
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - before - out.numel() * out.element_size()
+    assert extra <= 300 * 2**20, f"{extra / 2**20:.0f} MiB beside the output"
+    assert bool(torch.isfinite(out).all())

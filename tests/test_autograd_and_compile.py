@@ -71,6 +71,19 @@ def test_compile_fullgraph(device):
         torch.testing.assert_close(a, b)
 
 
+def test_backend_query_traces_in_fullgraph():
+    """ops.contrastive asks has_cuda_ops() for CUDA inputs inside compiled code; the first GPU run
+    (H200, torch 2.11) failed fullgraph there because the answer came from a call into the pybind
+    module. CPU inputs never ask, so this checks the query itself."""
+    torch._dynamo.reset()
+
+    def pick(x):
+        return x * 2 if fastcl._extension.has_cuda_ops() else x + 1
+
+    x = torch.full((), 3.0)
+    assert float(torch.compile(pick, fullgraph=True, backend="eager")(x)) == float(pick(x))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_bitwise_deterministic(device):
     q, k, lr, lc, scale, kw = make_case("supcon", 700, 64, torch.float32, device)

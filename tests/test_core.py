@@ -88,3 +88,38 @@ def test_non_contiguous_inputs(device):
     loss, _ = ops.contrastive(q, k, rows, rows, scale, impl="fastcl")
     ref, _ = reference.contrastive(q, k, rows, rows, scale)
     torch.testing.assert_close(loss, ref)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_columns(device):
+    """L == 0: every row has an empty sum and no positive, so loss 0, lse -inf and no count. (The
+    CUDA kernel used to issue asynchronous copies for its rows and exit without waiting.)"""
+    q = torch.randn(70, 8, device=device)
+    k = torch.empty(0, 8, device=device)
+    rows, cols = torch.arange(70, device=device), torch.empty(0, dtype=torch.int64, device=device)
+    scale = torch.tensor(2.0, device=device)
+    loss, lse, num_pos = torch.ops.fastcl.contrastive_forward(q, k, rows, cols, None, None, scale, 0, False, True)
+    assert torch.equal(loss, torch.zeros_like(loss)) and torch.equal(num_pos, torch.zeros_like(num_pos))
+    assert bool((lse == float("-inf")).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_rows_without_positives_ignore_a_foreign_lse(device, dtype):
+    """A row without positives has loss 0 and no gradient, whatever lse the backward is handed:
+    with one far below the row's logits exp overflows, and forming G = 0 * inf gave NaN."""
+    q, k, lr, lc, scale, kw = make_case("supcon", 40, 24, dtype, device)
+    lr = lr.clone()
+    lr[::3] = 99  # no column carries label 99: these rows have no positives
+    args = (q.detach(), k.detach(), lr, lc, kw["col_bias"], kw["col_bias_owner"], scale)
+    tail = (kw["row_offset"], kw["exclude_self"], kw["normalize"])
+    loss, lse, num_pos = torch.ops.fastcl.contrastive_forward(*args, *tail)
+    assert bool((num_pos[::3] == 0).all())
+    grad = torch.rand_like(loss)
+    want = torch.ops.fastcl.contrastive_backward(grad, *args, lse, num_pos, *tail)
+    foreign = lse.clone()
+    foreign[::3] = -1e4
+    got = torch.ops.fastcl.contrastive_backward(grad, *args, foreign, num_pos, *tail)
+    for g, w in zip(got, want):
+        assert bool(torch.isfinite(g).all())
+        torch.testing.assert_close(g, w, rtol=0, atol=0)

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../checks.h"
 #include "../common/augment_math.h"
 #include "clones.h"
 
@@ -168,26 +169,32 @@ void resized_crop(const Source& src, const float* prm, int64_t S, bool u8, Scrat
   resample_columns(sc.rows.data(), src.C, h, S, u8, flip, sc);
 }
 
-// Mean gray level of the image as adjust_contrast takes it. Sixteen float partial sums
-// (exact for uint8 images, whose floored gray levels are integers) then a double total.
+// Mean gray level of the image as adjust_contrast takes it. uint8 images have integer
+// (floored) gray levels, summed exactly in int64 lanes: float lanes pass 2^24 past about
+// 1025 x 1025 pixels and would round. Float images: sixteen float partial sums, then a double total.
 FASTCL_CLONES float contrast_mean(const float* img, int64_t C, int64_t n, bool u8) {
   constexpr int64_t kLanes = 16;
-  float lane[kLanes] = {};
-  int64_t i = 0;
-  if (C == 3) {
-    const float* r = img;
-    const float* g = img + n;
-    const float* b = img + 2 * n;
-    for (; i + kLanes <= n; i += kLanes)
-      for (int64_t u = 0; u < kLanes; ++u) lane[u] += gray_of(r[i + u], g[i + u], b[i + u], u8);
-    for (; i < n; ++i) lane[0] += gray_of(r[i], g[i], b[i], u8);
-  } else {
-    for (; i + kLanes <= n; i += kLanes)
-      for (int64_t u = 0; u < kLanes; ++u) lane[u] += img[i + u];
-    for (; i < n; ++i) lane[0] += img[i];
-  }
+  const float* r = img;
+  const float* g = img + n;
+  const float* b = img + 2 * n;
+  const auto level = [&](int64_t i) { return C == 3 ? gray_of(r[i], g[i], b[i], u8) : r[i]; };
   double total = 0.0;
-  for (int64_t u = 0; u < kLanes; ++u) total += lane[u];
+  int64_t i = 0;
+  if (u8) {
+    int64_t lane[kLanes] = {};
+    for (; i + kLanes <= n; i += kLanes)
+      for (int64_t u = 0; u < kLanes; ++u) lane[u] += static_cast<int64_t>(level(i + u));
+    for (; i < n; ++i) lane[0] += static_cast<int64_t>(level(i));
+    int64_t sum = 0;
+    for (int64_t u = 0; u < kLanes; ++u) sum += lane[u];
+    total = static_cast<double>(sum);
+  } else {
+    float lane[kLanes] = {};
+    for (; i + kLanes <= n; i += kLanes)
+      for (int64_t u = 0; u < kLanes; ++u) lane[u] += level(i + u);
+    for (; i < n; ++i) lane[0] += level(i);
+    for (int64_t u = 0; u < kLanes; ++u) total += lane[u];
+  }
   return static_cast<float>(total / static_cast<double>(n));
 }
 
@@ -314,26 +321,10 @@ void write_sample(const float* img, int64_t C, int64_t S, bool u8, const float* 
 at::Tensor augment_cpu(at::TensorList images, const at::Tensor& source_index, const at::Tensor& params, int64_t size,
                        int64_t blur_kernel, const c10::optional<at::Tensor>& mean,
                        const c10::optional<at::Tensor>& std_, at::ScalarType out_dtype, bool channels_last) {
-  TORCH_CHECK_VALUE(!images.empty(), "fastcl.augment: images is empty");
-  TORCH_CHECK_VALUE(size > 0, "fastcl.augment: size must be > 0, got ", size);
-  TORCH_CHECK_VALUE(blur_kernel >= 1 && blur_kernel % 2 == 1, "fastcl.augment: blur_kernel must be odd, got ",
-                    blur_kernel);
-  const bool batched = images.size() == 1 && images[0].dim() == 4;
-  const int64_t count = batched ? images[0].size(0) : static_cast<int64_t>(images.size());
-  const int64_t C = batched ? images[0].size(1) : images[0].size(0);
-  for (const at::Tensor& img : images) {
-    TORCH_CHECK_VALUE(img.dim() == (batched ? 4 : 3), "fastcl.augment: images must be (B, C, H, W) or a list of (C, H, W)");
-    TORCH_CHECK_TYPE(img.scalar_type() == at::kByte || img.scalar_type() == at::kFloat,
-                     "fastcl.augment: images must be uint8 or float32, got ", img.scalar_type());
-    TORCH_CHECK_VALUE(img.size(batched ? 1 : 0) == C, "fastcl.augment: all images need ", C, " channels");
-    TORCH_CHECK_VALUE(img.device().is_cpu(), "fastcl.augment: CPU kernel got images on ", img.device());
-  }
-  TORCH_CHECK_VALUE(C == 1 || C == 3, "fastcl.augment: images must have 1 or 3 channels, got ", C);
-  const int64_t P = params.size(0);
-  TORCH_CHECK_VALUE(params.dim() == 2 && params.size(1) == kNumParams && params.scalar_type() == at::kFloat,
-                    "fastcl.augment: params must be float32 (P, ", static_cast<int>(kNumParams), ")");
-  TORCH_CHECK_VALUE(source_index.dim() == 1 && source_index.size(0) == P && source_index.scalar_type() == at::kLong,
-                    "fastcl.augment: source_index must be int64 of shape (", P, ")");
+  const AugmentSizes sz = check_augment_args(images, source_index, params, size, blur_kernel, mean, std_, out_dtype,
+                                             kNumParams);
+  const bool batched = sz.batched;
+  const int64_t count = sz.count, C = sz.C, P = sz.P;
   const at::Tensor prm = params.contiguous(), src_idx = source_index.contiguous();
   const int64_t* idx = src_idx.data_ptr<int64_t>();
   for (int64_t p = 0; p < P; ++p) {

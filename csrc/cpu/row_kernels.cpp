@@ -3,6 +3,8 @@
 // order (hence the result) is fixed.
 #include "row_kernels.h"
 
+#include <algorithm>
+
 #include <cmath>
 #include <limits>
 
@@ -60,7 +62,16 @@ double sum_exp_shifted(const double* s, int64_t n, double m) {
   return total;
 }
 
+// A row with weight 0 (no positives: constant loss) contributes nothing, whatever lse it is
+// handed: with an lse far below its logits exp overflows, and 0 * inf would be NaN.
+template <typename T>
+T zero_row(T* dot, int64_t n) {
+  std::fill(dot, dot + n, T(0));
+  return T(0);
+}
+
 FASTCL_CLONES float softmax_grad_in_place(const float* logits, float* dot, int64_t n, float lse, float g) {
+  if (g == 0) return zero_row(dot, n);
   float lane[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
@@ -81,6 +92,7 @@ FASTCL_CLONES float softmax_grad_in_place(const float* logits, float* dot, int64
 }
 
 double softmax_grad_in_place(const double* logits, double* dot, int64_t n, double lse, double g) {
+  if (g == 0) return zero_row(dot, n);
   double total = 0;
   for (int64_t j = 0; j < n; ++j) {
     const double p = std::exp(logits[j] - lse);
@@ -122,20 +134,20 @@ void add_exp_shifted_into(double* acc, const double* row, const double* shift, i
 }
 
 FASTCL_CLONES void softmax_grad_row(const float* logits, float* out, int64_t n, float lse, float g) {
-  for (int64_t c = 0; c < n; ++c) out[c] = g * fast_expf(logits[c] - lse);
+  for (int64_t c = 0; c < n; ++c) out[c] = g != 0 ? g * fast_expf(logits[c] - lse) : 0.0f;
 }
 
 void softmax_grad_row(const double* logits, double* out, int64_t n, double lse, double g) {
-  for (int64_t c = 0; c < n; ++c) out[c] = g * std::exp(logits[c] - lse);
+  for (int64_t c = 0; c < n; ++c) out[c] = g != 0 ? g * std::exp(logits[c] - lse) : 0.0;
 }
 
 FASTCL_CLONES void softmax_grad_cols_add(const float* logits, float* out, int64_t n, const float* lse,
                                          const float* g) {
-  for (int64_t c = 0; c < n; ++c) out[c] += g[c] * fast_expf(logits[c] - lse[c]);
+  for (int64_t c = 0; c < n; ++c) out[c] += g[c] != 0 ? g[c] * fast_expf(logits[c] - lse[c]) : 0.0f;
 }
 
 void softmax_grad_cols_add(const double* logits, double* out, int64_t n, const double* lse, const double* g) {
-  for (int64_t c = 0; c < n; ++c) out[c] += g[c] * std::exp(logits[c] - lse[c]);
+  for (int64_t c = 0; c < n; ++c) out[c] += g[c] != 0 ? g[c] * std::exp(logits[c] - lse[c]) : 0.0;
 }
 
 FASTCL_CLONES float dot_of(const float* a, const float* b, int64_t n) {

@@ -4,7 +4,8 @@
 // A persistent grid of 256-thread blocks walks the samples (block b takes p = b, b + grid, ...).
 // A block keeps its sample as a float "work" image (C, S, S): in shared memory when that fits in
 // kSmemWorkBytes (CIFAR, 64x64 RGB), else in the block's slot of a global scratch tensor
-// (grid, C, S, S) that it reuses from sample to sample. Per sample:
+// (grid, C, S, S) that it reuses from sample to sample; the grid shrinks to keep that tensor
+// within kScratchBytes. Per sample:
 // 1. Resize, one channel at a time, in bands of output rows: the horizontal pass resamples the
 //    crop rows that a band of output rows reads into a shared "band" buffer, the vertical pass
 //    writes those output rows (flipped) into work. Rows two bands share are computed twice.
@@ -30,6 +31,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "checks.h"
 #include "common/augment_math.h"
 #include "common/rn_scalar.h"
 
@@ -42,6 +44,7 @@ using namespace aug;
 constexpr int kThreads = 256;
 constexpr int64_t kSmemWorkBytes = 48 * 1024;  // the largest work image kept in shared memory
 constexpr int64_t kBandBytes = 32 * 1024;      // band buffer size to aim for (it may need more)
+constexpr int64_t kScratchBytes = int64_t(256) << 20;  // cap of the global work slots of large outputs
 constexpr int kImageFields = 6;                // list input: {address, H, W, sc, sy, sx} per image
 
 enum OutKind : int { kOutFloat, kOutHalf, kOutBFloat16, kOutDouble };
@@ -404,14 +407,16 @@ template <typename T, bool kSmemWork>
 void launch(Args a, int64_t smem, const at::Tensor& like, cudaStream_t stream, std::vector<at::Tensor>& keep) {
   auto kernel = augment_kernel<T, kSmemWork>;
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(smem + 1024 <= static_cast<int64_t>(prop->sharedMemPerBlockOptin), "fastcl.augment: ", smem,
-              " bytes of shared memory needed (images too large for output size ", a.S,
-              "; downscale them first), the device allows ", prop->sharedMemPerBlockOptin);
+  check_shared_memory("fastcl.augment", smem, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
+                      " (the output size, the blur kernel and the largest image set it; downscale the images first)");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, static_cast<size_t>(smem)));
-  const int64_t grid = std::min<int64_t>(a.P, std::max(1, per_sm) * static_cast<int64_t>(prop->multiProcessorCount));
+  int64_t grid = std::min<int64_t>(a.P, std::max(1, per_sm) * static_cast<int64_t>(prop->multiProcessorCount));
   if (!kSmemWork) {
+    // One float work image per block: at 2048-4096 pixels a side a full grid would ask for many GB.
+    const int64_t slot_bytes = static_cast<int64_t>(a.C) * a.S * a.S * 4;
+    grid = std::max<int64_t>(1, std::min(grid, kScratchBytes / slot_bytes));
     keep.push_back(at::empty({grid * a.C * a.S * a.S}, like.options().dtype(at::kFloat)));
     a.scratch = keep.back().data_ptr<float>();
   }
@@ -422,52 +427,17 @@ void launch(Args a, int64_t smem, const at::Tensor& like, cudaStream_t stream, s
 at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, const at::Tensor& params, int64_t size,
                         int64_t blur_kernel, const c10::optional<at::Tensor>& mean,
                         const c10::optional<at::Tensor>& std_, at::ScalarType out_dtype, bool channels_last) {
-  TORCH_CHECK_VALUE(!images.empty(), "fastcl.augment: images is empty");
-  TORCH_CHECK_VALUE(size > 0 && size <= 16384, "fastcl.augment: size must be in [1, 16384], got ", size);
-  TORCH_CHECK_VALUE(blur_kernel >= 1 && blur_kernel % 2 == 1 && blur_kernel <= 4095,
-                    "fastcl.augment: blur_kernel must be odd (at most 4095), got ", blur_kernel);
-  const bool batched = images.size() == 1 && images[0].dim() == 4;
-  const int64_t count = batched ? images[0].size(0) : static_cast<int64_t>(images.size());
-  const int64_t C = batched ? images[0].size(1) : images[0].size(0);
+  const AugmentSizes sz = check_augment_args(images, source_index, params, size, blur_kernel, mean, std_, out_dtype,
+                                             kNumParams);
+  const bool batched = sz.batched;
+  const int64_t count = sz.count, C = sz.C, Hmax = sz.Hmax, Wmax = sz.Wmax, P = sz.P;
   const at::Device device = images[0].device();
-  int64_t Hmax = 1, Wmax = 1;
-  for (const at::Tensor& img : images) {
-    TORCH_CHECK_VALUE(img.dim() == (batched ? 4 : 3),
-                      "fastcl.augment: images must be (B, C, H, W) or a list of (C, H, W)");
-    TORCH_CHECK_TYPE(img.scalar_type() == at::kByte || img.scalar_type() == at::kFloat,
-                     "fastcl.augment: images must be uint8 or float32, got ", img.scalar_type());
-    TORCH_CHECK_TYPE(img.scalar_type() == images[0].scalar_type(), "fastcl.augment: images must all have one dtype");
-    TORCH_CHECK_VALUE(img.size(batched ? 1 : 0) == C, "fastcl.augment: all images need ", C, " channels");
-    TORCH_CHECK_VALUE(img.is_cuda() && img.device() == device, "fastcl.augment: images must all be on ", device,
-                      ", got one on ", img.device());
-    const int64_t H = img.size(-2), W = img.size(-1);
-    TORCH_CHECK_VALUE(H >= 1 && W >= 1 && H < (1 << 30) && W < (1 << 30), "fastcl.augment: image size ", H, "x", W,
-                      " is out of range");
-    Hmax = std::max(Hmax, H), Wmax = std::max(Wmax, W);
-  }
-  TORCH_CHECK_VALUE(C == 1 || C == 3, "fastcl.augment: images must have 1 or 3 channels, got ", C);
-  TORCH_CHECK_VALUE(params.dim() == 2 && params.size(1) == kNumParams && params.scalar_type() == at::kFloat,
-                    "fastcl.augment: params must be float32 (P, ", static_cast<int>(kNumParams), ")");
-  const int64_t P = params.size(0);
-  TORCH_CHECK_VALUE(source_index.dim() == 1 && source_index.size(0) == P && source_index.scalar_type() == at::kLong,
-                    "fastcl.augment: source_index must be int64 of shape (", P, ")");
-  TORCH_CHECK_VALUE(params.device() == device && source_index.device() == device,
-                    "fastcl.augment: params and source_index must be on the images' device ", device, ", got ",
-                    params.device(), " and ", source_index.device());
-  TORCH_CHECK_VALUE(P == 0 || count > 0, "fastcl.augment: images is an empty batch");
-  for (const c10::optional<at::Tensor>* t : {&mean, &std_}) {
-    if (!t->has_value()) continue;
-    TORCH_CHECK_VALUE((*t)->device() == device, "fastcl.augment: mean and std must be on the images' device ",
-                      device, ", got ", (*t)->device());
-    TORCH_CHECK_VALUE((*t)->numel() == C, "fastcl.augment: mean and std need one value per channel (", C, ")");
-  }
-  int out_kind = kOutFloat;
+  int out_kind = kOutDouble;
   switch (out_dtype) {
-    case at::kFloat: break;
+    case at::kFloat: out_kind = kOutFloat; break;
     case at::kHalf: out_kind = kOutHalf; break;
     case at::kBFloat16: out_kind = kOutBFloat16; break;
-    case at::kDouble: out_kind = kOutDouble; break;
-    default: TORCH_CHECK_TYPE(false, "fastcl.augment: out_dtype must be float32, float16 or bfloat16, got ", out_dtype);
+    default: break;  // float64, the one other dtype the checks accept
   }
 
   c10::cuda::CUDAGuard guard(device);
@@ -502,9 +472,12 @@ at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, c
   a.source_index = keep.back().data_ptr<int64_t>();
   keep.push_back(params.contiguous());
   a.params = keep.back().data_ptr<float>();
+  // Each of mean and std on its own, as the CPU op takes them (a direct op call may pass one).
   if (mean.has_value()) {
     keep.push_back(mean->to(at::kFloat).contiguous());
     a.mean = keep.back().data_ptr<float>();
+  }
+  if (std_.has_value()) {
     keep.push_back(std_->to(at::kFloat).contiguous());
     a.std = keep.back().data_ptr<float>();
   }

@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 
 #include "checks.h"
@@ -111,8 +112,10 @@ __device__ __forceinline__ Pair pair_at(const Problem& p, float scale, float raw
   return out;
 }
 
-// dloss_i / ds_ij; r.info.z (grad_loss_i) is 0 for a row without positives.
+// dloss_i / ds_ij; r.info.z (grad_loss_i) is 0 for a row without positives. Such a row is never
+// formed: its exp could overflow (an lse that did not come from this forward), and 0 * inf is NaN.
 __device__ __forceinline__ float grad_logit(const Pair& pr, const RowView& r) {
+  if (r.info.z == 0.f) return 0.f;
   return r.info.z * (exp_of(pr.s - r.info.y) - (pr.pos ? r.info.w : 0.f));
 }
 
@@ -232,6 +235,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     pos_sum += __shfl_xor_sync(0xffffffffu, pos_sum, off);
     pos_cnt += __shfl_xor_sync(0xffffffffu, pos_cnt, off);
   }
+  cp_async_wait_all();  // without column tiles the row copies above were never waited for
   if (ec == 0 && i < p.M) partial[int64_t(blockIdx.y) * p.M + i] = make_float4(run.m, run.l, pos_sum, pos_cnt);
 }
 
@@ -544,7 +548,7 @@ __global__ void sum_partials_kernel(const double* __restrict__ part, int64_t n, 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 dim3 grid_of(int64_t x, int64_t y = 1, int64_t z = 1) {
-  TORCH_CHECK(x <= INT32_MAX && y <= 65535 && z <= 65535, "fastcl: problem too large for one launch");
+  check_grid(x, y, z);
   return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
 }
 
@@ -563,7 +567,7 @@ void dispatch_type(at::ScalarType t, F&& f) {
     case at::kFloat: f(Tag<float>{}); break;
     case at::kHalf: f(Tag<__half>{}); break;
     case at::kBFloat16: f(Tag<__nv_bfloat16>{}); break;
-    default: TORCH_CHECK_TYPE(false, "fastcl: unsupported dtype ", t, " on CUDA");
+    default: fail_unsupported_dtype("fastcl", t);
   }
 }
 
@@ -590,11 +594,9 @@ Inputs prepare(const ContrastiveSizes& sz, const at::Tensor& q, const at::Tensor
                const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
                const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale, int64_t row_offset,
                bool exclude_self) {
-  TORCH_CHECK_TYPE(q.scalar_type() != at::kDouble,
-                   "fastcl: float64 is supported on CPU only; use float32, float16 or bfloat16 on CUDA");
+  if (q.scalar_type() == at::kDouble) fail_unsupported_dtype("fastcl (float64 runs on the CPU only)", at::kDouble);
   const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  TORCH_CHECK(prop->major >= 8, "fastcl: the CUDA kernels need compute capability 8.0 or newer, got ",
-              prop->major, ".", prop->minor);
+  check_cuda_capability(prop->major, prop->minor);
   Inputs in;
   in.q = q.contiguous();
   in.k = k.is_same(q) ? in.q : k.contiguous();
@@ -632,8 +634,7 @@ void pack_side_info(Inputs& in, bool normalize, cudaStream_t stream) {
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
   const size_t limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  TORCH_CHECK(bytes + 1024 <= limit, "fastcl: a kernel needs ", bytes, " bytes of shared memory, the device allows ",
-              limit);
+  check_shared_memory("fastcl", static_cast<int64_t>(bytes), static_cast<int64_t>(limit), "");
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
@@ -715,6 +716,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
   const auto opts = q.options().dtype(at::kFloat);
   at::Tensor loss = at::empty({sz.M}, opts), lse = at::empty({sz.M}, opts), num_pos = at::empty({sz.M}, opts);
   if (sz.M == 0) return {loss, lse, num_pos};
+  if (sz.L == 0) {  // no columns: every row has an empty sum and no positives
+    loss.zero_();
+    lse.fill_(-std::numeric_limits<float>::infinity());
+    num_pos.zero_();
+    return {loss, lse, num_pos};
+  }
   dispatch_type(q.scalar_type(), [&](auto tag) {
     forward_impl<typename decltype(tag)::type>(in, normalize, loss, lse, num_pos);
   });

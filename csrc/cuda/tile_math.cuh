@@ -70,6 +70,12 @@ __device__ __forceinline__ void cp_async_wait_prev() {
 #endif
 }
 
+__device__ __forceinline__ void cp_async_wait_all() {
+#ifndef FASTCL_PRE_AMPERE
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 // The thread index through volatile asm: a kernel inlines the loader at several call sites,
 // and this stops the compiler from hoisting each site's 64-bit addresses into registers that
 // stay live (and spill) beside the accumulators; recomputing them costs a few integer ops.

@@ -1,0 +1,150 @@
+// Definitions of checks.h, compiled by the host compiler for both backends.
+#include "checks.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace fastcl {
+
+static void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "fastcl: ", name, " is on ", t.device(),
+                    " but q is on ", ref.device());
+}
+
+ContrastiveSizes check_contrastive_args(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
+    const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
+    const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale,
+    int64_t row_offset, bool exclude_self) {
+  TORCH_CHECK_VALUE(q.dim() == 2, "fastcl: q must be 2-D (M, D), got shape ", q.sizes());
+  TORCH_CHECK_VALUE(k.dim() == 2, "fastcl: k must be 2-D (L, D), got shape ", k.sizes());
+  TORCH_CHECK_VALUE(q.size(1) == k.size(1), "fastcl: q and k must have the same feature size D, got ",
+                    q.size(1), " and ", k.size(1));
+  TORCH_CHECK_TYPE(q.scalar_type() == k.scalar_type(), "fastcl: q and k must have the same dtype, got ",
+                   q.scalar_type(), " and ", k.scalar_type());
+  const auto dt = q.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
+                   "fastcl: q must be float32, float16, bfloat16 or float64, got ", dt);
+  check_same_device(k, q, "k");
+  check_same_device(row_labels, q, "row_labels");
+  check_same_device(col_labels, q, "col_labels");
+  check_same_device(logit_scale, q, "logit_scale");
+  const int64_t M = q.size(0), L = k.size(0), D = q.size(1);
+  TORCH_CHECK_VALUE(row_labels.dim() == 1 && row_labels.size(0) == M,
+                    "fastcl: row_labels must have shape (", M, "), got ", row_labels.sizes());
+  TORCH_CHECK_VALUE(col_labels.dim() == 1 && col_labels.size(0) == L,
+                    "fastcl: col_labels must have shape (", L, "), got ", col_labels.sizes());
+  TORCH_CHECK_TYPE(row_labels.scalar_type() == at::kLong && col_labels.scalar_type() == at::kLong,
+                   "fastcl: row_labels and col_labels must be int64");
+  TORCH_CHECK_VALUE(logit_scale.dim() == 0, "fastcl: logit_scale must be a 0-dim tensor, got shape ",
+                    logit_scale.sizes());
+  TORCH_CHECK_TYPE(logit_scale.scalar_type() == loss_dtype(dt), "fastcl: logit_scale must be ",
+                   loss_dtype(dt), " for ", dt, " inputs, got ", logit_scale.scalar_type());
+  if (col_bias.has_value()) {
+    check_same_device(*col_bias, q, "col_bias");
+    TORCH_CHECK_VALUE(col_bias->dim() == 1 && col_bias->size(0) == L,
+                      "fastcl: col_bias must have shape (", L, "), got ", col_bias->sizes());
+    TORCH_CHECK_TYPE(col_bias->scalar_type() == loss_dtype(dt), "fastcl: col_bias must be ",
+                     loss_dtype(dt), ", got ", col_bias->scalar_type());
+  }
+  if (col_bias_owner.has_value()) {
+    TORCH_CHECK_VALUE(col_bias.has_value(), "fastcl: col_bias_owner given without col_bias");
+    check_same_device(*col_bias_owner, q, "col_bias_owner");
+    TORCH_CHECK_VALUE(col_bias_owner->dim() == 1 && col_bias_owner->size(0) == L,
+                      "fastcl: col_bias_owner must have shape (", L, "), got ", col_bias_owner->sizes());
+    TORCH_CHECK_TYPE(col_bias_owner->scalar_type() == at::kLong, "fastcl: col_bias_owner must be int64");
+  }
+  TORCH_CHECK_VALUE(row_offset >= 0, "fastcl: row_offset must be >= 0, got ", row_offset);
+  if (exclude_self) {
+    TORCH_CHECK_VALUE(row_offset + M <= L, "fastcl: with exclude_self, rows [row_offset, row_offset+M) = [",
+                      row_offset, ", ", row_offset + M, ") must lie inside the ", L, " columns");
+  }
+  return {M, L, D};
+}
+
+void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss,
+                                const at::Tensor& lse, const at::Tensor& num_pos,
+                                const at::Tensor& q) {
+  for (const at::Tensor* t : {&grad_loss, &lse, &num_pos}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == s.M, "fastcl: backward expects per-row tensors of shape (",
+                      s.M, "), got ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == loss_dtype(q.scalar_type()),
+                     "fastcl: backward per-row tensors must be ", loss_dtype(q.scalar_type()));
+    check_same_device(*t, q, "a backward per-row tensor");
+  }
+}
+
+AugmentSizes check_augment_args(at::TensorList images, const at::Tensor& source_index, const at::Tensor& params,
+                                int64_t size, int64_t blur_kernel, const c10::optional<at::Tensor>& mean,
+                                const c10::optional<at::Tensor>& std_, at::ScalarType out_dtype,
+                                int64_t num_params) {
+  TORCH_CHECK_VALUE(!images.empty(), "fastcl.augment: images is empty");
+  TORCH_CHECK_VALUE(size > 0 && size <= 16384, "fastcl.augment: size must be in [1, 16384], got ", size);
+  TORCH_CHECK_VALUE(blur_kernel >= 1 && blur_kernel % 2 == 1 && blur_kernel <= 4095,
+                    "fastcl.augment: blur_kernel must be odd and at most 4095, got ", blur_kernel);
+  AugmentSizes s{};
+  s.batched = images.size() == 1 && images[0].dim() == 4;
+  s.count = s.batched ? images[0].size(0) : static_cast<int64_t>(images.size());
+  s.C = s.batched ? images[0].size(1) : images[0].size(0);
+  s.Hmax = s.Wmax = 1;
+  const at::Device device = images[0].device();
+  for (const at::Tensor& img : images) {
+    TORCH_CHECK_VALUE(img.dim() == (s.batched ? 4 : 3),
+                      "fastcl.augment: images must be (B, C, H, W) or a list of (C, H, W)");
+    TORCH_CHECK_TYPE(img.scalar_type() == at::kByte || img.scalar_type() == at::kFloat,
+                     "fastcl.augment: images must be uint8 or float32, got ", img.scalar_type());
+    TORCH_CHECK_TYPE(img.scalar_type() == images[0].scalar_type(), "fastcl.augment: images must all have one dtype");
+    TORCH_CHECK_VALUE(img.size(s.batched ? 1 : 0) == s.C, "fastcl.augment: all images need ", s.C, " channels");
+    TORCH_CHECK_VALUE(img.device() == device, "fastcl.augment: images must all be on ", device, ", got one on ",
+                      img.device());
+    const int64_t H = img.size(-2), W = img.size(-1);
+    TORCH_CHECK_VALUE(H >= 1 && W >= 1 && H < (int64_t(1) << 30) && W < (int64_t(1) << 30),
+                      "fastcl.augment: image size ", H, "x", W, " is out of range");
+    s.Hmax = std::max(s.Hmax, H), s.Wmax = std::max(s.Wmax, W);
+  }
+  TORCH_CHECK_VALUE(s.C == 1 || s.C == 3, "fastcl.augment: images must have 1 or 3 channels, got ", s.C);
+  TORCH_CHECK_VALUE(params.dim() == 2 && params.size(1) == num_params && params.scalar_type() == at::kFloat,
+                    "fastcl.augment: params must be float32 (P, ", num_params, "), got ", params.scalar_type(), " ",
+                    params.sizes());
+  s.P = params.size(0);
+  TORCH_CHECK_VALUE(source_index.dim() == 1 && source_index.size(0) == s.P && source_index.scalar_type() == at::kLong,
+                    "fastcl.augment: source_index must be int64 of shape (", s.P, ")");
+  TORCH_CHECK_VALUE(params.device() == device && source_index.device() == device,
+                    "fastcl.augment: params and source_index must be on the images' device ", device, ", got ",
+                    params.device(), " and ", source_index.device());
+  TORCH_CHECK_VALUE(s.P == 0 || s.count > 0, "fastcl.augment: images is an empty batch");
+  for (const c10::optional<at::Tensor>* t : {&mean, &std_}) {
+    if (!t->has_value()) continue;
+    TORCH_CHECK_VALUE((*t)->device() == device, "fastcl.augment: mean and std must be on the images' device ",
+                      device, ", got ", (*t)->device());
+    TORCH_CHECK_VALUE((*t)->numel() == s.C, "fastcl.augment: mean and std need one value per channel (", s.C,
+                      "), got ", (*t)->numel());
+  }
+  TORCH_CHECK_TYPE(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16 ||
+                       out_dtype == at::kDouble,
+                   "fastcl.augment: out_dtype must be float32, float16, bfloat16 or float64, got ", out_dtype);
+  return s;
+}
+
+void check_cuda_capability(int major, int minor) {
+  TORCH_CHECK(major >= 8, "fastcl: the CUDA kernels need compute capability 8.0 or newer, got ", major, ".", minor);
+}
+
+void check_shared_memory(const char* what, int64_t bytes, int64_t limit, const char* hint) {
+  TORCH_CHECK(bytes + 1024 <= limit, what, ": ", bytes, " bytes of shared memory needed", hint,
+              ", the device allows ", limit);
+}
+
+void check_grid(int64_t x, int64_t y, int64_t z) {
+  TORCH_CHECK(x <= INT32_MAX && y <= 65535 && z <= 65535, "fastcl: problem too large for one launch (grid ", x, " x ",
+              y, " x ", z, ")");
+}
+
+void fail_unsupported_dtype(const char* what, at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(false, what, ": unsupported dtype ", dtype, " on CUDA");
+  std::abort();  // unreachable: the check throws
+}
+
+}  // namespace fastcl
