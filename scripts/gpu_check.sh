@@ -46,19 +46,20 @@ fi
 
 step "error paths: bad arguments raise, CPU and CUDA ops"
 # These format numbers into messages: a build whose libstdc++ does not match the process crashes here.
-timeout 60 "$PY" -m pytest tests/test_bad_input.py tests/test_augment.py -q -p no:cacheprovider \
+timeout 60 "$PY" -m pytest tests/test_bad_input.py tests/test_augment.py -q -p no:cacheprovider -m "not sim" \
   -k "bad or reject or wrong_length or mean_and_std" > "$OUT/error-paths.log" 2>&1
 rc=$?; tail -3 "$OUT/error-paths.log"
 record "error paths" "$(tail -1 "$OUT/error-paths.log")"
 [ $rc -eq 0 ] || status=1
 
-step "CUDA tests (pytest -m cuda)"
+step "CUDA tests (pytest -m 'cuda and not sim')"
 # A kernel that hangs (a divergent barrier) must cost one test, not the lease.
 # With pytest-xdist a test that kills its process (a segfault) is reported and the rest still run.
 PER_TEST=""
 "$PY" -c "import pytest_timeout" 2>/dev/null && PER_TEST="--timeout=60"
 "$PY" -c "import xdist" 2>/dev/null && PER_TEST="$PER_TEST -n 4"
-timeout 150 "$PY" -m pytest tests -m cuda -q --tb=short -p no:cacheprovider $PER_TEST \
+# (The simulator's twins, marked sim, run in CI; here the kernels run on the GPU itself.)
+timeout 150 "$PY" -m pytest tests -m "cuda and not sim" -q --tb=short -p no:cacheprovider $PER_TEST \
   --junitxml="$OUT/cuda-tests.xml" > "$OUT/cuda-tests.log" 2>&1
 rc=$?; tail -25 "$OUT/cuda-tests.log"
 record "CUDA tests" "$(tail -1 "$OUT/cuda-tests.log")"

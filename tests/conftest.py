@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+
 import pytest
 import torch
 
@@ -10,8 +13,36 @@ import fastcl
 HAS_CUDA = torch.cuda.is_available() and fastcl.has_cuda_ops()
 cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and fastcl's CUDA kernels")
 
-# Every test that takes `device` runs on the CPU and, marked `cuda`, on the GPU (its twin).
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda])]
+
+class SimDevice(str):
+    """"cpu" for the tensors, while fastcl's ops run the CUDA kernels' code through the CPU
+    simulator of csrc/sim (tests/sim_ops.py)."""
+
+    sim = True
+
+
+# Every test that takes `device` runs on the CPU and, marked `cuda`, twice more: on the GPU, and
+# through the simulator (id "sim", marked `sim` too), so the CUDA kernels run on every CI machine.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda]),
+           pytest.param(SimDevice("cpu"), id="sim", marks=[pytest.mark.cuda, pytest.mark.sim])]
+
+
+def is_sim(device) -> bool:
+    return getattr(device, "sim", False)
+
+
+@pytest.fixture(autouse=True)
+def _cuda_kernels_on_cpu(request):
+    if request.node.get_closest_marker("sim") is None:
+        yield
+        return
+    import sim_ops
+
+    with contextlib.ExitStack() as stack:
+        with warnings.catch_warnings():  # torch says that the override replaces the CPU kernels
+            warnings.simplefilter("ignore", UserWarning)
+            stack.enter_context(sim_ops.cuda_kernels_on_cpu())
+        yield
 
 # Absolute slack on top of twice plain PyTorch's own error (the apple/ml-cross-entropy criterion).
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
@@ -24,7 +55,7 @@ def _seed():
 
 
 def dtypes_for(device: str):
-    return [torch.float64, torch.float32, torch.float16, torch.bfloat16] if device == "cpu" else [
+    return [torch.float64, torch.float32, torch.float16, torch.bfloat16] if device == "cpu" and not is_sim(device) else [
         torch.float32, torch.float16, torch.bfloat16]
 
 

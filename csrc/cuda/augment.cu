@@ -21,8 +21,6 @@
 // gaussian weights use the device's expf (within 2 ulp), and a source index or crop box outside
 // its image is clamped into it rather than raising (Python validates both before the call).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <torch/library.h>
@@ -34,6 +32,7 @@
 #include "checks.h"
 #include "common/augment_math.h"
 #include "common/rn_scalar.h"
+#include "device_api.cuh"
 
 namespace fastcl {
 namespace gpu_augment {
@@ -356,7 +355,7 @@ __device__ void blur_and_finish(const float* work, int C, int S, int ksize, cons
 template <typename T, bool kSmemWork>
 __global__ void __launch_bounds__(kThreads) augment_kernel(const Args a) {
   constexpr bool kU8 = std::is_same<T, uint8_t>::value;
-  extern __shared__ __align__(16) unsigned char smem[];
+  FASTCL_EXTERN_SHARED(unsigned char, smem, 16);
   __shared__ float s_prm[kNumParams];
   __shared__ float s_mean[3], s_inv_std[3];
   __shared__ double s_red[kThreads / 32];
@@ -404,15 +403,13 @@ __global__ void __launch_bounds__(kThreads) augment_kernel(const Args a) {
 int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
 template <typename T, bool kSmemWork>
-void launch(Args a, int64_t smem, const at::Tensor& like, cudaStream_t stream, std::vector<at::Tensor>& keep) {
-  auto kernel = augment_kernel<T, kSmemWork>;
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  check_shared_memory("fastcl.augment", smem, static_cast<int64_t>(prop->sharedMemPerBlockOptin),
+void launch(Args a, int64_t smem, const at::Tensor& like, dev::Stream stream, std::vector<at::Tensor>& keep) {
+  const auto& prop = dev::properties();
+  check_shared_memory("fastcl.augment", smem, static_cast<int64_t>(prop.sharedMemPerBlockOptin),
                       " (the output size, the blur kernel and the largest image set it; downscale the images first)");
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, static_cast<size_t>(smem)));
-  int64_t grid = std::min<int64_t>(a.P, std::max(1, per_sm) * static_cast<int64_t>(prop->multiProcessorCount));
+  dev::set_max_dynamic_smem<augment_kernel<T, kSmemWork>>(static_cast<size_t>(smem));
+  const int per_sm = dev::max_active_blocks_per_sm<augment_kernel<T, kSmemWork>>(kThreads, static_cast<size_t>(smem));
+  int64_t grid = std::min<int64_t>(a.P, std::max(1, per_sm) * static_cast<int64_t>(prop.multiProcessorCount));
   if (!kSmemWork) {
     // One float work image per block: at 2048-4096 pixels a side a full grid would ask for many GB.
     const int64_t slot_bytes = static_cast<int64_t>(a.C) * a.S * a.S * 4;
@@ -420,8 +417,7 @@ void launch(Args a, int64_t smem, const at::Tensor& like, cudaStream_t stream, s
     keep.push_back(at::empty({grid * a.C * a.S * a.S}, like.options().dtype(at::kFloat)));
     a.scratch = keep.back().data_ptr<float>();
   }
-  kernel<<<static_cast<unsigned>(grid), kThreads, static_cast<size_t>(smem), stream>>>(a);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dev::launch<augment_kernel<T, kSmemWork>>(static_cast<unsigned>(grid), kThreads, static_cast<size_t>(smem), stream, a);
 }
 
 at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, const at::Tensor& params, int64_t size,
@@ -440,11 +436,11 @@ at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, c
     default: break;  // float64, the one other dtype the checks accept
   }
 
-  c10::cuda::CUDAGuard guard(device);
+  dev::DeviceGuard guard(device);
   const auto format = channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   at::Tensor out = at::empty({P, C, size, size}, images[0].options().dtype(out_dtype), format);
   if (P == 0) return out;
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dev::Stream stream = dev::current_stream();
   std::vector<at::Tensor> keep;  // tensors the kernel reads, alive until the launch is queued
 
   Args a{};
@@ -456,7 +452,7 @@ at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, c
   } else {
     // The image table goes up from pinned memory without a host sync; the caching host
     // allocator keeps the buffer until the copy has run.
-    at::Tensor host = at::empty({count, kImageFields}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+    at::Tensor host = at::empty({count, kImageFields}, dev::host_staging(at::TensorOptions().dtype(at::kLong)));
     int64_t* t = host.data_ptr<int64_t>();
     for (int64_t i = 0; i < count; ++i) {
       const at::Tensor& img = images[i];
@@ -521,6 +517,6 @@ at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, c
 }  // namespace
 }  // namespace gpu_augment
 
-TORCH_LIBRARY_IMPL(fastcl, CUDA, m) { m.impl("augment", &gpu_augment::augment_cuda); }
+FASTCL_CUDA_KERNELS(m) { m.impl("augment", &gpu_augment::augment_cuda); }
 
 }  // namespace fastcl

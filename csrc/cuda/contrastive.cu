@@ -16,8 +16,6 @@
 // Per-row/column values travel to shared memory with cp.async beside the operand tiles, so no
 // register holds them across the products.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -27,6 +25,7 @@
 #include "checks.h"
 #include "common/contrastive_math.h"
 #include "common/online_lse.h"
+#include "device_api.cuh"
 #include "tile_math.cuh"
 
 namespace fastcl {
@@ -154,7 +153,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   using M = Math<T>;
   using Layout = SmemLayout<T, false>;
   constexpr int BK = M::kBK, LD = M::kLd;
-  extern __shared__ __align__(128) unsigned char smem[];
+  FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
   T* sA = reinterpret_cast<T*>(smem + Layout::kA);
   T* sB = reinterpret_cast<T*>(smem + Layout::kB);
   float* sS = reinterpret_cast<float*>(smem + Layout::kS);
@@ -271,7 +270,7 @@ __global__ void __launch_bounds__(kThreads, FASTCL_GRAD_MINB)
   using Layout = SmemLayout<T, true>;
   using GT = typename M::G;
   constexpr int BK = M::kBK, LD = M::kLd, kDC = M::kDC, kNC = kDC / BK;  // kDC: D columns a block owns
-  extern __shared__ __align__(128) unsigned char smem[];
+  FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
   __shared__ float s_red[kWarps];
   __shared__ double s_red_d[kWarps];
   T* sA = reinterpret_cast<T*>(smem + Layout::kA);
@@ -595,8 +594,8 @@ Inputs prepare(const ContrastiveSizes& sz, const at::Tensor& q, const at::Tensor
                const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale, int64_t row_offset,
                bool exclude_self) {
   if (q.scalar_type() == at::kDouble) fail_unsupported_dtype("fastcl (float64 runs on the CPU only)", at::kDouble);
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  check_cuda_capability(prop->major, prop->minor);
+  const auto& prop = dev::properties();
+  check_cuda_capability(prop.major, prop.minor);
   Inputs in;
   in.q = q.contiguous();
   in.k = k.is_same(q) ? in.q : k.contiguous();
@@ -611,14 +610,13 @@ Inputs prepare(const ContrastiveSizes& sz, const at::Tensor& q, const at::Tensor
 
 template <typename T>
 at::Tensor side_info(const at::Tensor& x, bool normalize, const at::Tensor& a, const at::Tensor& b,
-                     const at::Tensor& c, cudaStream_t stream) {
+                     const at::Tensor& c, dev::Stream stream) {
   const int64_t n = x.size(0);
   at::Tensor info = at::empty({n, 4}, x.options().dtype(at::kFloat));
   if (n > 0) {
-    side_info_kernel<T><<<grid_of(ceil_div(n, kWarps)), kThreads, 0, stream>>>(
-        ptr<T>(x), n, x.size(1), normalize, ptr<float>(a), ptr<float>(b), ptr<float>(c),
-        reinterpret_cast<float4*>(info.data_ptr<float>()));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    dev::launch<side_info_kernel<T>>(grid_of(ceil_div(n, kWarps)), kThreads, 0, stream, ptr<T>(x), n, x.size(1),
+                                     normalize, ptr<float>(a), ptr<float>(b), ptr<float>(c),
+                                     reinterpret_cast<float4*>(info.data_ptr<float>()));
   }
   return info;
 }
@@ -626,16 +624,16 @@ at::Tensor side_info(const at::Tensor& x, bool normalize, const at::Tensor& a, c
 // row_info = {1/|q|, lse, grad (0 without positives), 1/num_pos} (the last three 0 in the forward),
 // col_info = {1/|k|, bias}.
 template <typename T>
-void pack_side_info(Inputs& in, bool normalize, cudaStream_t stream) {
+void pack_side_info(Inputs& in, bool normalize, dev::Stream stream) {
   in.row_info = side_info<T>(in.q, normalize, in.lse, in.grad, in.num_pos, stream);
   in.col_info = side_info<T>(in.k, normalize, in.bias, at::Tensor(), at::Tensor(), stream);
 }
 
-template <typename Kernel>
-void allow_smem(Kernel kernel, size_t bytes) {
-  const size_t limit = at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin;
-  check_shared_memory("fastcl", static_cast<int64_t>(bytes), static_cast<int64_t>(limit), "");
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+template <auto Kernel>
+void allow_smem(size_t bytes) {
+  check_shared_memory("fastcl", static_cast<int64_t>(bytes), static_cast<int64_t>(dev::properties().sharedMemPerBlockOptin),
+                      "");
+  dev::set_max_dynamic_smem<Kernel>(bytes);
 }
 
 // Splits the stream tiles so that small problems still put about four blocks on every SM.
@@ -644,7 +642,7 @@ struct Split {
 };
 Split split_stream(int64_t blocks, int64_t tiles) {
   if (tiles == 0) return {1, 1};
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = dev::properties().multiProcessorCount;
   const int64_t want = std::min({std::max<int64_t>(1, ceil_div(4 * sms, blocks)), tiles, int64_t(65535)});
   const int64_t per = ceil_div(tiles, want);
   return {ceil_div(tiles, per), per};
@@ -652,56 +650,53 @@ Split split_stream(int64_t blocks, int64_t tiles) {
 
 template <typename T>
 void forward_impl(Inputs& in, bool normalize, at::Tensor& loss, at::Tensor& lse, at::Tensor& num_pos) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dev::Stream stream = dev::current_stream();
   pack_side_info<T>(in, normalize, stream);
   const Problem p = in.problem();
   const int64_t blocks = ceil_div(in.M, kTile);
   const Split split = split_stream(blocks, ceil_div(in.L, kTile));
   at::Tensor partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
   constexpr size_t smem = SmemLayout<T, false>::kBytes;
-  allow_smem(forward_kernel<T>, smem);
-  forward_kernel<T><<<grid_of(blocks, split.count), kThreads, smem, stream>>>(
-      ptr<T>(in.q), ptr<T>(in.k), p, static_cast<int>(split.per), in.vectorisable(),
-      reinterpret_cast<float4*>(partial.data_ptr<float>()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  forward_combine_kernel<<<grid_of(ceil_div(in.M, kThreads)), kThreads, 0, stream>>>(
-      reinterpret_cast<const float4*>(partial.data_ptr<float>()), static_cast<int>(split.count), in.M,
-      loss.data_ptr<float>(), lse.data_ptr<float>(), num_pos.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  allow_smem<forward_kernel<T>>(smem);
+  dev::launch<forward_kernel<T>>(grid_of(blocks, split.count), kThreads, smem, stream, ptr<T>(in.q), ptr<T>(in.k), p,
+                                 static_cast<int>(split.per), in.vectorisable(),
+                                 reinterpret_cast<float4*>(partial.data_ptr<float>()));
+  dev::launch<forward_combine_kernel>(grid_of(ceil_div(in.M, kThreads)), kThreads, 0, stream,
+                                      reinterpret_cast<const float4*>(partial.data_ptr<float>()),
+                                      static_cast<int>(split.count), in.M, loss.data_ptr<float>(),
+                                      lse.data_ptr<float>(), num_pos.data_ptr<float>());
 }
 
 // grad_kernel for one side, then the finishing pass into `out`; the row side also fills scale_part.
 template <typename T, bool kRowOwner>
 void grad_side(const Inputs& in, const Problem& p, bool normalize, const at::Tensor& own_x, const at::Tensor& str_x,
-               at::Tensor& out, at::Tensor* scale_part, cudaStream_t stream) {
+               at::Tensor& out, at::Tensor* scale_part, dev::Stream stream) {
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
   const int64_t blocks = ceil_div(n_own, kTile), slices = ceil_div(in.D, Math<T>::kDC);
   const Split split = split_stream(blocks * slices, ceil_div(n_str, kTile));
   at::Tensor part = at::empty({split.count, n_own, in.D}, own_x.options().dtype(at::kFloat));
   if (kRowOwner) *scale_part = at::empty({blocks * split.count}, own_x.options().dtype(at::kDouble));
   constexpr size_t smem = SmemLayout<T, true>::kBytes;
-  allow_smem(grad_kernel<T, kRowOwner>, smem);
-  grad_kernel<T, kRowOwner><<<grid_of(blocks, slices, split.count), kThreads, smem, stream>>>(
-      ptr<T>(own_x), ptr<T>(str_x), p, static_cast<int>(split.per), in.vectorisable(), part.data_ptr<float>(),
-      kRowOwner ? scale_part->data_ptr<double>() : nullptr);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  grad_finish_kernel<T><<<grid_of(ceil_div(n_own, kWarps)), kThreads, 0, stream>>>(
-      part.data_ptr<float>(), static_cast<int>(split.count), ptr<T>(own_x), normalize, p.logit_scale,
-      n_own, in.D, static_cast<T*>(out.data_ptr()));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  allow_smem<grad_kernel<T, kRowOwner>>(smem);
+  dev::launch<grad_kernel<T, kRowOwner>>(grid_of(blocks, slices, split.count), kThreads, smem, stream, ptr<T>(own_x),
+                                         ptr<T>(str_x), p, static_cast<int>(split.per), in.vectorisable(),
+                                         part.data_ptr<float>(),
+                                         kRowOwner ? scale_part->data_ptr<double>() : nullptr);
+  dev::launch<grad_finish_kernel<T>>(grid_of(ceil_div(n_own, kWarps)), kThreads, 0, stream, part.data_ptr<float>(),
+                                     static_cast<int>(split.count), ptr<T>(own_x), normalize, p.logit_scale, n_own,
+                                     in.D, static_cast<T*>(out.data_ptr()));
 }
 
 template <typename T>
 void backward_impl(Inputs& in, bool normalize, at::Tensor& grad_q, at::Tensor& grad_k, at::Tensor& grad_scale) {
-  cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  dev::Stream stream = dev::current_stream();
   pack_side_info<T>(in, normalize, stream);
   const Problem p = in.problem();
   at::Tensor scale_part;
   grad_side<T, true>(in, p, normalize, in.q, in.k, grad_q, &scale_part, stream);
   grad_side<T, false>(in, p, normalize, in.k, in.q, grad_k, nullptr, stream);
-  sum_partials_kernel<<<1, kThreads, 0, stream>>>(scale_part.data_ptr<double>(), scale_part.numel(),
-                                                  grad_scale.data_ptr<float>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  dev::launch<sum_partials_kernel>(1, kThreads, 0, stream, scale_part.data_ptr<double>(), scale_part.numel(),
+                                   grad_scale.data_ptr<float>());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
@@ -710,7 +705,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
     const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self, bool normalize) {
   const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner,
                                                      logit_scale, row_offset, exclude_self);
-  c10::cuda::CUDAGuard guard(q.device());
+  dev::DeviceGuard guard(q.device());
   Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
                       exclude_self);
   const auto opts = q.options().dtype(at::kFloat);
@@ -736,7 +731,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
   const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner,
                                                      logit_scale, row_offset, exclude_self);
   check_backward_args(sz, grad_loss, lse, num_pos, q);
-  c10::cuda::CUDAGuard guard(q.device());
+  dev::DeviceGuard guard(q.device());
   Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
                       exclude_self);
   in.grad = grad_loss.contiguous();
@@ -760,7 +755,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
 }  // namespace
 }  // namespace gpu
 
-TORCH_LIBRARY_IMPL(fastcl, CUDA, m) {
+FASTCL_CUDA_KERNELS(m) {
   m.impl("contrastive_forward", &gpu::contrastive_forward_cuda);
   m.impl("contrastive_backward", &gpu::contrastive_backward_cuda);
 }

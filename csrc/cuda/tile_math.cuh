@@ -39,9 +39,13 @@ template <typename T> constexpr bool kWmmaOk = !std::is_same<T, __nv_bfloat16>::
 template <typename T> constexpr bool kWmmaOk = true;
 #endif
 
-// 16- and 8-byte global -> shared copies; a false predicate zero-fills without reading.
+// 16- and 8-byte global -> shared copies; a false predicate zero-fills without reading. These
+// wrappers and opaque_tid are the kernels' only inline asm: the simulator (FASTCL_SIM) takes
+// each through its own call instead.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-#ifndef FASTCL_PRE_AMPERE
+#if defined(FASTCL_SIM)
+  sim::cp_async(smem, gmem, 16, pred ? 16 : 0);
+#elif !defined(FASTCL_PRE_AMPERE)
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(pred ? 16 : 0)
                : "memory");
@@ -50,7 +54,9 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pr
 #endif
 }
 __device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pred) {
-#ifndef FASTCL_PRE_AMPERE
+#if defined(FASTCL_SIM)
+  sim::cp_async(smem, gmem, 8, pred ? 8 : 0);
+#elif !defined(FASTCL_PRE_AMPERE)
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(dst), "l"(gmem), "r"(pred ? 8 : 0)
                : "memory");
@@ -59,19 +65,24 @@ __device__ __forceinline__ void cp_async8(void* smem, const void* gmem, bool pre
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
-#ifndef FASTCL_PRE_AMPERE
+#if defined(FASTCL_SIM)
+  sim::cp_async_commit();
+#elif !defined(FASTCL_PRE_AMPERE)
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 // Waits until at most one group (the prefetch just issued) is still in flight.
 __device__ __forceinline__ void cp_async_wait_prev() {
-#ifndef FASTCL_PRE_AMPERE
+#if defined(FASTCL_SIM)
+  sim::cp_async_wait_group(1);
+#elif !defined(FASTCL_PRE_AMPERE)
   asm volatile("cp.async.wait_group 1;\n" ::: "memory");
 #endif
 }
-
 __device__ __forceinline__ void cp_async_wait_all() {
-#ifndef FASTCL_PRE_AMPERE
+#if defined(FASTCL_SIM)
+  sim::cp_async_wait_all();
+#elif !defined(FASTCL_PRE_AMPERE)
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 #endif
 }
@@ -80,9 +91,13 @@ __device__ __forceinline__ void cp_async_wait_all() {
 // and this stops the compiler from hoisting each site's 64-bit addresses into registers that
 // stay live (and spill) beside the accumulators; recomputing them costs a few integer ops.
 __device__ __forceinline__ int opaque_tid() {
+#if defined(FASTCL_SIM)
+  return static_cast<int>(threadIdx.x);
+#else
   int t;
   asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
   return t;
+#endif
 }
 
 // Copies rows [row0, row0 + 64) x columns [col0, col0 + BK) of the row-major (nrows, D) matrix x

@@ -1,0 +1,27 @@
+// The op schemas, written once: fastcl.cpp defines them for the library fastcl, and the test-only
+// simulator module (tests/sim_kernels/fastcl_sim_ops.cpp) for fastcl_sim, whose CPU kernels are
+// the CUDA sources run by the CPU simulator of csrc/sim.
+#pragma once
+
+namespace fastcl {
+namespace schema {
+
+// The general contrastive core; csrc/README.md states its exact semantics.
+// Rows q (M, D) against columns k (L, D) -> per-row loss, log-sum-exp, positive count.
+constexpr const char* kContrastiveForward =
+    "contrastive_forward(Tensor q, Tensor k, Tensor row_labels, Tensor col_labels, "
+    "Tensor? col_bias, Tensor? col_bias_owner, Tensor logit_scale, int row_offset, "
+    "bool exclude_self, bool normalize) -> (Tensor loss, Tensor lse, Tensor num_pos)";
+constexpr const char* kContrastiveBackward =
+    "contrastive_backward(Tensor grad_loss, Tensor q, Tensor k, Tensor row_labels, "
+    "Tensor col_labels, Tensor? col_bias, Tensor? col_bias_owner, Tensor logit_scale, "
+    "Tensor lse, Tensor num_pos, int row_offset, bool exclude_self, bool normalize) "
+    "-> (Tensor grad_q, Tensor grad_k, Tensor grad_logit_scale)";
+// SimCLR batch augmentation: output sample p is images[source_index[p]] transformed by the
+// parameter row params[p] (layout: csrc/common/augment_math.h), resized to size x size.
+constexpr const char* kAugment =
+    "augment(Tensor[] images, Tensor source_index, Tensor params, int size, int blur_kernel, "
+    "Tensor? mean, Tensor? std, ScalarType out_dtype, bool channels_last) -> Tensor";
+
+}  // namespace schema
+}  // namespace fastcl

@@ -1,0 +1,165 @@
+// The runtime's private state, shared by runtime.cpp (launch + scheduler), memcheck.cpp (the
+// ThreadSanitizer callbacks and shared-memory shadow) and collectives.cpp (warp collectives,
+// wmma, cp.async, atomics). Compiled only into uninstrumented code. Everything is a plain
+// global: thread_local would land in the kernel module's TLS block, which the checks treat as
+// static shared memory.
+#pragma once
+#include <ucontext.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "api.h"
+
+namespace fastcl {
+namespace sim {
+namespace detail {
+
+constexpr int kMaxThreads = 1024;
+constexpr int kMaxWarps = kMaxThreads / 32;
+constexpr size_t kOptinSmem = 232448;  // 227 KiB
+constexpr size_t kDefaultSmem = 49152;
+
+// True only while a simulated thread executes kernel code: the one flag the memory callbacks
+// test before anything else, so instrumented host code costs a call and a load.
+extern bool g_active;
+
+enum class TState : uint8_t { Runnable, Barrier, Warp, Exited };
+
+struct CpCopy {
+  void* dst;
+  const void* src;
+  int bytes, src_bytes;
+  uint32_t group;
+  Site site;
+  bool pending_marked;  // the destination bytes carry a cp.async-in-flight mark
+};
+
+struct SimThread {
+  ucontext_t ctx;
+  char* stack = nullptr;  // mapping base (lowest address, a guard page), allocated once
+  size_t stack_size = 0;
+  TState state = TState::Exited;
+  uint3 idx{};
+  Site site{};                 // where it waits
+  Coll coll = Coll::SyncWarp;  // which collective, when state == Warp
+  int round = -1;              // index of its pending round in its warp
+  uint64_t result = 0;         // barrier / collective result, set by whoever completes it
+  std::vector<CpCopy> cp;      // cp.async copies not yet performed
+  uint32_t cp_group = 0;       // commits so far = id of the open group
+};
+
+// One pending warp collective: the lanes of `mask` that arrived and what they deposited.
+struct Round {
+  bool used = false;
+  Coll kind;
+  unsigned mask, arrived;
+  int width;
+  Site site;
+  int first_lane;
+  uint64_t value[32];
+  int operand[32];
+  // wmma deposits
+  FragUse use;
+  Elem elem;
+  const void* ptr;
+  unsigned ldm;
+  bool col_major;
+  void* frag[32];
+  const void* fa[32];
+  const void* fb[32];
+  const float* fc[32];
+};
+
+struct WarpState {
+  std::vector<Round> rounds;
+  uint32_t seq = 0;           // completed collectives of this warp in this block
+  uint32_t common[32][32];    // seq of the last collective both lanes took part in
+  unsigned exists = 0;        // lanes that exist (a partial last warp has fewer)
+};
+
+struct BarrierState {
+  int arrived = 0;
+  int first = -1;
+  Site site{};
+  int op = 0;
+  int64_t count = 0;
+};
+
+// What one launch is running.
+struct LaunchState {
+  LaunchSpec spec;
+  std::string name;
+  int nthreads = 0, nwarps = 0;
+  uint3 block{};
+  int live = 0, exited = 0, first_exited = -1;
+  BarrierState bar;
+  WarpState warps[kMaxWarps];
+  bool failed = false;
+  std::string error;
+  ucontext_t sched_ctx;
+  bool on_fiber = false;
+  int tid = -1;  // the running simulated thread
+  std::vector<int> order;  // this scheduling round's threads, and the next to consider
+  size_t pos = 0;
+  uint64_t rng = 0;
+};
+extern LaunchState g_launch;
+extern SimThread g_threads[kMaxThreads];
+
+// ---- memory checking (memcheck.cpp) ---------------------------------------------------------
+enum class Access : uint8_t { Read, Write, Atomic };
+// Where an access comes from, for messages: a return address into kernel code, or a source site.
+struct Origin {
+  const void* pc = nullptr;
+  Site site{nullptr, 0};
+  const char* note = nullptr;
+};
+// Checks one access of `n` bytes by simulated thread `tid`; reports (and stops) on an error.
+// `scalar`: a 1/2/4/8/16-byte access whose every byte must have been written (range reads only
+// fail when no byte was).
+void check_access(uintptr_t a, size_t n, Access k, int tid, const Origin& o, bool scalar = true);
+// The race checks of a write, without recording it: a cp.async at its issue (in-bounds shared only).
+void precheck_async_write(uintptr_t a, size_t n, int tid, const Origin& o);
+// Whether an address is in shared memory (dynamic, with its redzones, or static).
+bool in_shared_window(uintptr_t a);
+// Marks (+1) or clears (-1) the cp.async-in-flight state of shared bytes; false if not shared.
+bool mark_pending(uintptr_t a, size_t n, int delta);
+
+// Per launch / per block set-up.
+void memcheck_begin_launch(const void* kernel, size_t dynamic_smem);
+void memcheck_begin_block();
+void memcheck_end_launch();
+void memcheck_set_thread(int tid);  // the running fiber's stack for the fast path
+uint8_t* dyn_smem_base();
+// The barrier epoch advances at block start and at every completed __syncthreads.
+void memcheck_barrier();
+// A completed warp collective: its lanes are ordered with each other from now on.
+void memcheck_warp_sync(int warp, unsigned lanes);
+
+// ---- runtime services (runtime.cpp) ---------------------------------------------------------
+std::string thread_str(int tid);   // "(x,y,z)"
+std::string where(int tid);        // "kernel K, block (..), thread (..)"
+std::string site_str(const Site& s);
+std::string describe_pc(const void* pc);  // "file:line (function)" via addr2line, or "pc 0x.."
+const char* coll_name(Coll k);
+// Reports the first error and stops the launch; from a fiber it never returns.
+void fail(const std::string& check, int tid, const std::string& detail);
+void yield_to_scheduler();  // the running thread has blocked; resume when it is runnable
+void require_fiber(const char* what);
+
+// Runtime entry points from kernel code clear g_active for their duration: their own memory
+// traffic (and any instrumented inline code they share with the kernel's TU) is not checked.
+struct FromKernel {
+  bool prev;
+  FromKernel() : prev(g_active) { g_active = false; }
+  ~FromKernel() { g_active = prev; }
+};
+
+// cp.async copies still queued when a thread exits land then (collectives.cpp).
+void cp_async_flush(int tid);
+
+}  // namespace detail
+}  // namespace sim
+}  // namespace fastcl

@@ -1,0 +1,67 @@
+"""fastcl's CUDA kernels run on the CPU by the simulator of csrc/sim, for the tests marked `sim`.
+
+The sources of csrc/cuda are compiled as host C++ (tests/sim_build.py) into a module whose
+torch.ops.fastcl_sim.* are the CUDA ops with CPU tensors as device memory. Inside
+`cuda_kernels_on_cpu()` the CPU kernels of torch.ops.fastcl.* are overridden by them, so every
+fastcl entry point (losses, autograd, torch.compile, augmentation) runs the CUDA kernels' code
+on CPU tensors; leaving it restores the CPU kernels."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+import sim_build
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [ROOT / "csrc" / "cuda" / "contrastive.cu", ROOT / "csrc" / "cuda" / "augment.cu",
+           ROOT / "csrc" / "checks.cpp", ROOT / "tests" / "sim_kernels" / "fastcl_sim_ops.cpp"]
+OPS = ("contrastive_forward", "contrastive_backward", "augment")
+
+
+@functools.lru_cache(maxsize=None)
+def module():
+    import fastcl  # noqa: F401  (the fastcl library and its Python registrations come first)
+
+    return sim_build.build("fastcl_sim", SOURCES, extra_include_paths=[ROOT / "csrc"])
+
+
+def _storages(args) -> list[tuple[int, int]]:
+    found = []
+    for a in args:
+        for t in (a if isinstance(a, (list, tuple)) else [a]):
+            if isinstance(t, torch.Tensor) and t.numel() > 0:
+                storage = t.untyped_storage()
+                found.append((storage.data_ptr(), storage.nbytes()))
+    return found
+
+
+def _simulated(name):
+    op = getattr(torch.ops.fastcl_sim, name)
+
+    def run(*args):
+        mod = module()
+        mod.begin_call(_storages(args))
+        try:
+            return op(*args)
+        finally:
+            mod.end_call()
+
+    return run
+
+
+@contextlib.contextmanager
+def cuda_kernels_on_cpu(schedule_seed: int = 0):
+    mod = module()
+    mod.set_schedule(schedule_seed)
+    lib = torch.library.Library("fastcl", "IMPL")
+    try:
+        for name in OPS:
+            lib.impl(name, _simulated(name), "CPU")
+        yield
+    finally:
+        lib._destroy()
+        mod.set_schedule(0)
