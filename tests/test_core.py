@@ -145,3 +145,14 @@ def test_rows_without_positives_ignore_a_foreign_lse(device, dtype):
     for g, w in zip(got, want):
         assert bool(torch.isfinite(g).all())
         torch.testing.assert_close(g, w, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["ntxent", "hard_negative"])
+@pytest.mark.parametrize("d", [264, 300])
+def test_wide_features(device, mode, d):
+    """D past one backward block's slice (256 columns for fp16/bf16, 128 for fp32), so the CUDA
+    backward splits D over gridDim.y and only slice 0 counts the scale gradient; 264 keeps every
+    row 16-byte aligned (vectorised copies), 300 does so for fp32 only."""
+    for dtype in dtypes_for(device):
+        _check_or_known_miss(mode, 40, d, dtype, device)
