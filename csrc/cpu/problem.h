@@ -1,5 +1,5 @@
-// What the CPU contrastive kernels share: the problem description, the per-row logit rules
-// and the normalisation pre-pass / epilogue.
+// What the CPU contrastive kernels share: the problem description and the per-row logit rules
+// (the normalisation pre-pass and epilogue are in ../normalise.h, shared with the CUDA host code).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -8,6 +8,7 @@
 
 #include "../common/contrastive_math.h"
 #include "../common/online_lse.h"
+#include "../normalise.h"
 
 namespace fastcl {
 
@@ -33,31 +34,6 @@ struct Problem {
   const int64_t* bias_owner;  // nullptr: the bias applies to every row
   acc_t scale;
 };
-
-// Rows converted to the accumulation type and (optionally) L2-normalised; norms saved.
-struct Normalised {
-  at::Tensor rows;   // (n, D) acc dtype, contiguous
-  at::Tensor norms;  // (n,) acc dtype; empty when not normalising
-};
-
-inline Normalised normalise_rows(const at::Tensor& x, at::ScalarType acc, bool normalize) {
-  Normalised out;
-  out.rows = x.detach().to(acc).contiguous();  // detached: the ATen calls below see no autograd history
-  if (normalize) {
-    out.norms = out.rows.norm(2, {1});
-    out.rows = out.rows / out.norms.clamp_min(kNormEps).unsqueeze(1);
-  }
-  return out;
-}
-
-// The gradient of x / max(|x|, eps) applied to grad_n (both acc dtype).
-inline at::Tensor normalise_backward(const at::Tensor& grad_n, const Normalised& n, bool normalize) {
-  if (!normalize) return grad_n;
-  const at::Tensor radial = (grad_n * n.rows).sum(1, /*keepdim=*/true);
-  const at::Tensor norms = n.norms.unsqueeze(1);
-  const at::Tensor projected = (grad_n - radial * n.rows) / norms.clamp_min(kNormEps);
-  return at::where(norms >= kNormEps, projected, grad_n / kNormEps);
-}
 
 // Adds bias and self-mask to one row of a tile, already scaled: s[j] = logit of column c0 + j.
 template <typename acc_t>

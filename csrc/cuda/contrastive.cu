@@ -10,9 +10,10 @@
 // slice recomputes the logits, so D > 256 costs (slices + 1) / 2 times the ideal backward. Splits write separate fp32 partials that
 // grad_finish_kernel sums in order, so nothing uses floating-point atomics and every run is
 // bitwise identical.
-// Normalisation is folded in rather than copied: an O(N D) pre-pass packs each row's fp32
-// inverse norm with its other per-row values, logits use dot = (q_i . k_j) / |q_i| / |k_j|, and
-// the stream side's inverse norm is folded into G, so fp16 inputs keep their exact products.
+// For fp16/bf16, normalisation is folded in rather than copied: an O(N D) pre-pass packs each
+// row's fp32 inverse norm with its other per-row values, logits use dot = (q_i . k_j) / |q_i| /
+// |k_j|, and the stream side's inverse norm is folded into G, so the inputs keep their exact
+// products. fp32 rows are normalised in a pre-pass instead (prenormalise, below).
 // Per-row/column values travel to shared memory with cp.async beside the operand tiles, so no
 // register holds them across the products.
 #include <ATen/ATen.h>
@@ -26,6 +27,7 @@
 #include "common/contrastive_math.h"
 #include "common/online_lse.h"
 #include "device_api.cuh"
+#include "normalise.h"
 #include "tile_math.cuh"
 
 namespace fastcl {
@@ -608,6 +610,27 @@ Inputs prepare(const ContrastiveSizes& sz, const at::Tensor& q, const at::Tensor
   return in;
 }
 
+// fp32 rows are normalised once in a pre-pass, as the CPU does, and the kernels run unnormalised.
+// Folding 1/|q_i| 1/|k_j| into every logit instead keeps fp16/bf16 products exact (normalised
+// copies in those types would lose far more), but in fp32 it made the gradient miss plain
+// PyTorch's accuracy on single elements at temperature 0.01 (2-4x the CPU's worst relative error,
+// in the simulator and on the H200).
+struct Prenormalised {
+  Normalised q, k;
+  bool active = false;
+};
+Prenormalised prenormalise(Inputs& in, bool normalize) {
+  Prenormalised pre;
+  if (!normalize || in.q.scalar_type() != at::kFloat) return pre;
+  const bool same = in.k.is_same(in.q);
+  pre.q = normalise_rows(in.q, at::kFloat, true);
+  pre.k = same ? pre.q : normalise_rows(in.k, at::kFloat, true);
+  in.q = pre.q.rows;
+  in.k = same ? in.q : pre.k.rows;
+  pre.active = true;
+  return pre;
+}
+
 template <typename T>
 at::Tensor side_info(const at::Tensor& x, bool normalize, const at::Tensor& a, const at::Tensor& b,
                      const at::Tensor& c, dev::Stream stream) {
@@ -717,8 +740,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
     num_pos.zero_();
     return {loss, lse, num_pos};
   }
+  const Prenormalised pre = prenormalise(in, normalize);
   dispatch_type(q.scalar_type(), [&](auto tag) {
-    forward_impl<typename decltype(tag)::type>(in, normalize, loss, lse, num_pos);
+    forward_impl<typename decltype(tag)::type>(in, normalize && !pre.active, loss, lse, num_pos);
   });
   return {loss, lse, num_pos};
 }
@@ -746,9 +770,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
     grad_scale.zero_();
     return {grad_q, grad_k, grad_scale};
   }
+  const Prenormalised pre = prenormalise(in, normalize);
   dispatch_type(q.scalar_type(), [&](auto tag) {
-    backward_impl<typename decltype(tag)::type>(in, normalize, grad_q, grad_k, grad_scale);
+    backward_impl<typename decltype(tag)::type>(in, normalize && !pre.active, grad_q, grad_k, grad_scale);
   });
+  if (pre.active) {
+    grad_q = normalise_backward(grad_q, pre.q, true);
+    grad_k = normalise_backward(grad_k, pre.k, true);
+  }
   return {grad_q, grad_k, grad_scale};
 }
 
