@@ -30,13 +30,15 @@ def module():
     return sim_build.build("fastcl_sim", SOURCES, extra_include_paths=[ROOT / "csrc"])
 
 
-def _storages(args) -> list[tuple[int, int]]:
+def _extents(args) -> list[tuple[int, int]]:
+    """(address, bytes) of the memory each tensor argument covers, from its first element to its
+    last (a view registers its own extent, not its whole storage, so reading past it is caught)."""
     found = []
     for a in args:
         for t in (a if isinstance(a, (list, tuple)) else [a]):
             if isinstance(t, torch.Tensor) and t.numel() > 0:
-                storage = t.untyped_storage()
-                found.append((storage.data_ptr(), storage.nbytes()))
+                last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+                found.append((t.data_ptr(), (last + 1) * t.element_size()))
     return found
 
 
@@ -46,7 +48,7 @@ def _simulated(name):
     def run(*args):
         CALLS[name] += 1
         mod = module()
-        mod.begin_call(_storages(args))
+        mod.begin_call(_extents(args))
         try:
             return op(*args)
         finally:
@@ -59,6 +61,8 @@ def _simulated(name):
 def cuda_kernels_on_cpu(schedule_seed: int = 0):
     mod = module()
     mod.set_schedule(schedule_seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the simulator runs on one thread; idle OpenMP workers would spin beside it
     lib = torch.library.Library("fastcl", "IMPL")
     try:
         for name in OPS:
@@ -66,4 +70,5 @@ def cuda_kernels_on_cpu(schedule_seed: int = 0):
         yield
     finally:
         lib._destroy()
+        torch.set_num_threads(threads)
         mod.set_schedule(0)

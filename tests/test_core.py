@@ -9,7 +9,7 @@ import torch
 from fastcl import ops, reference
 
 from cases import MODES, make_case
-from conftest import DEVICES, assert_close_to_truth, dtypes_for, is_sim
+from conftest import DEVICES, assert_close_to_truth, dtypes_for
 
 SHAPES = [(2, 1), (2, 3), (37, 3), (37, 127), (300, 16)]  # 2N = 600 crosses the 256-wide tiles
 
@@ -45,40 +45,19 @@ def _check(mode, n, d, dtype, device, temperature=0.3):
         assert_close_to_truth(g_got, g_truth, g_plain, dtype, f"{mode} {name}")
 
 
-# Gradients of the CUDA kernels that miss the elementwise criterion on one element each in the
-# simulator, while their largest error stays near plain PyTorch's (ntxent fp16: 1.0e-2 against
-# 8.7e-3): fp16/bf16 stage G in the input type for the tensor cores. The fp16 and bf16 cases
-# failed on the H200 too (benchmarks/RESULTS.md); supcon fp32 at temperature 0.01 failed there
-# and here until fp32 rows were normalised in a pre-pass. Listed so that they are seen to fail
-# exactly so, and so that the fix (issue 11) has to remove them.
-KNOWN_CUDA_GRADIENT_MISSES = {
-    ("unnormalized", 37, 127, torch.bfloat16, 0.3),
-    ("ntxent", 64, 32, torch.float16, 0.01),
-    ("hard_negative", 64, 32, torch.bfloat16, 0.01),
-}
-
-
-def _check_or_known_miss(mode, n, d, dtype, device, temperature=0.3):
-    if is_sim(device) and (mode, n, d, dtype, temperature) in KNOWN_CUDA_GRADIENT_MISSES:
-        with pytest.raises(AssertionError, match=r"grad_\w+ \(torch\.\w+\): \d+/\d+ elements off"):
-            _check(mode, n, d, dtype, device, temperature)
-        return
-    _check(mode, n, d, dtype, device, temperature)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("n,d", SHAPES)
 def test_matches_reference(device, mode, n, d):
     for dtype in dtypes_for(device):
-        _check_or_known_miss(mode, n, d, dtype, device)
+        _check(mode, n, d, dtype, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("mode", ["ntxent", "supcon", "hard_negative"])
 def test_temperature_001_is_finite_and_correct(device, dtype, mode):
-    _check_or_known_miss(mode, 64, 32, dtype, device, temperature=0.01)
+    _check(mode, 64, 32, dtype, device, temperature=0.01)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -154,4 +133,4 @@ def test_wide_features(device, mode, d):
     backward splits D over gridDim.y and only slice 0 counts the scale gradient; 264 keeps every
     row 16-byte aligned (vectorised copies), 300 does so for fp32 only."""
     for dtype in dtypes_for(device):
-        _check_or_known_miss(mode, 40, d, dtype, device)
+        _check(mode, 40, d, dtype, device)

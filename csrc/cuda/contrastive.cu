@@ -140,7 +140,8 @@ struct SmemLayout {
   static constexpr size_t kB = 2 * kStage;                               // 2 stages of the stream tile
   static constexpr size_t kS = 4 * kStage;                               // fp32 logits / staging out
   static constexpr size_t kG = kS + size_t(kTile) * kSLd * sizeof(float);
-  static constexpr size_t kGBytes = kBackward && M::kStageG ? size_t(kTile) * M::kGLd * sizeof(typename M::G) : 0;
+  // G in the input type for the tensor cores: a high and a low part (see form_g).
+  static constexpr size_t kGBytes = kBackward && M::kStageG ? 2 * size_t(kTile) * M::kGLd * sizeof(typename M::G) : 0;
   static constexpr size_t kMeta = (kG + kGBytes + 127) / 128 * 128;
   static constexpr size_t kBytes = kMeta + 3 * sizeof(MetaSlot);  // 2 stream slots by tile parity + owner
   static_assert(kStage % 128 == 0 && kG % 128 == 0, "regions must stay aligned for wmma and cp.async");
@@ -279,6 +280,7 @@ __global__ void __launch_bounds__(kThreads, FASTCL_GRAD_MINB)
   T* sB = reinterpret_cast<T*>(smem + Layout::kB);
   float* sS = reinterpret_cast<float*>(smem + Layout::kS);
   GT* sG = M::kStageG ? reinterpret_cast<GT*>(smem + Layout::kG) : reinterpret_cast<GT*>(sS);
+  GT* sGlo = sG + kTile * M::kGLd;  // tensor cores only: the low part of G
   MetaSlot* sMeta = reinterpret_cast<MetaSlot*>(smem + Layout::kMeta);
 
   const int64_t n_own = kRowOwner ? p.M : p.L, n_str = kRowOwner ? p.L : p.M;
@@ -397,9 +399,19 @@ __global__ void __launch_bounds__(kThreads, FASTCL_GRAD_MINB)
       }
       mul = ldexpf(1.f, e_acc);
     }
-    if constexpr (M::kStageG) {  // tensor cores take G in the input type
+    if constexpr (M::kStageG) {
+      // Tensor cores take G in the input type: as hi + lo, whose sum carries G to about twice the
+      // type's precision. One part alone missed plain PyTorch's gradient accuracy at temperature
+      // 0.01 (fp16 and bf16, on the H200 and in the simulator); the low part costs a second
+      // product per slice.
 #pragma unroll 4
-      for (int c = 0; c < 16; ++c) sG[er * M::kGLd + ec + 4 * c] = from_float<GT>(sS[er * kSLd + ec + 4 * c] * mul);
+      for (int c = 0; c < 16; ++c) {
+        const int at = er * M::kGLd + ec + 4 * c;
+        const float v = sS[er * kSLd + ec + 4 * c] * mul;
+        const GT hi = from_float<GT>(v);
+        sG[at] = hi;
+        sGlo[at] = from_float<GT>(v - to_float(hi));
+      }
     }
   };
 
@@ -428,6 +440,7 @@ __global__ void __launch_bounds__(kThreads, FASTCL_GRAD_MINB)
         cp_async_wait_prev();
         __syncthreads();
         M::mma_ab(acc[c], sG, sB + buf * kTile * LD);
+        if constexpr (M::kStageG) M::mma_ab(acc[c], sGlo, sB + buf * kTile * LD);
         __syncthreads();
         buf ^= 1;
       }

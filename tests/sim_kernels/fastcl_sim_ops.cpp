@@ -3,12 +3,14 @@
 // together with csrc/cuda/*.cu (as host C++) and csrc/checks.cpp.
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/util/Exception.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/library.h>
 
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -30,9 +32,13 @@ struct Tracked {
   c10::DataPtr inner;
 };
 
+// The simulator's range table is not thread-safe: only the thread that made the call (and runs
+// the kernels) registers and removes ranges.
+std::thread::id g_call_thread;
+
 void free_tracked(void* ctx) {
   auto* t = static_cast<Tracked*>(ctx);
-  fastcl::sim::unregister_global(t->inner.get());
+  if (std::this_thread::get_id() == g_call_thread) fastcl::sim::unregister_global(t->inner.get());
   delete t;
 }
 
@@ -43,10 +49,10 @@ struct TrackingAllocator final : c10::Allocator {
     c10::DataPtr inner = base->allocate(n);
     void* data = inner.get();
     if (data == nullptr) return inner;
-    fastcl::sim::register_global(data, n, "a tensor the op allocated");
+    if (std::this_thread::get_id() == g_call_thread) fastcl::sim::register_global(data, n, "a tensor the op allocated");
     return {data, new Tracked{std::move(inner)}, &free_tracked, c10::Device(c10::DeviceType::CPU)};
   }
-  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }  // raw_allocate is not supported
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 };
 
@@ -55,6 +61,8 @@ c10::Allocator* g_previous = nullptr;
 
 // The tensors an op call receives: (address, bytes) of each one's storage.
 void begin_call(const std::vector<std::pair<uintptr_t, size_t>>& inputs) {
+  TORCH_CHECK(g_previous == nullptr, "fastcl_sim: a simulated op call is already in progress");
+  g_call_thread = std::this_thread::get_id();
   fastcl::sim::clear_globals();
   for (const auto& [address, bytes] : inputs) {
     fastcl::sim::register_global(reinterpret_cast<const void*>(address), bytes, "an input tensor");
