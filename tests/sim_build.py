@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SIM = ROOT / "csrc" / "sim"
 BUILD = ROOT / "build" / "sim"
 CUDA_INCLUDE = Path(os.environ.get("FASTCL_SIM_CUDA_INCLUDE", "/usr/local/cuda/include"))
-RUNTIME_SOURCES = ("runtime.cpp", "memcheck.cpp", "collectives.cpp")
+RUNTIME_SOURCES = ("runtime.cpp", "memcheck.cpp", "collectives.cpp", "module.cpp", "libc_mem.cpp")
 KERNEL_CFLAGS = ["-DFASTCL_SIM=1", "-fsanitize=thread", "-O1", "-g", "-Wno-unknown-pragmas", f"-I{CUDA_INCLUDE}"]
 _HEADER_SUFFIXES = {".h", ".hpp", ".cuh", ".cu", ".cpp", ".inc"}
 

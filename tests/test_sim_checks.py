@@ -122,7 +122,8 @@ def test_device_properties_and_occupancy(sim):
     assert d["maxThreadsPerBlock"] == 1024 and d["maxGridSize"] == [2**31 - 1, 65535, 65535]
     assert sim.occupancy(256, 0) == 8  # 2048 threads per SM
     assert sim.occupancy(256, 100_000) == 2  # 228 KiB per SM, 1 KiB reserved per block
-    assert sim.occupancy(1024, 232448) == 1
+    assert sim.occupancy(1024, 232448 - 1024) == 1  # block_reduce has 1 KiB of static shared memory
+    assert sim.occupancy(1024, 232448) == 0
 
 
 # ---- each check catches its broken kernel ---------------------------------------------------------
@@ -247,3 +248,68 @@ def test_launch_limits(sim, grid, block, smem, limit, numbers):
 def test_raised_smem_limit_allows_the_launch(sim):
     sim.launch_limits([1, 1, 1], [32, 1, 1], 64 * 1024, 64 * 1024)
     sim.launch_limits([1, 1, 1], [32, 1, 1], 232448, 232448)
+
+
+# ---- memcpy / memmove / memset, static arrays, warp ordering, alignment, exceptions ------------------
+
+
+def test_memset_initialises_shared_memory(sim):
+    out = torch.zeros(32)
+    sim.memset_then_read(p(out))  # without the interception: an uninitialised shared read
+    assert (out == 1).all()
+
+
+def test_memcpy_and_std_copy_are_checked(sim):
+    x, out = torch.randn(64), torch.zeros(32)
+    expect(lambda: sim.memcpy_smem_overflow(p(x), p(out)), "shared out of bounds", "memcpy_smem_overflow",
+           "(0,0,0)", "(0,0,0)", contains=["write of 132 bytes", "outside the launch's 128 bytes of dynamic shared memory", "memcpy/memmove", "broken.cu:"])
+    expect(lambda: sim.std_copy_global_oob(p(x), p(out)), "global out of bounds", "std_copy_global_oob",
+           "(0,0,0)", "(0,0,0)", contains=["read of 132 bytes", "runs past 'x'", "memcpy/memmove"])
+
+
+def test_static_shared_arrays_have_their_own_bounds(sim):
+    out = torch.zeros(32)
+    msg = expect(lambda: sim.static_overflow(p(out)), "shared out of bounds", "static_overflow", "(0,0,0)",
+                 "(31,0,0)", contains=["read of 4 bytes"])
+    # where a[33] lands depends on the link: padding, another kernel's array or past the block
+    assert any(w in msg for w in ("outside every __shared__ array", "array of another kernel", "past the end")), msg
+
+
+def test_a_shuffle_orders_no_memory(sim):
+    out = torch.zeros(32)
+    expect(lambda: sim.shfl_is_not_a_fence(False, p(out)), "shared memory race", "shfl_is_not_a_fence<false>",
+           "(0,0,0)", "(1,0,0)", contains=["read-after-write", "thread (0,0,0) [warp 0 lane 0] wrote"])
+    sim.shfl_is_not_a_fence(True, p(out))
+    assert (out == 42).all()
+
+
+def test_an_older_read_stays_ordered_by_a_later_syncwarp(sim):
+    out = torch.zeros(32)
+    sim.older_read_then_syncwarp(p(out))  # one reader seq per byte reported lane 1's read as a race
+    assert out[0] == 3 and out[1] == 3 and (out[2:] == 2).all()
+
+
+def test_dynamic_shared_is_only_as_aligned_as_declared(sim):
+    out = torch.zeros(32, 4)
+    expect(lambda: sim.extern_alignment(4, p(out)), "misaligned address", "extern_alignment<4>", "(0,0,0)", "(0,0,0)",
+           contains=["read of 16 bytes", "not a multiple of 16"])
+    sim.extern_alignment(16, p(out))
+    assert torch.equal(out, torch.arange(32, dtype=torch.float32)[:, None].expand(32, 4))
+
+
+def test_an_exception_in_kernel_code_fails_the_launch(sim):
+    out = torch.zeros(32)
+    expect(lambda: sim.throws(p(out)), "uncaught exception", "throws", "(0,0,0)", "(5,0,0)",
+           contains=["threw std::out_of_range: bitset::set"])
+    x, total = torch.ones(256), torch.zeros(1)
+    sim.block_reduce(p(x), p(total), 256)  # the simulator still works
+    assert total.item() == 256
+
+
+def test_static_shared_memory_counts_in_launch_limits(sim):
+    out = torch.zeros(32)
+    sim.big_static(p(out), 8 * 1024)  # 40 + 8 KiB: exactly the default 48 KiB
+    assert torch.equal(out, torch.arange(10239, 10207, -1, dtype=torch.float32))
+    expect(lambda: sim.big_static(p(out), 16 * 1024), "launch out of limits", "big_static",
+           contains=["16384 bytes of dynamic shared memory", "limit of 8192", "40960 static bytes"])
+    assert sim.big_static_occupancy(32, 8 * 1024) == 4  # (40 + 8 + 1) KiB per block in 228 KiB

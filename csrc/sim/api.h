@@ -102,7 +102,7 @@ void kernel_begin();
 void kernel_end();
 
 // ---- device-side services (all are calls into uninstrumented code) --------------------------
-void* dynamic_smem();
+void* dynamic_smem(size_t align);
 [[noreturn]] void trap(Site site);
 // Block barrier; pred/op give __syncthreads_count/and/or (op 0: plain).
 int syncthreads(int op, int pred, Site site);
@@ -134,9 +134,10 @@ void cp_async_commit();
 void cp_async_wait_group(int n, detail::Site site = {});
 void cp_async_wait_all(detail::Site site = {});
 
-// The current block's dynamic shared memory (exactly the launched size, 128-byte aligned,
-// 0xFF-poisoned at every block start).
-inline void* dynamic_smem() { return detail::dynamic_smem(); }
+// The current block's dynamic shared memory: exactly the launched size, 0xFF-poisoned at every
+// block start, aligned to `align` (a power of two up to 4096) and deliberately not to twice that,
+// as on the GPU only the declared alignment is promised.
+inline void* dynamic_smem(size_t align = 16) { return detail::dynamic_smem(align); }
 
 }  // namespace sim
 }  // namespace fastcl

@@ -2,7 +2,7 @@
 // collective is a rendezvous: each lane of the mask deposits its share in a Round and parks;
 // the last to arrive computes every lane's result (for wmma it also does the memory traffic,
 // each element checked as an access by the lane that owns it) and releases the lanes.
-// Completing a collective orders its lanes for the race check.
+// Completing a __syncwarp orders its lanes for the race check; other collectives do not.
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -161,7 +161,9 @@ void complete(int w, int ri) {
   WarpState& ws = L.warps[w];
   Round& r = ws.rounds[ri];
   const unsigned lanes = r.arrived;
-  memcheck_warp_sync(w, lanes);
+  // CUDA promises memory ordering among a warp's lanes for __syncwarp only: a shuffle, a vote
+  // or a wmma operation is a rendezvous of values, not a fence for the lanes' shared memory.
+  if (r.kind == Coll::SyncWarp) memcheck_warp_sync(w, lanes);
   uint64_t res[32] = {};
   if (is_shfl(r.kind)) {
     const unsigned seg = ~unsigned(r.width - 1) & 31u;

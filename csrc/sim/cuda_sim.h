@@ -56,9 +56,10 @@
 #ifndef __align__
 #define __align__(n) __attribute__((aligned(n)))
 #endif
-// The dynamic shared buffer of the running block (nvcc: extern __shared__ __align__(a) T name[]).
+// The dynamic shared buffer of the running block (nvcc: extern __shared__ __align__(a) T name[]),
+// aligned to `align` only, so code that needs more than it declares misaligns here too.
 #define FASTCL_EXTERN_SHARED(type, name, align) \
-  type* const name = reinterpret_cast<type*>(::fastcl::sim::dynamic_smem())
+  type* const name = reinterpret_cast<type*>(::fastcl::sim::dynamic_smem(align))
 
 // ---- builtins -------------------------------------------------------------------------------
 #define threadIdx (static_cast<const uint3&>(::fastcl::sim::detail::g_cur.thread_idx))

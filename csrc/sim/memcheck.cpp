@@ -4,17 +4,11 @@
 // classified: the thread's own fiber stack (ignored), the block's dynamic shared buffer (bounds
 // and shadow), the kernel module's thread-local block, which holds the `static thread_local`
 // arrays __shared__ expands to (shadow), registered global ranges, the module's read-only data,
-// and anything else, which is out of bounds. Shared bytes carry a shadow cell for the
-// uninitialised-read and race checks.
-#include <cxxabi.h>
-#include <dlfcn.h>
-#include <elf.h>
-#include <fcntl.h>
-#include <link.h>
+// and anything else, which is out of bounds. Static shared accesses must stay inside one
+// __shared__ array (per-symbol bounds from the module's symbol table). Shared bytes carry a
+// shadow cell for the uninitialised-read and race checks.
 #include <pthread.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -39,13 +33,22 @@ LaunchState& L = g_launch;
 // epoch tells "written since block start"); seq numbers a warp's completed collectives.
 struct Cell {
   uint32_t w_epoch, w_seq;  // last write
-  uint32_t r_epoch, r_seq;  // reads in r_epoch (r_seq: the latest reader's warp seq)
+  uint32_t r_epoch, r_seq;  // reads in r_epoch (r_seq: the warp seq of every r_lanes read, if r_ext == 0)
   uint32_t r_lanes;         // lanes of warp r_warp that read in r_epoch
+  uint32_t r_ext;           // 1 + index in g_lane_seqs when r_lanes read at different seqs, else 0
   uint16_t w_tid, r_tid, r_other, p_tid;  // writer, a reader in r_warp, a reader outside it, cp.async issuer
   uint16_t pending;                       // cp.async copies in flight to this byte
   uint8_t r_warp, flags;
 };
 enum : uint8_t { kMultiWarp = 1, kAtomicWrite = 2 };
+// Each reader lane's latest read seq, for cells whose readers read at different seqs: a single
+// seq per cell would make an older lane's read look as recent as the latest one, unordered by a
+// __syncwarp in between. Only read records of the current epoch are consulted, so the pool is
+// emptied at every barrier.
+struct LaneSeqs {
+  uint32_t seq[32];
+};
+std::vector<LaneSeqs> g_lane_seqs;
 
 // Ranges the fast path tests, as (lo, size) so one unsigned compare tests membership.
 struct Hot {
@@ -71,72 +74,18 @@ struct Range {
 std::vector<Range> g_globals;
 size_t g_last_hit = 0;
 
-struct Module {
-  std::string path;
-  uintptr_t base = 0;
-  size_t tls_modid = 0, tls_size = 0;
-  std::vector<std::pair<uintptr_t, uintptr_t>> ro;  // [lo, hi): read-only segments and RELRO
-};
-Module g_mod;
+const KernelInfo* g_kernel = nullptr;
+// Per byte of the module's TLS segment: the index of the TLS symbol there, or -1 (padding).
+std::vector<int32_t> g_tls_sym;
+size_t g_dyn_align = 0;     // the alignment the dynamic base honours now (0: none asked yet)
+bool g_dyn_touched = false;  // a dynamic shared byte was accessed in this launch: no re-basing
 
-int find_module_cb(dl_phdr_info* info, size_t, void* data) {
-  auto* want = static_cast<std::pair<uintptr_t, Module*>*>(data);
-  bool hit = false;
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-    const uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
-    if (ph.p_type == PT_LOAD && want->first - lo < ph.p_memsz) hit = true;
-  }
-  if (!hit) return 0;
-  Module& m = *want->second;
-  m.path = info->dlpi_name && *info->dlpi_name ? info->dlpi_name : "/proc/self/exe";
-  m.base = info->dlpi_addr;
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const ElfW(Phdr)& ph = info->dlpi_phdr[i];
-    const uintptr_t lo = info->dlpi_addr + ph.p_vaddr;
-    if ((ph.p_type == PT_LOAD && !(ph.p_flags & PF_W)) || ph.p_type == PT_GNU_RELRO) m.ro.emplace_back(lo, lo + ph.p_memsz);
-    if (ph.p_type == PT_TLS) {
-      m.tls_size = ph.p_memsz;
-      m.tls_modid = info->dlpi_tls_modid;
-    }
-  }
-  return 1;
-}
-
-// The TLS symbol (a __shared__ variable) at `off` in the module's TLS segment, from .symtab.
-std::string tls_symbol(size_t off) {
-  std::string out;
-  const int fd = open(g_mod.path.c_str(), O_RDONLY);
-  if (fd < 0) return out;
-  struct stat st;
-  if (fstat(fd, &st) == 0 && st.st_size > static_cast<off_t>(sizeof(ElfW(Ehdr)))) {
-    void* m = mmap(nullptr, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (m != MAP_FAILED) {
-      const char* base = static_cast<const char*>(m);
-      const auto* eh = reinterpret_cast<const ElfW(Ehdr)*>(base);
-      const auto* sh = reinterpret_cast<const ElfW(Shdr)*>(base + eh->e_shoff);
-      for (int s = 0; s < eh->e_shnum && out.empty(); ++s) {
-        if (sh[s].sh_type != SHT_SYMTAB && sh[s].sh_type != SHT_DYNSYM) continue;
-        const auto* sym = reinterpret_cast<const ElfW(Sym)*>(base + sh[s].sh_offset);
-        const char* strtab = base + sh[sh[s].sh_link].sh_offset;
-        const size_t n = sh[s].sh_size / sizeof(ElfW(Sym));
-        for (size_t i = 0; i < n; ++i) {
-          if (ELF64_ST_TYPE(sym[i].st_info) != STT_TLS) continue;
-          const size_t lo = sym[i].st_value, sz = sym[i].st_size ? sym[i].st_size : 1;
-          if (off < lo || off >= lo + sz) continue;
-          const char* mangled = strtab + sym[i].st_name;
-          int status = 0;
-          char* d = abi::__cxa_demangle(mangled, nullptr, nullptr, &status);
-          out = "'" + std::string(status == 0 && d ? d : mangled) + "'";
-          std::free(d);
-          if (off != lo) out += " + " + std::to_string(off - lo);
-          break;
-        }
-      }
-      munmap(m, st.st_size);
-    }
-  }
-  close(fd);
+std::string static_name(size_t off) {
+  const int32_t s = off < g_tls_sym.size() ? g_tls_sym[off] : -1;
+  if (s < 0) return "";
+  const TlsSymbol& t = g_kernel->mod->tls[s];
+  std::string out = "'" + t.name + "'";
+  if (off != t.lo) out += " + " + std::to_string(off - t.lo);
   return out;
 }
 
@@ -161,7 +110,7 @@ std::string hex(uintptr_t a) {
 
 std::string region_str(bool dyn, size_t off) {
   if (dyn) return hex(H.dyn_lo + off) + " (dynamic shared offset " + std::to_string(off) + ")";
-  const std::string sym = tls_symbol(off);
+  const std::string sym = static_name(off);
   return hex(H.tls_lo + off) + " (static shared " + (sym.empty() ? "" : sym + ", ") + "offset " +
          std::to_string(off) + " in the module's shared block)";
 }
@@ -182,7 +131,7 @@ void race(const char* kind, int tid, int other, Access k, size_t n, bool dyn, si
        std::string("(") + kind + ") " + (k == Access::Read ? "reads " : "writes ") + std::to_string(n) + " bytes at " +
            region_str(dyn, off) + at(o) + "; " + thr(other) + " " + other_did +
            " byte since the last __syncthreads" +
-           (same_warp ? ", with no __syncwarp or other warp-level sync point of both lanes in between" : ""));
+           (same_warp ? ", with no __syncwarp of both lanes in between" : ""));
 }
 
 // record = false: only the race checks, as for a cp.async at its issue (its data may land at
@@ -223,7 +172,8 @@ void shadow(Cell* cells, size_t off, size_t n, Access k, int tid, const Origin& 
         else
           for (unsigned m = c.r_lanes & ~(1u << lane); m; m &= m - 1) {
             const int u = __builtin_ctz(m);
-            if (L.warps[w].common[u][lane] <= c.r_seq) {
+            const uint32_t read_seq = c.r_ext ? g_lane_seqs[c.r_ext - 1].seq[u] : c.r_seq;
+            if (L.warps[w].common[u][lane] <= read_seq) {
               other = w * 32 + u;
               break;
             }
@@ -239,11 +189,23 @@ void shadow(Cell* cells, size_t off, size_t n, Access k, int tid, const Origin& 
         c.r_lanes = 1u << lane;
         c.r_tid = static_cast<uint16_t>(tid);
         c.r_seq = seq;
+        c.r_ext = 0;
         c.flags &= ~kMultiWarp;
       } else if (c.r_warp == w) {
+        if (c.r_ext) {
+          g_lane_seqs[c.r_ext - 1].seq[lane] = seq;
+        } else if (c.r_seq != seq && (c.r_lanes & ~(1u << lane))) {
+          // Readers at different seqs: keep one seq per lane from now on.
+          LaneSeqs ls{};
+          for (unsigned m = c.r_lanes; m; m &= m - 1) ls.seq[__builtin_ctz(m)] = c.r_seq;
+          ls.seq[lane] = seq;
+          g_lane_seqs.push_back(ls);
+          c.r_ext = static_cast<uint32_t>(g_lane_seqs.size());
+        } else {
+          c.r_seq = seq;
+        }
         c.r_lanes |= 1u << lane;
         c.r_tid = static_cast<uint16_t>(tid);
-        c.r_seq = seq;  // seq only grows: the latest reader's is the maximum
       } else {
         c.flags |= kMultiWarp;  // any later write by another thread is then a race
         c.r_other = static_cast<uint16_t>(tid);
@@ -275,7 +237,7 @@ void check_global(uintptr_t a, size_t n, Access k, int tid, const Origin& o) {
                " bytes at " + hex(r.lo) + "; the access starts at its offset " +
                std::to_string(static_cast<long long>(a - r.lo)) + ")" + at(o));
   }
-  for (const auto& ro : g_mod.ro)
+  for (const auto& ro : g_kernel->mod->ro)
     if (a >= ro.first && a + n <= ro.second) {
       if (k == Access::Read) return;
       fail("write to read-only memory", tid, access_str(k, n) + " at " + hex(a) + " in the module's read-only data" + at(o));
@@ -320,6 +282,28 @@ inline void hook(void* p, size_t n, Access k, bool aligned, bool scalar, const v
   slow_hook(a, n, k, aligned, scalar, pc);
 }
 
+// Why a static shared access is out of bounds: it starts in padding between arrays, in a
+// library's thread-local, or runs past the end of the array it starts in.
+std::string static_oob_str(size_t off, size_t n) {
+  const int32_t s = g_tls_sym[off];
+  const auto& tls = g_kernel->mod->tls;
+  const std::string at_off = "offset " + std::to_string(off) + " in the module's shared block";
+  if (s >= 0 && tls[s].library)
+    return "in '" + tls[s].name + "' (" + at_off + "), a thread-local of library code, not a __shared__ array";
+  if (s >= 0 && !g_kernel->usable[s])
+    return "in '" + tls[s].name + "' (" + at_off + "), a __shared__ array of another kernel";
+  if (s >= 0)
+    return "static shared " + static_name(off) + " (" + at_off + "), runs past the end of '" + tls[s].name + "' (" +
+           std::to_string(tls[s].size) + " bytes) by " + std::to_string(off + n - tls[s].lo - tls[s].size) + " bytes";
+  // In padding: name the array that ends below it.
+  const TlsSymbol* below = nullptr;
+  for (const TlsSymbol& t : tls)
+    if (t.lo + t.size <= off) below = &t;
+  std::string what = "static shared " + at_off + ", outside every __shared__ array";
+  if (below) what += " (" + std::to_string(off - below->lo - below->size) + " bytes past the end of '" + below->name + "', " + std::to_string(below->size) + " bytes)";
+  return what;
+}
+
 }  // namespace
 
 void check_access(uintptr_t a, size_t n, Access k, int tid, const Origin& o, bool scalar) {
@@ -327,6 +311,7 @@ void check_access(uintptr_t a, size_t n, Access k, int tid, const Origin& o, boo
   if (a - reinterpret_cast<uintptr_t>(th.stack) < th.stack_size) return;
   if (a - H.map_lo < H.map_size) {
     if (a >= H.dyn_lo && a + n <= H.dyn_lo + H.dyn_size) {
+      g_dyn_touched = true;
       shadow(g_dyn_cells.data(), a - H.dyn_lo, n, k, tid, o, scalar, true);
       return;
     }
@@ -337,16 +322,30 @@ void check_access(uintptr_t a, size_t n, Access k, int tid, const Origin& o, boo
     return;
   }
   if (a - H.tls_lo < H.tls_size) {
-    if (a + n <= H.tls_lo + H.tls_size) {
-      shadow(g_tls_cells.data(), a - H.tls_lo, n, k, tid, o, scalar, false);
-      return;
+    const size_t off = a - H.tls_lo;
+    const int32_t s = g_tls_sym[off];
+    if (s >= 0) {
+      const TlsSymbol& t = g_kernel->mod->tls[s];
+      if (g_kernel->usable[s] && off + n <= t.lo + t.size) {
+        shadow(g_tls_cells.data(), off, n, k, tid, o, scalar, false);
+        return;
+      }
     }
-    fail("shared out of bounds", tid,
-         access_str(k, n) + " at " + hex(a) + ", " + region_str(false, a - H.tls_lo) + ", runs past its end" + at(o));
+    fail("shared out of bounds", tid, access_str(k, n) + " at " + hex(a) + ", " + static_oob_str(off, n) + at(o));
     return;
   }
   if (a - H.cur_lo < H.cur_size) return;
   check_global(a, n, k, tid, o);
+}
+
+void check_libc_call(void* dst, const void* src, size_t n, const void* pc) {
+  // g_active is process-wide: another OS thread's memcpy is not the kernel's.
+  if (!n || !pthread_equal(pthread_self(), g_launch_thread)) return;
+  g_active = false;
+  const char* what = src ? "memcpy/memmove" : "memset";
+  if (src) check_access(reinterpret_cast<uintptr_t>(src), n, Access::Read, L.tid, Origin{pc, Site{nullptr, 0}, what}, false);
+  check_access(reinterpret_cast<uintptr_t>(dst), n, Access::Write, L.tid, Origin{pc, Site{nullptr, 0}, what}, false);
+  g_active = true;
 }
 
 void precheck_async_write(uintptr_t a, size_t n, int tid, const Origin& o) {
@@ -370,19 +369,22 @@ bool mark_pending(uintptr_t a, size_t n, int delta) {
   return true;
 }
 
-void memcheck_begin_launch(const void* kernel, size_t dynamic_smem) {
+void memcheck_begin_launch(const KernelInfo& kernel, size_t dynamic_smem) {
   g_launch_thread = pthread_self();
-  g_mod = Module{};
-  std::pair<uintptr_t, Module*> want{reinterpret_cast<uintptr_t>(kernel), &g_mod};
-  dl_iterate_phdr(find_module_cb, &want);
+  g_kernel = &kernel;
+  const KernelModule& mod = *kernel.mod;
   H = Hot{};
-  if (g_mod.tls_size) {
+  if (mod.tls_size) {
     struct {
       unsigned long mod, off;
-    } ti{g_mod.tls_modid, 0};
+    } ti{mod.tls_modid, 0};
     H.tls_lo = reinterpret_cast<uintptr_t>(__tls_get_addr(&ti));
-    H.tls_size = g_mod.tls_size;
+    H.tls_size = mod.tls_size;
   }
+  g_tls_sym.assign(H.tls_size, -1);
+  for (size_t i = 0; i < mod.tls.size(); ++i)
+    for (size_t b = mod.tls[i].lo; b < mod.tls[i].lo + mod.tls[i].size && b < H.tls_size; ++b)
+      g_tls_sym[b] = static_cast<int32_t>(i);
   if (!g_map) {
     g_map_bytes = 2 * kRedzone + ((kOptinSmem + 4095) & ~size_t(4095));
     void* m = mmap(nullptr, g_map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -391,8 +393,10 @@ void memcheck_begin_launch(const void* kernel, size_t dynamic_smem) {
   }
   H.map_lo = reinterpret_cast<uintptr_t>(g_map);
   H.map_size = g_map_bytes;
-  H.dyn_lo = H.map_lo + kRedzone;  // page-aligned, so 128-byte aligned
+  H.dyn_lo = H.map_lo + kRedzone;  // until the kernel declares its alignment (dyn_smem_base)
   H.dyn_size = dynamic_smem;
+  g_dyn_align = 0;
+  g_dyn_touched = false;
   H.cur_lo = reinterpret_cast<uintptr_t>(&g_cur);
   H.cur_size = sizeof g_cur;
   g_dyn_cells.assign(dynamic_smem, Cell{});
@@ -402,6 +406,7 @@ void memcheck_begin_launch(const void* kernel, size_t dynamic_smem) {
 void memcheck_begin_block() {
   std::memset(reinterpret_cast<void*>(H.dyn_lo), 0xFF, H.dyn_size);
   g_block_epoch0 = ++g_epoch;
+  g_lane_seqs.clear();
 }
 
 void memcheck_end_launch() {
@@ -414,9 +419,25 @@ void memcheck_set_thread(int tid) {
   H.stack_size = g_threads[tid].stack_size;
 }
 
-uint8_t* dyn_smem_base() { return reinterpret_cast<uint8_t*>(H.dyn_lo); }
+// On the GPU the dynamic buffer starts after the static arrays, aligned only as declared. So the
+// base sits an odd multiple of the declared alignment past a larger one: an access that needs
+// more alignment than was declared faults here too. A larger alignment declared later (a second
+// FASTCL_EXTERN_SHARED) moves the base while no dynamic byte has been touched in this launch.
+uint8_t* dyn_smem_base(size_t align) {
+  if (align < 1 || (align & (align - 1)) || align > 4096) align = 16;
+  if (align > g_dyn_align && !g_dyn_touched) {
+    g_dyn_align = align;
+    const uintptr_t twice = 2 * align;
+    H.dyn_lo = ((H.map_lo + kRedzone + twice - 1) & ~(twice - 1)) + align;
+    std::memset(reinterpret_cast<void*>(H.dyn_lo), 0xFF, H.dyn_size);  // as at the block start
+  }
+  return reinterpret_cast<uint8_t*>(H.dyn_lo);
+}
 
-void memcheck_barrier() { ++g_epoch; }
+void memcheck_barrier() {
+  ++g_epoch;
+  g_lane_seqs.clear();  // every read record now belongs to a past epoch
+}
 
 void memcheck_warp_sync(int warp, unsigned lanes) {
   WarpState& ws = L.warps[warp];

@@ -2,6 +2,7 @@
 // as ucontext fibers on this OS thread, scheduled cooperatively: a thread runs until it reaches
 // __syncthreads, a warp collective or its end. Also the block barrier, error reporting and the
 // device description. Compiled without instrumentation.
+#include <cxxabi.h>
 #include <dlfcn.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -52,7 +53,7 @@ std::string dim_str(dim3 d) {
   throw std::runtime_error("fastcl.sim: launch out of limits: kernel " + name + ": " + what);
 }
 
-void validate(const LaunchSpec& s, const std::string& name) {
+void validate(const LaunchSpec& s, const std::string& name, size_t static_smem) {
   const dim3 b = s.block, g = s.grid;
   if (b.x == 0 || b.y == 0 || b.z == 0 || g.x == 0 || g.y == 0 || g.z == 0)
     limit_error(name, "empty grid " + dim_str(g) + " or block " + dim_str(b));
@@ -64,17 +65,24 @@ void validate(const LaunchSpec& s, const std::string& name) {
     limit_error(name, "block " + dim_str(b) + " exceeds the per-dimension maximum (1024,1024,64)");
   if (g.x > 2147483647u || g.y > 65535 || g.z > 65535)
     limit_error(name, "grid " + dim_str(g) + " exceeds the maximum (2147483647,65535,65535)");
-  if (s.dynamic_smem > kOptinSmem)
-    limit_error(name, std::to_string(s.dynamic_smem) +
-                          " bytes of dynamic shared memory, more than the device's opt-in maximum of " +
-                          std::to_string(kOptinSmem));
+  // CUDA: static arrays get at most 48 KiB; the dynamic limit defaults to what is left of
+  // 48 KiB and can be raised so that static plus dynamic reach the opt-in maximum.
+  const std::string with_static =
+      static_smem ? " (plus " + std::to_string(static_smem) + " bytes of static shared memory)" : "";
+  if (static_smem > kDefaultSmem)
+    limit_error(name, std::to_string(static_smem) + " bytes of static shared memory, more than " +
+                          std::to_string(kDefaultSmem));
+  if (s.dynamic_smem + static_smem > kOptinSmem)
+    limit_error(name, std::to_string(s.dynamic_smem) + " bytes of dynamic shared memory" + with_static +
+                          ", more than the device's opt-in maximum of " + std::to_string(kOptinSmem));
   auto it = g_smem_limit.find(s.kernel);
-  const size_t limit = it == g_smem_limit.end() ? kDefaultSmem : it->second;
+  const size_t limit = it == g_smem_limit.end() ? kDefaultSmem - static_smem : it->second;
   if (s.dynamic_smem > limit)
     limit_error(name, std::to_string(s.dynamic_smem) +
                           " bytes of dynamic shared memory, more than the kernel's limit of " +
-                          std::to_string(limit) + " (set_max_dynamic_smem raises it, up to " +
-                          std::to_string(kOptinSmem) + ")");
+                          std::to_string(limit) +
+                          (it == g_smem_limit.end() && static_smem ? " (49152 less its " + std::to_string(static_smem) + " static bytes)" : "") +
+                          " (set_max_dynamic_smem raises it, up to " + std::to_string(kOptinSmem - static_smem) + ")");
 }
 
 void ensure_stacks(int n) {
@@ -93,11 +101,35 @@ void ensure_stacks(int n) {
 
 void thread_exit(int tid);
 
+std::string demangled_current_exception() {
+  const std::type_info* t = abi::__cxa_current_exception_type();
+  if (!t) return "an exception";
+  int status = 0;
+  char* d = abi::__cxa_demangle(t->name(), nullptr, nullptr, &status);
+  std::string out = status == 0 && d ? d : t->name();
+  std::free(d);
+  return out;
+}
+
 // Every fiber starts here; the kernel's own entry (a template in the kernel's TU) copies the
 // arguments and calls it between kernel_begin and kernel_end.
+// An exception must not leave the fiber (nothing above it can catch it: std::terminate): it
+// becomes an error of the launch, reported once the handler is left.
 void fiber_main() {
   const int tid = L.tid;
-  L.spec.entry(L.spec.args);
+  std::string what;
+  try {
+    L.spec.entry(L.spec.args);
+  } catch (const std::exception& e) {
+    g_active = false;  // runtime code from here: its own memcpy calls are not the kernel's
+    what = demangled_current_exception() + ": " + e.what();
+  } catch (...) {
+    g_active = false;
+    what = demangled_current_exception();
+  }
+  if (!what.empty()) {
+    fail("uncaught exception", tid, "kernel code threw " + what);
+  }
   thread_exit(tid);
 }
 
@@ -364,7 +396,8 @@ void launch(const LaunchSpec& s) {
   }
   std::lock_guard<std::mutex> lock(g_mutex);
   const std::string name = kernel_name(s.pretty);
-  validate(s, name);
+  const KernelInfo& info = kernel_info(s.kernel);
+  validate(s, name, info.static_smem);
   L.spec = s;
   L.name = name;
   L.failed = false;
@@ -375,7 +408,7 @@ void launch(const LaunchSpec& s) {
   g_cur.block_dim = s.block;
   g_cur.grid_dim = s.grid;
   ensure_stacks(L.nthreads);
-  memcheck_begin_launch(s.kernel, s.dynamic_smem);
+  memcheck_begin_launch(info, s.dynamic_smem);
   for (unsigned z = 0; z < s.grid.z && !L.failed; ++z)
     for (unsigned y = 0; y < s.grid.y && !L.failed; ++y)
       for (unsigned x = 0; x < s.grid.x && !L.failed; ++x) run_block(uint3{x, y, z});
@@ -385,28 +418,36 @@ void launch(const LaunchSpec& s) {
 }
 
 void set_max_dynamic_smem(const void* kernel, const char* pretty, size_t bytes) {
-  if (bytes > kOptinSmem)
-    throw std::runtime_error("fastcl.sim: launch out of limits: kernel " + kernel_name(pretty) + ": " +
-                             "set_max_dynamic_smem(" + std::to_string(bytes) +
-                             ") is more than the device's opt-in maximum of " + std::to_string(kOptinSmem));
   std::lock_guard<std::mutex> lock(g_mutex);
+  const size_t static_smem = kernel_info(kernel).static_smem;
+  if (bytes + static_smem > kOptinSmem)
+    throw std::runtime_error("fastcl.sim: launch out of limits: kernel " + kernel_name(pretty) + ": " +
+                             "set_max_dynamic_smem(" + std::to_string(bytes) + ")" +
+                             (static_smem ? " plus " + std::to_string(static_smem) + " bytes of static shared memory" : "") +
+                             " is more than the device's opt-in maximum of " + std::to_string(kOptinSmem));
   g_smem_limit[kernel] = bytes;
 }
 
-int max_active_blocks_per_sm(const void*, int threads, size_t dynamic_smem) {
+int max_active_blocks_per_sm(const void* kernel, int threads, size_t dynamic_smem) {
   const DeviceProperties* p = device_properties();
-  if (threads <= 0 || threads > p->maxThreadsPerBlock || dynamic_smem > p->sharedMemPerBlockOptin) return 0;
+  size_t static_smem;
+  {
+    std::lock_guard<std::mutex> lock(g_mutex);
+    static_smem = kernel_info(kernel).static_smem;
+  }
+  const size_t smem = dynamic_smem + static_smem;
+  if (threads <= 0 || threads > p->maxThreadsPerBlock || smem > p->sharedMemPerBlockOptin) return 0;
   const int warps = (threads + 31) / 32;
   int by_threads = p->maxThreadsPerMultiProcessor / (warps * 32);
-  const size_t per_block = dynamic_smem + p->reservedSharedMemPerBlock;
+  const size_t per_block = smem + p->reservedSharedMemPerBlock;
   int by_smem = static_cast<int>(p->sharedMemPerMultiprocessor / per_block);
   return std::max(0, std::min({by_threads, by_smem, p->maxBlocksPerMultiProcessor}));
 }
 
-void* dynamic_smem() {
+void* dynamic_smem(size_t align) {
   FromKernel guard;
   require_fiber("dynamic_smem()");
-  return dyn_smem_base();
+  return dyn_smem_base(align);
 }
 
 void trap(Site site) {

@@ -108,6 +108,32 @@ struct LaunchState {
 extern LaunchState g_launch;
 extern SimThread g_threads[kMaxThreads];
 
+// ---- the kernel's module (module.cpp) ------------------------------------------------------
+// A TLS symbol of the module: a __shared__ array (function-static thread_local) or a
+// thread-local of library code, which kernel code must not touch.
+struct TlsSymbol {
+  size_t lo, size;          // offset and size in the module's TLS segment
+  std::string mangled, name;
+  std::string kernel;       // the launched kernel it is nested in (a demangled-name prefix), or ""
+  bool library;             // pybind11's, std's, torch's: never shared memory
+};
+struct KernelModule {
+  std::string path;
+  uintptr_t base = 0;
+  size_t tls_modid = 0, tls_size = 0;
+  std::vector<std::pair<uintptr_t, uintptr_t>> ro;  // [lo, hi): read-only segments and RELRO
+  std::vector<TlsSymbol> tls;                       // sorted by offset, one per address
+};
+struct KernelInfo {
+  const KernelModule* mod = nullptr;
+  std::string mangled;        // the kernel's symbol; empty when the symbol table lacks it
+  std::vector<uint8_t> own;     // per TLS symbol: 1 if it is a __shared__ variable of this kernel
+  std::vector<uint8_t> usable;  // per TLS symbol: 1 if this kernel may use it as shared memory
+  size_t static_smem = 0;     // bytes of those
+};
+// Cached per kernel address; the first call per module reads its symbol table.
+const KernelInfo& kernel_info(const void* kernel);
+
 // ---- memory checking (memcheck.cpp) ---------------------------------------------------------
 enum class Access : uint8_t { Read, Write, Atomic };
 // Where an access comes from, for messages: a return address into kernel code, or a source site.
@@ -128,11 +154,15 @@ bool in_shared_window(uintptr_t a);
 bool mark_pending(uintptr_t a, size_t n, int delta);
 
 // Per launch / per block set-up.
-void memcheck_begin_launch(const void* kernel, size_t dynamic_smem);
+void memcheck_begin_launch(const KernelInfo& kernel, size_t dynamic_smem);
 void memcheck_begin_block();
 void memcheck_end_launch();
 void memcheck_set_thread(int tid);  // the running fiber's stack for the fast path
-uint8_t* dyn_smem_base();
+// The dynamic shared buffer, `align` (a power of two) aligned and deliberately not 2 * align.
+uint8_t* dyn_smem_base(size_t align);
+// memcpy/memmove/memset called by kernel code (libc_mem.cpp): src (if any) as a range read and
+// dst as a range write of n bytes, on the launch thread while a kernel runs.
+void check_libc_call(void* dst, const void* src, size_t n, const void* pc);
 // The barrier epoch advances at block start and at every completed __syncthreads.
 void memcheck_barrier();
 // A completed warp collective: its lanes are ordered with each other from now on.

@@ -7,7 +7,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <bitset>
 #include <cstdint>
+#include <cstring>
 
 namespace py = pybind11;
 using fastcl::sim::GlobalScope;
@@ -235,6 +238,96 @@ __global__ void traps(float* out) {
   out[threadIdx.x] = 1.f;
 }
 
+// memset and memcpy are calls into libc, not instrumented loads and stores: the simulator
+// intercepts them (sizes here depend on blockDim, so g++ keeps the calls).
+__global__ void memset_then_read(float* out) {
+  FASTCL_EXTERN_SHARED(float, s, 16);  // blockDim.x floats
+  if (threadIdx.x == 0) memset(s, 0, blockDim.x * sizeof(float));
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x] + 1.f;
+}
+
+__global__ void memcpy_smem_overflow(const float* x, float* out) {
+  FASTCL_EXTERN_SHARED(float, s, 16);  // blockDim.x floats
+  if (threadIdx.x == 0) memcpy(s, x, (blockDim.x + 1) * sizeof(float));  // one float too many
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+__global__ void std_copy_global_oob(const float* x, float* out) {
+  FASTCL_EXTERN_SHARED(float, s, 16);  // blockDim.x + 1 floats; x has blockDim.x
+  if (threadIdx.x == 0) std::copy(x, x + blockDim.x + 1, s);  // a memmove reading one past x
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
+// a has 33 floats; the array after it starts at a 16-byte (or larger) boundary, so a[33] is
+// padding, not a neighbour's element.
+__global__ void static_overflow(float* out) {
+  __shared__ float a[33];
+  __shared__ float b[32];
+  const int t = threadIdx.x;
+  a[t] = t;
+  if (t == 0) a[32] = 32.f;
+  b[t] = -t;
+  __syncthreads();
+  out[t] = a[t + 2] + b[t];  // the last thread reads a[33]
+}
+
+// Lane 0 writes, and the other lanes read after a shuffle (kSync: a __syncwarp). A shuffle
+// exchanges values but orders no memory.
+template <bool kSync>
+__global__ void shfl_is_not_a_fence(float* out) {
+  __shared__ float s[1];
+  if (threadIdx.x == 0) s[0] = 42.f;
+  if (kSync) __syncwarp();
+  else out[threadIdx.x] = __shfl_sync(0xffffffffu, 1.f, 0);
+  out[threadIdx.x] = s[0];
+}
+
+// Lane 1 reads, then a __syncwarp, then lane 0 reads and overwrites: lane 1's read is ordered
+// before the write even though lane 0 read after the __syncwarp.
+__global__ void older_read_then_syncwarp(float* out) {
+  __shared__ float s[1];
+  const int t = threadIdx.x;
+  if (t == 0) s[0] = 1.f;
+  __syncwarp();
+  float v = 0.f;
+  if (t == 1) v = s[0];
+  __syncwarp();
+  if (t == 0) {
+    v = s[0];
+    s[0] = 2.f;
+  }
+  __syncwarp();
+  out[t] = v + s[0];
+}
+
+// The dynamic buffer is declared 4-byte aligned (kAlign 4) but read as float4, which needs 16.
+template <int kAlign>
+__global__ void extern_alignment(float4* out) {
+  FASTCL_EXTERN_SHARED(float, s, kAlign);  // 4 * blockDim.x floats
+  const int t = threadIdx.x;
+  for (int j = 0; j < 4; ++j) s[4 * t + j] = t;
+  __syncthreads();
+  out[t] = reinterpret_cast<const float4*>(s)[t];
+}
+
+// Host library code called from a kernel throws (here libstdc++'s bounds check).
+__global__ void throws(float* out) {
+  std::bitset<4> bits;
+  if (threadIdx.x == 5) bits.set(threadIdx.x);  // std::out_of_range
+  out[threadIdx.x] = bits.count();
+}
+
+// 40 KiB of static shared memory: with 16 KiB of dynamic it is over the 48 KiB default.
+__global__ void big_static(float* out) {
+  __shared__ float big[10240];
+  for (int i = threadIdx.x; i < 10240; i += blockDim.x) big[i] = i;
+  __syncthreads();
+  out[threadIdx.x] = big[10239 - threadIdx.x];
+}
+
 __global__ void empty_kernel() {}
 
 }  // namespace simtest
@@ -382,6 +475,47 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("traps", [](uintptr_t out) {
     Bufs b{{out, 32 * 4, "out"}};
     launch<traps>(1, 32, 0, ptr<float>(out));
+  });
+  m.def("memset_then_read", [](uintptr_t out) {
+    Bufs b{{out, 32 * 4, "out"}};
+    launch<memset_then_read>(1, 32, 32 * 4, ptr<float>(out));
+  });
+  m.def("memcpy_smem_overflow", [](uintptr_t x, uintptr_t out) {
+    Bufs b{{x, 64 * 4, "x"}, {out, 32 * 4, "out"}};
+    launch<memcpy_smem_overflow>(1, 32, 32 * 4, ptr<const float>(x), ptr<float>(out));
+  });
+  m.def("std_copy_global_oob", [](uintptr_t x, uintptr_t out) {
+    Bufs b{{x, 32 * 4, "x"}, {out, 32 * 4, "out"}};
+    launch<std_copy_global_oob>(1, 32, 33 * 4, ptr<const float>(x), ptr<float>(out));
+  });
+  m.def("static_overflow", [](uintptr_t out) {
+    Bufs b{{out, 32 * 4, "out"}};
+    launch<static_overflow>(1, 32, 0, ptr<float>(out));
+  });
+  m.def("shfl_is_not_a_fence", [](bool sync, uintptr_t out) {
+    Bufs b{{out, 32 * 4, "out"}};
+    if (sync) launch<shfl_is_not_a_fence<true>>(1, 32, 0, ptr<float>(out));
+    else launch<shfl_is_not_a_fence<false>>(1, 32, 0, ptr<float>(out));
+  });
+  m.def("older_read_then_syncwarp", [](uintptr_t out) {
+    Bufs b{{out, 32 * 4, "out"}};
+    launch<older_read_then_syncwarp>(1, 32, 0, ptr<float>(out));
+  });
+  m.def("extern_alignment", [](int align, uintptr_t out) {
+    Bufs b{{out, 32 * 16, "out"}};
+    if (align == 4) launch<extern_alignment<4>>(1, 32, 32 * 16, ptr<float4>(out));
+    else launch<extern_alignment<16>>(1, 32, 32 * 16, ptr<float4>(out));
+  });
+  m.def("throws", [](uintptr_t out) {
+    Bufs b{{out, 32 * 4, "out"}};
+    launch<throws>(1, 32, 0, ptr<float>(out));
+  });
+  m.def("big_static", [](uintptr_t out, size_t smem) {
+    Bufs b{{out, 32 * 4, "out"}};
+    launch<big_static>(1, 32, smem, ptr<float>(out));
+  });
+  m.def("big_static_occupancy", [](int threads, size_t smem) {
+    return fastcl::sim::max_active_blocks_per_sm<big_static>(threads, smem);
   });
   // Launch limits: (grid, block, dynamic smem, the kernel's dynamic smem limit: 0 = the default).
   m.def("launch_limits", [](std::vector<unsigned> grid, std::vector<unsigned> block, size_t smem, size_t raise) {
