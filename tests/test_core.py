@@ -134,3 +134,21 @@ def test_wide_features(device, mode, d):
     row 16-byte aligned (vectorised copies), 300 does so for fp32 only."""
     for dtype in dtypes_for(device):
         _check(mode, 40, d, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_columns_leave_the_other_gradients_intact(device):
+    """An all-zero column of k has inverse norm 1/eps. Its own gradient is ill-defined, but it must
+    not spoil the others: the fp16 CUDA backward stages G at a block-wide power-of-two scale, and
+    the ~1e12 of that column, left in, would set the scale and flush every other G entry to zero."""
+    for dtype in dtypes_for(device):
+        q, k, lr, lc, scale, kw = make_case("infonce", 40, 16, dtype, device)
+        with torch.no_grad():
+            k[7].zero_()
+        q32, k32 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+        ref, _ = reference.contrastive(q32, k32, lr, lc, scale.double(), **kw)
+        want = torch.autograd.grad(ref.sum(), q32)[0]
+        loss, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
+        got = torch.autograd.grad(loss.sum(), q)[0]
+        tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]
+        torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=f"grad_q ({dtype})")
