@@ -32,7 +32,10 @@ SIM = ROOT / "csrc" / "sim"
 BUILD = ROOT / "build" / "sim"
 CUDA_INCLUDE = Path(os.environ.get("FASTCL_SIM_CUDA_INCLUDE", "/usr/local/cuda/include"))
 RUNTIME_SOURCES = ("runtime.cpp", "memcheck.cpp", "collectives.cpp", "module.cpp", "libc_mem.cpp")
-KERNEL_CFLAGS = ["-DFASTCL_SIM=1", "-fsanitize=thread", "-O1", "-g", "-Wno-unknown-pragmas", f"-I{CUDA_INCLUDE}"]
+# -fno-builtin-mem*: g++ would expand constant-size memcpy/memset into plain stores after the
+# instrumentation pass, out of every check; as calls they reach the runtime's interceptors.
+KERNEL_CFLAGS = ["-DFASTCL_SIM=1", "-fsanitize=thread", "-O1", "-g", "-Wno-unknown-pragmas", f"-I{CUDA_INCLUDE}",
+                 "-fno-builtin-memcpy", "-fno-builtin-memmove", "-fno-builtin-memset"]
 _HEADER_SUFFIXES = {".h", ".hpp", ".cuh", ".cu", ".cpp", ".inc"}
 
 

@@ -267,6 +267,11 @@ def test_memcpy_and_std_copy_are_checked(sim):
            "(0,0,0)", "(0,0,0)", contains=["read of 132 bytes", "runs past 'x'", "memcpy/memmove"])
 
 
+def test_constant_size_memset_is_checked(sim):
+    expect(lambda: sim.memset_constant_overflow(p(torch.zeros(32))), "shared out of bounds",
+           "memset_constant_overflow", "(0,0,0)", "(0,0,0)", contains=["write of 132 bytes"])
+
+
 def test_static_shared_arrays_have_their_own_bounds(sim):
     out = torch.zeros(32)
     msg = expect(lambda: sim.static_overflow(p(out)), "shared out of bounds", "static_overflow", "(0,0,0)",

@@ -13,7 +13,7 @@ template <typename To, typename From>
 inline To bits_as(From f) {
   static_assert(sizeof(To) == sizeof(From), "same size");
   To t;
-  std::memcpy(&t, &f, sizeof t);
+  __builtin_memcpy(&t, &f, sizeof t);
   return t;
 }
 }  // namespace detail

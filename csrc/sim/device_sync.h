@@ -13,10 +13,10 @@ template <typename T>
 inline T shfl(Coll k, unsigned mask, T var, int operand, int width, Site s) {
   static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
   uint64_t bits = 0;
-  std::memcpy(&bits, &var, sizeof(T));
+  __builtin_memcpy(&bits, &var, sizeof(T));
   const uint64_t r = warp_collective(k, mask, bits, operand, width, s);
   T out;
-  std::memcpy(&out, &r, sizeof(T));
+  __builtin_memcpy(&out, &r, sizeof(T));
   return out;
 }
 
@@ -30,11 +30,11 @@ template <typename T> constexpr AtomicType atomic_type() {
 template <typename T>
 inline T atomic(AtomicOp op, T* p, T v, T cmp, Site s) {
   uint64_t bv = 0, bc = 0;
-  std::memcpy(&bv, &v, sizeof(T));
-  std::memcpy(&bc, &cmp, sizeof(T));
+  __builtin_memcpy(&bv, &v, sizeof(T));
+  __builtin_memcpy(&bc, &cmp, sizeof(T));
   const uint64_t r = atomic_op(op, atomic_type<T>(), p, bv, bc, s);
   T out;
-  std::memcpy(&out, &r, sizeof(T));
+  __builtin_memcpy(&out, &r, sizeof(T));
   return out;
 }
 

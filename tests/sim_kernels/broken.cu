@@ -254,6 +254,15 @@ __global__ void memcpy_smem_overflow(const float* x, float* out) {
   out[threadIdx.x] = s[threadIdx.x];
 }
 
+// A constant size: without -fno-builtin-memset g++ expands this into plain stores after the
+// instrumentation pass, which no check would see.
+__global__ void memset_constant_overflow(float* out) {
+  FASTCL_EXTERN_SHARED(float, s, 16);  // 32 floats
+  if (threadIdx.x == 0) memset(s, 0, 33 * sizeof(float));  // one float too many
+  __syncthreads();
+  out[threadIdx.x] = s[threadIdx.x];
+}
+
 __global__ void std_copy_global_oob(const float* x, float* out) {
   FASTCL_EXTERN_SHARED(float, s, 16);  // blockDim.x + 1 floats; x has blockDim.x
   if (threadIdx.x == 0) std::copy(x, x + blockDim.x + 1, s);  // a memmove reading one past x
@@ -483,6 +492,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("memcpy_smem_overflow", [](uintptr_t x, uintptr_t out) {
     Bufs b{{x, 64 * 4, "x"}, {out, 32 * 4, "out"}};
     launch<memcpy_smem_overflow>(1, 32, 32 * 4, ptr<const float>(x), ptr<float>(out));
+  });
+  m.def("memset_constant_overflow", [](uintptr_t out) {
+    Bufs b{{out, 32 * 4, "out"}};
+    launch<memset_constant_overflow>(1, 32, 32 * 4, ptr<float>(out));
   });
   m.def("std_copy_global_oob", [](uintptr_t x, uintptr_t out) {
     Bufs b{{x, 32 * 4, "x"}, {out, 32 * 4, "out"}};
