@@ -64,9 +64,8 @@ ContrastiveSizes check_contrastive_args(
   return {M, L, D};
 }
 
-void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss,
-                                const at::Tensor& lse, const at::Tensor& num_pos,
-                                const at::Tensor& q) {
+void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss, const at::Tensor& lse,
+                         const at::Tensor& num_pos, const at::Tensor& q) {
   for (const at::Tensor* t : {&grad_loss, &lse, &num_pos}) {
     TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == s.M, "fastcl: backward expects per-row tensors of shape (",
                       s.M, "), got ", t->sizes());

@@ -145,9 +145,9 @@ def test_zero_columns_leave_the_other_gradients_intact(device):
         q, k, lr, lc, scale, kw = make_case("infonce", 40, 16, dtype, device)
         with torch.no_grad():
             k[7].zero_()
-        q32, k32 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
-        ref, _ = reference.contrastive(q32, k32, lr, lc, scale.double(), **kw)
-        want = torch.autograd.grad(ref.sum(), q32)[0]
+        q64, k64 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+        ref, _ = reference.contrastive(q64, k64, lr, lc, scale.double(), **kw)
+        want = torch.autograd.grad(ref.sum(), q64)[0]
         loss, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
         got = torch.autograd.grad(loss.sum(), q)[0]
         tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]

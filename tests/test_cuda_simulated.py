@@ -57,7 +57,9 @@ def _augment_cases():
 def test_augmentation_equals_the_cpu_op(name, images, params):
     """uint8 in: the CUDA kernel computes every step as the CPU op does (fixed-point resampling,
     the same rounded float products), so the outputs are bit-identical."""
+    calls = sum(sim_ops.CALLS.values())
     want = A.apply(images, params)
+    assert sum(sim_ops.CALLS.values()) == calls, "the reference ran through the simulator"
     got = _simulated(lambda: A.apply(images, params))
     assert torch.equal(got, want), f"{name}: {int((got != want).sum())} values differ, by up to {(got - want).abs().max():.3g}"
 

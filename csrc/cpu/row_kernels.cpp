@@ -4,7 +4,6 @@
 #include "row_kernels.h"
 
 #include <algorithm>
-
 #include <cmath>
 #include <limits>
 
@@ -134,11 +133,19 @@ void add_exp_shifted_into(double* acc, const double* row, const double* shift, i
 }
 
 FASTCL_CLONES void softmax_grad_row(const float* logits, float* out, int64_t n, float lse, float g) {
-  for (int64_t c = 0; c < n; ++c) out[c] = g != 0 ? g * fast_expf(logits[c] - lse) : 0.0f;
+  if (g == 0) {
+    zero_row(out, n);
+    return;
+  }
+  for (int64_t c = 0; c < n; ++c) out[c] = g * fast_expf(logits[c] - lse);
 }
 
 void softmax_grad_row(const double* logits, double* out, int64_t n, double lse, double g) {
-  for (int64_t c = 0; c < n; ++c) out[c] = g != 0 ? g * std::exp(logits[c] - lse) : 0.0;
+  if (g == 0) {
+    zero_row(out, n);
+    return;
+  }
+  for (int64_t c = 0; c < n; ++c) out[c] = g * std::exp(logits[c] - lse);
 }
 
 FASTCL_CLONES void softmax_grad_cols_add(const float* logits, float* out, int64_t n, const float* lse,

@@ -404,10 +404,10 @@ int64_t align16(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 
 template <typename T, bool kSmemWork>
 void launch(Args a, int64_t smem, const at::Tensor& like, dev::Stream stream, std::vector<at::Tensor>& keep) {
+  dev::allow_dynamic_smem<augment_kernel<T, kSmemWork>>(
+      "fastcl.augment", static_cast<size_t>(smem),
+      " (the output size, the blur kernel and the largest image set it; downscale the images first)");
   const auto& prop = dev::properties();
-  check_shared_memory("fastcl.augment", smem, static_cast<int64_t>(prop.sharedMemPerBlockOptin),
-                      " (the output size, the blur kernel and the largest image set it; downscale the images first)");
-  dev::set_max_dynamic_smem<augment_kernel<T, kSmemWork>>(static_cast<size_t>(smem));
   const int per_sm = dev::max_active_blocks_per_sm<augment_kernel<T, kSmemWork>>(kThreads, static_cast<size_t>(smem));
   int64_t grid = std::min<int64_t>(a.P, std::max(1, per_sm) * static_cast<int64_t>(prop.multiProcessorCount));
   if (!kSmemWork) {

@@ -665,13 +665,6 @@ void pack_side_info(Inputs& in, bool normalize, dev::Stream stream) {
   in.col_info = side_info<T>(in.k, normalize, in.bias, at::Tensor(), at::Tensor(), stream);
 }
 
-template <auto Kernel>
-void allow_smem(size_t bytes) {
-  check_shared_memory("fastcl", static_cast<int64_t>(bytes), static_cast<int64_t>(dev::properties().sharedMemPerBlockOptin),
-                      "");
-  dev::set_max_dynamic_smem<Kernel>(bytes);
-}
-
 // Splits the stream tiles so that small problems still put about four blocks on every SM.
 struct Split {
   int64_t count, per;
@@ -693,7 +686,7 @@ void forward_impl(Inputs& in, bool normalize, at::Tensor& loss, at::Tensor& lse,
   const Split split = split_stream(blocks, ceil_div(in.L, kTile));
   at::Tensor partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
   constexpr size_t smem = SmemLayout<T, false>::kBytes;
-  allow_smem<forward_kernel<T>>(smem);
+  dev::allow_dynamic_smem<forward_kernel<T>>("fastcl", smem);
   dev::launch<forward_kernel<T>>(grid_of(blocks, split.count), kThreads, smem, stream, ptr<T>(in.q), ptr<T>(in.k), p,
                                  static_cast<int>(split.per), in.vectorisable(),
                                  reinterpret_cast<float4*>(partial.data_ptr<float>()));
@@ -713,7 +706,7 @@ void grad_side(const Inputs& in, const Problem& p, bool normalize, const at::Ten
   at::Tensor part = at::empty({split.count, n_own, in.D}, own_x.options().dtype(at::kFloat));
   if (kRowOwner) *scale_part = at::empty({blocks * split.count}, own_x.options().dtype(at::kDouble));
   constexpr size_t smem = SmemLayout<T, true>::kBytes;
-  allow_smem<grad_kernel<T, kRowOwner>>(smem);
+  dev::allow_dynamic_smem<grad_kernel<T, kRowOwner>>("fastcl", smem);
   dev::launch<grad_kernel<T, kRowOwner>>(grid_of(blocks, slices, split.count), kThreads, smem, stream, ptr<T>(own_x),
                                          ptr<T>(str_x), p, static_cast<int>(split.per), in.vectorisable(),
                                          part.data_ptr<float>(),

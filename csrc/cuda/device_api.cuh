@@ -99,3 +99,19 @@ inline at::TensorOptions host_staging(at::TensorOptions options) { return option
 #define FASTCL_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(fastcl, CUDA, m)
 
 #endif
+
+#include "checks.h"
+
+namespace fastcl {
+namespace dev {
+
+// Raises the kernel's dynamic shared-memory limit to `bytes`, after checking that the device
+// allows that much (with the 1 KiB a resident block keeps); `hint` says what sets the size.
+template <auto Kernel>
+void allow_dynamic_smem(const char* what, size_t bytes, const char* hint = "") {
+  check_shared_memory(what, static_cast<int64_t>(bytes), static_cast<int64_t>(properties().sharedMemPerBlockOptin), hint);
+  set_max_dynamic_smem<Kernel>(bytes);
+}
+
+}  // namespace dev
+}  // namespace fastcl
