@@ -9,7 +9,6 @@ import importlib.util
 import os
 
 from setuptools import setup
-from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,25 +36,13 @@ Extension = CUDAExtension if with_cuda else CppExtension
 extension = Extension(
     name="fastcl._C",
     sources=sources,
-    include_dirs=[os.path.join(HERE, "csrc")],
+    include_dirs=[build.CSRC],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
 )
 
-class BuildPyWithSources(build_py):
-    """Ships csrc/ inside the package (fastcl/_csrc) so that an installed fastcl can still
-    JIT-build its kernels when fastcl._C is missing or FASTCL_JIT=1."""
-
-    def run(self):
-        super().run()
-        for source in build.sources(with_cuda=True) + build.headers():
-            target = os.path.join(self.build_lib, "fastcl", "_csrc", os.path.relpath(source, build.CSRC))
-            self.mkpath(os.path.dirname(target))
-            self.copy_file(source, target)
-
-
 setup(
     version=version,
     ext_modules=[extension],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithSources},
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

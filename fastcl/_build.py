@@ -12,9 +12,7 @@ import os
 import shutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-# A source checkout has csrc/ beside the package; an installed package carries a copy in _csrc/.
-CSRC = os.path.join(ROOT, "csrc") if os.path.isdir(os.path.join(ROOT, "csrc")) else os.path.join(HERE, "_csrc")
+CSRC = os.path.join(HERE, "csrc")  # inside the package, so an installed fastcl can JIT-build too
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"  # Ampere and Hopper machine code, PTX for newer GPUs
 
 

@@ -16,7 +16,7 @@ cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and fastcl's CU
 
 class SimDevice(str):
     """"cpu" for the tensors, while fastcl's ops run the CUDA kernels' code through the CPU
-    simulator of csrc/sim (tests/sim_ops.py)."""
+    simulator of fastcl/csrc/sim (tests/sim_ops.py)."""
 
     sim = True
 

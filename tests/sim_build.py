@@ -1,19 +1,19 @@
-"""Builds CUDA sources for the CPU simulator in csrc/sim as a torch JIT extension.
+"""Builds CUDA sources for the CPU simulator in fastcl/csrc/sim as a torch JIT extension.
 
     mod = build("name", ["path/kernels.cu", "path/host.cpp"], extra_include_paths=[...])
 
 Each `.cu` becomes a generated `<stem>.sim.cpp` in build/sim/<name>/ that includes
-csrc/sim/cuda_sim.h and then the `.cu` itself, so torch's load() compiles it with g++ as C++
+fastcl/csrc/sim/cuda_sim.h and then the `.cu` itself, so torch's load() compiles it with g++ as C++
 (load() picks the compiler by extension). Every C++ source of the extension gets
 `-DFASTCL_SIM=1 -fsanitize=thread -O1 -g`: ThreadSanitizer's instrumentation is how the
 simulator sees each load and store, but libtsan is never linked (the link line has no
--fsanitize); the simulator's runtime (csrc/sim/*.cpp), compiled separately without
+-fsanitize); the simulator's runtime (fastcl/csrc/sim/*.cpp), compiled separately without
 instrumentation into build/sim/_runtime/<hash>/, defines the __tsan_* callbacks and is linked
 in through extra_ldflags. Plain `.cpp` sources are instrumented too, which costs time but
 nothing else: the callbacks return at once outside a simulated kernel.
 
 load() rebuilds only when its sources' text or flags change, and the wrappers' text does not
-change when a `.cu` or a header does; so each wrapper carries a digest of the `.cu`, csrc/sim
+change when a `.cu` or a header does; so each wrapper carries a digest of the `.cu`, fastcl/csrc/sim
 and the include directories, and ninja's depfiles cover the rest.
 """
 
@@ -28,7 +28,7 @@ import torch
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).resolve().parents[1]
-SIM = ROOT / "csrc" / "sim"
+SIM = ROOT / "fastcl" / "csrc" / "sim"
 BUILD = ROOT / "build" / "sim"
 CUDA_INCLUDE = Path(os.environ.get("FASTCL_SIM_CUDA_INCLUDE", "/usr/local/cuda/include"))
 RUNTIME_SOURCES = ("runtime.cpp", "memcheck.cpp", "collectives.cpp", "module.cpp", "libc_mem.cpp")

@@ -1,6 +1,6 @@
-"""fastcl's CUDA kernels run on the CPU by the simulator of csrc/sim, for the tests marked `sim`.
+"""fastcl's CUDA kernels run on the CPU by the simulator of fastcl/csrc/sim, for the tests marked `sim`.
 
-The sources of csrc/cuda are compiled as host C++ (tests/sim_build.py) into a module whose
+The sources of fastcl/csrc/cuda are compiled as host C++ (tests/sim_build.py) into a module whose
 torch.ops.fastcl_sim.* are the CUDA ops with CPU tensors as device memory. Inside
 `cuda_kernels_on_cpu()` the CPU kernels of torch.ops.fastcl.* are overridden by them, so every
 fastcl entry point (losses, autograd, torch.compile, augmentation) runs the CUDA kernels' code
@@ -17,8 +17,9 @@ import torch
 import sim_build
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [ROOT / "csrc" / "cuda" / "contrastive.cu", ROOT / "csrc" / "cuda" / "augment.cu",
-           ROOT / "csrc" / "checks.cpp", ROOT / "tests" / "sim_kernels" / "fastcl_sim_ops.cpp"]
+CSRC = ROOT / "fastcl" / "csrc"
+SOURCES = [CSRC / "cuda" / "contrastive.cu", CSRC / "cuda" / "augment.cu", CSRC / "checks.cpp",
+           ROOT / "tests" / "sim_kernels" / "fastcl_sim_ops.cpp"]
 OPS = ("contrastive_forward", "contrastive_backward", "augment")
 CALLS = {name: 0 for name in OPS}  # simulated calls so far, so tests can tell the route was taken
 
@@ -27,7 +28,7 @@ CALLS = {name: 0 for name in OPS}  # simulated calls so far, so tests can tell t
 def module():
     import fastcl  # noqa: F401  (the fastcl library and its Python registrations come first)
 
-    return sim_build.build("fastcl_sim", SOURCES, extra_include_paths=[ROOT / "csrc"])
+    return sim_build.build("fastcl_sim", SOURCES, extra_include_paths=[CSRC])
 
 
 def _extents(args) -> list[tuple[int, int]]:

@@ -1,4 +1,4 @@
-"""The CPU simulator of CUDA kernels (csrc/sim): each check catches its deliberately broken
+"""The CPU simulator of CUDA kernels (fastcl/csrc/sim): each check catches its deliberately broken
 kernel in tests/sim_kernels/broken.cu and names the right kernel, block and thread, while the
 correct kernels (barriers, shuffles, wmma, cp.async) pass and match CPU references. Runs in
 the default test run: it needs only g++ and the CUDA headers, no GPU."""
