@@ -12,9 +12,7 @@ import json
 import os
 import tempfile
 
-from fastcl import sts
-from fastcl.simcse import SimCSE
-from fastcl.train_simcse import SimCSEConfig, SimCSETrainer
+from fastcl.simcse import SimCSE, SimCSEConfig, SimCSETrainer, sts
 
 # What each model is trained with here: the trainer's defaults for MiniLM (the paper's, with its
 # recipe's temperature); a randomly initialised model needs a far larger learning rate and a few

@@ -1,10 +1,21 @@
-"""fastcl: fused contrastive losses (NT-Xent, SupCon, InfoNCE) for PyTorch, CPU and CUDA."""
+"""fastcl: fused contrastive losses (NT-Xent, SupCon, InfoNCE) and GPU batch augmentation for
+PyTorch, CPU and CUDA, with SimCLR and SimCSE trainers built on them.
 
-from . import augment, functional, ops, reference
+    import fastcl
+    loss = fastcl.NTXentLoss(temperature=0.5)(z1, z2)          # drop-in, never builds the 2N x 2N matrix
+    v1, v2 = fastcl.SimCLRAugment(size=32)(images, views=2)     # the SimCLR recipe on a whole batch
+    fastcl.SimCLRTrainer(fastcl.simclr.config_for("digits")).train()
+"""
+
+from . import augment, functional, ops
 from ._extension import build_info, has_cuda_ops, has_ops
+from .augment import AugmentParams, SimCLRAugment
+from .functional import info_nce, nt_xent
 from .losses import InfoNCELoss, NTXentLoss
-from .simcse import SimCSE  # transformers is imported only when a model loads
+from .simclr import SimCLRConfig, SimCLRTrainer
+from .simcse import SimCSE, SimCSEConfig, SimCSETrainer  # transformers is imported only when a model loads
 from .version import __version__
 
-__all__ = ["NTXentLoss", "InfoNCELoss", "SimCSE", "augment", "functional", "ops", "reference", "build_info", "has_ops",
-           "has_cuda_ops", "__version__"]
+__all__ = ["AugmentParams", "InfoNCELoss", "NTXentLoss", "SimCLRAugment", "SimCLRConfig", "SimCLRTrainer", "SimCSE",
+           "SimCSEConfig", "SimCSETrainer", "augment", "build_info", "functional", "has_cuda_ops", "has_ops",
+           "info_nce", "nt_xent", "ops", "__version__"]

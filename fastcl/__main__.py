@@ -33,13 +33,13 @@ def _info(_args) -> int:
 
 
 def _speed(args) -> int:
-    from .speed import run
+    from .bench.speed import run
 
     return run(sizes=args.sizes, dim=args.dim, repeats=args.repeats)
 
 
 def _demo(args) -> int:
-    from .demo import run
+    from .simclr.demo import run
 
     return run(out=args.out, epochs=args.epochs, seed=args.seed, device=args.device)
 
@@ -47,13 +47,11 @@ def _demo(args) -> int:
 def _train(make_config, config_class, make_trainer, args) -> int:
     """Build the config from the options given, join torchrun's process group if there is one,
     train, and print the summary once (rank 0)."""
-    import dataclasses
-
     from . import distributed
-    from .train import TrainingDiverged
+    from .engine import TrainingDiverged
+    from .engine.options import given
 
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    config = make_config(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+    config = make_config(**given(args, config_class))
     distributed.init_from_env()
     try:
         summary = make_trainer(config).train()
@@ -69,14 +67,14 @@ def _train(make_config, config_class, make_trainer, args) -> int:
 
 
 def _simclr(args) -> int:
-    from .train import SimCLRConfig, SimCLRTrainer, config_for
+    from .simclr import SimCLRConfig, SimCLRTrainer, config_for
 
     return _train(config_for, SimCLRConfig, SimCLRTrainer, args)
 
 
 def _evaluate(method):
     def run(args) -> int:
-        from .train import evaluate_checkpoint
+        from .simclr import evaluate_checkpoint
 
         top1 = evaluate_checkpoint(args.checkpoint, args.data, method=method, device=args.device)
         print(f"{'kNN' if method == 'knn' else 'linear probe'} top-1: {100 * top1:.2f}%")
@@ -85,14 +83,14 @@ def _evaluate(method):
 
 
 def _simcse(args) -> int:
-    from .train_simcse import SimCSEConfig, SimCSETrainer
+    from .simcse import SimCSEConfig, SimCSETrainer
 
     return _train(SimCSEConfig, SimCSEConfig, SimCSETrainer, args)
 
 
 def _sts_eval(args) -> int:
-    from . import distributed, sts
-    from .simcse import SimCSE
+    from . import distributed
+    from .simcse import SimCSE, sts
 
     device = distributed.device(args.device)
     model = SimCSE.from_pretrained(args.model, pooler=args.pooler, encode_max_length=args.max_length)
@@ -107,33 +105,13 @@ def _sts_eval(args) -> int:
 
 
 def _add_simcse(sub) -> None:
-    from .simcse import POOLERS
+    from .engine.options import add_options
+    from .simcse import POOLERS, SimCSEConfig
 
-    p = sub.add_parser("simcse", help="SimCSE sentence-embedding training (see fastcl.train_simcse.SimCSEConfig)")
-    p.add_argument("--model", required=True, help="minilm | tiny | a local folder | a hub name")
-    p.add_argument("--train-file", dest="train_file", required=True,
-                   help="builtin | sentences.txt (unsupervised) | pairs.csv with sent0,sent1[,hard_neg]")
-    p.add_argument("--out", required=True)
-    p.add_argument("--pooler", choices=POOLERS)
-    p.add_argument("--mlp-only-train", dest="mlp_only_train", action=argparse.BooleanOptionalAction, default=None,
-                   help="cls pooler: use the MLP only in training (default: on for unsupervised, off for supervised)")
-    p.add_argument("--temperature", type=float, help="default 0.05 (the paper); unsupervised from minilm 1.0 "
-                   "(fastcl.train_simcse.UNSUPERVISED_RECIPES)")
-    p.add_argument("--max-length", dest="max_length", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--hard-negative-weight", dest="hard_negative_weight", type=float)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
-    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float)
-    p.add_argument("--max-grad-norm", dest="max_grad_norm", type=float)
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    p.add_argument("--dev-file", dest="dev_file", help="an STS file: evaluate every --eval-steps, keep the best")
-    p.add_argument("--eval-steps", dest="eval_steps", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p = sub.add_parser("simcse", help="SimCSE sentence-embedding training (fastcl.simcse.SimCSEConfig)",
+                       description="SimCSE sentence-embedding training. Every option is a field of "
+                       "fastcl.simcse.SimCSEConfig; unset ones take the paper's value for the data.")
+    add_options(p, SimCSEConfig)
     p.set_defaults(func=_simcse)
     e = sub.add_parser("sts-eval", help="Spearman/Pearson x 100 of a sentence encoder on an STS file or the "
                                         "built-in Lee, SimLex-999 and WordSim-353 benchmarks")
@@ -149,42 +127,21 @@ def _add_simcse(sub) -> None:
 
 
 def _plot(args) -> int:
-    from .plot import plot_run
+    from .engine.plot import plot_run
 
     print(f"wrote {plot_run(args.run, args.output)}")
     return 0
 
 
 def _add_simclr(sub) -> None:
-    p = sub.add_parser("simclr", help="SimCLR pre-training (see fastcl.train.SimCLRConfig)")
-    p.add_argument("--data", default="fake", help="digits | fake | cifar10:DIR | folder:DIR; unset options take "
-                   "the dataset's recipe (fastcl.train.RECIPES), then SimCLRConfig's CIFAR defaults")
-    p.add_argument("--out", default="runs/simclr")
-    p.add_argument("--arch", choices=["resnet18", "resnet50", "small_cnn"])
-    p.add_argument("--size", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--optimizer", choices=["lars", "sgd", "adamw"])
-    p.add_argument("--lr", type=float, help="default: 0.3 x B/256 (linear) or 0.075 x sqrt(B) (sqrt)")
-    p.add_argument("--lr-scaling", dest="lr_scaling", choices=["linear", "sqrt"])
-    p.add_argument("--weight-decay", dest="weight_decay", type=float)
-    p.add_argument("--warmup-epochs", dest="warmup_epochs", type=float)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--proj-hidden", dest="proj_hidden", type=int)
-    p.add_argument("--proj-dim", dest="proj_dim", type=int)
-    p.add_argument("--strength", type=float, help="colour-jitter strength (0.5 CIFAR, 1.0 ImageNet)")
-    p.add_argument("--crop-min", dest="crop_min", type=float, help="smallest crop area fraction (default 0.08)")
-    p.add_argument("--flip-p", dest="flip_p", type=float, help="horizontal flip probability (default 0.5)")
-    p.add_argument("--blur-p", dest="blur_p", type=float)
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    p.add_argument("--channels-last", dest="channels_last", action="store_true", default=None)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--max-steps", dest="max_steps", type=int)
-    p.add_argument("--device")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
-    p.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=None,
-                   help="under torchrun: batch norm over the global batch (SimCLR's global BN)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last.pt")
+    from .engine.options import add_options
+    from .simclr import SimCLRConfig
+
+    p = sub.add_parser("simclr", help="SimCLR pre-training (fastcl.simclr.SimCLRConfig)",
+                       description="SimCLR pre-training. Every option is a field of fastcl.simclr.SimCLRConfig; "
+                       "unset ones take the dataset's recipe (fastcl.simclr.RECIPES), then the CIFAR defaults "
+                       "shown.")
+    add_options(p, SimCLRConfig)
     p.set_defaults(func=_simclr)
     for name, method in (("knn", "knn"), ("linear-probe", "linear")):
         e = sub.add_parser(name, help=f"{name} top-1 of a SimCLR checkpoint's frozen encoder")

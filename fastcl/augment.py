@@ -88,7 +88,27 @@ class SimCLRAugment(nn.Module):
 
     Defaults are the CIFAR recipe (colour strength 0.5, no blur); ``SimCLRAugment.imagenet()``
     and ``SimCLRAugment.byol()`` give the ImageNet and BYOL recipes. Probabilities may be one
-    value or one per view (BYOL's asymmetric views)."""
+    value or one per view (BYOL's asymmetric views). Each output equals torchvision's v2
+    functional ops applied to that sample with its parameters (AugmentParams).
+
+    Args:
+        size: output side in pixels. scale, ratio: random-resized-crop area fraction and aspect range.
+        flip_p, jitter_p, grayscale_p, blur_p, solarize_p: per-view probabilities.
+        strength: colour-jitter strength s (brightness, contrast, saturation 0.8 s, hue 0.2 s),
+            unless brightness / contrast / saturation / hue are given.
+        blur_sigma, blur_kernel: Gaussian blur sigma range and odd kernel size (default ~10% of size).
+        mean, std: per-channel normalisation after scaling to [0, 1] (both or neither).
+        dtype: float32, bfloat16 or float16 output; channels_last: output memory format.
+
+    Call: ``aug(images, views=2, generator=g)`` with uint8 or float images (B, C, H, W) or a
+    list of (C, H_i, W_i), on the CPU or a GPU; returns ``views`` tensors (B, C, size, size).
+
+    Example::
+
+        aug = fastcl.SimCLRAugment(size=32)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        v1, v2 = aug(images.cuda(), views=2, generator=g)     # images: uint8 (B, 3, 32, 32)
+    """
 
     def __init__(self, size: int = 32, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8,
                  strength: float = 0.5, brightness: Optional[float] = None, contrast: Optional[float] = None,

@@ -93,8 +93,42 @@ def nt_xent(
     gather_distributed: under torch.distributed, every rank's rows are columns too (negatives
     and, with labels, positives from all ranks); this rank's loss is its share of the global
     loss, so that under DDP the gradients equal the single-process global batch's. Batch sizes
-    may differ between ranks. "none" returns this rank's anchors' losses."""
+    may differ between ranks. "none" returns this rank's anchors' losses.
+
+    Shapes and types: fp32/fp16/bf16 embeddings (fp64 on the CPU), any D >= 1; the loss is
+    float32 (float64 for fp64 inputs). temperature: > 0, a float or a 0-dim tensor. normalize:
+    cosine similarity (True) or raw dot products. impl: "auto", "fastcl" or "torch".
+
+    Example::
+
+        loss = fastcl.nt_xent(z1, z2, temperature=0.5)                # SimCLR, z1 and z2 (N, D)
+        loss = fastcl.nt_xent(z, labels=y, temperature=0.1)           # SupCon, z (N, V, D), y (N,)"""
     _validate.reduction(reduction)
+    rows, row_labels, views, n = _stack_views(z1, z2, labels)
+    columns, col_labels, row_offset = rows, row_labels, 0
+    gathering = _gathering(gather_distributed)
+    if gathering:
+        samples = distributed.sizes(n, rows.device)
+        if sum(samples) < 2:
+            raise ValueError(f"NT-Xent needs a global batch of at least 2 samples, got {sum(samples)} over "
+                             f"{len(samples)} ranks")
+        if labels is None:  # sample ids (views without labels) must be unique across ranks
+            row_labels = row_labels + distributed.offset(samples)
+        counts = [s * views for s in samples]  # rows per rank
+        columns, col_labels = distributed.gather(rows, counts), distributed.gather(row_labels, counts)
+        row_offset = distributed.offset(counts)
+    elif n < 2:
+        raise ValueError(f"NT-Xent needs a batch of at least 2 samples so that every anchor has a negative, "
+                         f"got N={n}")
+    loss, num_pos = ops.contrastive(rows, columns, row_labels, col_labels, _logit_scale(temperature, rows),
+                                    row_offset=row_offset,
+                                    exclude_self=True, normalize=normalize, impl=impl)
+    return (_reduce_global if gathering else _reduce)(loss, num_pos, reduction, allow_no_positive)
+
+
+def _stack_views(z1: Tensor, z2: Optional[Tensor], labels: Optional[Tensor]) -> tuple[Tensor, Tensor, int, int]:
+    """(rows, row labels, views, samples) of nt_xent's inputs: views stacked view-major (rows
+    [view 0 of all samples; view 1; ...]); labels are the given ones per row, else sample ids."""
     z1 = _validate.embeddings("z1" if z2 is not None else "z", z1, (2,) if z2 is not None else (2, 3))
     if z2 is not None:
         z2 = _validate.embeddings("z2", z2)
@@ -103,43 +137,19 @@ def nt_xent(
             raise ValueError(f"z1 and z2 must have the same shape (N, D), got {tuple(z1.shape)} and "
                              f"{tuple(z2.shape)}")
     n = z1.shape[0]  # samples (rows, for (M, D) input with labels)
-    labels_given = labels
-    if z2 is not None or z1.dim() == 3:
-        # Views are stacked view-major: rows [view 0 of all samples; view 1; ...].
-        views = 2 if z2 is not None else z1.shape[1]
-        rows = torch.cat([z1, z2]) if z2 is not None else z1.transpose(0, 1).reshape(views * n, z1.shape[2])
-        if labels is None:
-            if views < 2:
-                raise ValueError(f"z must have at least 2 views per sample without labels, got shape "
-                                 f"{tuple(z1.shape)}")
-            labels = torch.arange(n, device=z1.device)
-        else:
-            labels = _validate.labels("labels", labels, n, z1)
-        labels = labels.repeat(views)
-    else:
+    if z2 is None and z1.dim() == 2:
         if labels is None:
             raise ValueError("nt_xent(z) with z of shape (M, D) needs labels=...; pass z1, z2 for two views")
-        rows, views = z1, 1
+        return z1, _validate.labels("labels", labels, n, z1), 1, n
+    views = 2 if z2 is not None else z1.shape[1]
+    rows = torch.cat([z1, z2]) if z2 is not None else z1.transpose(0, 1).reshape(views * n, z1.shape[2])
+    if labels is None:
+        if views < 2:
+            raise ValueError(f"z must have at least 2 views per sample without labels, got shape {tuple(z1.shape)}")
+        labels = torch.arange(n, device=z1.device)
+    else:
         labels = _validate.labels("labels", labels, n, z1)
-    if _gathering(gather_distributed):
-        samples = distributed.sizes(n, z1.device)
-        if sum(samples) < 2:
-            raise ValueError(f"NT-Xent needs a global batch of at least 2 samples, got {sum(samples)} over "
-                             f"{len(samples)} ranks")
-        if labels_given is None:  # sample ids (views without labels) must be unique across ranks
-            labels = labels + distributed.offset(samples)
-        counts = [s * views for s in samples]  # rows per rank
-        columns, col_labels = distributed.gather(rows, counts), distributed.gather(labels, counts)
-        loss, num_pos = ops.contrastive(rows, columns, labels, col_labels, _logit_scale(temperature, rows),
-                                        row_offset=distributed.offset(counts), exclude_self=True,
-                                        normalize=normalize, impl=impl)
-        return _reduce_global(loss, num_pos, reduction, allow_no_positive)
-    if n < 2:
-        raise ValueError(f"NT-Xent needs a batch of at least 2 samples so that every anchor has a negative, "
-                         f"got N={n}")
-    loss, num_pos = ops.contrastive(rows, rows, labels, labels, _logit_scale(temperature, rows),
-                                    exclude_self=True, normalize=normalize, impl=impl)
-    return _reduce(loss, num_pos, reduction, allow_no_positive)
+    return rows, labels.repeat(views), views, n
 
 
 def info_nce(
@@ -163,7 +173,15 @@ def info_nce(
     - CLIP: ``info_nce(img, txt, symmetric=True)`` averages image->text and text->image.
 
     gather_distributed: under torch.distributed, the keys (and negative keys) of every rank are
-    keys of every query; see nt_xent."""
+    keys of every query; see nt_xent.
+
+    Shapes: query and positive_key (M, D), negative_keys (K, D); K = M when hard_negative_weight
+    is not 0. Types, temperature, normalize, reduction and impl as nt_xent.
+
+    Example::
+
+        loss = fastcl.info_nce(z1, z2, temperature=0.05)                   # unsupervised SimCSE
+        loss = fastcl.info_nce(img, txt, temperature=0.07, symmetric=True)  # CLIP"""
     _validate.reduction(reduction)
     _validate.finite_weight("hard_negative_weight", hard_negative_weight)
     query = _validate.embeddings("query", query)
@@ -176,54 +194,70 @@ def info_nce(
     if m < 1:
         raise ValueError("query must hold at least one row")
     gathering = _gathering(gather_distributed)
+    local_positive, all_queries = positive_key, query
     if gathering:
-        queries_per_rank = distributed.sizes(m, query.device)
-        first = distributed.offset(queries_per_rank)
-        row_labels = torch.arange(first, first + m, device=query.device)
-        all_queries = distributed.gather(query, queries_per_rank) if symmetric else None
-        local_positive, positive_key = positive_key, distributed.gather(positive_key, queries_per_rank)
-        if negative_keys is not None:
-            negatives_per_rank = distributed.sizes(negative_keys.shape[0], query.device)
-            if hard_negative_weight != 0.0 and negatives_per_rank != queries_per_rank:
-                raise ValueError("hard_negative_weight needs one hard negative per query on every rank: "
-                                 f"queries per rank {queries_per_rank}, negative_keys {negatives_per_rank}")
-            negative_keys = distributed.gather(_validate.embeddings("negative_keys", negative_keys),
-                                               negatives_per_rank)
+        row_labels, positive_key, all_queries, negative_keys = _gather_pairs(
+            query, positive_key, negative_keys, symmetric, hard_negative_weight)
     else:
         row_labels = torch.arange(m, device=query.device)
-    positives = positive_key.shape[0]
-    col_labels = torch.arange(positives, device=query.device)
-    keys, col_bias, owner = positive_key, None, None
-    if negative_keys is not None:
-        if symmetric:
-            raise ValueError("symmetric=True is defined for paired data only; drop negative_keys")
-        negative_keys = _validate.embeddings("negative_keys", negative_keys)
-        _validate.same_kind("negative_keys", negative_keys, "query", query)
-        extra = negative_keys.shape[0]
-        keys = torch.cat([positive_key, negative_keys])
-        col_labels = torch.cat([col_labels, torch.full((extra,), -1, device=query.device, dtype=torch.int64)])
-        if hard_negative_weight != 0.0:
-            if extra != positives:
-                raise ValueError("hard_negative_weight needs one hard negative per query: negative_keys must "
-                                 f"have {m} rows, got {extra}")
-            dtype = ops.loss_dtype(query.dtype)
-            col_bias = torch.cat([torch.zeros(positives, dtype=dtype, device=query.device),
-                                  torch.full((extra,), float(hard_negative_weight), dtype=dtype,
-                                             device=query.device)])
-            own = torch.arange(positives, device=query.device)
-            owner = torch.cat([own, own])
-    elif hard_negative_weight != 0.0:
-        raise ValueError("hard_negative_weight needs negative_keys")
-    elif positives < 2:
-        raise ValueError("InfoNCE without negative_keys needs at least 2 pairs so that a query has a negative")
+    keys, col_labels, col_bias, owner = _keys(query, positive_key, negative_keys, symmetric, hard_negative_weight)
     scale = _logit_scale(temperature, query)
     loss, num_pos = ops.contrastive(query, keys, row_labels, col_labels, scale, col_bias=col_bias,
                                     col_bias_owner=owner, normalize=normalize, impl=impl)
     if symmetric:
         # The other direction: this rank's keys as rows against every rank's queries.
-        rows_t, cols_t = (local_positive, all_queries) if gathering else (positive_key, query)
-        loss_t, _ = ops.contrastive(rows_t, cols_t, row_labels, col_labels, scale, normalize=normalize, impl=impl)
+        loss_t, _ = ops.contrastive(local_positive, all_queries, row_labels, col_labels, scale, normalize=normalize,
+                                    impl=impl)
         loss = (loss + loss_t) / 2
-    if gathering:
-        return _reduce_global(loss, num_pos, reduction, allow_no_positive=False)
-    return _reduce(loss, num_pos, reduction, allow_no_positive=False)
+    return (_reduce_global if gathering else _reduce)(loss, num_pos, reduction, allow_no_positive=False)
+
+
+def _gather_pairs(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], symmetric: bool,
+                  hard_negative_weight: float) -> tuple:
+    """Under torch.distributed: (this rank's query ids in the global batch, every rank's positive
+    keys, every rank's queries (symmetric only, else this rank's), every rank's negative keys)."""
+    m = query.shape[0]
+    queries_per_rank = distributed.sizes(m, query.device)
+    first = distributed.offset(queries_per_rank)
+    row_labels = torch.arange(first, first + m, device=query.device)
+    all_queries = distributed.gather(query, queries_per_rank) if symmetric else query
+    positive_key = distributed.gather(positive_key, queries_per_rank)
+    if negative_keys is not None:
+        negatives_per_rank = distributed.sizes(negative_keys.shape[0], query.device)
+        if hard_negative_weight != 0.0 and negatives_per_rank != queries_per_rank:
+            raise ValueError("hard_negative_weight needs one hard negative per query on every rank: "
+                             f"queries per rank {queries_per_rank}, negative_keys {negatives_per_rank}")
+        negative_keys = distributed.gather(_validate.embeddings("negative_keys", negative_keys), negatives_per_rank)
+    return row_labels, positive_key, all_queries, negative_keys
+
+
+def _keys(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], symmetric: bool,
+          hard_negative_weight: float) -> tuple:
+    """(keys, their labels, the hard-negative bias and its owners) of info_nce: positive keys are
+    labelled with their pair id, negative keys -1 (never a positive); the bias adds
+    hard_negative_weight to query i's logit with its own hard negative i only."""
+    positives = positive_key.shape[0]
+    col_labels = torch.arange(positives, device=query.device)
+    if negative_keys is None:
+        if hard_negative_weight != 0.0:
+            raise ValueError("hard_negative_weight needs negative_keys")
+        if positives < 2:
+            raise ValueError("InfoNCE without negative_keys needs at least 2 pairs so that a query has a negative")
+        return positive_key, col_labels, None, None
+    if symmetric:
+        raise ValueError("symmetric=True is defined for paired data only; drop negative_keys")
+    negative_keys = _validate.embeddings("negative_keys", negative_keys)
+    _validate.same_kind("negative_keys", negative_keys, "query", query)
+    extra = negative_keys.shape[0]
+    keys = torch.cat([positive_key, negative_keys])
+    col_labels = torch.cat([col_labels, torch.full((extra,), -1, device=query.device, dtype=torch.int64)])
+    if hard_negative_weight == 0.0:
+        return keys, col_labels, None, None
+    if extra != positives:
+        raise ValueError("hard_negative_weight needs one hard negative per query: negative_keys must "
+                         f"have {query.shape[0]} rows, got {extra}")
+    dtype = ops.loss_dtype(query.dtype)
+    col_bias = torch.cat([torch.zeros(positives, dtype=dtype, device=query.device),
+                          torch.full((extra,), float(hard_negative_weight), dtype=dtype, device=query.device)])
+    own = torch.arange(positives, device=query.device)
+    return keys, col_labels, col_bias, torch.cat([own, own])

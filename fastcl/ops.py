@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _extension, reference
+from . import _extension, _torch_impl
 
 
 def loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -86,7 +86,7 @@ def contrastive(
         _extension.warn_once("fastcl was built without CUDA kernels; CUDA inputs use the pure-PyTorch path")
         impl = "torch"
     if impl == "torch" or not _extension.has_ops():
-        return reference.contrastive(q, k, row_labels, col_labels, logit_scale, col_bias=col_bias,
+        return _torch_impl.contrastive(q, k, row_labels, col_labels, logit_scale, col_bias=col_bias,
                                      col_bias_owner=col_bias_owner, row_offset=row_offset,
                                      exclude_self=exclude_self, normalize=normalize)
     loss, _lse, num_pos = torch.ops.fastcl.contrastive_forward(

@@ -1,6 +1,8 @@
-"""Pure-PyTorch implementations: the test oracle, the fallback path and the benchmark baseline.
+"""Test oracles: the losses as their papers' code writes them, and the augmentation one sample
+at a time with torchvision. Nothing in fastcl's product path imports this module.
 
-They materialise the full logit matrix, which is exactly what the fused kernels avoid."""
+The oracle of the fused core itself is its pure-PyTorch path (fastcl._torch_impl), re-exported
+here so that tests name one module."""
 
 from __future__ import annotations
 
@@ -10,56 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NORM_EPS = 1e-12  # as F.normalize; csrc/common/contrastive_math.h uses the same
+from . import augment as A
+from ._torch_impl import contrastive, nt_xent_naive
 
-
-def contrastive(
-    q: Tensor,
-    k: Tensor,
-    row_labels: Tensor,
-    col_labels: Tensor,
-    logit_scale: Tensor,
-    *,
-    col_bias: Optional[Tensor] = None,
-    col_bias_owner: Optional[Tensor] = None,
-    row_offset: int = 0,
-    exclude_self: bool = False,
-    normalize: bool = True,
-    compute_dtype: Optional[torch.dtype] = None,
-) -> tuple[Tensor, Tensor]:
-    """(per-row loss, positive count) of the contrastive core, computed in the loss dtype
-    (or in compute_dtype: the tests use the input's low-precision dtype as plain PyTorch would)."""
-    acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
-    qn, kn = q.to(acc), k.to(acc)
-    if normalize:
-        qn, kn = F.normalize(qn, dim=1, eps=NORM_EPS), F.normalize(kn, dim=1, eps=NORM_EPS)
-    logits = logit_scale.to(acc) * (qn @ kn.T)
-    rows = torch.arange(q.shape[0], device=q.device)
-    cols = torch.arange(k.shape[0], device=q.device)
-    if col_bias is not None:
-        applies = torch.ones_like(logits, dtype=torch.bool)
-        if col_bias_owner is not None:
-            applies = col_bias_owner[None, :] == row_labels[:, None]
-        logits = logits + torch.where(applies, col_bias.to(acc)[None, :], 0.0)
-    excluded = (cols[None, :] == rows[:, None] + row_offset) if exclude_self else torch.zeros_like(
-        logits, dtype=torch.bool)
-    logits = logits.masked_fill(excluded, float("-inf"))
-    positive = (col_labels[None, :] == row_labels[:, None]) & (col_labels[None, :] >= 0) & ~excluded
-    num_pos = positive.sum(1).to(acc)
-    lse = torch.logsumexp(logits, dim=1)
-    pos_mean = torch.where(positive, logits, 0.0).sum(1) / num_pos.clamp_min(1)
-    loss = torch.where(num_pos > 0, lse - pos_mean, 0.0)
-    return loss, num_pos
-
-
-def nt_xent_naive(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
-    """The NT-Xent loss as users write it: normalize, matmul, mask the diagonal, cross-entropy."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    n = z1.shape[0]
-    logits = (z @ z.T) / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, targets)
+__all__ = ["contrastive", "nt_xent_naive", "simcse_loss", "supcon_loss", "clip_loss", "augment"]
 
 
 def simcse_loss(z1: Tensor, z2: Tensor, z3: Optional[Tensor] = None, temperature: float = 0.05,
@@ -102,8 +58,6 @@ def augment(images, params, *, mean=None, std=None, dtype=torch.float32) -> Tens
     """fastcl.augment.apply done one sample at a time with torchvision.transforms.v2.functional:
     the oracle the fused augmentation kernels are tested against."""
     from torchvision.transforms.v2 import functional as TF
-
-    from . import augment as A
 
     out = []
     for p in range(params.table.shape[0]):

@@ -46,7 +46,7 @@ fi
 
 step "error paths: bad arguments raise, CPU and CUDA ops"
 # These format numbers into messages: a build whose libstdc++ does not match the process crashes here.
-timeout 60 "$PY" -m pytest tests/test_bad_input.py tests/test_augment.py -q -p no:cacheprovider -m "not sim" \
+timeout 60 "$PY" -m pytest tests/core/test_bad_input.py tests/augment/test_augment.py -q -p no:cacheprovider -m "not sim" \
   -k "bad or reject or wrong_length or mean_and_std" > "$OUT/error-paths.log" 2>&1
 rc=$?; tail -3 "$OUT/error-paths.log"
 record "error paths" "$(tail -1 "$OUT/error-paths.log")"

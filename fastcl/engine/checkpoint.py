@@ -1,0 +1,47 @@
+"""Checkpoints that are never half-written and never run code when read.
+
+Saving writes a temporary file in the same folder, flushes it to disk, then renames it over the
+old one (atomic on POSIX), so a crash mid-save leaves the previous checkpoint. Loading uses
+torch.load(weights_only=True): a checkpoint holds tensors and plain data (configs are stored as
+dicts), and a file that would need arbitrary unpickling is refused instead of executed."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+
+import torch
+
+
+class UnsafeCheckpoint(ValueError):
+    """The file is not a plain-data checkpoint: loading it would run code from the file."""
+
+
+def save_atomic(obj, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load(path: str, map_location="cpu"):
+    """Tensors and plain data from `path`; raises UnsafeCheckpoint for anything else."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint at {path!r}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpoint(
+            f"{path!r} is not a plain-data checkpoint (tensors, numbers, strings, lists and dicts): loading it "
+            "would execute code stored in the file, so fastcl refuses. Only load checkpoints you trust with "
+            f"torch.load(weights_only=False) yourself. ({str(exc).splitlines()[0]})") from None

@@ -1,0 +1,53 @@
+"""Config dataclasses as the one source of a trainer's command-line options.
+
+A field declared with `option(default, help, choices=...)` becomes `--field-name` in its
+subcommand, with its type, choices and default taken from the dataclass. Options the user does
+not give stay unset, so the config's defaults (and a dataset's or model's recipe) apply."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, Optional, Sequence
+
+
+def option(default: Any, help: str, choices: Optional[Sequence] = None):
+    """A config field with its command-line help (and choices)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _value_type(hint) -> type:
+    """int, float, str or bool from a field's type hint (Optional[X] counts as X)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+        hint = args[0]
+    if hint not in (int, float, str, bool):
+        raise TypeError(f"config fields must be int, float, str or bool (or Optional of one), got {hint!r}")
+    return hint
+
+
+def add_options(parser: argparse.ArgumentParser, config_class) -> None:
+    """One `--name` per field of `config_class`; booleans get `--name` / `--no-name`."""
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        kind = _value_type(hints[field.name])
+        meta = field.metadata
+        help_text = meta.get("help", "")
+        default = field.default
+        shown = "unset" if default is None else ("on" if default is True else "off" if default is False else default)
+        help_text = (f"{help_text} (default: {shown})" if help_text else f"default: {shown}").replace("%", "%%")
+        flag = "--" + field.name.replace("_", "-")
+        if kind is bool:
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=field.name, type=kind, choices=meta.get("choices"), default=None,
+                                metavar=None if meta.get("choices") else field.name.upper(),
+                                help=help_text)
+
+
+def given(args: argparse.Namespace, config_class) -> dict:
+    """The fields the user set on the command line."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}

@@ -1,0 +1,95 @@
+"""SimCSEConfig: every setting of a SimCSE run, with its default and command-line help (the
+options of `fastcl simcse` are generated from it), and the paper's defaults per setting."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from ..engine import amp
+from ..engine.options import option
+from .model import POOLERS
+
+# The paper's settings for BERT-base.
+UNSUPERVISED_DEFAULTS = dict(batch_size=64, lr=3e-5, epochs=1, temperature=0.05)
+SUPERVISED_DEFAULTS = dict(batch_size=512, lr=5e-5, epochs=3, temperature=0.05)
+# Where a built-in model trains better away from the paper's unsupervised settings (measured by
+# benchmarks/simcse_quality.py; the runs and why: benchmarks/RESULTS.md, "Training quality").
+UNSUPERVISED_RECIPES = {
+    "minilm": dict(temperature=1.0),
+}
+
+
+@dataclass
+class SimCSEConfig:
+    """Settings of a SimCSE run (Gao, Yao and Chen 2021).
+
+    Fields left unset (None) take the paper's value for the kind of data: unsupervised
+    (sentences) or supervised (sent0, sent1[, hard_neg] rows); see `resolved`.
+    `fastcl simcse --help` lists every field.
+
+    Example::
+
+        from fastcl.simcse import SimCSEConfig, SimCSETrainer
+        SimCSETrainer(SimCSEConfig(model="minilm", train_file="builtin", out="runs/minilm")).train()
+    """
+
+    model: str = option("tiny", "minilm | tiny | a local folder | a hub name")
+    train_file: str = option("builtin", "builtin | sentences.txt (unsupervised) | pairs.csv with "
+                             "sent0,sent1[,hard_neg]")
+    out: str = option("runs/simcse", "output folder: the model (transformers and sentence-transformers "
+                      "loadable), metrics.jsonl, summary.json")
+    pooler: Optional[str] = option(None, "sentence embedding; unset: the checkpoint's own (sentence-transformers), "
+                                   "else cls", choices=POOLERS)
+    mlp_only_train: Optional[bool] = option(None, "cls pooler: use the MLP only in training; unset: on for "
+                                            "unsupervised, off for supervised")
+    temperature: Optional[float] = option(None, "InfoNCE temperature; unset: 0.05 (the paper), unsupervised from "
+                                          "minilm 1.0 (fastcl.simcse.UNSUPERVISED_RECIPES)")
+    max_length: int = option(32, "tokens per training sentence")
+    batch_size: Optional[int] = option(None, "global batch of sentences (pairs); unset: 64 unsupervised, "
+                                       "512 supervised")
+    lr: Optional[float] = option(None, "peak learning rate; unset: 3e-5 unsupervised, 5e-5 supervised")
+    epochs: Optional[int] = option(None, "training epochs; unset: 1 unsupervised, 3 supervised")
+    hard_negative_weight: float = option(0.0, "added to each sentence's own hard-negative logit")
+    weight_decay: float = option(0.0, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = option(0.0, "fraction of steps of linear warm-up, then linear decay to 0")
+    max_grad_norm: float = option(1.0, "gradient clipping norm (0: none)")
+    amp: str = option("none", "mixed precision of the forward", choices=tuple(amp.AMP_DTYPES))
+    dev_file: Optional[str] = option(None, "an STS file: evaluate every eval_steps and keep the best model")
+    eval_steps: int = option(125, "steps between dev evaluations (and saves)")
+    seed: int = option(42, "seed of the MLP, data order and dropout")
+    device: str = option("auto", "auto (CUDA when visible), cpu, cuda or cuda:N")
+    log_every: int = option(10, "steps between metrics.jsonl records")
+    max_steps: Optional[int] = option(None, "stop after this many steps in all")
+    progress: bool = option(True, "progress bar on stderr")
+
+    def validate(self) -> None:
+        if self.pooler is not None and self.pooler not in POOLERS:
+            raise ValueError(f"pooler must be one of {POOLERS}, got {self.pooler!r}")
+        if self.max_length <= 0:
+            raise ValueError(f"max_length must be > 0, got {self.max_length}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (a batch of one has no negatives), got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        amp.check(self.amp)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.eval_steps < 1:
+            raise ValueError(f"eval_steps must be >= 1, got {self.eval_steps}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+    def resolved(self, supervised: bool) -> "SimCSEConfig":
+        """This config with its unset fields filled: the paper's defaults for the kind of data,
+        and for unsupervised runs the model's recipe."""
+        defaults = SUPERVISED_DEFAULTS if supervised else {**UNSUPERVISED_DEFAULTS,
+                                                           **UNSUPERVISED_RECIPES.get(self.model, {})}
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})

@@ -1,0 +1,169 @@
+"""SimCSE training (Gao, Yao and Chen 2021) with fastcl.InfoNCELoss, on fastcl.engine.
+
+Unsupervised: each batch of sentences runs through the encoder twice in one forward (the batch
+duplicated), so dropout is the only augmentation; the two passes are positives, the rest of the
+batch negatives. Supervised: (sent0, sent1[, hard_neg]) rows; the hard negatives are appended to
+the keys, with `hard_negative_weight` added to each anchor's own hard-negative logit."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Optional
+
+import torch
+
+from ..engine import Trainer, TrainingDiverged, progress_bar
+from ..losses import InfoNCELoss
+from . import data, sts
+from .config import SimCSEConfig
+from .model import SimCSE, native_pooler
+
+
+class SimCSETrainer(Trainer):
+    """Trains a Hugging Face encoder with SimCSE on `config.train_file`.
+
+    With a dev file the model is evaluated every `eval_steps` and the best one (by dev Spearman)
+    is saved to OUT; without, the latest. Under torchrun each process takes a share of the global
+    batch and the loss sees every rank's embeddings (`gather_distributed`). `train()` returns the
+    summary (also OUT/summary.json).
+
+    Example::
+
+        trainer = SimCSETrainer(SimCSEConfig(model="minilm", out="runs/minilm", max_steps=100))
+        trainer.train()
+        fastcl.SimCSE.from_pretrained("runs/minilm").encode(["A sentence."])
+    """
+
+    def __init__(self, config: SimCSEConfig):
+        config.validate()
+        self.data = data.load_train_file(config.train_file)
+        # Read now: a bad dev file should stop the run before training, not at the first evaluation.
+        self.dev = sts.load_sts(config.dev_file) if config.dev_file is not None else None
+        self.cfg = cfg = config.resolved(self.data.supervised)
+        if len(self.data) < 2:
+            raise ValueError(f"train file {cfg.train_file!r} has {len(self.data)} row; need at least 2")
+        self.batch_size = min(cfg.batch_size, len(self.data))
+        super().__init__(out=cfg.out, device=cfg.device, seed=cfg.seed, amp=cfg.amp)
+        pooler = cfg.pooler or native_pooler(cfg.model) or "cls"
+        mlp_only_train = (not self.data.supervised) if cfg.mlp_only_train is None else cfg.mlp_only_train
+        self.model = SimCSE.from_pretrained(cfg.model, pooler=pooler, mlp_only_train=mlp_only_train,
+                                            max_length=cfg.max_length, seed=cfg.seed).to(self.device)
+        self.net = self.wrap(self.model)
+        self.criterion = InfoNCELoss(temperature=cfg.temperature, hard_negative_weight=cfg.hard_negative_weight,
+                                     gather_distributed=self.world > 1)
+        self.smallest_batch = max(2, self.world)  # one row has no negatives; every rank needs a row
+        if self.batch_size < self.smallest_batch:
+            raise ValueError(f"batch_size {self.batch_size} is below {self.smallest_batch}: each of the "
+                             f"{self.world} processes needs a row and the batch needs a negative")
+        full, rest = divmod(len(self.data), self.batch_size)
+        self.steps_per_epoch = full + (rest >= self.smallest_batch)  # a smaller last batch is skipped
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.optimizer, self.scheduler = self._optimizer()
+        self.global_step, self.best, self.saved_at = 0, None, -1
+
+    def _optimizer(self) -> tuple:
+        """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0 (the
+        transformers Trainer's schedule, which the SimCSE code uses)."""
+        cfg = self.cfg
+        named = list(self.model.named_parameters())
+        no_decay = [n.endswith("bias") or "LayerNorm" in n for n, _ in named]
+        optimizer = torch.optim.AdamW(
+            [dict(params=[p for (_, p), skip in zip(named, no_decay) if not skip], weight_decay=cfg.weight_decay),
+             dict(params=[p for (_, p), skip in zip(named, no_decay) if skip], weight_decay=0.0)], lr=cfg.lr)
+        warmup, total = int(cfg.warmup_ratio * self.total_steps), self.total_steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
+            else max(0.0, (total - step) / max(1, total - warmup)))
+        return optimizer, scheduler
+
+    def _batch(self, rows: list) -> dict:
+        """Tokenised sentences of a batch: anchors twice (unsupervised) or anchors, positives and
+        hard negatives, stacked so that one forward embeds them all."""
+        d = self.data
+        groups = [[d.anchors[i] for i in rows]]
+        groups.append([d.positives[i] for i in rows] if d.supervised else groups[0])
+        if d.hard_negatives is not None:
+            groups.append([d.hard_negatives[i] for i in rows])
+        tokens = self.model.tokenize([s for group in groups for s in group])
+        return {k: v.to(self.device, non_blocking=True) for k, v in tokens.items()}
+
+    def _step(self, rows: list) -> float:
+        n = len(rows)
+        batch = self._batch(rows)
+        with self.autocast():
+            z = self.net(**batch)
+        z = z.float()
+        negatives = z[2 * n:] if z.shape[0] > 2 * n else None
+        loss = self.criterion(z[:n], z[n:2 * n], negative_keys=negatives)
+        value = self.mean_loss(loss, lambda bad: (
+            f"the SimCSE loss became {bad} at step {self.global_step + 1}; lower the learning rate or use bf16 "
+            f"instead of fp16; the last saved model in {self.cfg.out} (if any) is kept"))
+        self.optimizer_step(loss, self.optimizer, self.scheduler, clip=self.model.parameters(),
+                            max_grad_norm=self.cfg.max_grad_norm)
+        return value
+
+    def evaluate_dev(self) -> Optional[float]:
+        if self.dev is None:
+            return None
+        return sts.evaluate_pairs(self.model, self.dev)["spearman"]
+
+    def _checkpoint(self) -> None:
+        """With a dev set, keep the best model by dev Spearman; without, the latest. Rank 0 only:
+        the ranks hold identical models."""
+        if not self.is_main or self.saved_at == self.global_step:
+            return
+        self.saved_at = self.global_step
+        score = self.evaluate_dev()
+        if score is not None:
+            self.metrics.log(kind="eval", step=self.global_step, dev_spearman=score)
+            if not math.isfinite(score) or (self.best is not None and score <= self.best):
+                return  # a NaN score (constant embeddings) never replaces a real best
+            self.best = score
+        self.model.save_pretrained(self.cfg.out)
+
+    def _batches(self, generator: torch.Generator):
+        """(epoch, this rank's rows) of each step, in the order a one-process run would see them."""
+        for epoch in range(self.cfg.epochs):
+            order = torch.randperm(len(self.data), generator=generator).tolist()
+            for first in range(0, len(order), self.batch_size):
+                batch = order[first:first + self.batch_size]
+                if len(batch) >= self.smallest_batch:
+                    yield epoch, len(batch), torch.tensor(batch).tensor_split(self.world)[self.rank].tolist()
+
+    def train(self) -> dict:
+        """Runs to `epochs` (or `max_steps`), saves, and returns the summary."""
+        cfg, start, losses = self.cfg, time.perf_counter(), []
+        generator = torch.Generator().manual_seed(cfg.seed)
+        tick, seen = time.perf_counter(), 0
+        self.model.train()
+        self.model.head_trained = True
+        with progress_bar(self.total_steps, cfg.progress and self.is_main) as bar:
+            for epoch, size, rows in self._batches(generator):
+                loss = self._step(rows)
+                losses.append(loss)
+                self.global_step += 1
+                seen += size
+                rate = seen / max(time.perf_counter() - tick, 1e-9)
+                lr = self.scheduler.get_last_lr()[0]
+                bar.set_postfix_str(f"epoch {epoch + 1} loss {loss:.4f} lr {lr:.3g} {rate:,.0f} sent/s",
+                                    refresh=False)
+                bar.update()
+                if self.global_step % cfg.log_every == 0:
+                    self.metrics.log(kind="step", step=self.global_step, epoch=epoch, loss=loss, lr=lr,
+                                     sentences_per_s=rate)
+                if self.global_step % cfg.eval_steps == 0:
+                    self._checkpoint()
+                if self.global_step >= self.total_steps:
+                    break
+        self._checkpoint()
+        return self.write_summary(dict(
+            steps=self.global_step, final_loss=losses[-1] if losses else None, best_dev_spearman=self.best,
+            seconds=time.perf_counter() - start, model=cfg.out, supervised=self.data.supervised,
+            pooler=self.model.pooler, world_size=self.world, config=dataclasses.asdict(cfg)))
+
+
+__all__ = ["SimCSETrainer", "TrainingDiverged"]

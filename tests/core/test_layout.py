@@ -1,0 +1,97 @@
+"""The package's shape: no import cycles, sibling methods independent, test oracles out of the
+product path, modules of a readable size."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "fastcl"
+MAX_LINES = 400
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """fastcl modules `name` imports anywhere in its file (function-level imports count too)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "fastcl"}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            if base.split(".")[0] != "fastcl":
+                continue
+            for alias in node.names:  # `from pkg import module` imports the module
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base)
+    return found - {name}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, set(modules)) for name, path in modules.items()}
+
+
+def test_the_parser_sees_imports():
+    graph = _graph()
+    assert "fastcl.engine" in graph["fastcl.simclr.trainer"]
+    assert "fastcl.simclr.digits" in graph["fastcl.simclr.data"]
+    assert "fastcl.augment" in graph["fastcl.reference"]
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_methods_are_siblings():
+    """simclr and simcse share fastcl's core and engine, never each other."""
+    for name, deps in _graph().items():
+        for a, b in (("simclr", "simcse"), ("simcse", "simclr")):
+            if name.startswith(f"fastcl.{a}"):
+                assert not any(d.startswith(f"fastcl.{b}") for d in deps), f"{name} imports {b}"
+        if name.startswith("fastcl.engine"):
+            assert not any(d.startswith(("fastcl.simclr", "fastcl.simcse")) for d in deps), name
+
+
+def test_the_product_path_never_imports_the_test_oracles():
+    importers = [name for name, deps in _graph().items() if "fastcl.reference" in deps]
+    assert importers == []
+    code = ("import sys, torch, fastcl, fastcl.simclr.demo, fastcl.bench.speed, fastcl.__main__\n"
+            "a, b = torch.randn(2, 8, 4).unbind()\n"
+            "fastcl.NTXentLoss()(a, b); fastcl.info_nce(a, b, impl='torch')\n"
+            "print('fastcl.reference' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "False"
+
+
+def test_modules_stay_readable():
+    long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"modules over {MAX_LINES} lines: {long}"
