@@ -10,12 +10,13 @@ PyTorch, CPU and CUDA, with SimCLR and SimCSE trainers built on them.
 from . import augment, functional, ops
 from ._extension import build_info, has_cuda_ops, has_ops
 from .augment import AugmentParams, SimCLRAugment
+from .engine.grad_cache import GradCache, grad_cache
 from .functional import info_nce, nt_xent
 from .losses import InfoNCELoss, NTXentLoss
 from .simclr import SimCLRConfig, SimCLRTrainer
 from .simcse import SimCSE, SimCSEConfig, SimCSETrainer  # transformers is imported only when a model loads
 from .version import __version__
 
-__all__ = ["AugmentParams", "InfoNCELoss", "NTXentLoss", "SimCLRAugment", "SimCLRConfig", "SimCLRTrainer", "SimCSE",
+__all__ = ["AugmentParams", "GradCache", "InfoNCELoss", "NTXentLoss", "SimCLRAugment", "SimCLRConfig", "SimCLRTrainer", "SimCSE",
            "SimCSEConfig", "SimCSETrainer", "augment", "build_info", "functional", "has_cuda_ops", "has_ops",
-           "info_nce", "nt_xent", "ops", "__version__"]
+           "grad_cache", "info_nce", "nt_xent", "ops", "__version__"]

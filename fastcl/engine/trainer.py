@@ -7,12 +7,15 @@ update, schedule), the divergence stop and the summary file. A method's trainer 
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Mapping
 from typing import Callable, Iterable, Optional
 
 import torch
 
 from .. import distributed
 from . import amp as amp_lib
+from .grad_cache import GradCache
 from .metrics import MetricsLog, write_summary
 
 
@@ -56,12 +59,37 @@ class Trainer:
             raise TrainingDiverged(diverged(float(value)))
         return float(value)
 
+    def chunking(self, chunk_size: Optional[int], rows: int) -> Optional[int]:
+        """The chunk size a step uses: None (one shot) when unset or when one chunk holds all
+        `rows` encoder inputs of this process's step, which is said once."""
+        if chunk_size is not None and chunk_size >= rows:
+            warnings.warn(f"chunk_size {chunk_size} >= the {rows} encoder inputs of a step on this process: every "
+                          "step runs in one shot (no gradient caching)", stacklevel=3)
+            return None
+        return chunk_size
+
+    def embed_and_loss(self, inputs, forward: Callable, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                       chunk_size: Optional[int]) -> tuple[torch.Tensor, Optional[GradCache]]:
+        """(loss, cache): loss_fn of the embeddings of `inputs` under autocast. With chunk_size,
+        the encoder runs in chunks without a graph (GradCache) and `cache` does the backward;
+        without, the loss holds the graph and cache is None."""
+        if chunk_size is None:
+            with self.autocast():
+                z = forward(**inputs) if isinstance(inputs, Mapping) else forward(inputs)
+            return loss_fn(z), None
+        cache = GradCache(self.net, chunk_size, forward=forward, autocast=self.autocast)
+        return loss_fn(cache.embed(inputs)), cache
+
     def optimizer_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler,
-                       clip: Optional[Iterable[torch.nn.Parameter]] = None, max_grad_norm: float = 0.0) -> None:
-        """Backward through the scaler, optional gradient clipping of `clip` to `max_grad_norm`,
-        the optimiser step and one scheduler step."""
+                       clip: Optional[Iterable[torch.nn.Parameter]] = None, max_grad_norm: float = 0.0,
+                       cache: Optional[GradCache] = None) -> None:
+        """Backward through the scaler (chunk by chunk when `cache` embedded the batch), optional
+        gradient clipping of `clip` to `max_grad_norm`, the optimiser step and one scheduler step."""
         optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        if cache is not None:
+            cache.backward(loss, scaler=self.scaler)
+        else:
+            self.scaler.scale(loss).backward()
         if clip is not None and max_grad_norm > 0:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(clip, max_grad_norm)

@@ -58,6 +58,9 @@ class SimCLRConfig:
     device: str = option("auto", "auto (CUDA when visible), cpu, cuda or cuda:N")
     resume: bool = option(False, "continue from OUT/last.pt")
     sync_bn: bool = option(False, "under torchrun: batch-norm statistics over the global batch (global BN)")
+    chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many views at a time, any "
+                                       "batch size in fixed activation memory (batch norm then normalises per "
+                                       "chunk); unset: the whole batch at once")
 
     def validate(self) -> None:
         if self.batch_size < 2:
@@ -75,6 +78,8 @@ class SimCLRConfig:
             raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
         if not 0 <= self.flip_p <= 1:
             raise ValueError(f"flip_p must be in [0, 1], got {self.flip_p}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 (views per encoder call), got {self.chunk_size}")
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
 

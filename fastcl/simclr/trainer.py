@@ -55,6 +55,7 @@ class SimCLRTrainer(Trainer):
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.net = self.wrap(self.model)
+        self.chunk_size = self.chunking(cfg.chunk_size, 2 * cfg.batch_size // self.world)
         self.augment = SimCLRAugment(cfg.size, scale=(cfg.crop_min, 1.0), flip_p=cfg.flip_p,
                                      strength=cfg.strength, blur_p=cfg.blur_p, channels_last=cfg.channels_last)
         self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=self.world > 1)
@@ -107,14 +108,14 @@ class SimCLRTrainer(Trainer):
     def _step(self, images: torch.Tensor) -> float:
         images = images.to(self.device, non_blocking=True)
         v1, v2 = self._views(images)
-        with self.autocast():
-            z = self.net(torch.cat([v1, v2]))
-        loss = self.criterion(z[:images.shape[0]], z[images.shape[0]:])
+        n = images.shape[0]
+        loss, cache = self.embed_and_loss(torch.cat([v1, v2]), self.net, lambda z: self.criterion(z[:n], z[n:]),
+                                          self.chunk_size)
         value = self.mean_loss(loss, lambda bad: (
             f"the loss became {bad} at step {self.global_step + 1} (epoch {self.epoch}); training stopped and the "
             f"last good checkpoint {self.checkpoint_path} is kept. Lower the learning rate or use bf16 instead "
             "of fp16."))
-        self.optimizer_step(loss, self.optimizer, self.scheduler)
+        self.optimizer_step(loss, self.optimizer, self.scheduler, cache=cache)
         return value
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,8 @@ class SimCSEConfig:
     log_every: int = option(10, "steps between metrics.jsonl records")
     max_steps: Optional[int] = option(None, "stop after this many steps in all")
     progress: bool = option(True, "progress bar on stderr")
+    chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many sentences at a time, any "
+                                       "batch size in fixed activation memory; unset: the whole batch at once")
 
     def validate(self) -> None:
         if self.pooler is not None and self.pooler not in POOLERS:
@@ -84,6 +86,8 @@ class SimCSEConfig:
             raise ValueError(f"eval_steps must be >= 1, got {self.eval_steps}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 (sentences per encoder call), got {self.chunk_size}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 

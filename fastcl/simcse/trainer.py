@@ -63,6 +63,8 @@ class SimCSETrainer(Trainer):
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.optimizer, self.scheduler = self._optimizer()
+        groups = 3 if self.data.hard_negatives is not None else 2  # encoder inputs per row of a batch
+        self.chunk_size = self.chunking(cfg.chunk_size, groups * -(-self.batch_size // self.world))
         self.global_step, self.best, self.saved_at = 0, None, -1
 
     def _optimizer(self) -> tuple:
@@ -93,17 +95,16 @@ class SimCSETrainer(Trainer):
 
     def _step(self, rows: list) -> float:
         n = len(rows)
-        batch = self._batch(rows)
-        with self.autocast():
-            z = self.net(**batch)
-        z = z.float()
-        negatives = z[2 * n:] if z.shape[0] > 2 * n else None
-        loss = self.criterion(z[:n], z[n:2 * n], negative_keys=negatives)
+        def loss_fn(z):
+            z = z.float()
+            return self.criterion(z[:n], z[n:2 * n], negative_keys=z[2 * n:] if z.shape[0] > 2 * n else None)
+
+        loss, cache = self.embed_and_loss(self._batch(rows), self.net, loss_fn, self.chunk_size)
         value = self.mean_loss(loss, lambda bad: (
             f"the SimCSE loss became {bad} at step {self.global_step + 1}; lower the learning rate or use bf16 "
             f"instead of fp16; the last saved model in {self.cfg.out} (if any) is kept"))
         self.optimizer_step(loss, self.optimizer, self.scheduler, clip=self.model.parameters(),
-                            max_grad_norm=self.cfg.max_grad_norm)
+                            max_grad_norm=self.cfg.max_grad_norm, cache=cache)
         return value
 
     def evaluate_dev(self) -> Optional[float]:

@@ -79,6 +79,14 @@ def _worker(rank, world, sizes, init_file, out_dir):
         loss = _loss(case, ddp, x, y, gather=True)
         loss.backward()
         results[case] = (float(loss.detach()), _grads(model))
+    # Gradient caching under DDP: two views per sample, two encoder rows per chunk; only the last
+    # chunk's backward synchronises, and the result must still be the global batch's gradient.
+    ddp.zero_grad()
+    cache = fastcl.GradCache(ddp, 2, forward=lambda rows: ddp(rows)[0])
+    z = cache.embed(x[:, :2].reshape(-1, D_IN)).reshape(-1, 2, D)
+    loss = fastcl.NTXentLoss(0.3, gather_distributed=True)(z[:, 0], z[:, 1])
+    cache.backward(loss)
+    results["ntxent_grad_cache"] = (float(loss.detach()), _grads(model))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _loss("ntxent", model, x, y, gather=False)
@@ -116,6 +124,12 @@ def test_ddp_gradients_equal_the_global_batch(tmp_path, sizes):
             assert got.keys() == want.keys(), case
             for name in want:
                 torch.testing.assert_close(got[name], want[name], rtol=1e-9, atol=1e-12, msg=f"{case}: {name}")
+            if case == "ntxent":  # the same loss with the encoder run in chunks (GradCache)
+                cached_mean = sum(q["ntxent_grad_cache"][0] for q in ranks) / world
+                assert cached_mean == pytest.approx(float(loss), rel=1e-10, abs=1e-12)
+                for name in want:
+                    torch.testing.assert_close(r["ntxent_grad_cache"][1][name], want[name], rtol=1e-9, atol=1e-12,
+                                               msg=f"grad cache: {name}")
     # Without gathering, a live process group earns one warning per process, not one per call.
     assert all(len(r["warnings"]) == 1 for r in ranks)
     assert all("one hard negative per query on every rank" in r.get("hard_negative_error", "") for r in ranks)
