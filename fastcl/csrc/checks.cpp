@@ -7,11 +7,14 @@
 #include <cstdlib>
 
 namespace fastcl {
+namespace {
 
-static void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
+void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
   TORCH_CHECK_VALUE(t.device() == ref.device(), "fastcl: ", name, " is on ", t.device(),
                     " but q is on ", ref.device());
 }
+
+}  // namespace
 
 ContrastiveSizes check_contrastive_args(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,

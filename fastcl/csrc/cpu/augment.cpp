@@ -12,14 +12,15 @@
 #include <type_traits>
 #include <vector>
 
-#include "../checks.h"
-#include "../common/augment_math.h"
-#include "clones.h"
+#include "checks.h"
+#include "common/augment_math.h"
+#include "cpu/clones.h"
 
-namespace fastcl {
+namespace fastcl::cpu {
+
+using namespace math;
+
 namespace {
-
-using namespace aug;
 
 // A source image as the kernel reads it: element (c, y, x) at base + c*sc + y*sy + x*sx.
 struct Source {
@@ -370,4 +371,4 @@ at::Tensor augment_cpu(at::TensorList images, const at::Tensor& source_index, co
 
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) { m.impl("augment", &augment_cpu); }
 
-}  // namespace fastcl
+}  // namespace fastcl::cpu

@@ -32,13 +32,13 @@
 #include "checks.h"
 #include "common/augment_math.h"
 #include "common/rn_scalar.h"
-#include "device_api.cuh"
+#include "cuda/device_api.cuh"
 
-namespace fastcl {
-namespace gpu_augment {
+namespace fastcl::gpu {
+
+using namespace math;
+
 namespace {
-
-using namespace aug;
 
 constexpr int kThreads = 256;
 constexpr int64_t kSmemWorkBytes = 48 * 1024;  // the largest work image kept in shared memory
@@ -246,7 +246,7 @@ struct Finisher {
   const float* inv_std;
 
   __device__ void operator()(float v, int c, int y, int x) const {
-    if (solarize) v = aug::solarize(v, u8 ? 128.0f : 0.5f, u8 ? 255.0f : 1.0f);
+    if (solarize) v = math::solarize(v, u8 ? 128.0f : 0.5f, u8 ? 255.0f : 1.0f);
     if (u8) v = mul_rn(v, 1.0f / 255.0f);
     v = mul_rn(v - mean[c], inv_std[c]);  // the CPU multiplies by 1 / std as well
     const int64_t off = base + c * sc + y * sy + x * sx;
@@ -515,8 +515,7 @@ at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, c
 }
 
 }  // namespace
-}  // namespace gpu_augment
 
-FASTCL_CUDA_KERNELS(m) { m.impl("augment", &gpu_augment::augment_cuda); }
+FASTCL_CUDA_KERNELS(m) { m.impl("augment", &augment_cuda); }
 
-}  // namespace fastcl
+}  // namespace fastcl::gpu

@@ -26,12 +26,14 @@
 #include "checks.h"
 #include "common/contrastive_math.h"
 #include "common/online_lse.h"
-#include "device_api.cuh"
+#include "cuda/device_api.cuh"
+#include "cuda/tile_math.cuh"
 #include "normalise.h"
-#include "tile_math.cuh"
 
-namespace fastcl {
-namespace gpu {
+namespace fastcl::gpu {
+
+using namespace math;
+
 namespace {
 
 constexpr int kMaxExp = 100;  // bound on the fp16 staging scale 2^e, so 2^e and 2^-e are normal floats
@@ -788,11 +790,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
 }
 
 }  // namespace
-}  // namespace gpu
 
 FASTCL_CUDA_KERNELS(m) {
-  m.impl("contrastive_forward", &gpu::contrastive_forward_cuda);
-  m.impl("contrastive_backward", &gpu::contrastive_backward_cuda);
+  m.impl("contrastive_forward", &contrastive_forward_cuda);
+  m.impl("contrastive_backward", &contrastive_backward_cuda);
 }
 
-}  // namespace fastcl
+}  // namespace fastcl::gpu
