@@ -6,12 +6,17 @@
 #include <algorithm>
 #include <cstdlib>
 
-namespace fastcl {
+#include "common/augment_math.h"
 
-static void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
+namespace fastcl {
+namespace {
+
+void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* name) {
   TORCH_CHECK_VALUE(t.device() == ref.device(), "fastcl: ", name, " is on ", t.device(),
                     " but q is on ", ref.device());
 }
+
+}  // namespace
 
 ContrastiveSizes check_contrastive_args(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
@@ -125,6 +130,25 @@ AugmentSizes check_augment_args(at::TensorList images, const at::Tensor& source_
                        out_dtype == at::kDouble,
                    "fastcl.augment: out_dtype must be float32, float16, bfloat16 or float64, got ", out_dtype);
   return s;
+}
+
+void check_augment_rows(at::TensorList images, const AugmentSizes& s, const at::Tensor& source_index,
+                        const at::Tensor& params) {
+  TORCH_INTERNAL_ASSERT(source_index.is_cpu() && params.is_cpu(), "check_augment_rows reads host tensors");
+  const at::Tensor index_c = source_index.contiguous(), params_c = params.contiguous();
+  const int64_t* idx = index_c.data_ptr<int64_t>();
+  for (int64_t p = 0; p < s.P; ++p) {
+    TORCH_CHECK_VALUE(idx[p] >= 0 && idx[p] < s.count, "fastcl.augment: source_index ", idx[p], " out of range");
+  }
+  for (int64_t p = 0; p < s.P; ++p) {
+    const float* row = params_c.data_ptr<float>() + p * params_c.size(1);
+    const at::Tensor& img = images[s.batched ? 0 : idx[p]];
+    const int64_t H = img.size(-2), W = img.size(-1);
+    using namespace math;
+    TORCH_CHECK_VALUE(row[kTop] >= 0 && row[kLeft] >= 0 && row[kHeight] >= 1 && row[kWidth] >= 1 &&
+                          row[kTop] + row[kHeight] <= H && row[kLeft] + row[kWidth] <= W,
+                      "fastcl.augment: crop box of sample ", p, " lies outside its ", H, "x", W, " image");
+  }
 }
 
 void check_cuda_capability(int major, int minor) {

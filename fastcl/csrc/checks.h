@@ -36,11 +36,18 @@ struct AugmentSizes {
 
 // Everything both augment kernels require: image ranks, dtypes, channels and sizes, one device
 // for all tensors, params and source_index shapes, mean/std lengths, size, blur kernel and
-// out_dtype ranges. (Source indices and crop boxes are checked where they are read.)
+// out_dtype ranges. (The values in source_index and params: check_augment_rows.)
 AugmentSizes check_augment_args(at::TensorList images, const at::Tensor& source_index, const at::Tensor& params,
                                 int64_t size, int64_t blur_kernel, const c10::optional<at::Tensor>& mean,
                                 const c10::optional<at::Tensor>& std_, at::ScalarType out_dtype,
                                 int64_t num_params);
+
+// The values of host-side source_index and params, after check_augment_args: every index names
+// an image and every crop box lies inside its image. The CPU op calls it; the CUDA op does not,
+// since reading them would stall the host on the device, and its kernel clamps both into range
+// instead (Python validates both before either op runs).
+void check_augment_rows(at::TensorList images, const AugmentSizes& s, const at::Tensor& source_index,
+                        const at::Tensor& params);
 
 // Launch limits of the CUDA kernels, with their messages.
 void check_cuda_capability(int major, int minor);

@@ -18,7 +18,7 @@ inline Normalised normalise_rows(const at::Tensor& x, at::ScalarType acc, bool n
   out.rows = x.detach().to(acc).contiguous();  // detached: the ATen calls below see no autograd history
   if (normalize) {
     out.norms = out.rows.norm(2, {1});
-    out.rows = out.rows / out.norms.clamp_min(kNormEps).unsqueeze(1);
+    out.rows = out.rows / out.norms.clamp_min(math::kNormEps).unsqueeze(1);
   }
   return out;
 }
@@ -28,8 +28,8 @@ inline at::Tensor normalise_backward(const at::Tensor& grad_n, const Normalised&
   if (!normalize) return grad_n;
   const at::Tensor radial = (grad_n * n.rows).sum(1, /*keepdim=*/true);
   const at::Tensor norms = n.norms.unsqueeze(1);
-  const at::Tensor projected = (grad_n - radial * n.rows) / norms.clamp_min(kNormEps);
-  return at::where(norms >= kNormEps, projected, grad_n / kNormEps);
+  const at::Tensor projected = (grad_n - radial * n.rows) / norms.clamp_min(math::kNormEps);
+  return at::where(norms >= math::kNormEps, projected, grad_n / math::kNormEps);
 }
 
 }  // namespace fastcl

@@ -3,8 +3,7 @@
 // the CUDA sources run by the CPU simulator of csrc/sim.
 #pragma once
 
-namespace fastcl {
-namespace schema {
+namespace fastcl::schema {
 
 // The general contrastive core; csrc/README.md states its exact semantics.
 // Rows q (M, D) against columns k (L, D) -> per-row loss, log-sum-exp, positive count.
@@ -23,5 +22,4 @@ constexpr const char* kAugment =
     "augment(Tensor[] images, Tensor source_index, Tensor params, int size, int blur_kernel, "
     "Tensor? mean, Tensor? std, ScalarType out_dtype, bool channels_last) -> Tensor";
 
-}  // namespace schema
-}  // namespace fastcl
+}  // namespace fastcl::schema

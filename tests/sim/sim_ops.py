@@ -18,7 +18,8 @@ import sim_build
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "fastcl" / "csrc"
-SOURCES = [CSRC / "cuda" / "contrastive.cu", CSRC / "cuda" / "augment.cu", CSRC / "checks.cpp",
+# Every CUDA source, as fastcl/_build.py globs them for nvcc, so a new .cu is simulated too.
+SOURCES = [*sorted((CSRC / "cuda").glob("*.cu")), CSRC / "checks.cpp",
            ROOT / "tests" / "sim" / "sim_kernels" / "fastcl_sim_ops.cpp"]
 OPS = ("contrastive_forward", "contrastive_backward", "augment")
 CALLS = {name: 0 for name in OPS}  # simulated calls so far, so tests can tell the route was taken

@@ -9,10 +9,9 @@
 #include <cmath>
 #include <cstdint>
 
-#include "macros.h"
+#include "common/macros.h"
 
-namespace fastcl {
-namespace aug {
+namespace fastcl::math {
 
 // Recipe steps a colour-jitter order refers to (ColorJitter's fn_idx).
 enum JitterOp : int { kBrightness = 0, kContrast = 1, kSaturation = 2, kHue = 3 };
@@ -231,5 +230,4 @@ FASTCL_HD int64_t reflect_index(int64_t x, int64_t n) {
   return x < n ? x : period - x;
 }
 
-}  // namespace aug
-}  // namespace fastcl
+}  // namespace fastcl::math

@@ -3,9 +3,9 @@
 #pragma once
 #include <cstdint>
 
-#include "macros.h"
+#include "common/macros.h"
 
-namespace fastcl {
+namespace fastcl::math {
 
 // Column j is the anchor itself (row i, shifted into column space by row_offset).
 FASTCL_HD bool is_self(int64_t i, int64_t j, int64_t row_offset, bool exclude_self) {
@@ -27,4 +27,4 @@ FASTCL_HD bool bias_applies(const int64_t* owner, int64_t j, int64_t row_label) 
 // wider, so it survives fp16 inputs.
 constexpr double kNormEps = 1e-12;
 
-}  // namespace fastcl
+}  // namespace fastcl::math

@@ -6,9 +6,9 @@
 #include <cstdint>
 #include <cstring>
 
-#include "macros.h"
+#include "common/macros.h"
 
-namespace fastcl {
+namespace fastcl::math {
 
 FASTCL_HD float fast_expf(float x) {
   const float lo = -87.3365447505531f, hi = 88.3762626647949f;
@@ -29,4 +29,4 @@ FASTCL_HD float fast_expf(float x) {
   return x < lo ? 0.0f : y * scale;
 }
 
-}  // namespace fastcl
+}  // namespace fastcl::math

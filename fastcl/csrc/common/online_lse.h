@@ -4,9 +4,9 @@
 #include <cmath>
 #include <limits>
 
-#include "macros.h"
+#include "common/macros.h"
 
-namespace fastcl {
+namespace fastcl::math {
 
 template <typename T>
 FASTCL_HD T neg_inf() {
@@ -53,4 +53,4 @@ struct OnlineLSE {
   FASTCL_HD T value() const { return m == neg_inf<T>() ? m : m + log_of(l); }
 };
 
-}  // namespace fastcl
+}  // namespace fastcl::math

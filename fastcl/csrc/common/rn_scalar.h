@@ -8,10 +8,9 @@
 #pragma once
 #include <cstdint>
 
-#include "macros.h"
+#include "common/macros.h"
 
-namespace fastcl {
-namespace aug {
+namespace fastcl::math {
 
 template <typename T>
 struct RnScalar {
@@ -63,5 +62,4 @@ struct RnScalar {
   FASTCL_HD friend bool operator!=(RnScalar a, RnScalar b) { return a.v != b.v; }
 };
 
-}  // namespace aug
-}  // namespace fastcl
+}  // namespace fastcl::math

@@ -12,14 +12,15 @@
 #include <type_traits>
 #include <vector>
 
-#include "../checks.h"
-#include "../common/augment_math.h"
-#include "clones.h"
+#include "checks.h"
+#include "common/augment_math.h"
+#include "cpu/clones.h"
 
-namespace fastcl {
+namespace fastcl::cpu {
+
+using namespace math;
+
 namespace {
-
-using namespace aug;
 
 // A source image as the kernel reads it: element (c, y, x) at base + c*sc + y*sy + x*sx.
 struct Source {
@@ -324,12 +325,10 @@ at::Tensor augment_cpu(at::TensorList images, const at::Tensor& source_index, co
   const AugmentSizes sz = check_augment_args(images, source_index, params, size, blur_kernel, mean, std_, out_dtype,
                                              kNumParams);
   const bool batched = sz.batched;
-  const int64_t count = sz.count, C = sz.C, P = sz.P;
+  const int64_t C = sz.C, P = sz.P;
   const at::Tensor prm = params.contiguous(), src_idx = source_index.contiguous();
+  check_augment_rows(images, sz, src_idx, prm);
   const int64_t* idx = src_idx.data_ptr<int64_t>();
-  for (int64_t p = 0; p < P; ++p) {
-    TORCH_CHECK_VALUE(idx[p] >= 0 && idx[p] < count, "fastcl.augment: source_index ", idx[p], " out of range");
-  }
   at::Tensor mean_c, std_c;
   if (mean.has_value()) mean_c = mean->to(at::kFloat).contiguous();
   if (std_.has_value()) std_c = std_->to(at::kFloat).contiguous();
@@ -346,9 +345,6 @@ at::Tensor augment_cpu(at::TensorList images, const at::Tensor& source_index, co
       const float* row = prm.data_ptr<float>() + p * kNumParams;
       const Source src = source_of(images, batched, idx[p]);
       const bool u8 = src.u8;
-      TORCH_CHECK_VALUE(row[kTop] >= 0 && row[kLeft] >= 0 && row[kHeight] >= 1 && row[kWidth] >= 1 &&
-                            row[kTop] + row[kHeight] <= src.H && row[kLeft] + row[kWidth] <= src.W,
-                        "fastcl.augment: crop box of sample ", p, " lies outside its ", src.H, "x", src.W, " image");
       resized_crop(src, row, S, u8, sc);
       float* buf = sc.image.data();
       if (row[kJitter] != 0.0f) jitter(buf, C, n, row, u8);
@@ -370,4 +366,4 @@ at::Tensor augment_cpu(at::TensorList images, const at::Tensor& source_index, co
 
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) { m.impl("augment", &augment_cpu); }
 
-}  // namespace fastcl
+}  // namespace fastcl::cpu

@@ -18,15 +18,18 @@
 #include <string>
 #include <vector>
 
-#include "../build_info.h"
-#include "../checks.h"
-#include "../common/contrastive_math.h"
-#include "../common/online_lse.h"
-#include "problem.h"
-#include "row_kernels.h"
-#include "self_similarity.h"
+#include "build_info.h"
+#include "checks.h"
+#include "common/contrastive_math.h"
+#include "common/online_lse.h"
+#include "cpu/problem.h"
+#include "cpu/row_kernels.h"
+#include "cpu/self_similarity.h"
 
-namespace fastcl {
+namespace fastcl::cpu {
+
+using namespace math;
+
 namespace {
 
 int64_t row_block_size(int64_t M) {
@@ -279,11 +282,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
 
 }  // namespace
 
-std::string cpu_isa() { return row_kernels_isa(); }
-
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) {
   m.impl("contrastive_forward", &contrastive_forward_cpu);
   m.impl("contrastive_backward", &contrastive_backward_cpu);
 }
+
+}  // namespace fastcl::cpu
+
+namespace fastcl {
+
+std::string cpu_isa() { return cpu::row_kernels_isa(); }
 
 }  // namespace fastcl

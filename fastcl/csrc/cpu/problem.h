@@ -1,16 +1,16 @@
 // What the CPU contrastive kernels share: the problem description and the per-row logit rules
-// (the normalisation pre-pass and epilogue are in ../normalise.h, shared with the CUDA host code).
+// (the normalisation pre-pass and epilogue are in normalise.h, shared with the CUDA host code).
 #pragma once
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstdlib>
 
-#include "../common/contrastive_math.h"
-#include "../common/online_lse.h"
-#include "../normalise.h"
+#include "common/contrastive_math.h"
+#include "common/online_lse.h"
+#include "normalise.h"
 
-namespace fastcl {
+namespace fastcl::cpu {
 
 constexpr int64_t kColTile = 256;               // columns per GEMM tile: a 256 x 256 fp32 tile is 256 KiB
 constexpr int64_t kMaxRowBlock = 256;
@@ -41,12 +41,12 @@ inline void finish_logits(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_
   if (p.bias != nullptr) {
     const int64_t label = p.row_labels[i];
     for (int64_t j = 0; j < bc; ++j) {
-      if (bias_applies(p.bias_owner, c0 + j, label)) s[j] += p.bias[c0 + j];
+      if (math::bias_applies(p.bias_owner, c0 + j, label)) s[j] += p.bias[c0 + j];
     }
   }
   if (p.exclude_self) {
     const int64_t self = i + p.row_offset - c0;
-    if (self >= 0 && self < bc) s[self] = neg_inf<acc_t>();
+    if (self >= 0 && self < bc) s[self] = math::neg_inf<acc_t>();
   }
 }
 
@@ -59,7 +59,7 @@ inline acc_t positive_sum(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_
   const int64_t* cl = p.col_labels + c0;
   acc_t sum = 0, n = 0;
   for (int64_t j = 0; j < bc; ++j) {
-    if (j != self && is_positive(label, cl[j])) {
+    if (j != self && math::is_positive(label, cl[j])) {
       sum += v[j];
       n += 1;
     }
@@ -72,4 +72,4 @@ inline at::Tensor tile_view(at::Tensor& buffer, int64_t rows, int64_t cols) {
   return buffer.narrow(0, 0, rows * cols).view({rows, cols});
 }
 
-}  // namespace fastcl
+}  // namespace fastcl::cpu

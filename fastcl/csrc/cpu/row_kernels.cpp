@@ -1,20 +1,21 @@
 // Row loops of the CPU contrastive kernels. Reductions keep kLanes independent partial
 // results so the compiler can vectorise them without -ffast-math, and so the summation
 // order (hence the result) is fixed.
-#include "row_kernels.h"
+#include "cpu/row_kernels.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
-#include "../common/fast_exp.h"
+#include "common/fast_exp.h"
+#include "cpu/clones.h"
 
-#include "clones.h"
-
-namespace fastcl {
+namespace fastcl::cpu {
 namespace {
+
 constexpr int64_t kLanes = 16;
-}
+
+}  // namespace
 
 FASTCL_CLONES void scale_in_place(float* s, int64_t n, float scale) {
   for (int64_t j = 0; j < n; ++j) s[j] *= scale;
@@ -47,9 +48,9 @@ FASTCL_CLONES float sum_exp_shifted(const float* s, int64_t n, float m) {
   float lane[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
-    for (int64_t u = 0; u < kLanes; ++u) lane[u] += fast_expf(s[j + u] - m);
+    for (int64_t u = 0; u < kLanes; ++u) lane[u] += math::fast_expf(s[j + u] - m);
   }
-  for (; j < n; ++j) lane[0] += fast_expf(s[j] - m);
+  for (; j < n; ++j) lane[0] += math::fast_expf(s[j] - m);
   float total = 0;
   for (int64_t u = 0; u < kLanes; ++u) total += lane[u];
   return total;
@@ -75,13 +76,13 @@ FASTCL_CLONES float softmax_grad_in_place(const float* logits, float* dot, int64
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
     for (int64_t u = 0; u < kLanes; ++u) {
-      const float p = fast_expf(logits[j + u] - lse);
+      const float p = math::fast_expf(logits[j + u] - lse);
       lane[u] += p * dot[j + u];
       dot[j + u] = g * p;
     }
   }
   for (; j < n; ++j) {
-    const float p = fast_expf(logits[j] - lse);
+    const float p = math::fast_expf(logits[j] - lse);
     lane[0] += p * dot[j];
     dot[j] = g * p;
   }
@@ -112,9 +113,6 @@ std::string row_kernels_isa() {
 #endif
 }
 
-}  // namespace fastcl
-
-namespace fastcl {
 
 FASTCL_CLONES void max_into(float* acc, const float* row, int64_t n) {
   for (int64_t c = 0; c < n; ++c) acc[c] = row[c] > acc[c] ? row[c] : acc[c];
@@ -125,7 +123,7 @@ void max_into(double* acc, const double* row, int64_t n) {
 }
 
 FASTCL_CLONES void add_exp_shifted_into(float* acc, const float* row, const float* shift, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) acc[c] += fast_expf(row[c] - shift[c]);
+  for (int64_t c = 0; c < n; ++c) acc[c] += math::fast_expf(row[c] - shift[c]);
 }
 
 void add_exp_shifted_into(double* acc, const double* row, const double* shift, int64_t n) {
@@ -137,7 +135,7 @@ FASTCL_CLONES void softmax_grad_row(const float* logits, float* out, int64_t n, 
     zero_row(out, n);
     return;
   }
-  for (int64_t c = 0; c < n; ++c) out[c] = g * fast_expf(logits[c] - lse);
+  for (int64_t c = 0; c < n; ++c) out[c] = g * math::fast_expf(logits[c] - lse);
 }
 
 void softmax_grad_row(const double* logits, double* out, int64_t n, double lse, double g) {
@@ -150,7 +148,7 @@ void softmax_grad_row(const double* logits, double* out, int64_t n, double lse, 
 
 FASTCL_CLONES void softmax_grad_cols_add(const float* logits, float* out, int64_t n, const float* lse,
                                          const float* g) {
-  for (int64_t c = 0; c < n; ++c) out[c] += g[c] != 0 ? g[c] * fast_expf(logits[c] - lse[c]) : 0.0f;
+  for (int64_t c = 0; c < n; ++c) out[c] += g[c] != 0 ? g[c] * math::fast_expf(logits[c] - lse[c]) : 0.0f;
 }
 
 void softmax_grad_cols_add(const double* logits, double* out, int64_t n, const double* lse, const double* g) {
@@ -175,4 +173,4 @@ double dot_of(const double* a, const double* b, int64_t n) {
   return total;
 }
 
-}  // namespace fastcl
+}  // namespace fastcl::cpu

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-namespace fastcl {
+namespace fastcl::cpu {
 
 void scale_in_place(float* s, int64_t n, float scale);
 void scale_in_place(double* s, int64_t n, double scale);
@@ -24,10 +24,6 @@ double softmax_grad_in_place(const double* logits, double* dot, int64_t n, doubl
 // Which clone of the float loops this CPU runs ("avx512", "avx2+fma" or "baseline").
 std::string row_kernels_isa();
 
-}  // namespace fastcl
-
-namespace fastcl {
-
 // Column-wise forms, for a tile whose columns are rows of their own (the self-similarity path).
 // acc[c] = max(acc[c], row[c])
 void max_into(float* acc, const float* row, int64_t n);
@@ -45,4 +41,4 @@ void softmax_grad_cols_add(const double* logits, double* out, int64_t n, const d
 float dot_of(const float* a, const float* b, int64_t n);
 double dot_of(const double* a, const double* b, int64_t n);
 
-}  // namespace fastcl
+}  // namespace fastcl::cpu

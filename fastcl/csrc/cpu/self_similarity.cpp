@@ -3,7 +3,7 @@
 // Work is the list of tile pairs (I, J), I <= J, split into contiguous chunks; a chunk keeps
 // its own per-row log-sum-exp state (forward) or gradient partial (backward), merged in
 // chunk order at the end, so results do not depend on thread scheduling.
-#include "self_similarity.h"
+#include "cpu/self_similarity.h"
 
 #include <ATen/Parallel.h>
 
@@ -11,9 +11,12 @@
 #include <cstring>
 #include <vector>
 
-#include "row_kernels.h"
+#include "cpu/row_kernels.h"
 
-namespace fastcl {
+namespace fastcl::cpu {
+
+using namespace math;
+
 namespace {
 
 constexpr int64_t kTile = kColTile;
@@ -215,4 +218,4 @@ template std::tuple<at::Tensor, double> self_similarity_backward<double>(const P
                                                                          const at::Tensor&, const at::Tensor&,
                                                                          const at::Tensor&, const at::Tensor&);
 
-}  // namespace fastcl
+}  // namespace fastcl::cpu

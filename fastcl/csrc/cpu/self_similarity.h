@@ -7,9 +7,9 @@
 
 #include <tuple>
 
-#include "problem.h"
+#include "cpu/problem.h"
 
-namespace fastcl {
+namespace fastcl::cpu {
 
 // Whether the path applies: columns are the rows themselves, with the same labels, the self
 // pair excluded, no offset or bias, and the per-chunk gradient partials fit the budget.
@@ -29,4 +29,4 @@ std::tuple<at::Tensor, acc_t> self_similarity_backward(const Problem<acc_t>& p, 
                                                        const at::Tensor& grad, const at::Tensor& lse,
                                                        const at::Tensor& num_pos);
 
-}  // namespace fastcl
+}  // namespace fastcl::cpu

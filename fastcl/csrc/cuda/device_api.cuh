@@ -15,8 +15,7 @@
 
 #if defined(FASTCL_SIM)
 
-namespace fastcl {
-namespace dev {
+namespace fastcl::dev {
 
 using Stream = int;  // the simulator runs each launch to completion, in order
 
@@ -52,8 +51,7 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, Stream, Args&&... args) 
 // Host memory the kernels' inputs are staged in before going to the device.
 inline at::TensorOptions host_staging(at::TensorOptions options) { return options; }
 
-}  // namespace dev
-}  // namespace fastcl
+}  // namespace fastcl::dev
 
 #define FASTCL_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(fastcl_sim, CPU, m)
 
@@ -63,8 +61,7 @@ inline at::TensorOptions host_staging(at::TensorOptions options) { return option
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 
-namespace fastcl {
-namespace dev {
+namespace fastcl::dev {
 
 using Stream = cudaStream_t;
 
@@ -92,8 +89,7 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, Stream stream, Args&&...
 // Pinned, so the copy to the device needs no host synchronisation.
 inline at::TensorOptions host_staging(at::TensorOptions options) { return options.pinned_memory(true); }
 
-}  // namespace dev
-}  // namespace fastcl
+}  // namespace fastcl::dev
 
 #define FASTCL_EXTERN_SHARED(type, name, align) extern __shared__ __align__(align) type name[]
 #define FASTCL_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(fastcl, CUDA, m)
@@ -102,8 +98,7 @@ inline at::TensorOptions host_staging(at::TensorOptions options) { return option
 
 #include "checks.h"
 
-namespace fastcl {
-namespace dev {
+namespace fastcl::dev {
 
 // Raises the kernel's dynamic shared-memory limit to `bytes`, after checking that the device
 // allows that much (with the 1 KiB a resident block keeps); `hint` says what sets the size.
@@ -113,5 +108,4 @@ void allow_dynamic_smem(const char* what, size_t bytes, const char* hint = "") {
   set_max_dynamic_smem<Kernel>(bytes);
 }
 
-}  // namespace dev
-}  // namespace fastcl
+}  // namespace fastcl::dev

@@ -12,8 +12,7 @@
 #include <cstdint>
 #include <type_traits>
 
-namespace fastcl {
-namespace gpu {
+namespace fastcl::gpu {
 
 constexpr int kThreads = 256;    // 8 warps
 constexpr int kTile = 64;        // rows of every operand tile, and columns of every S tile
@@ -290,5 +289,4 @@ struct SimtMath {
 template <typename T>
 using Math = std::conditional_t<std::is_same<T, float>::value, SimtMath, WmmaMath<T>>;
 
-}  // namespace gpu
-}  // namespace fastcl
+}  // namespace fastcl::gpu

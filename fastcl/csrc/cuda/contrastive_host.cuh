@@ -1,0 +1,69 @@
+// Host-side pieces of the CUDA contrastive ops: the prepared inputs, launch-shape helpers, and
+// the entry points of the forward and backward kernels (contrastive_forward.cu,
+// contrastive_backward.cu), which contrastive.cu calls for float, __half and __nv_bfloat16.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "checks.h"
+#include "cuda/contrastive_device.cuh"
+#include "cuda/device_api.cuh"
+
+namespace fastcl::gpu {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+inline dim3 grid_of(int64_t x, int64_t y = 1, int64_t z = 1) {
+  check_grid(x, y, z);
+  return dim3(static_cast<unsigned>(x), static_cast<unsigned>(y), static_cast<unsigned>(z));
+}
+
+template <typename T>
+const T* ptr(const at::Tensor& t) {
+  return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
+}
+
+// Contiguous operands (kept alive here while the kernels run) and the packed per-row values.
+struct Inputs {
+  at::Tensor q, k, row_labels, col_labels, bias, owner, scale, grad, lse, num_pos, row_info, col_info;
+  int64_t M, L, D, row_offset;
+  bool exclude_self;
+
+  Problem problem() const {
+    // clang-format off
+    return {ptr<int64_t>(row_labels), ptr<int64_t>(col_labels), ptr<int64_t>(owner), ptr<float4>(row_info),
+            ptr<float4>(col_info), ptr<float>(scale), M, L, D, row_offset, exclude_self, bias.defined()};
+    // clang-format on
+  }
+  // 16-byte copies need every row of both operands to start on a 16-byte boundary.
+  bool vectorisable() const {
+    const auto aligned = [](const at::Tensor& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; };
+    return D > 0 && (D * q.element_size()) % 16 == 0 && aligned(q) && aligned(k);
+  }
+};
+
+// Splits the stream tiles so that small problems still put about four blocks on every SM.
+struct Split {
+  int64_t count, per;
+};
+inline Split split_stream(int64_t blocks, int64_t tiles) {
+  if (tiles == 0) return {1, 1};
+  const int64_t sms = dev::properties().multiProcessorCount;
+  const int64_t want = std::min({std::max<int64_t>(1, ceil_div(4 * sms, blocks)), tiles, int64_t(65535)});
+  const int64_t per = ceil_div(tiles, want);
+  return {ceil_div(tiles, per), per};
+}
+
+// loss, lse, num_pos (M,) fp32 from inputs whose row_info / col_info are packed (M, L > 0).
+template <typename T>
+void forward_impl(const Inputs& in, dev::Stream stream, at::Tensor& loss, at::Tensor& lse, at::Tensor& num_pos);
+
+// grad_q, grad_k (input dtype) and grad_scale (0-dim fp32) from packed inputs (M, L, D > 0);
+// `normalize`: apply the normalisation gradient (the rows were not normalised in a pre-pass).
+template <typename T>
+void backward_impl(const Inputs& in, bool normalize, dev::Stream stream, at::Tensor& grad_q, at::Tensor& grad_k,
+                   at::Tensor& grad_scale);
+
+}  // namespace fastcl::gpu
