@@ -1,5 +1,5 @@
 // The op schemas, written once: fastcl.cpp defines them for the library fastcl, and the test-only
-// simulator module (tests/sim_kernels/fastcl_sim_ops.cpp) for fastcl_sim, whose CPU kernels are
+// simulator module (tests/sim/sim_kernels/fastcl_sim_ops.cpp) for fastcl_sim, whose CPU kernels are
 // the CUDA sources run by the CPU simulator of csrc/sim.
 #pragma once
 
