@@ -38,10 +38,12 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     assert os.path.exists(tmp_path / "run" / "summary.json")
 
 
-def test_resume_is_exact(tmp_path):
-    full = SimCLRTrainer(_config(tmp_path, "full")).train()
-    SimCLRTrainer(_config(tmp_path, "split", max_steps=5)).train()  # stops mid-epoch with a checkpoint
-    resumed = SimCLRTrainer(_config(tmp_path, "split", resume=True)).train()
+@pytest.mark.parametrize("chunk_size", [None, 96], ids=["one-shot", "grad-cache"])
+def test_resume_is_exact(tmp_path, chunk_size):
+    full = SimCLRTrainer(_config(tmp_path, "full", chunk_size=chunk_size)).train()
+    # stops mid-epoch with a checkpoint
+    SimCLRTrainer(_config(tmp_path, "split", max_steps=5, chunk_size=chunk_size)).train()
+    resumed = SimCLRTrainer(_config(tmp_path, "split", resume=True, chunk_size=chunk_size)).train()
     want, want_epochs = _step_losses(tmp_path / "full")
     got, got_epochs = _step_losses(tmp_path / "split")
     assert len(got) == len(want) == 16
@@ -123,12 +125,15 @@ def test_plot_writes_the_curves(tmp_path):
         plot_run(str(tmp_path / "nowhere"))
 
 
-def test_digits_recipe_trains(tmp_path):
-    """The built-in digits with the settings `make demo` uses: one epoch lowers the loss."""
+@pytest.mark.parametrize("chunk_size", [None, 64], ids=["one-shot", "grad-cache"])
+def test_digits_recipe_trains(tmp_path, chunk_size):
+    """The built-in digits with the settings `make demo` uses: one epoch lowers the loss, also with
+    gradient caching (where batch norm normalises each chunk of 64 views on its own)."""
     pytest.importorskip("sklearn")
     from fastcl.simclr import RECIPES, config_for
 
-    cfg = config_for("digits", out=str(tmp_path / "digits"), epochs=1, log_every=1, device="cpu", seed=1)
+    cfg = config_for("digits", out=str(tmp_path / "digits"), epochs=1, log_every=1, device="cpu", seed=1,
+                     chunk_size=chunk_size)
     assert cfg.optimizer == RECIPES["digits"]["optimizer"] and cfg.flip_p == 0.0 and cfg.batch_size == 128
     assert config_for("digits", batch_size=64).batch_size == 64  # explicit settings win over the recipe
     summary = SimCLRTrainer(cfg).train()
