@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SIM = ROOT / "fastcl" / "csrc" / "sim"
 BUILD = ROOT / "build" / "sim"
 CUDA_INCLUDE = Path(os.environ.get("FASTCL_SIM_CUDA_INCLUDE", "/usr/local/cuda/include"))
-RUNTIME_SOURCES = ("runtime.cpp", "memcheck.cpp", "collectives.cpp", "module.cpp", "libc_mem.cpp")
+# The runtime is every .cpp in fastcl/csrc/sim; kernel code only includes headers from there.
+RUNTIME_SOURCES = tuple(sorted(p.name for p in SIM.glob("*.cpp")))
 # -fno-builtin-mem*: g++ would expand constant-size memcpy/memset into plain stores after the
 # instrumentation pass, out of every check; as calls they reach the runtime's interceptors.
 KERNEL_CFLAGS = ["-DFASTCL_SIM=1", "-fsanitize=thread", "-O1", "-g", "-Wno-unknown-pragmas", f"-I{CUDA_INCLUDE}",

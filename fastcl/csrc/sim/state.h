@@ -1,8 +1,10 @@
-// The runtime's private state, shared by runtime.cpp (launch + scheduler), memcheck.cpp (the
-// ThreadSanitizer callbacks and shared-memory shadow) and collectives.cpp (warp collectives,
-// wmma, cp.async, atomics). Compiled only into uninstrumented code. Everything is a plain
-// global: thread_local would land in the kernel module's TLS block, which the checks treat as
-// static shared memory.
+// The runtime's private state and the declarations its files share: launch.cpp (launches,
+// limits), scheduler.cpp (fibers), barrier.cpp (__syncthreads), collectives.cpp (warp
+// collectives), wmma.cpp, cp_async.cpp, atomics.cpp, messages.cpp (error reporting), module.cpp
+// (the kernel's symbols), memcheck.cpp, shadow.cpp and tsan.cpp (the memory checks, whose own
+// internals are in memcheck.h) and libc_mem.cpp. Compiled only into uninstrumented code.
+// Everything is a plain global: thread_local would land in the kernel module's TLS block, which
+// the checks treat as static shared memory.
 #pragma once
 #include <ucontext.h>
 
@@ -22,7 +24,7 @@ constexpr size_t kOptinSmem = 232448;  // 227 KiB
 constexpr size_t kDefaultSmem = 49152;
 
 // True only while a simulated thread executes kernel code: the one flag the memory callbacks
-// test before anything else, so instrumented host code costs a call and a load.
+// (tsan.cpp) test before anything else, so instrumented host code costs a call and a load.
 extern bool g_active;
 
 enum class TState : uint8_t { Runnable, Barrier, Warp, Exited };
@@ -134,7 +136,7 @@ struct KernelInfo {
 // Cached per kernel address; the first call per module reads its symbol table.
 const KernelInfo& kernel_info(const void* kernel);
 
-// ---- memory checking (memcheck.cpp) ---------------------------------------------------------
+// ---- memory checking (memcheck.cpp, shadow.cpp) ---------------------------------------------
 enum class Access : uint8_t { Read, Write, Atomic };
 // Where an access comes from, for messages: a return address into kernel code, or a source site.
 struct Origin {
@@ -168,15 +170,26 @@ void memcheck_barrier();
 // A completed warp collective: its lanes are ordered with each other from now on.
 void memcheck_warp_sync(int warp, unsigned lanes);
 
-// ---- runtime services (runtime.cpp) ---------------------------------------------------------
+// ---- messages (messages.cpp) -----------------------------------------------------------------
 std::string thread_str(int tid);   // "(x,y,z)"
-std::string where(int tid);        // "kernel K, block (..), thread (..)"
+std::string thr(int tid);          // "thread (x,y,z) [warp w lane l]"
+std::string lane_str(int tid);     // "lane l (thread (x,y,z))"
+std::string where(int tid);        // "kernel K, block (..), thread (..) [warp w lane l]"
+std::string mask_str(unsigned m);  // "0x0000ffff"
 std::string site_str(const Site& s);
 std::string describe_pc(const void* pc);  // "file:line (function)" via addr2line, or "pc 0x.."
 const char* coll_name(Coll k);
+std::string access_str(Access k, size_t n);  // "read of 4 bytes"
+std::string at(const Origin& o);             // " at <pc or site> (<note>)", or ""
+std::string hex(uintptr_t a);                // "0x7f..."
 // Reports the first error and stops the launch; from a fiber it never returns.
 void fail(const std::string& check, int tid, const std::string& detail);
-void yield_to_scheduler();  // the running thread has blocked; resume when it is runnable
+
+// ---- scheduling (scheduler.cpp) --------------------------------------------------------------
+extern uint64_t g_seed;      // set_schedule's seed; 0: threads run in index order
+void ensure_stacks(int n);   // fiber stacks for threads [0, n), mapped once and reused
+void run_block(uint3 b);     // runs every thread of block b to its end or to the first error
+void yield_to_scheduler();   // the running thread has blocked; resume when it is runnable
 void require_fiber(const char* what);
 
 // Runtime entry points from kernel code clear g_active for their duration: their own memory
@@ -187,7 +200,19 @@ struct FromKernel {
   ~FromKernel() { g_active = prev; }
 };
 
-// cp.async copies still queued when a thread exits land then (collectives.cpp).
+// ---- warp collectives (collectives.cpp, wmma.cpp) --------------------------------------------
+// Joins (or opens) the calling lane's round for `mask`, after the divergence checks; returns the
+// round's index in the warp.
+int arrive(Coll kind, unsigned mask, int width, const Site& site);
+// Parks the caller in round ri (completing it if it is the last lane) and returns its result.
+uint64_t wait_round(int ri);
+// Fails if a lane of tid's warp waits at a collective whose mask names tid: `doing` (exiting,
+// reaching __syncthreads) means tid will not come.
+void check_warp_waiters(int tid, const std::string& doing);
+// The memory traffic or the product of a completed wmma round of warp w (wmma.cpp).
+void do_wmma(Round& r, int w);
+
+// cp.async copies still queued when a thread exits land then (cp_async.cpp).
 void cp_async_flush(int tid);
 
 }  // namespace detail
