@@ -17,6 +17,6 @@ from .simclr import SimCLRConfig, SimCLRTrainer
 from .simcse import SimCSE, SimCSEConfig, SimCSETrainer  # transformers is imported only when a model loads
 from .version import __version__
 
-__all__ = ["AugmentParams", "GradCache", "InfoNCELoss", "NTXentLoss", "SimCLRAugment", "SimCLRConfig", "SimCLRTrainer", "SimCSE",
-           "SimCSEConfig", "SimCSETrainer", "augment", "build_info", "functional", "has_cuda_ops", "has_ops",
-           "grad_cache", "info_nce", "nt_xent", "ops", "__version__"]
+__all__ = ["AugmentParams", "GradCache", "InfoNCELoss", "NTXentLoss", "SimCLRAugment", "SimCLRConfig",
+           "SimCLRTrainer", "SimCSE", "SimCSEConfig", "SimCSETrainer", "augment", "build_info", "functional",
+           "grad_cache", "has_cuda_ops", "has_ops", "info_nce", "nt_xent", "ops", "__version__"]

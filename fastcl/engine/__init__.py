@@ -7,4 +7,5 @@ from .grad_cache import GradCache, grad_cache
 from .metrics import MetricsLog, progress_bar
 from .trainer import Trainer, TrainingDiverged
 
-__all__ = ["AMP_DTYPES", "GradCache", "MetricsLog", "Trainer", "TrainingDiverged", "UnsafeCheckpoint", "grad_cache", "progress_bar"]
+__all__ = ["AMP_DTYPES", "GradCache", "MetricsLog", "Trainer", "TrainingDiverged", "UnsafeCheckpoint", "grad_cache",
+           "progress_bar"]

@@ -35,13 +35,17 @@ def save_atomic(obj, path: str) -> None:
 
 
 def load(path: str, map_location="cpu"):
-    """Tensors and plain data from `path`; raises UnsafeCheckpoint for anything else."""
+    """Tensors and plain data from `path`; raises UnsafeCheckpoint for a file holding anything
+    else, and ValueError for a file that is no checkpoint at all."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpoint(
-            f"{path!r} is not a plain-data checkpoint (tensors, numbers, strings, lists and dicts): loading it "
-            "would execute code stored in the file, so fastcl refuses. Only load checkpoints you trust with "
-            f"torch.load(weights_only=False) yourself. ({str(exc).splitlines()[0]})") from None
+            f"{path!r} holds objects outside torch's weights-only allow-list (tensors, numbers, strings, lists, "
+            "dicts): unpickling them could execute code stored in the file, so fastcl refuses to. Load a file "
+            f"you trust yourself with torch.load(weights_only=False). ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, KeyError, EOFError, ValueError, OSError) as exc:
+        raise ValueError(f"{path!r} is not a checkpoint fastcl can read ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else 'truncated or corrupt'})") from None

@@ -72,14 +72,33 @@ class _RngState:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
-def _batch_norm_buffers(model: nn.Module) -> list[tuple[Tensor, Tensor]]:
-    """(buffer, copy) of every batch-norm running statistic, so the graph-free pass can be undone."""
-    saved = []
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
-            for buffer in module.buffers():
-                saved.append((buffer, buffer.detach().clone()))
-    return saved
+@contextlib.contextmanager
+def _running_stats_frozen(model: nn.Module):
+    """Batch norm in training mode without updating its running statistics: the graph-free pass
+    normalises each chunk as the replay will, and only the replay updates the statistics (once).
+    Leaving the buffers untouched also keeps what DDP broadcast into them."""
+    frozen = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for module in frozen:
+        module.track_running_stats = False
+    try:
+        yield
+    finally:
+        for module in frozen:
+            module.track_running_stats = True
+
+
+def _chunk_bounds(rows: int, chunk_size: int) -> list[tuple[int, int]]:
+    """ceil(rows / chunk_size) chunks of near-equal size (at most chunk_size rows each), so the
+    last chunk is never a sliver that batch norm cannot normalise."""
+    count = -(-rows // chunk_size)
+    base, extra = divmod(rows, count)
+    bounds, start = [], 0
+    for i in range(count):
+        stop = start + base + (i < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
 
 
 class GradCache:
@@ -87,8 +106,9 @@ class GradCache:
 
     Args:
         model: the encoder (nn.Module, or DDP around one); its parameters get the gradients.
-        chunk_size: rows of `inputs` per encoder call (>= 1); a chunk_size of at least the batch
-            is the one-shot step.
+        chunk_size: the most rows of `inputs` per encoder call (>= 1); the rows are cut into
+            ceil(rows / chunk_size) near-equal chunks. A chunk_size of at least the batch is the
+            one-shot step.
         forward: what embeds a chunk, default `model` (called as forward(**chunk) for mapping inputs,
             e.g. tokenizer output, else forward(chunk)); it must return (rows, D) embeddings.
         autocast: a context-manager factory wrapped around every forward (e.g. the trainer's AMP).
@@ -110,11 +130,10 @@ class GradCache:
         rows = _rows(inputs)
         if rows < 1:
             raise ValueError("inputs hold no rows")
-        bounds = [(s, min(s + self.chunk_size, rows)) for s in range(0, rows, self.chunk_size)]
-        saved_stats = _batch_norm_buffers(self.model)  # the replay pass updates them, once
-        self._chunks, parts = [], []
-        with torch.no_grad():
-            for start, stop in bounds:
+        self._chunks, self._embeddings = None, None
+        chunks, parts = [], []
+        with torch.no_grad(), _running_stats_frozen(self.model):
+            for start, stop in _chunk_bounds(rows, self.chunk_size):
                 chunk = _slice(inputs, start, stop)
                 state = _RngState()
                 with self.autocast():
@@ -122,11 +141,10 @@ class GradCache:
                 if part.dim() != 2 or part.shape[0] != stop - start:
                     raise ValueError(f"forward must return (rows, D) embeddings for a chunk of {stop - start} rows, "
                                      f"got shape {tuple(part.shape)}")
-                self._chunks.append((chunk, state))
+                chunks.append((chunk, state))
                 parts.append(part)
-        for buffer, copy in saved_stats:
-            buffer.copy_(copy)
         self._after = _RngState()
+        self._chunks = chunks
         self._embeddings = torch.cat(parts).detach().requires_grad_()
         return self._embeddings
 
@@ -143,15 +161,17 @@ class GradCache:
             raise RuntimeError("the loss does not depend on the embeddings that embed() returned")
         grad, start = embeddings.grad, 0
         no_sync = getattr(self.model, "no_sync", None)  # DDP: all-reduce once, after the last chunk
-        for i, (chunk, state) in enumerate(chunks):
-            state.restore()
-            last = i == len(chunks) - 1
-            with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
-                with self.autocast():
-                    part = _call(self.forward, chunk)
-                part.backward(grad[start:start + part.shape[0]].to(part.dtype))
-            start += part.shape[0]
-        self._after.restore()  # randomness continues as after the graph-free pass
+        try:
+            for i, (chunk, state) in enumerate(chunks):
+                state.restore()
+                last = i == len(chunks) - 1
+                with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
+                    with self.autocast():
+                        part = _call(self.forward, chunk)
+                    part.backward(grad[start:start + part.shape[0]].to(part.dtype))
+                start += part.shape[0]
+        finally:
+            self._after.restore()  # randomness continues as after the graph-free pass, even after an error
 
 
 def grad_cache(model: nn.Module, inputs: Inputs, loss_fn: Callable[[Tensor], Tensor], chunk_size: int, *,

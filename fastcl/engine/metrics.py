@@ -19,13 +19,17 @@ def progress_bar(total: int, enabled: bool, **kwargs):
 
 
 class MetricsLog:
-    """Appends records to OUT/metrics.jsonl. A fresh run starts the file over; a resumed run
-    keeps what its checkpoint had seen (see `keep_only`)."""
+    """Appends records to OUT/metrics.jsonl. A fresh run starts the file over (`start_fresh`, once
+    the trainer is fully set up, so a run that fails to start leaves the old log); a resumed run
+    keeps what its checkpoint had seen (`keep_only`)."""
 
-    def __init__(self, out: str, enabled: bool, fresh: bool):
+    def __init__(self, out: str, enabled: bool):
         self.path = os.path.join(out, "metrics.jsonl")
         self.enabled = enabled
-        if fresh and enabled and os.path.exists(self.path):
+
+    def start_fresh(self) -> None:
+        """Removes a previous run's records (a new run, not a resumed one)."""
+        if self.enabled and os.path.exists(self.path):
             os.remove(self.path)
 
     def log(self, **record) -> None:

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, Optional, Sequence
 
 
-def option(default: Any, help: str, choices: Optional[Sequence] = None):
-    """A config field with its command-line help (and choices)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def option(default: Any, help: str, choices: Optional[Sequence] = None, required: bool = False):
+    """A config field with its command-line help (and choices). required: the command line
+    insists on it (the default serves Python callers only)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "required": required})
 
 
 def _value_type(hint) -> type:
     """int, float, str or bool from a field's type hint (Optional[X] counts as X)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if typing.get_origin(hint) is typing.Union and len(args) == 1:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
         hint = args[0]
     if hint not in (int, float, str, bool):
         raise TypeError(f"config fields must be int, float, str or bool (or Optional of one), got {hint!r}")
@@ -33,10 +35,16 @@ def add_options(parser: argparse.ArgumentParser, config_class) -> None:
     for field in dataclasses.fields(config_class):
         kind = _value_type(hints[field.name])
         meta = field.metadata
+        if field.default is dataclasses.MISSING:
+            raise TypeError(f"config field {field.name!r} needs a plain default (option(...)) to become an option")
         help_text = meta.get("help", "")
         default = field.default
         shown = "unset" if default is None else ("on" if default is True else "off" if default is False else default)
-        help_text = (f"{help_text} (default: {shown})" if help_text else f"default: {shown}").replace("%", "%%")
+        if meta.get("required"):
+            help_text = f"{help_text} (required)"
+        else:
+            help_text = f"{help_text} (default: {shown})" if help_text else f"default: {shown}"
+        help_text = help_text.replace("%", "%%")
         flag = "--" + field.name.replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
@@ -44,7 +52,7 @@ def add_options(parser: argparse.ArgumentParser, config_class) -> None:
         else:
             parser.add_argument(flag, dest=field.name, type=kind, choices=meta.get("choices"), default=None,
                                 metavar=None if meta.get("choices") else field.name.upper(),
-                                help=help_text)
+                                required=bool(meta.get("required")), help=help_text)
 
 
 def given(args: argparse.Namespace, config_class) -> dict:

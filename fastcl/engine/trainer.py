@@ -27,9 +27,10 @@ class Trainer:
     """Shared set-up: call `super().__init__` where the trainer would seed its run, so that
     what it draws afterwards (initial weights, data order) depends on `seed` alone.
 
-    fresh_metrics: False when resuming (the log is then trimmed to the checkpoint by the caller)."""
+    The subclass calls `ready()` at the end of its set-up: only then is a previous run's
+    metrics.jsonl removed, so a run that fails to start leaves it in place."""
 
-    def __init__(self, *, out: str, device: str, seed: int, amp: str, fresh_metrics: bool = True):
+    def __init__(self, *, out: str, device: str, seed: int, amp: str):
         amp_lib.check(amp)
         self.rank, self.world = distributed.rank_world()
         self.is_main = self.rank == 0
@@ -39,7 +40,12 @@ class Trainer:
         self.scaler = amp_lib.grad_scaler(self.device, amp)
         self.out = out
         os.makedirs(out, exist_ok=True)
-        self.metrics = MetricsLog(out, enabled=self.is_main, fresh=fresh_metrics)
+        self.metrics = MetricsLog(out, enabled=self.is_main)
+
+    def ready(self, resumed: bool = False) -> None:
+        """Set-up succeeded: a fresh run starts its metrics log over (a resumed one trimmed it)."""
+        if not resumed:
+            self.metrics.start_fresh()
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """What the training step calls: the model itself, or DDP around it under torchrun."""

@@ -96,7 +96,7 @@ RECIPES = {
 }
 
 
-def config_for(data: str, **overrides) -> SimCLRConfig:
+def config_for(data: str = SimCLRConfig.data, **overrides) -> SimCLRConfig:
     """The SimCLRConfig for a dataset spec: SimCLRConfig's defaults, then the dataset's entry in
     RECIPES, then `overrides`."""
     recipe = RECIPES.get(data.partition(":")[0], {})

@@ -39,7 +39,7 @@ class SimCLRTrainer(Trainer):
     def __init__(self, config: SimCLRConfig):
         config.validate()
         self.cfg = cfg = config
-        super().__init__(out=cfg.out, device=cfg.device, seed=cfg.seed, amp=cfg.amp, fresh_metrics=not cfg.resume)
+        super().__init__(out=cfg.out, device=cfg.device, seed=cfg.seed, amp=cfg.amp)
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must divide evenly over "
                              f"{self.world} processes")
@@ -69,6 +69,7 @@ class SimCLRTrainer(Trainer):
         self.checkpoint_path = os.path.join(cfg.out, "last.pt")
         if cfg.resume:
             self._restore()
+        self.ready(resumed=cfg.resume)
 
     # -- state --------------------------------------------------------------------------------
     def _state(self) -> dict:

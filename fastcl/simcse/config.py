@@ -35,11 +35,11 @@ class SimCSEConfig:
         SimCSETrainer(SimCSEConfig(model="minilm", train_file="builtin", out="runs/minilm")).train()
     """
 
-    model: str = option("tiny", "minilm | tiny | a local folder | a hub name")
+    model: str = option("tiny", "minilm | tiny | a local folder | a hub name", required=True)
     train_file: str = option("builtin", "builtin | sentences.txt (unsupervised) | pairs.csv with "
-                             "sent0,sent1[,hard_neg]")
+                             "sent0,sent1[,hard_neg]", required=True)
     out: str = option("runs/simcse", "output folder: the model (transformers and sentence-transformers "
-                      "loadable), metrics.jsonl, summary.json")
+                      "loadable), metrics.jsonl, summary.json", required=True)
     pooler: Optional[str] = option(None, "sentence embedding; unset: the checkpoint's own (sentence-transformers), "
                                    "else cls", choices=POOLERS)
     mlp_only_train: Optional[bool] = option(None, "cls pooler: use the MLP only in training; unset: on for "

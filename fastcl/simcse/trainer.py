@@ -66,6 +66,7 @@ class SimCSETrainer(Trainer):
         groups = 3 if self.data.hard_negatives is not None else 2  # encoder inputs per row of a batch
         self.chunk_size = self.chunking(cfg.chunk_size, groups * -(-self.batch_size // self.world))
         self.global_step, self.best, self.saved_at = 0, None, -1
+        self.ready()
 
     def _optimizer(self) -> tuple:
         """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0 (the

@@ -41,7 +41,7 @@ def test_plain_checkpoints_round_trip(tmp_path):
 def test_a_pickle_that_runs_code_is_refused(tmp_path):
     marker = tmp_path / "code-ran"
     path = _evil(tmp_path / "evil.pt", marker)
-    with pytest.raises(UnsafeCheckpoint, match="not a plain-data checkpoint"):
+    with pytest.raises(UnsafeCheckpoint, match="weights-only allow-list"):
         checkpoint.load(path)
     assert not marker.exists()
     assert torch.load(path, weights_only=False) is not None and marker.exists()  # the file really is armed
@@ -52,7 +52,7 @@ def test_the_command_line_refuses_it(tmp_path):
     path = _evil(tmp_path / "evil.pt", marker)
     run = subprocess.run([sys.executable, "-m", "fastcl", "knn", "--checkpoint", path, "--device", "cpu"],
                          capture_output=True, text=True, timeout=300)
-    assert run.returncode == 2 and "not a plain-data checkpoint" in run.stderr, run.stderr[-2000:]
+    assert run.returncode == 2 and "weights-only allow-list" in run.stderr, run.stderr[-2000:]
     assert "Traceback" not in run.stderr and not marker.exists()
 
 
@@ -84,3 +84,13 @@ def test_the_simcse_mlp_file_is_refused_too(tmp_path):
     with pytest.raises(UnsafeCheckpoint):
         SimCSE.from_pretrained(str(folder))
     assert not marker.exists()
+
+
+def test_a_file_that_is_no_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello")
+    with pytest.raises(ValueError, match="not a checkpoint fastcl can read"):
+        checkpoint.load(str(path))
+    run = subprocess.run([sys.executable, "-m", "fastcl", "knn", "--checkpoint", str(path), "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and "not a checkpoint fastcl can read" in run.stderr and "Traceback" not in run.stderr

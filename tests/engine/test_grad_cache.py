@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fastcl
-from fastcl.engine.grad_cache import GradCache, grad_cache
+from fastcl.engine.grad_cache import GradCache, _chunk_bounds, grad_cache
 
 
 def _mlp(dropout: float = 0.0) -> nn.Module:
@@ -29,7 +29,7 @@ def _reference(model, x, chunk_size, seed):
     """One backward through a graph that embedded the same chunks in the same order."""
     model.zero_grad()
     torch.manual_seed(seed)
-    z = torch.cat([model(x[s:s + chunk_size]) for s in range(0, x.shape[0], chunk_size)])
+    z = torch.cat([model(x[a:b]) for a, b in _chunk_bounds(x.shape[0], chunk_size)])
     loss = _loss(z)
     loss.backward()
     return loss.detach(), _grads(model)
@@ -125,3 +125,37 @@ def test_bad_use_is_a_clear_error():
         GradCache(model, 3).embed({"a": x, "b": x[:4]})
     with pytest.raises(ValueError, match=r"\(rows, D\) embeddings"):
         GradCache(nn.Flatten(0), 3).embed(x)
+
+
+def test_chunks_are_near_equal_so_batch_norm_never_sees_one_row():
+    assert _chunk_bounds(9, 4) == [(0, 3), (3, 6), (6, 9)]
+    assert _chunk_bounds(10, 10) == [(0, 10)] and _chunk_bounds(7, 1) == [(i, i + 1) for i in range(7)]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8)).double()
+    grad_cache(model, torch.randn(9, 6, dtype=torch.float64), _loss_odd, 4)  # 4 + 4 + 1 would fail in BN
+
+
+def _loss_odd(z):
+    return fastcl.nt_xent(z, labels=torch.arange(z.shape[0]) % 3, temperature=0.3)
+
+
+def test_an_error_mid_step_leaves_consistent_state():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8)).double()
+    calls = {"n": 0}
+
+    def flaky(rows):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the second chunk of the replay
+            raise MemoryError("out of memory")
+        return model(rows)
+
+    cache = GradCache(model, 4, forward=flaky)
+    z = cache.embed(torch.randn(12, 6, dtype=torch.float64))
+    assert all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm1d))
+    after = torch.get_rng_state()
+    with pytest.raises(MemoryError):
+        cache.backward(_loss(z))
+    assert torch.equal(torch.get_rng_state(), after)  # not left at a replayed chunk's state
+    with pytest.raises(RuntimeError, match="preceding embed"):
+        cache.backward(_loss(z))  # the failed step cannot be half-replayed again

@@ -25,7 +25,8 @@ def test_help_lists_every_field_with_its_default(command, config, capsys):
         assert flag in text, flag
         default = field.default
         shown = "unset" if default is None else ("on" if default is True else "off" if default is False else default)
-        assert f"(default: {shown})" in text, (field.name, shown)
+        expected = "(required)" if field.metadata.get("required") else f"(default: {shown})"
+        assert expected in text, (field.name, expected)
         if field.metadata.get("choices"):
             assert "{" + ",".join(field.metadata["choices"]) + "}" in text
 
@@ -43,8 +44,9 @@ def test_options_parse_to_config_fields():
     assert _parse(SimCLRConfig, []) == {}  # unset options leave the recipe and the defaults alone
     cfg = config_for("digits", **_parse(SimCLRConfig, ["--epochs", "2"]))
     assert cfg.epochs == 2 and cfg.batch_size == 128  # the digits recipe still applies
-    assert _parse(SimCSEConfig, ["--mlp-only-train", "--temperature", "0.1"]) == dict(mlp_only_train=True,
-                                                                                     temperature=0.1)
+    required = ["--model", "tiny", "--train-file", "builtin", "--out", "runs/x"]
+    assert _parse(SimCSEConfig, required + ["--mlp-only-train", "--temperature", "0.1"]) == dict(
+        model="tiny", train_file="builtin", out="runs/x", mlp_only_train=True, temperature=0.1)
 
 
 def test_bad_option_values_are_argparse_errors(capsys):
@@ -62,3 +64,28 @@ def test_unsupported_field_types_are_refused():
 
     with pytest.raises(TypeError, match="config fields must be"):
         add_options(argparse.ArgumentParser(), Odd)
+
+
+def test_required_options_and_the_default_dataset(capsys):
+    """simcse needs --model, --train-file and --out on the command line, as before; simclr without
+    --data takes SimCLRConfig's default dataset."""
+    with pytest.raises(SystemExit) as exit_code:
+        main(["simcse", "--model", "tiny"])
+    assert exit_code.value.code == 2 and "--train-file" in capsys.readouterr().err
+    assert config_for().data == SimCLRConfig.data == "fake"
+    assert config_for(**_parse(SimCLRConfig, ["--epochs", "3"])).epochs == 3
+
+
+def test_modern_optional_hints_and_missing_defaults():
+    @dataclasses.dataclass
+    class Modern:
+        steps: "int | None" = option(None, "pipe union")
+
+    assert _parse(Modern, ["--steps", "4"]) == {"steps": 4}
+
+    @dataclasses.dataclass
+    class Factory:
+        sizes: int = dataclasses.field(default_factory=lambda: 3)
+
+    with pytest.raises(TypeError, match="needs a plain default"):
+        add_options(argparse.ArgumentParser(), Factory)

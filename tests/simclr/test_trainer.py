@@ -155,3 +155,12 @@ def test_demo_command(tmp_path):
     result = json.loads((out / "demo.json").read_text())
     assert result["raw_pixels"] < 0.25 and result["random_init"] < 0.25
     assert set(result) == {"raw_pixels", "random_init", "trained", "train_minutes"}
+
+
+def test_a_run_that_fails_to_start_keeps_the_old_metrics(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"kind": "step", "step": 1, "epoch": 0, "loss": 1.0}\n')
+    with pytest.raises(FileNotFoundError):
+        SimCLRTrainer(_config(tmp_path, data="cifar10:/no/such/folder"))
+    assert (out / "metrics.jsonl").exists()

@@ -60,8 +60,8 @@ def test_trainer_with_chunks(tmp_path):
 
 
 def test_command_line_chunk_size(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "fastcl", "simcse", "--model", "tiny", "--out", str(tmp_path / "r"),
-                          "--batch-size", "8", "--max-steps", "2", "--chunk-size", "4", "--device", "cpu",
-                          "--no-progress"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "fastcl", "simcse", "--model", "tiny", "--train-file", "builtin",
+                          "--out", str(tmp_path / "r"), "--batch-size", "8", "--max-steps", "2", "--chunk-size", "4",
+                          "--device", "cpu", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout[run.stdout.index("{"):])["steps"] == 2
