@@ -55,7 +55,8 @@ def _slice(inputs: Inputs, start: int, stop: int) -> Inputs:
     return type(inputs)(v[start:stop] for v in inputs)
 
 
-def _call(forward: Callable, chunk: Inputs) -> Tensor:
+def call_forward(forward: Callable, chunk: Inputs) -> Tensor:
+    """forward(**chunk) for a mapping (tokenizer output), else forward(chunk)."""
     return forward(**chunk) if isinstance(chunk, Mapping) else forward(chunk)
 
 
@@ -137,7 +138,7 @@ class GradCache:
                 chunk = _slice(inputs, start, stop)
                 state = _RngState()
                 with self.autocast():
-                    part = _call(self.forward, chunk)
+                    part = call_forward(self.forward, chunk)
                 if part.dim() != 2 or part.shape[0] != stop - start:
                     raise ValueError(f"forward must return (rows, D) embeddings for a chunk of {stop - start} rows, "
                                      f"got shape {tuple(part.shape)}")
@@ -167,7 +168,7 @@ class GradCache:
                 last = i == len(chunks) - 1
                 with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
                     with self.autocast():
-                        part = _call(self.forward, chunk)
+                        part = call_forward(self.forward, chunk)
                     part.backward(grad[start:start + part.shape[0]].to(part.dtype))
                 start += part.shape[0]
         finally:

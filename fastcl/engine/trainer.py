@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
 from typing import Callable, Iterable, Optional
 
 import torch
 
 from .. import distributed
 from . import amp as amp_lib
-from .grad_cache import GradCache
+from .grad_cache import GradCache, call_forward
 from .metrics import MetricsLog, write_summary
 
 
@@ -81,7 +80,7 @@ class Trainer:
         without, the loss holds the graph and cache is None."""
         if chunk_size is None:
             with self.autocast():
-                z = forward(**inputs) if isinstance(inputs, Mapping) else forward(inputs)
+                z = call_forward(forward, inputs)
             return loss_fn(z), None
         cache = GradCache(self.net, chunk_size, forward=forward, autocast=self.autocast)
         return loss_fn(cache.embed(inputs)), cache
