@@ -13,10 +13,11 @@ from .augment import AugmentParams, SimCLRAugment
 from .engine.grad_cache import GradCache, grad_cache
 from .functional import info_nce, nt_xent
 from .losses import InfoNCELoss, NTXentLoss
+from .queue import MemoryQueue
 from .simclr import SimCLRConfig, SimCLRTrainer
 from .simcse import SimCSE, SimCSEConfig, SimCSETrainer  # transformers is imported only when a model loads
 from .version import __version__
 
-__all__ = ["AugmentParams", "GradCache", "InfoNCELoss", "NTXentLoss", "SimCLRAugment", "SimCLRConfig",
+__all__ = ["AugmentParams", "GradCache", "InfoNCELoss", "MemoryQueue", "NTXentLoss", "SimCLRAugment", "SimCLRConfig",
            "SimCLRTrainer", "SimCSE", "SimCSEConfig", "SimCSETrainer", "augment", "build_info", "functional",
            "grad_cache", "has_cuda_ops", "has_ops", "info_nce", "nt_xent", "ops", "__version__"]

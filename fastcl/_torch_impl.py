@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 NORM_EPS = 1e-12  # as F.normalize; csrc/common/contrastive_math.h uses the same
+POSITIVE_ONLY = -2  # a column id: never a negative (as kPositiveOnly in contrastive_math.h)
 
 
 def contrastive(
@@ -23,6 +24,8 @@ def contrastive(
     *,
     col_bias: Optional[Tensor] = None,
     col_bias_owner: Optional[Tensor] = None,
+    row_ids: Optional[Tensor] = None,
+    col_ids: Optional[Tensor] = None,
     row_offset: int = 0,
     exclude_self: bool = False,
     normalize: bool = True,
@@ -44,8 +47,11 @@ def contrastive(
         logits = logits + torch.where(applies, col_bias.to(acc)[None, :], 0.0)
     excluded = (cols[None, :] == rows[:, None] + row_offset) if exclude_self else torch.zeros_like(
         logits, dtype=torch.bool)
-    logits = logits.masked_fill(excluded, float("-inf"))
     positive = (col_labels[None, :] == row_labels[:, None]) & (col_labels[None, :] >= 0) & ~excluded
+    if row_ids is not None:
+        duplicate = (col_ids[None, :] == POSITIVE_ONLY) | ((col_ids[None, :] == row_ids[:, None]) & (row_ids[:, None] >= 0))
+        excluded = excluded | (duplicate & ~positive)
+    logits = logits.masked_fill(excluded, float("-inf"))
     num_pos = positive.sum(1).to(acc)
     lse = torch.logsumexp(logits, dim=1)
     pos_mean = torch.where(positive, logits, 0.0).sum(1) / num_pos.clamp_min(1)

@@ -78,3 +78,18 @@ def finite_weight(name: str, w: float) -> None:
     if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w):
         raise ValueError(f"{name} must be a finite float, got {w!r}")
 
+
+
+def sample_ids(name: str, ids, n: int, ref: Tensor) -> Tensor:
+    """Per-sample ids (n,) for duplicate masking: integers >= 0, or -1 for a sample without one."""
+    if not isinstance(ids, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer sample ids, got {type(ids).__name__}")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer sample ids, got {ids.dtype}")
+    if ids.dim() != 1 or ids.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), one id per sample, got {tuple(ids.shape)}")
+    if ids.device != ref.device:
+        raise ValueError(f"{name} is on {ids.device} but the embeddings are on {ref.device}")
+    if not _compiling() and n > 0 and bool((ids < -1).any()):
+        raise ValueError(f"{name} must be >= 0 (or -1 for a sample without an id)")
+    return ids.to(torch.int64)

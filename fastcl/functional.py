@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from . import _validate, distributed, ops
+from .queue import MemoryQueue
 
 Temperature = Union[float, Tensor]
 
@@ -78,6 +79,8 @@ def nt_xent(
     allow_no_positive: bool = False,
     gather_distributed: bool = False,
     impl: str = "auto",
+    sample_ids: Optional[Tensor] = None,
+    queue: Optional[MemoryQueue] = None,
 ) -> Tensor:
     """NT-Xent (SimCLR) and its supervised / multi-view form (SupCon L_out).
 
@@ -89,6 +92,14 @@ def nt_xent(
 
     reduction "none" returns one loss per anchor, in the row order [z1; z2] (or view-major
     for (N, V, D) input, as torch.cat(torch.unbind(z, 1))).
+
+    sample_ids (N,) int: samples with equal ids (>= 0; -1: no id) are never each other's
+    negatives, as when one image is twice in a batch; each anchor keeps its positives. One id
+    per sample (per row for (M, D) input with labels), shared by its views.
+
+    queue: a fastcl.MemoryQueue; z1 and z2 only. lightly's NTXentLoss with a memory bank: row i
+    of z1 against its positive z2[i] and the queued keys, without in-batch negatives (z1 rows
+    only). Reading only: NTXentLoss(queue=...) pushes z2 after each training step.
 
     gather_distributed: under torch.distributed, every rank's rows are columns too (negatives
     and, with labels, positives from all ranks); this rank's loss is its share of the global
@@ -104,8 +115,16 @@ def nt_xent(
         loss = fastcl.nt_xent(z1, z2, temperature=0.5)                # SimCLR, z1 and z2 (N, D)
         loss = fastcl.nt_xent(z, labels=y, temperature=0.1)           # SupCon, z (N, V, D), y (N,)"""
     _validate.reduction(reduction)
+    if queue is not None:
+        if z2 is None or labels is not None:
+            raise ValueError("nt_xent with a queue takes two views z1, z2 (N, D) and no labels: z1[i] is compared "
+                             "with its positive z2[i] and the queued keys")
+        return info_nce(z1, z2, temperature=temperature, normalize=normalize, reduction=reduction,
+                        gather_distributed=gather_distributed, impl=impl, sample_ids=sample_ids,
+                        in_batch_negatives=False, queue=queue)
     rows, row_labels, views, n = _stack_views(z1, z2, labels)
-    columns, col_labels, row_offset = rows, row_labels, 0
+    row_ids = None if sample_ids is None else _validate.sample_ids("sample_ids", sample_ids, n, rows).repeat(views)
+    columns, col_labels, col_ids, row_offset = rows, row_labels, row_ids, 0
     gathering = _gathering(gather_distributed)
     if gathering:
         samples = distributed.sizes(n, rows.device)
@@ -116,12 +135,14 @@ def nt_xent(
             row_labels = row_labels + distributed.offset(samples)
         counts = [s * views for s in samples]  # rows per rank
         columns, col_labels = distributed.gather(rows, counts), distributed.gather(row_labels, counts)
+        if row_ids is not None:  # ids are not offset: a sample on two ranks is one sample
+            col_ids = distributed.gather(row_ids, counts)
         row_offset = distributed.offset(counts)
     elif n < 2:
         raise ValueError(f"NT-Xent needs a batch of at least 2 samples so that every anchor has a negative, "
                          f"got N={n}")
     loss, num_pos = ops.contrastive(rows, columns, row_labels, col_labels, _logit_scale(temperature, rows),
-                                    row_offset=row_offset,
+                                    row_ids=row_ids, col_ids=col_ids, row_offset=row_offset,
                                     exclude_self=True, normalize=normalize, impl=impl)
     return (_reduce_global if gathering else _reduce)(loss, num_pos, reduction, allow_no_positive)
 
@@ -164,6 +185,10 @@ def info_nce(
     reduction: str = "mean",
     gather_distributed: bool = False,
     impl: str = "auto",
+    sample_ids: Optional[Tensor] = None,
+    negative_ids: Optional[Tensor] = None,
+    in_batch_negatives: bool = True,
+    queue: Optional[MemoryQueue] = None,
 ) -> Tensor:
     """InfoNCE: query i against keys [positive_key; negative_keys], its positive is key i.
 
@@ -171,9 +196,19 @@ def info_nce(
       z3 (M, D), one per query); ``hard_negative_weight`` adds that logit to each query's own
       hard negative, as in the SimCSE code.
     - CLIP: ``info_nce(img, txt, symmetric=True)`` averages image->text and text->image.
+    - MoCo v2: ``info_nce(q, k, in_batch_negatives=False, queue=queue)``: query i against its
+      key and the queued keys only (the other keys of the batch are not its negatives).
 
     gather_distributed: under torch.distributed, the keys (and negative keys) of every rank are
     keys of every query; see nt_xent.
+
+    sample_ids (M,) int: the id of pair i (query i and positive key i; >= 0, -1: none). Keys
+    that carry query i's id, other than its positive, are not its negatives: a sentence twice in
+    a batch is not pushed away from itself. negative_ids (K,) gives negative_keys' ids (-1:
+    none), so that a hard negative equal to another pair's sentence is masked for that pair.
+
+    queue: a fastcl.MemoryQueue whose keys (and ids) are extra negative columns; read only here
+    (InfoNCELoss(queue=...) pushes the positive keys after each training step).
 
     Shapes: query and positive_key (M, D), negative_keys (K, D); K = M when hard_negative_weight
     is not 0. Types, temperature, normalize, reduction and impl as nt_xent.
@@ -193,46 +228,71 @@ def info_nce(
                          f"{positive_key.shape[0]}")
     if m < 1:
         raise ValueError("query must hold at least one row")
+    if symmetric and (queue is not None or not in_batch_negatives):
+        raise ValueError("symmetric=True takes its negatives from the batch: it does not combine with a queue or "
+                         "in_batch_negatives=False")
+    ids = None if sample_ids is None else _validate.sample_ids("sample_ids", sample_ids, m, query)
+    if negative_ids is not None:
+        if negative_keys is None or ids is None:
+            raise ValueError("negative_ids needs negative_keys and sample_ids (they are matched against the pairs' ids)")
+        negative_ids = _validate.sample_ids("negative_ids", negative_ids, negative_keys.shape[0], query)
     gathering = _gathering(gather_distributed)
-    local_positive, all_queries = positive_key, query
+    local_positive, all_queries, key_ids = positive_key, query, ids
     if gathering:
-        row_labels, positive_key, all_queries, negative_keys = _gather_pairs(
-            query, positive_key, negative_keys, symmetric, hard_negative_weight)
+        row_labels, positive_key, all_queries, negative_keys, key_ids, negative_ids = _gather_pairs(
+            query, positive_key, negative_keys, symmetric, hard_negative_weight, ids, negative_ids)
     else:
         row_labels = torch.arange(m, device=query.device)
-    keys, col_labels, col_bias, owner = _keys(query, positive_key, negative_keys, symmetric, hard_negative_weight)
+    keys, col_labels, col_bias, owner = _keys(query, positive_key, negative_keys, symmetric, hard_negative_weight,
+                                             in_batch_negatives and queue is None)
+    col_ids = _key_ids(ids, key_ids, negative_ids, positive_key.shape[0], keys.shape[0], in_batch_negatives,
+                       query.device)
+    if queue is not None:
+        keys, col_labels, col_ids, col_bias, owner = _with_queue(queue, query, keys, col_labels, col_ids, col_bias,
+                                                                 owner)
+    if not in_batch_negatives and keys.shape[0] == positive_key.shape[0]:
+        raise ValueError("in_batch_negatives=False leaves no negatives: pass negative_keys or a non-empty queue")
+    row_ids = None if col_ids is None else (ids if ids is not None else torch.full_like(row_labels, -1))
     scale = _logit_scale(temperature, query)
     loss, num_pos = ops.contrastive(query, keys, row_labels, col_labels, scale, col_bias=col_bias,
-                                    col_bias_owner=owner, normalize=normalize, impl=impl)
+                                    col_bias_owner=owner, row_ids=row_ids, col_ids=col_ids, normalize=normalize,
+                                    impl=impl)
     if symmetric:
         # The other direction: this rank's keys as rows against every rank's queries.
-        loss_t, _ = ops.contrastive(local_positive, all_queries, row_labels, col_labels, scale, normalize=normalize,
-                                    impl=impl)
+        loss_t, _ = ops.contrastive(local_positive, all_queries, row_labels, col_labels, scale, row_ids=ids,
+                                    col_ids=key_ids, normalize=normalize, impl=impl)
         loss = (loss + loss_t) / 2
     return (_reduce_global if gathering else _reduce)(loss, num_pos, reduction, allow_no_positive=False)
 
 
 def _gather_pairs(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], symmetric: bool,
-                  hard_negative_weight: float) -> tuple:
+                  hard_negative_weight: float, ids: Optional[Tensor], negative_ids: Optional[Tensor]) -> tuple:
     """Under torch.distributed: (this rank's query ids in the global batch, every rank's positive
-    keys, every rank's queries (symmetric only, else this rank's), every rank's negative keys)."""
+    keys, every rank's queries (symmetric only, else this rank's), every rank's negative keys,
+    and the sample ids of every rank's pairs and negative keys)."""
     m = query.shape[0]
     queries_per_rank = distributed.sizes(m, query.device)
     first = distributed.offset(queries_per_rank)
     row_labels = torch.arange(first, first + m, device=query.device)
     all_queries = distributed.gather(query, queries_per_rank) if symmetric else query
     positive_key = distributed.gather(positive_key, queries_per_rank)
+    key_ids = None if ids is None else distributed.gather(ids, queries_per_rank)
     if negative_keys is not None:
-        negatives_per_rank = distributed.sizes(negative_keys.shape[0], query.device)
+        local = negative_keys.shape[0]
+        negatives_per_rank = distributed.sizes(local, query.device)
         if hard_negative_weight != 0.0 and negatives_per_rank != queries_per_rank:
             raise ValueError("hard_negative_weight needs one hard negative per query on every rank: "
                              f"queries per rank {queries_per_rank}, negative_keys {negatives_per_rank}")
         negative_keys = distributed.gather(_validate.embeddings("negative_keys", negative_keys), negatives_per_rank)
-    return row_labels, positive_key, all_queries, negative_keys
+        if ids is not None:
+            if negative_ids is None:
+                negative_ids = torch.full((local,), -1, dtype=torch.int64, device=query.device)
+            negative_ids = distributed.gather(negative_ids, negatives_per_rank)
+    return row_labels, positive_key, all_queries, negative_keys, key_ids, negative_ids
 
 
 def _keys(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], symmetric: bool,
-          hard_negative_weight: float) -> tuple:
+          hard_negative_weight: float, batch_negatives_only: bool) -> tuple:
     """(keys, their labels, the hard-negative bias and its owners) of info_nce: positive keys are
     labelled with their pair id, negative keys -1 (never a positive); the bias adds
     hard_negative_weight to query i's logit with its own hard negative i only."""
@@ -241,7 +301,7 @@ def _keys(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], 
     if negative_keys is None:
         if hard_negative_weight != 0.0:
             raise ValueError("hard_negative_weight needs negative_keys")
-        if positives < 2:
+        if positives < 2 and batch_negatives_only:
             raise ValueError("InfoNCE without negative_keys needs at least 2 pairs so that a query has a negative")
         return positive_key, col_labels, None, None
     if symmetric:
@@ -261,3 +321,37 @@ def _keys(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], 
                           torch.full((extra,), float(hard_negative_weight), dtype=dtype, device=query.device)])
     own = torch.arange(positives, device=query.device)
     return keys, col_labels, col_bias, torch.cat([own, own])
+
+
+def _key_ids(ids: Optional[Tensor], key_ids: Optional[Tensor], negative_ids: Optional[Tensor], positives: int,
+             total: int, in_batch_negatives: bool, device: torch.device) -> Optional[Tensor]:
+    """Sample ids of info_nce's key columns, or None when nothing is masked: the pairs' ids on
+    positive keys (POSITIVE_ONLY without in-batch negatives), negative_ids (else -1) on the rest."""
+    if ids is None and in_batch_negatives:
+        return None
+    if not in_batch_negatives:
+        key_ids = torch.full((positives,), ops.POSITIVE_ONLY, dtype=torch.int64, device=device)
+    rest = total - positives
+    if rest == 0:
+        return key_ids
+    if negative_ids is None:
+        negative_ids = torch.full((rest,), -1, dtype=torch.int64, device=device)
+    return torch.cat([key_ids, negative_ids])
+
+
+def _with_queue(queue: MemoryQueue, query: Tensor, keys: Tensor, col_labels: Tensor, col_ids: Optional[Tensor],
+                col_bias: Optional[Tensor], owner: Optional[Tensor]) -> tuple:
+    """The queued keys appended as negative columns (label -1, their sample ids, no bias)."""
+    if not isinstance(queue, MemoryQueue):
+        raise TypeError(f"queue must be a fastcl.MemoryQueue, got {type(queue).__name__}")
+    queued, queued_ids = queue.negatives(query)
+    q = queued.shape[0]
+    device = query.device
+    keys = torch.cat([keys, queued])
+    col_labels = torch.cat([col_labels, torch.full((q,), -1, dtype=torch.int64, device=device)])
+    if col_ids is not None:
+        col_ids = torch.cat([col_ids, queued_ids])
+    if col_bias is not None:
+        col_bias = torch.cat([col_bias, col_bias.new_zeros(q)])
+        owner = torch.cat([owner, torch.full((q,), -1, dtype=torch.int64, device=device)])
+    return keys, col_labels, col_ids, col_bias, owner

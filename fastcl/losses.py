@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import _validate, functional
+from .queue import MemoryQueue
+
+
+def _push(queue: Optional[MemoryQueue], query: Tensor, keys: Tensor, ids: Optional[Tensor], normalize: bool) -> None:
+    """Enqueues a training step's keys after its loss (lightly's rule: when the queries require
+    grad), normalised as the loss saw them."""
+    if queue is not None and query.requires_grad and torch.is_grad_enabled():
+        queue.push(F.normalize(keys.detach(), dim=1) if normalize else keys.detach(), ids)
 
 
 class NTXentLoss(nn.Module):
@@ -23,10 +33,15 @@ class NTXentLoss(nn.Module):
         gather_distributed: under torch.distributed (DDP), negatives come from every rank and the
             gradients equal those of one process holding the global batch (fastcl.distributed).
         impl: "auto" (fused kernel when built), "fastcl" (fused, error if missing), "torch".
+        queue: a fastcl.MemoryQueue: lightly's NTXentLoss(memory_bank_size=...): z1[i] against
+            its positive z2[i] and the queued keys (no in-batch negatives); z2 is queued after
+            each training call.
 
     Call: ``criterion(z1, z2)`` with two views (N, D); ``criterion(z)`` with z (N, V, D) views;
-    ``criterion(z, labels=y)`` with z (M, D) and y (M,) (or z (N, V, D) and y (N,)). Inputs
-    fp32/fp16/bf16 (fp64 on the CPU); returns a float32 scalar (float64 for fp64 inputs).
+    ``criterion(z, labels=y)`` with z (M, D) and y (M,) (or z (N, V, D) and y (N,));
+    ``sample_ids=ids`` (N,) masks duplicates: samples with one id are not each other's
+    negatives. Inputs fp32/fp16/bf16 (fp64 on the CPU); returns a float32 scalar (float64 for
+    fp64 inputs).
 
     Example::
 
@@ -38,7 +53,7 @@ class NTXentLoss(nn.Module):
 
     def __init__(self, temperature: Union[float, Tensor] = 0.5, *, normalize: bool = True,
                  reduction: str = "mean", allow_no_positive: bool = False, gather_distributed: bool = False,
-                 impl: str = "auto"):
+                 impl: str = "auto", queue: Optional[MemoryQueue] = None):
         super().__init__()
         _validate.temperature(temperature)
         _validate.reduction(reduction)
@@ -48,11 +63,16 @@ class NTXentLoss(nn.Module):
         self.allow_no_positive = allow_no_positive
         self.gather_distributed = gather_distributed
         self.impl = impl
+        self.queue = queue
 
-    def forward(self, z1: Tensor, z2: Optional[Tensor] = None, labels: Optional[Tensor] = None) -> Tensor:
-        return functional.nt_xent(z1, z2, labels=labels, temperature=self.temperature, normalize=self.normalize,
+    def forward(self, z1: Tensor, z2: Optional[Tensor] = None, labels: Optional[Tensor] = None,
+                sample_ids: Optional[Tensor] = None) -> Tensor:
+        loss = functional.nt_xent(z1, z2, labels=labels, temperature=self.temperature, normalize=self.normalize,
                                   reduction=self.reduction, allow_no_positive=self.allow_no_positive,
-                                  gather_distributed=self.gather_distributed, impl=self.impl)
+                                  gather_distributed=self.gather_distributed, impl=self.impl, sample_ids=sample_ids,
+                                  queue=self.queue)
+        _push(self.queue, z1, z2 if z2 is not None else z1, sample_ids, self.normalize)
+        return loss
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, normalize={self.normalize}, reduction={self.reduction!r}"
@@ -69,10 +89,15 @@ class InfoNCELoss(nn.Module):
         symmetric: average query->key and key->query (CLIP); paired data only.
         hard_negative_weight: added to query i's logit with its own hard negative (negative_keys
             row i), as in the SimCSE code; needs one negative key per query.
+        in_batch_negatives: False leaves only negative_keys and the queue as negatives (MoCo).
+        queue: a fastcl.MemoryQueue of extra negative keys; the positive keys are queued after
+            each training call (MoCo v2: in_batch_negatives=False and a queue of 65536).
         normalize, reduction, gather_distributed, impl: as NTXentLoss.
 
-    Call: ``criterion(query, positive_key, negative_keys=None)`` with query and positive_key
-    (M, D) and negative_keys (K, D); returns a float32 scalar (float64 for fp64 inputs).
+    Call: ``criterion(query, positive_key, negative_keys=None, sample_ids=None,
+    negative_ids=None)`` with query and positive_key (M, D), negative_keys (K, D), and the
+    pairs' and negative keys' sample ids (fastcl.info_nce); returns a float32 scalar (float64
+    for fp64 inputs).
 
     Example::
 
@@ -82,11 +107,14 @@ class InfoNCELoss(nn.Module):
 
     def __init__(self, temperature: Union[float, Tensor] = 0.1, *, symmetric: bool = False,
                  hard_negative_weight: float = 0.0, normalize: bool = True, reduction: str = "mean",
-                 gather_distributed: bool = False, impl: str = "auto"):
+                 gather_distributed: bool = False, impl: str = "auto", in_batch_negatives: bool = True,
+                 queue: Optional[MemoryQueue] = None):
         super().__init__()
         _validate.temperature(temperature)
         _validate.reduction(reduction)
         _validate.finite_weight("hard_negative_weight", hard_negative_weight)
+        self.in_batch_negatives = in_batch_negatives
+        self.queue = queue
         self.temperature = temperature
         self.symmetric = symmetric
         self.hard_negative_weight = hard_negative_weight
@@ -95,12 +123,18 @@ class InfoNCELoss(nn.Module):
         self.gather_distributed = gather_distributed
         self.impl = impl
 
-    def forward(self, query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor] = None) -> Tensor:
-        return functional.info_nce(query, positive_key, negative_keys, temperature=self.temperature,
+    def forward(self, query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor] = None,
+                sample_ids: Optional[Tensor] = None, negative_ids: Optional[Tensor] = None) -> Tensor:
+        loss = functional.info_nce(query, positive_key, negative_keys, temperature=self.temperature,
                                    symmetric=self.symmetric, hard_negative_weight=self.hard_negative_weight,
                                    normalize=self.normalize, reduction=self.reduction,
-                                   gather_distributed=self.gather_distributed, impl=self.impl)
+                                   gather_distributed=self.gather_distributed, impl=self.impl, sample_ids=sample_ids,
+                                   negative_ids=negative_ids, in_batch_negatives=self.in_batch_negatives,
+                                   queue=self.queue)
+        _push(self.queue, query, positive_key, sample_ids, self.normalize)
+        return loss
 
     def extra_repr(self) -> str:
         return (f"temperature={self.temperature}, symmetric={self.symmetric}, "
-                f"hard_negative_weight={self.hard_negative_weight}, reduction={self.reduction!r}")
+                f"hard_negative_weight={self.hard_negative_weight}, in_batch_negatives={self.in_batch_negatives}, "
+                f"reduction={self.reduction!r}")

@@ -15,7 +15,8 @@ from torch import Tensor
 from . import augment as A
 from ._torch_impl import contrastive, nt_xent_naive
 
-__all__ = ["contrastive", "nt_xent_naive", "simcse_loss", "supcon_loss", "clip_loss", "augment"]
+__all__ = ["contrastive", "nt_xent_naive", "simcse_loss", "supcon_loss", "clip_loss", "nt_xent_deduplicated",
+           "info_nce_deduplicated", "memory_bank_loss", "memory_bank_push", "moco_loss", "augment"]
 
 
 def simcse_loss(z1: Tensor, z2: Tensor, z3: Optional[Tensor] = None, temperature: float = 0.05,
@@ -52,6 +53,64 @@ def clip_loss(image: Tensor, text: Tensor, temperature: float = 0.07) -> Tensor:
     logits = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
     labels = torch.arange(image.shape[0], device=image.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def nt_xent_deduplicated(z1: Tensor, z2: Tensor, sample_ids: Tensor, temperature: float = 0.5) -> Tensor:
+    """NT-Xent whose rows with equal sample ids (>= 0) are not each other's negatives: the logit
+    matrix with those pairs (and the diagonal) masked, each row's positive (its other view) kept."""
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    logits = (z @ z.T) / temperature
+    ids = sample_ids.repeat(2)
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    masked = (ids[:, None] == ids[None, :]) & (ids[:, None] >= 0)
+    masked |= torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    masked[torch.arange(2 * n), targets] = False
+    return F.cross_entropy(logits.masked_fill(masked, float("-inf")), targets)
+
+
+def info_nce_deduplicated(query: Tensor, key: Tensor, negatives: Tensor, sample_ids: Tensor, negative_ids: Tensor,
+                          temperature: float = 0.05) -> Tensor:
+    """SimCSE's loss over keys [key; negatives] with the keys that carry query i's sample id,
+    other than its own positive, taken out of its softmax."""
+    keys = F.normalize(torch.cat([key, negatives]), dim=1)
+    logits = F.normalize(query, dim=1) @ keys.T / temperature
+    key_ids = torch.cat([sample_ids, negative_ids])
+    masked = (sample_ids[:, None] == key_ids[None, :]) & (sample_ids[:, None] >= 0)
+    rows = torch.arange(query.shape[0], device=query.device)
+    masked[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(masked, float("-inf")), rows)
+
+
+def memory_bank_loss(out0: Tensor, out1: Tensor, bank: Tensor, temperature: float = 0.5) -> Tensor:
+    """lightly's NTXentLoss with a memory bank (lightly/loss/ntx_ent_loss.py): each out0 row
+    against its positive out1 row and the bank (size, D) of normalised keys, no in-batch negatives."""
+    out0, out1 = F.normalize(out0, dim=1), F.normalize(out1, dim=1)
+    sim_pos = torch.einsum("nc,nc->n", out0, out1).unsqueeze(-1)
+    sim_neg = torch.einsum("nc,kc->nk", out0, bank)
+    logits = torch.cat([sim_pos, sim_neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(out0.shape[0], dtype=torch.long, device=out0.device))
+
+
+def memory_bank_push(bank: Tensor, ptr: int, batch: Tensor) -> int:
+    """lightly's MemoryBankModule._dequeue_and_enqueue on `bank` in place; returns the new pointer.
+    A batch that runs past the end is cut there and the next one starts at the front."""
+    size = bank.shape[0]
+    if ptr + batch.shape[0] >= size:
+        bank[ptr:] = batch[:size - ptr].detach()
+        return 0
+    bank[ptr:ptr + batch.shape[0]] = batch.detach()
+    return ptr + batch.shape[0]
+
+
+def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
+    """MoCo v2 (moco/builder.py): normalised q against its key (l_pos) and the queue (l_neg),
+    cross-entropy with the positive at index 0; the queue is (K, D) here (MoCo stores it (D, K))."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+    l_neg = torch.einsum("nc,kc->nk", q, queue.detach())
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
 def augment(images, params, *, mean=None, std=None, dtype=torch.float32) -> Tensor:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import fastcl
+from fastcl.ops import POSITIVE_ONLY
 
 HAS_CUDA = torch.cuda.is_available() and fastcl.has_cuda_ops()
 cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and fastcl's CUDA kernels")
@@ -67,7 +68,28 @@ def make_case(mode: str, n: int, d: int, dtype, device, temperature: float = 0.3
 
     scale = torch.tensor(1.0 / temperature, dtype=torch.float64 if dtype == torch.float64 else torch.float32,
                          device=device)
-    kw = dict(exclude_self=False, row_offset=0, normalize=True, col_bias=None, col_bias_owner=None)
+    kw = dict(exclude_self=False, row_offset=0, normalize=True, col_bias=None, col_bias_owner=None, row_ids=None,
+              col_ids=None)
+    if mode == "duplicates":
+        # NT-Xent whose samples repeat (ids drawn from fewer values than samples; -1: no id), so
+        # that rows lose some negatives to the duplicate mask and keep their positive.
+        z = rand(2 * n, d).requires_grad_()
+        labels = torch.arange(n).repeat(2).to(device)
+        ids = torch.randint(-1, max(1, n // 2), (n,), generator=g).repeat(2).to(device)
+        kw.update(exclude_self=True, row_ids=ids, col_ids=ids)
+        return z, z, labels, labels, scale, kw
+    if mode == "queue":
+        # MoCo: query i against its own key and a queue; the in-batch keys are positive-only, and
+        # queue entries that carry a query's sample id are not its negatives.
+        q = rand(n, d).requires_grad_()
+        k = rand(3 * n, d).requires_grad_()
+        rows = torch.arange(n)
+        cols = torch.cat([rows, torch.full((2 * n,), -1)])
+        row_ids = torch.randint(-1, n, (n,), generator=g)
+        queue_ids = torch.randint(-1, n, (2 * n,), generator=g)
+        col_ids = torch.cat([torch.full((n,), POSITIVE_ONLY), queue_ids])
+        kw.update(row_ids=row_ids.to(device), col_ids=col_ids.to(device))
+        return q, k, rows.to(device), cols.to(device), scale, kw
     if mode in ("ntxent", "supcon", "unnormalized"):
         z = rand(2 * n, d).requires_grad_()
         labels = torch.arange(n).repeat(2) if mode != "supcon" else torch.randint(0, 3, (2 * n,), generator=g)
@@ -97,4 +119,5 @@ def make_case(mode: str, n: int, d: int, dtype, device, temperature: float = 0.3
     raise ValueError(mode)
 
 
-MODES = ["ntxent", "supcon", "unnormalized", "row_offset", "infonce", "hard_negative", "column_bias"]
+MODES = ["ntxent", "supcon", "unnormalized", "row_offset", "infonce", "hard_negative", "column_bias", "duplicates",
+         "queue"]

@@ -21,8 +21,9 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* n
 ContrastiveSizes check_contrastive_args(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-    const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale,
-    int64_t row_offset, bool exclude_self) {
+    const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
+    const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
+    bool exclude_self) {
   TORCH_CHECK_VALUE(q.dim() == 2, "fastcl: q must be 2-D (M, D), got shape ", q.sizes());
   TORCH_CHECK_VALUE(k.dim() == 2, "fastcl: k must be 2-D (L, D), got shape ", k.sizes());
   TORCH_CHECK_VALUE(q.size(1) == k.size(1), "fastcl: q and k must have the same feature size D, got ",
@@ -60,6 +61,18 @@ ContrastiveSizes check_contrastive_args(
     TORCH_CHECK_VALUE(col_bias_owner->dim() == 1 && col_bias_owner->size(0) == L,
                       "fastcl: col_bias_owner must have shape (", L, "), got ", col_bias_owner->sizes());
     TORCH_CHECK_TYPE(col_bias_owner->scalar_type() == at::kLong, "fastcl: col_bias_owner must be int64");
+  }
+  TORCH_CHECK_VALUE(row_ids.has_value() == col_ids.has_value(),
+                    "fastcl: row_ids and col_ids must be given together (or neither)");
+  if (row_ids.has_value()) {
+    check_same_device(*row_ids, q, "row_ids");
+    check_same_device(*col_ids, q, "col_ids");
+    TORCH_CHECK_VALUE(row_ids->dim() == 1 && row_ids->size(0) == M, "fastcl: row_ids must have shape (", M,
+                      "), got ", row_ids->sizes());
+    TORCH_CHECK_VALUE(col_ids->dim() == 1 && col_ids->size(0) == L, "fastcl: col_ids must have shape (", L,
+                      "), got ", col_ids->sizes());
+    TORCH_CHECK_TYPE(row_ids->scalar_type() == at::kLong && col_ids->scalar_type() == at::kLong,
+                     "fastcl: row_ids and col_ids must be int64");
   }
   TORCH_CHECK_VALUE(row_offset >= 0, "fastcl: row_offset must be >= 0, got ", row_offset);
   if (exclude_self) {

@@ -23,7 +23,9 @@ struct ContrastiveSizes {
 ContrastiveSizes check_contrastive_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
                                         const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
                                         const c10::optional<at::Tensor>& col_bias_owner,
-                                        const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self);
+                                        const c10::optional<at::Tensor>& row_ids,
+                                        const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
+                                        int64_t row_offset, bool exclude_self);
 
 void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss, const at::Tensor& lse,
                          const at::Tensor& num_pos, const at::Tensor& q);

@@ -34,16 +34,16 @@ def test_gradcheck_losses_fp64():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("mode", ["ntxent", "row_offset", "hard_negative"])
+@pytest.mark.parametrize("mode", ["ntxent", "row_offset", "hard_negative", "queue"])
 def test_opcheck(device, mode):
     dtype = torch.float64 if device == "cpu" and not is_sim(device) else torch.float32
     q, k, lr, lc, scale, kw = make_case(mode, 6, 5, dtype, device)
-    args = (q, k, lr, lc, kw["col_bias"], kw["col_bias_owner"], scale.clone().requires_grad_(),
-            kw["row_offset"], kw["exclude_self"], kw["normalize"])
+    args = (q, k, lr, lc, kw["col_bias"], kw["col_bias_owner"], kw["row_ids"], kw["col_ids"],
+            scale.clone().requires_grad_(), kw["row_offset"], kw["exclude_self"], kw["normalize"])
     torch.library.opcheck(torch.ops.fastcl.contrastive_forward.default, args)
     loss, lse, num_pos = torch.ops.fastcl.contrastive_forward(*args)
     grad = torch.rand_like(loss)
-    bwd_args = (grad, q.detach(), k.detach(), *args[2:6], args[6].detach(), lse, num_pos, *args[7:])
+    bwd_args = (grad, q.detach(), k.detach(), *args[2:8], args[8].detach(), lse, num_pos, *args[9:])
     torch.library.opcheck(torch.ops.fastcl.contrastive_backward.default, bwd_args)
 
 

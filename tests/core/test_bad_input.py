@@ -61,15 +61,21 @@ def test_ops_reject_bad_arguments_without_crashing():
     q, rows, scale = z(4, 8), torch.arange(4), torch.tensor(2.0)
     op = torch.ops.fastcl.contrastive_forward
     with pytest.raises(ValueError, match="q must be 2-D"):
-        op(z(4), q, rows, rows, None, None, scale, 0, False, True)
+        op(z(4), q, rows, rows, None, None, None, None, scale, 0, False, True)
     with pytest.raises(ValueError, match="row_labels must have shape"):
-        op(q, q, rows[:3], rows, None, None, scale, 0, False, True)
+        op(q, q, rows[:3], rows, None, None, None, None, scale, 0, False, True)
     with pytest.raises(TypeError, match="logit_scale must be"):
-        op(q, q, rows, rows, None, None, scale.double(), 0, False, True)
+        op(q, q, rows, rows, None, None, None, None, scale.double(), 0, False, True)
     with pytest.raises(ValueError, match="must lie inside"):
-        op(q, q, rows, rows, None, None, scale, 2, True, True)
+        op(q, q, rows, rows, None, None, None, None, scale, 2, True, True)
     with pytest.raises(TypeError, match="int64"):
-        op(q, q, rows.int(), rows, None, None, scale, 0, False, True)
+        op(q, q, rows.int(), rows, None, None, None, None, scale, 0, False, True)
+    with pytest.raises(ValueError, match="given together"):
+        op(q, q, rows, rows, None, None, rows, None, scale, 0, False, True)
+    with pytest.raises(ValueError, match="col_ids must have shape"):
+        op(q, q, rows, rows, None, None, rows, rows[:2], scale, 0, False, True)
+    with pytest.raises(TypeError, match="row_ids and col_ids must be int64"):
+        op(q, q, rows, rows, None, None, rows.int(), rows.int(), scale, 0, False, True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

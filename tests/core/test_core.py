@@ -97,7 +97,7 @@ def test_no_columns(device):
     k = torch.empty(0, 8, device=device)
     rows, cols = torch.arange(70, device=device), torch.empty(0, dtype=torch.int64, device=device)
     scale = torch.tensor(2.0, device=device)
-    loss, lse, num_pos = torch.ops.fastcl.contrastive_forward(q, k, rows, cols, None, None, scale, 0, False, True)
+    loss, lse, num_pos = torch.ops.fastcl.contrastive_forward(q, k, rows, cols, None, None, None, None, scale, 0, False, True)
     assert torch.equal(loss, torch.zeros_like(loss)) and torch.equal(num_pos, torch.zeros_like(num_pos))
     assert bool((lse == float("-inf")).all())
 
@@ -110,7 +110,7 @@ def test_rows_without_positives_ignore_a_foreign_lse(device, dtype):
     q, k, lr, lc, scale, kw = make_case("supcon", 40, 24, dtype, device)
     lr = lr.clone()
     lr[::3] = 99  # no column carries label 99: these rows have no positives
-    args = (q.detach(), k.detach(), lr, lc, kw["col_bias"], kw["col_bias_owner"], scale)
+    args = (q.detach(), k.detach(), lr, lc, kw["col_bias"], kw["col_bias_owner"], kw["row_ids"], kw["col_ids"], scale)
     tail = (kw["row_offset"], kw["exclude_self"], kw["normalize"])
     loss, lse, num_pos = torch.ops.fastcl.contrastive_forward(*args, *tail)
     assert bool((num_pos[::3] == 0).all())

@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import fastcl
 
 D_IN, D = 6, 5
-CASES = ("ntxent", "supcon", "infonce_hard", "symmetric", "learnable_temperature")
+CASES = ("ntxent", "supcon", "infonce_hard", "symmetric", "learnable_temperature", "ntxent_ids", "moco_queue")
 
 
 class Encoder(torch.nn.Module):
@@ -49,6 +49,13 @@ def _loss(case, model, x, y, gather):
         return fastcl.InfoNCELoss(0.2, symmetric=True, gather_distributed=gather)(z[:, 0], z[:, 1])
     if case == "learnable_temperature":
         return fastcl.NTXentLoss(temperature, gather_distributed=gather)(z[:, 0], z[:, 1])
+    if case == "ntxent_ids":  # the class labels as sample ids: equal ids on different ranks are masked too
+        return fastcl.NTXentLoss(0.3, gather_distributed=gather)(z[:, 0], z[:, 1], sample_ids=y)
+    if case == "moco_queue":
+        torch.manual_seed(5)
+        queue = fastcl.MemoryQueue(7, D, dtype=torch.float64)
+        criterion = fastcl.InfoNCELoss(0.2, in_batch_negatives=False, queue=queue, gather_distributed=gather)
+        return criterion(z[:, 0], z[:, 1], negative_keys=z[:, 2], sample_ids=y)
     raise AssertionError(case)
 
 
@@ -87,6 +94,10 @@ def _worker(rank, world, sizes, init_file, out_dir):
     loss = fastcl.NTXentLoss(0.3, gather_distributed=True)(z[:, 0], z[:, 1])
     cache.backward(loss)
     results["ntxent_grad_cache"] = (float(loss.detach()), _grads(model))
+    # The queue takes every rank's keys in rank order, so that every rank holds the same queue.
+    queue = fastcl.MemoryQueue(6, D, start="empty", dtype=torch.float64)
+    queue.push(x[:, 0, :D], y)
+    results["queue"] = (queue.keys.clone(), queue.ids.clone(), int(queue.ptr), len(queue))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _loss("ntxent", model, x, y, gather=False)
@@ -130,6 +141,12 @@ def test_ddp_gradients_equal_the_global_batch(tmp_path, sizes):
                 for name in want:
                     torch.testing.assert_close(r["ntxent_grad_cache"][1][name], want[name], rtol=1e-9, atol=1e-12,
                                                msg=f"grad cache: {name}")
+    queue = fastcl.MemoryQueue(6, D, start="empty", dtype=torch.float64)
+    queue.push(x[:, 0, :D], y)
+    for r in ranks:
+        keys, ids, ptr, filled = r["queue"]
+        assert torch.equal(keys, queue.keys) and torch.equal(ids, queue.ids)
+        assert (ptr, filled) == (int(queue.ptr), len(queue))
     # Without gathering, a live process group earns one warning per process, not one per call.
     assert all(len(r["warnings"]) == 1 for r in ranks)
     assert all("one hard negative per query on every rank" in r.get("hard_negative_error", "") for r in ranks)

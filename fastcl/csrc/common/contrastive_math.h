@@ -17,6 +17,17 @@ FASTCL_HD bool is_positive(int64_t row_label, int64_t col_label) {
   return col_label >= 0 && col_label == row_label;
 }
 
+// Column id of a column that is never a negative, only ever a positive: MoCo's in-batch keys
+// when the queue alone supplies negatives.
+constexpr int64_t kPositiveOnly = -2;
+
+// With sample ids, a pair that is not a positive leaves the denominator (as the self pair does)
+// when its column is positive-only or carries the row's own non-negative sample id: the same
+// sentence or image twice in a batch is not its own negative.
+FASTCL_HD bool is_masked_negative(int64_t row_id, int64_t col_id) {
+  return col_id == kPositiveOnly || (row_id >= 0 && col_id == row_id);
+}
+
 // A column bias applies to every row, or (with owners) only to the row whose label owns it,
 // as SimCSE's hard-negative weight applies only to a query's own hard negative.
 FASTCL_HD bool bias_applies(const int64_t* owner, int64_t j, int64_t row_label) {

@@ -190,17 +190,18 @@ struct Prepared {
   ContrastiveSizes sz;
   at::ScalarType acc;
   Normalised qn, kn;
-  at::Tensor row_labels, col_labels, bias, owner;
+  at::Tensor row_labels, col_labels, bias, owner, row_ids, col_ids;
   bool self_path;
 };
 
 Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
                  const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-                 const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale,
-                 int64_t row_offset, bool exclude_self, bool normalize) {
+                 const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
+                 const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
+                 bool exclude_self, bool normalize) {
   Prepared pr;
-  pr.sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
-                                 exclude_self);
+  pr.sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
+                                 logit_scale, row_offset, exclude_self);
   pr.acc = loss_dtype(q.scalar_type());
   pr.qn = normalise_rows(q, pr.acc, normalize);
   pr.kn = q.is_same(k) ? pr.qn : normalise_rows(k, pr.acc, normalize);
@@ -208,8 +209,10 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row
   pr.col_labels = col_labels.contiguous();
   pr.bias = contiguous_or_empty(col_bias);
   pr.owner = contiguous_or_empty(col_bias_owner);
-  pr.self_path = self_similarity_applies(q, k, pr.row_labels, pr.col_labels, pr.bias.defined(), row_offset,
-                                         exclude_self, c10::elementSize(pr.acc));
+  pr.row_ids = contiguous_or_empty(row_ids);
+  pr.col_ids = contiguous_or_empty(col_ids);
+  pr.self_path = self_similarity_applies(q, k, pr.row_labels, pr.col_labels, pr.row_ids, pr.col_ids,
+                                         pr.bias.defined(), row_offset, exclude_self, c10::elementSize(pr.acc));
   return pr;
 }
 
@@ -226,6 +229,8 @@ Problem<acc_t> make_problem(const Prepared& pr, const at::Tensor& logit_scale, i
   p.col_labels = pr.col_labels.data_ptr<int64_t>();
   p.bias = pr.bias.defined() ? pr.bias.data_ptr<acc_t>() : nullptr;
   p.bias_owner = pr.owner.defined() ? pr.owner.data_ptr<int64_t>() : nullptr;
+  p.row_ids = pr.row_ids.defined() ? pr.row_ids.data_ptr<int64_t>() : nullptr;
+  p.col_ids = pr.col_ids.defined() ? pr.col_ids.data_ptr<int64_t>() : nullptr;
   p.scale = logit_scale.item<acc_t>();
   return p;
 }
@@ -259,9 +264,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_typed(const Prepared& pr
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
     const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
-    const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self, bool normalize) {
-  const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
-                              exclude_self, normalize);
+    const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
+    int64_t row_offset, bool exclude_self, bool normalize) {
+  const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
+                              row_offset, exclude_self, normalize);
   return pr.acc == at::kDouble ? forward_typed<double>(pr, logit_scale, row_offset, exclude_self)
                                : forward_typed<float>(pr, logit_scale, row_offset, exclude_self);
 }
@@ -269,10 +275,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-    const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale, const at::Tensor& lse,
+    const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
+    const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, const at::Tensor& lse,
     const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize) {
-  const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
-                              exclude_self, normalize);
+  const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
+                              row_offset, exclude_self, normalize);
   check_backward_args(pr.sz, grad_loss, lse, num_pos, q);
   const at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), pos = num_pos.contiguous();
   return pr.acc == at::kDouble

@@ -32,10 +32,25 @@ struct Problem {
   const int64_t* col_labels;
   const acc_t* bias;         // nullptr when there is no column bias
   const int64_t* bias_owner;  // nullptr: the bias applies to every row
+  const int64_t* row_ids;     // nullptr, or sample ids of rows and columns (duplicate masking)
+  const int64_t* col_ids;
   acc_t scale;
 };
 
-// Adds bias and self-mask to one row of a tile, already scaled: s[j] = logit of column c0 + j.
+// Masks (-inf) the pairs of row i with columns [c0, c0 + bc) that sample ids take out of the
+// denominator; positives keep their logits.
+template <typename acc_t>
+inline void mask_duplicates(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, acc_t* s) {
+  if (p.row_ids == nullptr) return;
+  const int64_t id = p.row_ids[i], label = p.row_labels[i];
+  const int64_t* ids = p.col_ids + c0;
+  const int64_t* labels = p.col_labels + c0;
+  for (int64_t j = 0; j < bc; ++j) {
+    if (math::is_masked_negative(id, ids[j]) && !math::is_positive(label, labels[j])) s[j] = math::neg_inf<acc_t>();
+  }
+}
+
+// Adds bias, duplicate and self masks to one row of a tile, already scaled: s[j] = logit of column c0 + j.
 template <typename acc_t>
 inline void finish_logits(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, acc_t* s) {
   if (p.bias != nullptr) {
@@ -44,6 +59,7 @@ inline void finish_logits(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_
       if (math::bias_applies(p.bias_owner, c0 + j, label)) s[j] += p.bias[c0 + j];
     }
   }
+  mask_duplicates(p, i, c0, bc, s);
   if (p.exclude_self) {
     const int64_t self = i + p.row_offset - c0;
     if (self >= 0 && self < bc) s[self] = math::neg_inf<acc_t>();

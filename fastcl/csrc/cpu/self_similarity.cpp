@@ -81,10 +81,14 @@ void columns_of_tile(const Problem<acc_t>& p, const acc_t* S, int64_t i0, int64_
 }  // namespace
 
 bool self_similarity_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
-                             const at::Tensor& col_labels, bool has_bias, int64_t row_offset, bool exclude_self,
-                             int64_t bytes_per_element) {
+                             const at::Tensor& col_labels, const at::Tensor& row_ids, const at::Tensor& col_ids,
+                             bool has_bias, int64_t row_offset, bool exclude_self, int64_t bytes_per_element) {
   if (!q.is_same(k) || has_bias || row_offset != 0 || !exclude_self) return false;
   if (!row_labels.is_same(col_labels) && !at::equal(row_labels, col_labels)) return false;
+  if (row_ids.defined()) {
+    if (!row_ids.is_same(col_ids) && !at::equal(row_ids, col_ids)) return false;
+    if (col_ids.numel() > 0 && col_ids.min().item<int64_t>() < -1) return false;
+  }
   const int64_t chunks = chunk_count(TilePairs(q.size(0)).count);
   return chunks * q.size(0) * q.size(1) * bytes_per_element <= partial_budget();
 }
@@ -109,6 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> self_similarity_forward(const Pro
         at::mm_out(tile, zn.narrow(0, i0, bi), zn.narrow(0, j0, bj).t());
         acc_t* S = tile.data_ptr<acc_t>();
         scale_in_place(S, bi * bj, p.scale);
+        // Symmetric ids make the duplicate mask symmetric: one pass serves both roles.
+        for (int64_t r = 0; r < bi; ++r) mask_duplicates(p, i0 + r, j0, bj, S + r * bj);
         // Columns first: rows_of_tile masks the diagonal in place, which only diagonal tiles have.
         if (I != J) columns_of_tile(p, S, i0, bi, j0, bj, states[c], cmax, csum);
         rows_of_tile(p, S, i0, bi, j0, bj, states[c]);
@@ -177,6 +183,7 @@ std::tuple<at::Tensor, acc_t> self_similarity_backward(const Problem<acc_t>& p, 
           acc_t* h = H + r * bj;
           std::memcpy(logits.data(), dot, bj * sizeof(acc_t));
           scale_in_place(logits.data(), bj, p.scale);
+          mask_duplicates(p, i, j0, bj, logits.data());
           if (I == J) logits[r] = neg_inf<acc_t>();
           // h = G_ij (row i's softmax gradient) + G_ji (row j's, read down column j).
           softmax_grad_row(logits.data(), h, bj, lse_p[i], g[i]);

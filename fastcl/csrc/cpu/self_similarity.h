@@ -12,10 +12,12 @@
 namespace fastcl::cpu {
 
 // Whether the path applies: columns are the rows themselves, with the same labels, the self
-// pair excluded, no offset or bias, and the per-chunk gradient partials fit the budget.
+// pair excluded, no offset or bias, sample ids (if any) the same for rows and columns and none
+// positive-only (so that the duplicate mask is symmetric too), and the per-chunk gradient
+// partials fit the budget. row_ids / col_ids may be undefined.
 bool self_similarity_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
-                             const at::Tensor& col_labels, bool has_bias, int64_t row_offset, bool exclude_self,
-                             int64_t bytes_per_element);
+                             const at::Tensor& col_labels, const at::Tensor& row_ids, const at::Tensor& col_ids,
+                             bool has_bias, int64_t row_offset, bool exclude_self, int64_t bytes_per_element);
 
 // loss, lse, num_pos (M,) from the normalised rows zn (M, D).
 template <typename acc_t>

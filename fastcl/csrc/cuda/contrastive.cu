@@ -41,7 +41,8 @@ void dispatch_type(at::ScalarType t, F&& f) {
 
 Inputs prepare(const ContrastiveSizes& sz, const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
                const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-               const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale, int64_t row_offset,
+               const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
+               const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
                bool exclude_self) {
   if (q.scalar_type() == at::kDouble) fail_unsupported_dtype("fastcl (float64 runs on the CPU only)", at::kDouble);
   const auto& prop = dev::properties();
@@ -53,6 +54,8 @@ Inputs prepare(const ContrastiveSizes& sz, const at::Tensor& q, const at::Tensor
   in.col_labels = col_labels.contiguous();
   if (col_bias.has_value()) in.bias = col_bias->contiguous();
   if (col_bias_owner.has_value()) in.owner = col_bias_owner->contiguous();
+  if (row_ids.has_value()) in.row_ids = row_ids->contiguous();
+  if (col_ids.has_value()) in.col_ids = col_ids->contiguous();
   in.scale = logit_scale.contiguous();
   std::tie(in.M, in.L, in.D, in.row_offset, in.exclude_self) = std::tie(sz.M, sz.L, sz.D, row_offset, exclude_self);
   return in;
@@ -120,12 +123,13 @@ void pack_side_info(Inputs& in, bool normalize, dev::Stream stream) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
     const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
-    const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self, bool normalize) {
-  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner,
-                                                     logit_scale, row_offset, exclude_self);
+    const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
+    int64_t row_offset, bool exclude_self, bool normalize) {
+  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids,
+                                                     col_ids, logit_scale, row_offset, exclude_self);
   dev::DeviceGuard guard(q.device());
-  Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
-                      exclude_self);
+  Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
+                      row_offset, exclude_self);
   const auto opts = q.options().dtype(at::kFloat);
   at::Tensor loss = at::empty({sz.M}, opts), lse = at::empty({sz.M}, opts), num_pos = at::empty({sz.M}, opts);
   if (sz.M == 0) return {loss, lse, num_pos};
@@ -148,14 +152,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
     const at::Tensor& grad_loss, const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-    const c10::optional<at::Tensor>& col_bias_owner, const at::Tensor& logit_scale, const at::Tensor& lse,
+    const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
+    const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, const at::Tensor& lse,
     const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize) {
-  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner,
-                                                     logit_scale, row_offset, exclude_self);
+  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids,
+                                                     col_ids, logit_scale, row_offset, exclude_self);
   check_backward_args(sz, grad_loss, lse, num_pos, q);
   dev::DeviceGuard guard(q.device());
-  Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, logit_scale, row_offset,
-                      exclude_self);
+  Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
+                      row_offset, exclude_self);
   in.grad = grad_loss.contiguous();
   in.lse = lse.contiguous();
   in.num_pos = num_pos.contiguous();

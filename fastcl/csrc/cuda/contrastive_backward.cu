@@ -157,7 +157,7 @@ struct GradBlock {
       const float raw = sS[er * kSLd + jj];
       float g = 0.f, str_r;
       if constexpr (kRowOwner) {
-        const RowView rv = row_view(own, er);
+        const RowView rv = row_view(p, own, er);
         const ColView cv = col_view(p, str, jj);
         const Pair pr = pair_at(p, scale, raw, o, rv, str0 + jj, cv);
         if (pr.valid) {
@@ -166,7 +166,7 @@ struct GradBlock {
         }
         str_r = cv.info.x;
       } else {
-        const RowView rv = row_view(str, jj);
+        const RowView rv = row_view(p, str, jj);
         const Pair pr = pair_at(p, scale, raw, str0 + jj, rv, o, col_view(p, own, er));
         if (pr.valid) g = grad_logit(pr, rv);
         str_r = rv.info.x;

@@ -17,53 +17,61 @@ struct Problem {
   const int64_t* row_labels;
   const int64_t* col_labels;
   const int64_t* col_bias_owner;  // null: a bias applies to every row
+  const int64_t* row_ids;         // null, or sample ids of rows and columns (duplicate masking)
+  const int64_t* col_ids;
   const float4* row_info;         // {1 / |q_i| (1 without normalize), lse_i, grad_i, 1 / num_pos_i}
   const float4* col_info;         // {1 / |k_j|, bias_j, 0, 0}
   const float* logit_scale;
   int64_t M, L, D, row_offset;
-  bool exclude_self, has_bias;
+  bool exclude_self, has_bias, has_ids;
 };
 
 // The per-row values of one 64-row tile of either side, in shared memory.
 struct MetaSlot {
   int64_t label[kTile];
   int64_t owner[kTile];  // columns with col_bias_owner only
+  int64_t id[kTile];     // with sample ids only
   float4 info[kTile];
 };
 
 // Starts the asynchronous copy of rows [base, base + 64) of one side into slot (zero past n).
 __device__ __forceinline__ void load_slot(MetaSlot* slot, const int64_t* labels, const int64_t* owners,
-                                          const float4* info, int64_t base, int64_t n) {
+                                          const int64_t* ids, const float4* info, int64_t base, int64_t n) {
   const int t = threadIdx.x & (kTile - 1);
   const int64_t idx = base + t;
   const bool ok = idx < n;
   if (threadIdx.x < kTile) {
     cp_async8(&slot->label[t], ok ? labels + idx : labels, ok);
     cp_async16(&slot->info[t], ok ? info + idx : info, ok);
-  } else if (threadIdx.x < 2 * kTile && owners != nullptr) {
-    cp_async8(&slot->owner[t], ok ? owners + idx : owners, ok);
+  } else if (threadIdx.x < 2 * kTile) {
+    if (owners != nullptr) cp_async8(&slot->owner[t], ok ? owners + idx : owners, ok);
+  } else if (threadIdx.x < 3 * kTile) {
+    if (ids != nullptr) cp_async8(&slot->id[t], ok ? ids + idx : ids, ok);
   }
 }
 __device__ __forceinline__ void load_rows(const Problem& p, MetaSlot* slot, int64_t base) {
-  load_slot(slot, p.row_labels, nullptr, p.row_info, base, p.M);
+  load_slot(slot, p.row_labels, nullptr, p.row_ids, p.row_info, base, p.M);
 }
 __device__ __forceinline__ void load_cols(const Problem& p, MetaSlot* slot, int64_t base) {
-  load_slot(slot, p.col_labels, p.col_bias_owner, p.col_info, base, p.L);
+  load_slot(slot, p.col_labels, p.col_bias_owner, p.col_ids, p.col_info, base, p.L);
 }
 
 struct RowView {
-  int64_t label;
+  int64_t label, id;
   float4 info;
 };
 struct ColView {
-  int64_t label;
+  int64_t label, id;
   float4 info;
   const int64_t* owners;  // the slot's owner array, or null without col_bias_owner
   int t;
 };
-__device__ __forceinline__ RowView row_view(const MetaSlot& s, int t) { return {s.label[t], s.info[t]}; }
+// Without sample ids the slot's id array was never written: both views read -1 instead.
+__device__ __forceinline__ RowView row_view(const Problem& p, const MetaSlot& s, int t) {
+  return {s.label[t], p.has_ids ? s.id[t] : -1, s.info[t]};
+}
 __device__ __forceinline__ ColView col_view(const Problem& p, const MetaSlot& s, int t) {
-  return {s.label[t], s.info[t], p.col_bias_owner != nullptr ? s.owner : nullptr, t};
+  return {s.label[t], p.has_ids ? s.id[t] : -1, s.info[t], p.col_bias_owner != nullptr ? s.owner : nullptr, t};
 }
 
 struct Pair {
@@ -80,6 +88,7 @@ __device__ __forceinline__ Pair pair_at(const Problem& p, float scale, float raw
   const bool biased = p.has_bias && math::bias_applies(c.owners, c.t, r.label);
   out.s = fmaf(scale, out.dot, biased ? c.info.y : 0.f);
   out.pos = out.valid && math::is_positive(r.label, c.label);
+  if (p.has_ids && !out.pos && math::is_masked_negative(r.id, c.id)) out.valid = false;
   return out;
 }
 

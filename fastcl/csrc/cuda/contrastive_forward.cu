@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     M::store(acc, sS);
     __syncthreads();
 
-    const RowView rv = row_view(sMeta[2], er);
+    const RowView rv = row_view(p, sMeta[2], er);
     const MetaSlot& cols = sMeta[tile & 1];
     float s[16];
     float mx = neg_inf<float>();
