@@ -39,20 +39,43 @@ def augment_table(benches: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def negatives_table(benches: list) -> str:
+    """bench_negatives.py rows: forward+backward time and peak memory of each implementation."""
+    cells = defaultdict(dict)
+    for bench in benches:
+        info = bench["extra_info"]
+        cells[(info["device"], info["case"], info["size"])][info["impl"]] = (bench["stats"]["median"],
+                                                                             info.get("peak_bytes"))
+    lines = ["| device | case | size | naive ms | fastcl ms | speed-up | naive peak MiB | fastcl peak MiB | "
+             "fastcl without ids ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key in sorted(cells):
+        row = cells[key]
+        if "naive" not in row or "fastcl" not in row:
+            continue
+        (t_n, m_n), (t_f, m_f) = row["naive"], row["fastcl"]
+        plain = f"{row['fastcl_no_ids'][0] * 1e3:,.1f}" if "fastcl_no_ids" in row else "-"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {t_n * 1e3:,.1f} | {t_f * 1e3:,.1f} | {t_n / t_f:.2f}x | "
+                     f"{_mib(m_n)} | {_mib(m_f)} | {plain} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(data: dict) -> str:
     cells = defaultdict(dict)
     hardware = set()
     augment_rows = [b for b in data["benchmarks"] if b["extra_info"].get("bench") == "augment"]
+    negatives_rows = [b for b in data["benchmarks"] if b["extra_info"].get("bench") == "negatives"]
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
         hardware.add(f"{info['hardware']}, torch {info['torch']}, fastcl {info['fastcl']}, {info['date']}")
-        if info.get("bench") == "augment":
+        if info.get("bench") in ("augment", "negatives"):
             continue
         key = (info["device"], info["dtype"], info["passes"], info["rows"], info["dim"])
         cells[key][info["impl"]] = (bench["stats"]["median"], info.get("peak_bytes"))
     lines = ["Hardware: " + "; ".join(sorted(hardware)), ""]
     if augment_rows:
         lines.append(augment_table(augment_rows))
+    if negatives_rows:
+        lines.append(negatives_table(negatives_rows))
     if not cells:
         return "\n".join(lines)
     lines += ["| device | dtype | pass | 2N | D | naive ms | fastcl ms | speed-up | naive peak MiB | "

@@ -58,6 +58,11 @@ class SimCLRConfig:
     device: str = option("auto", "auto (CUDA when visible), cpu, cuda or cuda:N")
     resume: bool = option(False, "continue from OUT/last.pt")
     sync_bn: bool = option(False, "under torchrun: batch-norm statistics over the global batch (global BN)")
+    mask_duplicates: bool = option(True, "an image stored twice (byte-identical) is not its own negative when a "
+                                   "batch holds both copies")
+    queue_size: int = option(0, "a memory bank of this many past keys as the negatives (lightly's NTXentLoss with "
+                             "memory_bank_size: view 1 against its view 2 and the bank, no in-batch negatives); 0: "
+                             "none")
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many views at a time, any "
                                        "batch size in fixed activation memory (batch norm then normalises per "
                                        "chunk); unset: the whole batch at once")
@@ -80,6 +85,8 @@ class SimCLRConfig:
             raise ValueError(f"flip_p must be in [0, 1], got {self.flip_p}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 (views per encoder call), got {self.chunk_size}")
+        if self.queue_size < 0:
+            raise ValueError(f"queue_size must be >= 0 (0: no memory bank), got {self.queue_size}")
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
 

@@ -8,8 +8,10 @@ cached once as a memory-mapped uint8 array)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,9 +26,20 @@ class ImageData:
     images: Tensor  # uint8 (N, C, H, W)
     labels: Tensor  # int64 (N,)
     num_classes: int
+    _sample_ids: Optional[Tensor] = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.images.shape[0]
+
+    def sample_ids(self) -> Tensor:
+        """int64 (N,): for each image, the index of its first byte-identical copy, so that one
+        image stored twice has one id (and is not its own negative when a batch holds both)."""
+        if self._sample_ids is None:
+            first: dict = {}
+            ids = [first.setdefault(hashlib.blake2b(image.numpy().tobytes(), digest_size=16).digest(), i)
+                   for i, image in enumerate(self.images)]
+            self._sample_ids = torch.tensor(ids, dtype=torch.int64)
+        return self._sample_ids
 
 
 def _from_pil(items) -> tuple[Tensor, Tensor]:
@@ -101,18 +114,19 @@ def load(spec: str, train: bool = True, size: int = 32) -> ImageData:
 
 def batches(data: ImageData, batch_size: int, seed: int, epoch: int, drop_last: bool = True,
             shard: tuple = (0, 1)):
-    """Shuffled uint8 batches (pinned when CUDA is available, for non_blocking copies); the order
-    depends only on (seed, epoch), so a resumed run sees the same batches. With shard=(rank,
-    world), batch_size is the global batch and this rank gets its contiguous share of each
-    (the DistributedSampler split with a per-epoch seed, without padding)."""
+    """Shuffled (uint8 images, labels, sample ids) batches (images pinned when CUDA is available,
+    for non_blocking copies); the order depends only on (seed, epoch), so a resumed run sees the
+    same batches. With shard=(rank, world), batch_size is the global batch and this rank gets its
+    contiguous share of each (the DistributedSampler split with a per-epoch seed, without padding)."""
     rank, world = shard
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     order = torch.randperm(len(data), generator=g)
     stop = len(order) - (len(order) % batch_size if drop_last else 0)
     pin = torch.cuda.is_available()
+    ids = data.sample_ids()
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
         share = len(idx) // world
         idx = idx[rank * share:(rank + 1) * share]
         images = data.images[idx]
-        yield (images.pin_memory() if pin else images), data.labels[idx]
+        yield (images.pin_memory() if pin else images), data.labels[idx], ids[idx]

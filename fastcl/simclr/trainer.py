@@ -16,6 +16,7 @@ from .. import distributed
 from ..augment import SimCLRAugment
 from ..engine import Trainer, TrainingDiverged, checkpoint, progress_bar
 from ..losses import NTXentLoss
+from ..queue import MemoryQueue
 from . import data, evaluate, models, optim
 from .config import SimCLRConfig
 
@@ -58,7 +59,8 @@ class SimCLRTrainer(Trainer):
         self.chunk_size = self.chunking(cfg.chunk_size, 2 * cfg.batch_size // self.world)
         self.augment = SimCLRAugment(cfg.size, scale=(cfg.crop_min, 1.0), flip_p=cfg.flip_p,
                                      strength=cfg.strength, blur_p=cfg.blur_p, channels_last=cfg.channels_last)
-        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=self.world > 1)
+        queue = MemoryQueue(cfg.queue_size, cfg.proj_dim, device=self.device) if cfg.queue_size else None
+        self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=self.world > 1, queue=queue)
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size
         total = cfg.epochs * self.steps_per_epoch
         lr = cfg.lr if cfg.lr is not None else optim.scaled_learning_rate(cfg.batch_size, cfg.lr_scaling)
@@ -77,7 +79,7 @@ class SimCLRTrainer(Trainer):
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                     generator=self.generator.get_state(), torch_rng=torch.get_rng_state(), epoch=self.epoch,
                     step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-                    config=dataclasses.asdict(self.cfg))
+                    criterion=self.criterion.state_dict(), config=dataclasses.asdict(self.cfg))
 
     def save(self) -> None:
         if self.is_main:  # the ranks hold identical states
@@ -89,6 +91,8 @@ class SimCLRTrainer(Trainer):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if "criterion" in state:  # the memory bank; older checkpoints have none
+            self.criterion.load_state_dict(state["criterion"])
         self.generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
@@ -106,12 +110,13 @@ class SimCLRTrainer(Trainer):
         shard = None if self.world == 1 else (self.rank * images.shape[0], self.cfg.batch_size)
         return self.augment(images, views=2, generator=self.generator, shard=shard)
 
-    def _step(self, images: torch.Tensor) -> float:
+    def _step(self, images: torch.Tensor, ids: torch.Tensor) -> float:
         images = images.to(self.device, non_blocking=True)
+        ids = ids.to(self.device) if self.cfg.mask_duplicates else None
         v1, v2 = self._views(images)
         n = images.shape[0]
-        loss, cache = self.embed_and_loss(torch.cat([v1, v2]), self.net, lambda z: self.criterion(z[:n], z[n:]),
-                                          self.chunk_size)
+        loss, cache = self.embed_and_loss(torch.cat([v1, v2]), self.net,
+                                          lambda z: self.criterion(z[:n], z[n:], sample_ids=ids), self.chunk_size)
         value = self.mean_loss(loss, lambda bad: (
             f"the loss became {bad} at step {self.global_step + 1} (epoch {self.epoch}); training stopped and the "
             f"last good checkpoint {self.checkpoint_path} is kept. Lower the learning rate or use bf16 instead "
@@ -161,11 +166,11 @@ class SimCLRTrainer(Trainer):
         tick, seen = time.perf_counter(), 0
         with progress_bar(self.steps_per_epoch, cfg.progress and self.is_main, initial=self.step_in_epoch,
                           desc=f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
-            for i, (images, _) in enumerate(data.batches(self.train_data, cfg.batch_size, cfg.seed, self.epoch,
+            for i, (images, _, ids) in enumerate(data.batches(self.train_data, cfg.batch_size, cfg.seed, self.epoch,
                                                          shard=(self.rank, self.world))):
                 if i < self.step_in_epoch:
                     continue  # resumed mid-epoch: this batch was trained on before the checkpoint
-                loss = self._step(images)
+                loss = self._step(images, ids)
                 losses.append(loss)
                 self.step_in_epoch, self.global_step = i + 1, self.global_step + 1
                 seen += images.shape[0] * self.world

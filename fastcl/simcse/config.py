@@ -63,6 +63,9 @@ class SimCSEConfig:
     log_every: int = option(10, "steps between metrics.jsonl records")
     max_steps: Optional[int] = option(None, "stop after this many steps in all")
     progress: bool = option(True, "progress bar on stderr")
+    mask_duplicates: bool = option(True, "a sentence twice in a batch (same token ids) is not its own negative; "
+                                   "supervised: rows sharing a sentence are one sample, and a hard negative equal "
+                                   "to a row's sentence is not that row's negative")
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many sentences at a time, any "
                                        "batch size in fixed activation memory; unset: the whole batch at once")
 

@@ -16,7 +16,7 @@ import torch
 
 from ..engine import Trainer, TrainingDiverged, progress_bar
 from ..losses import InfoNCELoss
-from . import data, sts
+from . import data, duplicates, sts
 from .config import SimCSEConfig
 from .model import SimCSE, native_pooler
 
@@ -83,24 +83,42 @@ class SimCSETrainer(Trainer):
             else max(0.0, (total - step) / max(1, total - warmup)))
         return optimizer, scheduler
 
-    def _batch(self, rows: list) -> dict:
-        """Tokenised sentences of a batch: anchors twice (unsupervised) or anchors, positives and
-        hard negatives, stacked so that one forward embeds them all."""
+    def _tokens(self, rows: list) -> dict:
+        """Tokenised sentences of a batch (on the CPU): anchors twice (unsupervised) or anchors,
+        positives and hard negatives, stacked so that one forward embeds them all."""
         d = self.data
         groups = [[d.anchors[i] for i in rows]]
         groups.append([d.positives[i] for i in rows] if d.supervised else groups[0])
         if d.hard_negatives is not None:
             groups.append([d.hard_negatives[i] for i in rows])
-        tokens = self.model.tokenize([s for group in groups for s in group])
-        return {k: v.to(self.device, non_blocking=True) for k, v in tokens.items()}
+        return self.model.tokenize([s for group in groups for s in group])
 
-    def _step(self, rows: list) -> float:
+    def _sample_ids(self, batch: list, start: int, stop: int, tokens: dict) -> tuple:
+        """(pair ids, hard-negative ids) of this rank's rows batch[start:stop] for duplicate masking,
+        derived from the token ids of the whole global batch, so that every rank agrees (None, None
+        with mask_duplicates off)."""
+        if not self.cfg.mask_duplicates:
+            return None, None
+        if stop - start != len(batch):  # under torchrun: every rank tokenises the global batch for its ids
+            tokens = self._tokens(batch)
+        keys, n = duplicates.token_keys(tokens["input_ids"], tokens["attention_mask"]), len(batch)
+        pair_ids, negative_ids = duplicates.duplicate_ids(*(keys[g * n:(g + 1) * n] for g in range(len(keys) // n)))
+        pair_ids = pair_ids[start:stop].to(self.device)
+        return pair_ids, None if negative_ids is None else negative_ids[start:stop].to(self.device)
+
+    def _step(self, batch: list, start: int, stop: int) -> float:
+        rows = batch[start:stop]
         n = len(rows)
+        tokens = self._tokens(rows)
+        ids, negative_ids = self._sample_ids(batch, start, stop, tokens)
+
         def loss_fn(z):
             z = z.float()
-            return self.criterion(z[:n], z[n:2 * n], negative_keys=z[2 * n:] if z.shape[0] > 2 * n else None)
+            return self.criterion(z[:n], z[n:2 * n], negative_keys=z[2 * n:] if z.shape[0] > 2 * n else None,
+                                  sample_ids=ids, negative_ids=negative_ids)
 
-        loss, cache = self.embed_and_loss(self._batch(rows), self.net, loss_fn, self.chunk_size)
+        inputs = {k: v.to(self.device, non_blocking=True) for k, v in tokens.items()}
+        loss, cache = self.embed_and_loss(inputs, self.net, loss_fn, self.chunk_size)
         value = self.mean_loss(loss, lambda bad: (
             f"the SimCSE loss became {bad} at step {self.global_step + 1}; lower the learning rate or use bf16 "
             f"instead of fp16; the last saved model in {self.cfg.out} (if any) is kept"))
@@ -128,13 +146,16 @@ class SimCSETrainer(Trainer):
         self.model.save_pretrained(self.cfg.out)
 
     def _batches(self, generator: torch.Generator):
-        """(epoch, this rank's rows) of each step, in the order a one-process run would see them."""
+        """(epoch, the global batch's rows, this rank's share [start, stop) of them) of each step,
+        in the order a one-process run would see them."""
         for epoch in range(self.cfg.epochs):
             order = torch.randperm(len(self.data), generator=generator).tolist()
             for first in range(0, len(order), self.batch_size):
                 batch = order[first:first + self.batch_size]
                 if len(batch) >= self.smallest_batch:
-                    yield epoch, len(batch), torch.tensor(batch).tensor_split(self.world)[self.rank].tolist()
+                    sizes = [len(part) for part in torch.tensor(batch).tensor_split(self.world)]
+                    start = sum(sizes[:self.rank])
+                    yield epoch, batch, start, start + sizes[self.rank]
 
     def train(self) -> dict:
         """Runs to `epochs` (or `max_steps`), saves, and returns the summary."""
@@ -144,11 +165,11 @@ class SimCSETrainer(Trainer):
         self.model.train()
         self.model.head_trained = True
         with progress_bar(self.total_steps, cfg.progress and self.is_main) as bar:
-            for epoch, size, rows in self._batches(generator):
-                loss = self._step(rows)
+            for epoch, batch, start, stop in self._batches(generator):
+                loss = self._step(batch, start, stop)
                 losses.append(loss)
                 self.global_step += 1
-                seen += size
+                seen += len(batch)
                 rate = seen / max(time.perf_counter() - tick, 1e-9)
                 lr = self.scheduler.get_last_lr()[0]
                 bar.set_postfix_str(f"epoch {epoch + 1} loss {loss:.4f} lr {lr:.3g} {rate:,.0f} sent/s",

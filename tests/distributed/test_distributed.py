@@ -257,7 +257,9 @@ def test_two_process_simcse_matches_one_process(tmp_path):
     from fastcl.simcse import SimCSETrainer
 
     train = tmp_path / "train.txt"
-    train.write_text("\n".join(f"sentence {i} is about topic {i % 5} and thing {i * 7 % 11}" for i in range(64)))
+    # 40 distinct lines in 64: batches hold copies, which every rank masks with the same global ids
+    train.write_text("\n".join(f"sentence {j} is about topic {j % 5} and thing {j * 7 % 11}"
+                                for j in (i % 40 for i in range(64))))
     mp.start_processes(_simcse_worker, args=(2, str(tmp_path / "init"), train, tmp_path / "two"), nprocs=2,
                        join=True, start_method="spawn")
     SimCSETrainer(_simcse_config(train, tmp_path / "one")).train()

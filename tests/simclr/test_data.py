@@ -87,7 +87,7 @@ def test_folder_is_decoded_once_into_a_memory_mapped_cache(tmp_path):
     second = data.load(f"folder:{tmp_path}", train=True, size=16)
     assert torch.equal(second.images, first.images) and torch.equal(second.labels, first.labels)
     # Batches index the map like an in-memory tensor.
-    images, labels = next(data.batches(second, 4, seed=0, epoch=0))
+    images, labels, _ = next(data.batches(second, 4, seed=0, epoch=0))
     assert images.shape == (4, 3, 16, 16) and labels.shape == (4,)
 
 

@@ -38,18 +38,42 @@ def test_a_few_steps_reduce_the_loss(tmp_path):
     assert os.path.exists(tmp_path / "run" / "summary.json")
 
 
-@pytest.mark.parametrize("chunk_size", [None, 96], ids=["one-shot", "grad-cache"])
-def test_resume_is_exact(tmp_path, chunk_size):
-    full = SimCLRTrainer(_config(tmp_path, "full", chunk_size=chunk_size)).train()
-    # stops mid-epoch with a checkpoint
-    SimCLRTrainer(_config(tmp_path, "split", max_steps=5, chunk_size=chunk_size)).train()
-    resumed = SimCLRTrainer(_config(tmp_path, "split", resume=True, chunk_size=chunk_size)).train()
+@pytest.mark.parametrize("chunk_size,queue_size", [(None, 0), (96, 0), (None, 300)],
+                         ids=["one-shot", "grad-cache", "memory-bank"])
+def test_resume_is_exact(tmp_path, chunk_size, queue_size):
+    kw = dict(chunk_size=chunk_size, queue_size=queue_size)
+    full = SimCLRTrainer(_config(tmp_path, "full", **kw)).train()
+    # stops mid-epoch with a checkpoint (the memory bank's contents in it)
+    SimCLRTrainer(_config(tmp_path, "split", max_steps=5, **kw)).train()
+    if queue_size:
+        saved = checkpoint.load(tmp_path / "split" / "last.pt")["criterion"]
+        assert saved["queue.keys"].shape == (queue_size, 32) and int(saved["queue.ptr"]) == (5 * 128) % queue_size
+    resumed = SimCLRTrainer(_config(tmp_path, "split", resume=True, **kw)).train()
     want, want_epochs = _step_losses(tmp_path / "full")
     got, got_epochs = _step_losses(tmp_path / "split")
     assert len(got) == len(want) == 16
     assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
     assert [e["knn_top1"] for e in got_epochs] == pytest.approx([e["knn_top1"] for e in want_epochs])
     assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-5)
+
+
+def test_an_image_stored_twice_is_not_its_own_negative(tmp_path):
+    trainer = SimCLRTrainer(_config(tmp_path, max_steps=1, epochs=1))
+    images = trainer.train_data.images
+    images[1::2] = images[0::2]  # every image twice
+    trainer.train_data._sample_ids = None
+    assert trainer.train_data.sample_ids()[:6].tolist() == [0, 0, 2, 2, 4, 4]
+    seen = []
+    forward = trainer.criterion.forward
+    trainer.criterion.forward = lambda z1, z2, sample_ids: seen.append(sample_ids) or forward(z1, z2,
+                                                                                             sample_ids=sample_ids)
+    trainer.train()
+    ids = seen[0]
+    assert ids.shape == (128,) and len(set(ids.tolist())) < 128  # the batch holds copies, and they share ids
+    trainer.cfg.mask_duplicates = False
+    trainer.cfg.max_steps = 2
+    trainer.train()
+    assert seen[-1] is None
 
 
 def test_a_failed_save_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -72,7 +96,7 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):
     trainer = SimCLRTrainer(_config(tmp_path, epochs=2, max_steps=8))
     trainer.train()
     saved = checkpoint.load(trainer.checkpoint_path)
-    trainer.criterion = lambda z1, z2: (z1.sum() + z2.sum()) * float("nan")  # the next step blows up
+    trainer.criterion.forward = lambda z1, z2, **kw: (z1.sum() + z2.sum()) * float("nan")  # the next step blows up
     trainer.cfg.max_steps = None
     with pytest.raises(TrainingDiverged, match="last good checkpoint"):
         trainer.train()
@@ -93,6 +117,7 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):
     (dict(batch_size=4096), ValueError, "larger than"),
     (dict(crop_min=0.0), ValueError, "crop_min"),
     (dict(flip_p=1.5), ValueError, "flip_p"),
+    (dict(queue_size=-1), ValueError, "queue_size must be >= 0"),
 ])
 def test_bad_arguments(tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
@@ -103,6 +128,7 @@ def test_command_line(tmp_path):
     out = tmp_path / "cli"
     run = subprocess.run([sys.executable, "-m", "fastcl", "simclr", "--data", "fake", "--arch", "small_cnn",
                           "--batch-size", "128", "--epochs", "1", "--proj-hidden", "64", "--max-steps", "2",
+                          "--queue-size", "300", "--no-mask-duplicates",
                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout[run.stdout.index("{"):])["steps"] == 2
