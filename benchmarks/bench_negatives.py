@@ -25,10 +25,11 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _moco(impl, queue_size, device):
-    """MoCo v2: 256 queries against their keys and a queue (the queue is not differentiated)."""
+def _moco(impl, size, device):
+    """MoCo v2: queries against their keys and a queue (not differentiated); size = (batch, queue)."""
+    batch, queue_size = size
     g = torch.Generator().manual_seed(queue_size)
-    q, k = (torch.randn(256, DIM, generator=g).to(device).requires_grad_() for _ in range(2))
+    q, k = (torch.randn(batch, DIM, generator=g).to(device).requires_grad_() for _ in range(2))
     torch.manual_seed(0)
     queue = fastcl.MemoryQueue(queue_size, DIM, device=device)
     criterion = fastcl.InfoNCELoss(0.2, in_batch_negatives=False, queue=queue)
@@ -38,8 +39,9 @@ def _moco(impl, queue_size, device):
     return lambda: reference.moco_loss(q, k, keys, 0.2).backward(), (q, k)
 
 
-def _dedup(impl, rows, device):
+def _dedup(impl, size, device):
     """NT-Xent over 2N rows whose samples repeat (one id in four is shared with another sample)."""
+    rows = size[0]
     g = torch.Generator().manual_seed(rows)
     z1, z2 = (torch.randn(rows // 2, DIM, generator=g).to(device).requires_grad_() for _ in range(2))
     ids = torch.randint(0, rows // 2 - rows // 8, (rows // 2,), generator=g).to(device)
@@ -50,11 +52,11 @@ def _dedup(impl, rows, device):
     return lambda: reference.nt_xent_deduplicated(z1, z2, ids, 0.5).backward(), (z1, z2)
 
 
-CASES = [("moco", 16384), ("moco", 65536), ("dedup", 8192)]
+CASES = [("moco", (256, 16384)), ("moco", (256, 65536)), ("moco", (4096, 65536)), ("dedup", (8192,))]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case,size", CASES, ids=[f"{c}-{s}" for c, s in CASES])
+@pytest.mark.parametrize("case,size", CASES, ids=[f"{c}-{'x'.join(map(str, s))}" for c, s in CASES])
 @pytest.mark.parametrize("impl", ["naive", "fastcl", "fastcl_no_ids"])
 def test_negatives(benchmark, provenance, impl, case, size, device):
     if impl == "fastcl_no_ids" and case != "dedup":
@@ -68,5 +70,5 @@ def test_negatives(benchmark, provenance, impl, case, size, device):
         _sync(device)
 
     peak = peak_memory_bytes(step, device)
-    provenance(device, bench="negatives", case=case, size=size, impl=impl, peak_bytes=peak)
+    provenance(device, bench="negatives", case=case, size=" x ".join(map(str, size)), impl=impl, peak_bytes=peak)
     benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)

@@ -46,7 +46,7 @@ def negatives_table(benches: list) -> str:
         info = bench["extra_info"]
         cells[(info["device"], info["case"], info["size"])][info["impl"]] = (bench["stats"]["median"],
                                                                              info.get("peak_bytes"))
-    lines = ["| device | case | size | naive ms | fastcl ms | speed-up | naive peak MiB | fastcl peak MiB | "
+    lines = ["| device | case | 2N, or batch x queue | naive ms | fastcl ms | speed-up | naive peak MiB | fastcl peak MiB | "
              "fastcl without ids ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key in sorted(cells):
         row = cells[key]

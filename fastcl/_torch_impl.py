@@ -29,11 +29,14 @@ def contrastive(
     row_offset: int = 0,
     exclude_self: bool = False,
     normalize: bool = True,
+    constant_cols: int = 0,
     compute_dtype: Optional[torch.dtype] = None,
 ) -> tuple[Tensor, Tensor]:
     """(per-row loss, positive count) of the contrastive core, computed in the loss dtype
     (or in compute_dtype: the tests use the input's low-precision dtype as plain PyTorch would)."""
     acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
+    if constant_cols:
+        k = torch.cat([k[:k.shape[0] - constant_cols], k[k.shape[0] - constant_cols:].detach()])
     qn, kn = q.to(acc), k.to(acc)
     if normalize:
         qn, kn = F.normalize(qn, dim=1, eps=NORM_EPS), F.normalize(kn, dim=1, eps=NORM_EPS)

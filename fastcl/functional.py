@@ -247,16 +247,18 @@ def info_nce(
                                              in_batch_negatives and queue is None)
     col_ids = _key_ids(ids, key_ids, negative_ids, positive_key.shape[0], keys.shape[0], in_batch_negatives,
                        query.device)
+    queued = 0
     if queue is not None:
         keys, col_labels, col_ids, col_bias, owner = _with_queue(queue, query, keys, col_labels, col_ids, col_bias,
                                                                  owner)
+        queued = len(queue)
     if not in_batch_negatives and keys.shape[0] == positive_key.shape[0]:
         raise ValueError("in_batch_negatives=False leaves no negatives: pass negative_keys or a non-empty queue")
     row_ids = None if col_ids is None else (ids if ids is not None else torch.full_like(row_labels, -1))
     scale = _logit_scale(temperature, query)
     loss, num_pos = ops.contrastive(query, keys, row_labels, col_labels, scale, col_bias=col_bias,
                                     col_bias_owner=owner, row_ids=row_ids, col_ids=col_ids, normalize=normalize,
-                                    impl=impl)
+                                    constant_cols=queued, impl=impl)
     if symmetric:
         # The other direction: this rank's keys as rows against every rank's queries.
         loss_t, _ = ops.contrastive(local_positive, all_queries, row_labels, col_labels, scale, row_ids=ids,

@@ -23,7 +23,7 @@ ContrastiveSizes check_contrastive_args(
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
     const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
     const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
-    bool exclude_self) {
+    bool exclude_self, int64_t constant_cols) {
   TORCH_CHECK_VALUE(q.dim() == 2, "fastcl: q must be 2-D (M, D), got shape ", q.sizes());
   TORCH_CHECK_VALUE(k.dim() == 2, "fastcl: k must be 2-D (L, D), got shape ", k.sizes());
   TORCH_CHECK_VALUE(q.size(1) == k.size(1), "fastcl: q and k must have the same feature size D, got ",
@@ -74,6 +74,8 @@ ContrastiveSizes check_contrastive_args(
     TORCH_CHECK_TYPE(row_ids->scalar_type() == at::kLong && col_ids->scalar_type() == at::kLong,
                      "fastcl: row_ids and col_ids must be int64");
   }
+  TORCH_CHECK_VALUE(constant_cols >= 0 && constant_cols <= L, "fastcl: constant_cols must be in [0, ", L,
+                    "], got ", constant_cols);
   TORCH_CHECK_VALUE(row_offset >= 0, "fastcl: row_offset must be >= 0, got ", row_offset);
   if (exclude_self) {
     TORCH_CHECK_VALUE(row_offset + M <= L, "fastcl: with exclude_self, rows [row_offset, row_offset+M) = [",

@@ -200,3 +200,30 @@ def test_compiled_sample_ids_loss_matches_eager():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call(torch.randn(6, 4), fastcl.MemoryQueue(4, 4))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("k_grad", [True, False], ids=["keys-learned", "keys-constant"])
+def test_constant_columns_get_no_gradient_and_change_nothing_else(device, k_grad):
+    """A queue's columns are constants: the backward skips their gradient (all of k's when k
+    needs none) and returns the same loss and query gradient as when it computes them."""
+    from fastcl import ops
+    from helpers import make_case
+
+    for dtype in ([torch.float64, torch.float32] if _exact_dtype(device) == torch.float64 else
+                  [torch.float32, torch.bfloat16]):
+        q, k, lr, lc, scale, kw = make_case("queue", 70, 33, dtype, device)
+        k.requires_grad_(k_grad)
+        leaves = (q, k) if k_grad else (q,)
+        full, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
+        want = torch.autograd.grad(full.sum(), leaves)
+        cut, _ = ops.contrastive(q, k, lr, lc, scale, constant_cols=140, impl="fastcl", **kw)
+        got = torch.autograd.grad(cut.sum(), leaves)
+        assert torch.equal(cut, full)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+        if k_grad:
+            torch.testing.assert_close(got[1][:70], want[1][:70], rtol=1e-6, atol=1e-6)
+            assert not got[1][70:].any()
+        if k_grad:  # the pure-PyTorch path treats them as constants too
+            ref, _ = reference.contrastive(q, k, lr, lc, scale, constant_cols=140, **kw)
+            assert not torch.autograd.grad(ref.sum(), k)[0][70:].any()

@@ -132,8 +132,8 @@ double backward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Te
       }
     }
     grad_q_block.addmm_(tile, kn.narrow(0, c0, bc));
-    at::Tensor partial_tile = partial.narrow(0, c0 - g0, bc);
-    partial_tile.addmm_(tile.t(), q_block);
+    const int64_t kc = std::clamp<int64_t>(p.grad_cols - c0, 0, bc);  // constant columns need no G^T qn
+    if (kc > 0) partial.narrow(0, c0 - g0, kc).addmm_(tile.narrow(1, 0, kc).t(), q_block);
   }
   return dscale;
 }
@@ -145,6 +145,7 @@ std::tuple<at::Tensor, at::Tensor, acc_t> backward_impl(const Problem<acc_t>& p,
   const auto opts = qn.options();
   at::Tensor grad_qn = at::zeros({p.M, p.D}, opts);
   at::Tensor grad_kn = at::empty({p.L, p.D}, opts);
+  grad_kn.narrow(0, p.grad_cols, p.L - p.grad_cols).zero_();
   const acc_t* grad_p = grad.data_ptr<acc_t>();
   const acc_t* lse_p = lse.data_ptr<acc_t>();
   const acc_t* pos_p = num_pos.data_ptr<acc_t>();
@@ -174,7 +175,8 @@ std::tuple<at::Tensor, at::Tensor, acc_t> backward_impl(const Problem<acc_t>& p,
         }
       }
     });
-    grad_kn.narrow(0, g0, g1 - g0).copy_(partials.narrow(1, 0, g1 - g0).sum(0));
+    const int64_t gk = std::min(g1, p.grad_cols) - g0;
+    if (gk > 0) grad_kn.narrow(0, g0, gk).copy_(partials.narrow(1, 0, gk).sum(0));
   }
   double total = 0;
   for (double d : dscale) total += d;
@@ -191,6 +193,7 @@ struct Prepared {
   at::ScalarType acc;
   Normalised qn, kn;
   at::Tensor row_labels, col_labels, bias, owner, row_ids, col_ids;
+  int64_t constant_cols;
   bool self_path;
 };
 
@@ -198,10 +201,11 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row
                  const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
                  const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
                  const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
-                 bool exclude_self, bool normalize) {
+                 bool exclude_self, bool normalize, int64_t constant_cols) {
   Prepared pr;
   pr.sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
-                                 logit_scale, row_offset, exclude_self);
+                                 logit_scale, row_offset, exclude_self, constant_cols);
+  pr.constant_cols = constant_cols;
   pr.acc = loss_dtype(q.scalar_type());
   pr.qn = normalise_rows(q, pr.acc, normalize);
   pr.kn = q.is_same(k) ? pr.qn : normalise_rows(k, pr.acc, normalize);
@@ -211,7 +215,7 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row
   pr.owner = contiguous_or_empty(col_bias_owner);
   pr.row_ids = contiguous_or_empty(row_ids);
   pr.col_ids = contiguous_or_empty(col_ids);
-  pr.self_path = self_similarity_applies(q, k, pr.row_labels, pr.col_labels, pr.row_ids, pr.col_ids,
+  pr.self_path = constant_cols == 0 && self_similarity_applies(q, k, pr.row_labels, pr.col_labels, pr.row_ids, pr.col_ids,
                                          pr.bias.defined(), row_offset, exclude_self, c10::elementSize(pr.acc));
   return pr;
 }
@@ -231,6 +235,7 @@ Problem<acc_t> make_problem(const Prepared& pr, const at::Tensor& logit_scale, i
   p.bias_owner = pr.owner.defined() ? pr.owner.data_ptr<int64_t>() : nullptr;
   p.row_ids = pr.row_ids.defined() ? pr.row_ids.data_ptr<int64_t>() : nullptr;
   p.col_ids = pr.col_ids.defined() ? pr.col_ids.data_ptr<int64_t>() : nullptr;
+  p.grad_cols = pr.sz.L - pr.constant_cols;
   p.scale = logit_scale.item<acc_t>();
   return p;
 }
@@ -265,9 +270,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
     const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
     const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
-    int64_t row_offset, bool exclude_self, bool normalize) {
+    int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols) {
   const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                              row_offset, exclude_self, normalize);
+                              row_offset, exclude_self, normalize, constant_cols);
   return pr.acc == at::kDouble ? forward_typed<double>(pr, logit_scale, row_offset, exclude_self)
                                : forward_typed<float>(pr, logit_scale, row_offset, exclude_self);
 }
@@ -277,9 +282,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
     const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
     const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, const at::Tensor& lse,
-    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize) {
+    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols) {
   const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                              row_offset, exclude_self, normalize);
+                              row_offset, exclude_self, normalize, constant_cols);
   check_backward_args(pr.sz, grad_loss, lse, num_pos, q);
   const at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), pos = num_pos.contiguous();
   return pr.acc == at::kDouble

@@ -34,6 +34,7 @@ struct Problem {
   const int64_t* bias_owner;  // nullptr: the bias applies to every row
   const int64_t* row_ids;     // nullptr, or sample ids of rows and columns (duplicate masking)
   const int64_t* col_ids;
+  int64_t grad_cols;          // columns [0, grad_cols) get a gradient; the rest are constants
   acc_t scale;
 };
 

@@ -124,9 +124,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
     const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
     const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
-    int64_t row_offset, bool exclude_self, bool normalize) {
+    int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols) {
   const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids,
-                                                     col_ids, logit_scale, row_offset, exclude_self);
+                                                     col_ids, logit_scale, row_offset, exclude_self, constant_cols);
   dev::DeviceGuard guard(q.device());
   Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
                       row_offset, exclude_self);
@@ -154,9 +154,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
     const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
     const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, const at::Tensor& lse,
-    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize) {
+    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols) {
   const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids,
-                                                     col_ids, logit_scale, row_offset, exclude_self);
+                                                     col_ids, logit_scale, row_offset, exclude_self, constant_cols);
   check_backward_args(sz, grad_loss, lse, num_pos, q);
   dev::DeviceGuard guard(q.device());
   Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
@@ -164,6 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
   in.grad = grad_loss.contiguous();
   in.lse = lse.contiguous();
   in.num_pos = num_pos.contiguous();
+  in.grad_cols = sz.L - constant_cols;
   at::Tensor grad_q = at::empty({sz.M, sz.D}, in.q.options());
   at::Tensor grad_k = at::empty({sz.L, sz.D}, in.k.options());
   at::Tensor grad_scale = at::empty({}, logit_scale.options());

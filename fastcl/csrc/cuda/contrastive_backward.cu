@@ -78,7 +78,7 @@ struct GradBlock {
         str_x(str),
         p(prob),
         vec(vectorised) {
-    n_own = kRowOwner ? p.M : p.L, n_str = kRowOwner ? p.L : p.M;
+    n_own = kRowOwner ? p.M : p.grad_cols, n_str = kRowOwner ? p.L : p.M;
     own0 = int64_t(blockIdx.x) * kTile;
     d0 = int64_t(blockIdx.y) * kDC;
     nC = static_cast<int>((min(int64_t(kDC), p.D - d0) + BK - 1) / BK);  // P slices in this block
@@ -394,7 +394,12 @@ void backward_impl(const Inputs& in, bool normalize, dev::Stream stream, at::Ten
   const Problem p = in.problem();
   at::Tensor scale_part;
   grad_side<T, true>(in, p, normalize, in.q, in.k, grad_q, &scale_part, stream);
-  grad_side<T, false>(in, p, normalize, in.k, in.q, grad_k, nullptr, stream);
+  // Only the leading grad_cols columns are differentiated (the rest, a queue, are constants).
+  if (in.grad_cols < in.L) grad_k.narrow(0, in.grad_cols, in.L - in.grad_cols).zero_();
+  if (in.grad_cols > 0) {
+    at::Tensor grad_k_head = grad_k.narrow(0, 0, in.grad_cols);
+    grad_side<T, false>(in, p, normalize, in.k.narrow(0, 0, in.grad_cols), in.q, grad_k_head, nullptr, stream);
+  }
   dev::launch<sum_partials_kernel>(1, kThreads, 0, stream, scale_part.data_ptr<double>(), scale_part.numel(),
                                    grad_scale.data_ptr<float>());
 }

@@ -23,6 +23,7 @@ struct Problem {
   const float4* col_info;         // {1 / |k_j|, bias_j, 0, 0}
   const float* logit_scale;
   int64_t M, L, D, row_offset;
+  int64_t grad_cols;  // backward: the columns [0, grad_cols) that own a gradient
   bool exclude_self, has_bias, has_ids;
 };
 
