@@ -326,7 +326,7 @@ def test_a_nan_loss_stops_the_run(tmp_path):
     (tmp_path / "train.txt").write_text("\n".join(f"sentence {i}" for i in range(20)))
     trainer = SimCSETrainer(SimCSEConfig(train_file=str(tmp_path / "train.txt"), out=str(tmp_path / "run"),
                                          batch_size=8, progress=False))
-    trainer.criterion = lambda q, k, negative_keys=None: (q.sum() + k.sum()) * float("nan")
+    trainer.criterion = lambda q, k, negative_keys=None, **ids: (q.sum() + k.sum()) * float("nan")
     with pytest.raises(TrainingDiverged, match="loss became nan at step 1"):
         trainer.train()
 
