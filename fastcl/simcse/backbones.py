@@ -53,14 +53,45 @@ def read_json(path: str) -> dict:
         return json.load(f)
 
 
+# sentence-transformers pooling modes and the SimCSE pooler that computes the same vector.
+ST_POOLERS = {"cls": "cls_before_pooler", "mean": "avg"}
+# The boolean keys sentence-transformers wrote before `pooling_mode` (6.x still reads them).
+ST_LEGACY_POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                          "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                          "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+
+
+def _pooling_folder(path: str) -> str:
+    """The folder of a sentence-transformers checkpoint's Pooling module (modules.json names it)."""
+    try:
+        with open(os.path.join(path, "modules.json")) as f:
+            modules = json.load(f)
+    except (OSError, ValueError):
+        modules = []
+    for module in modules if isinstance(modules, list) else []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith("Pooling"):
+            return os.path.join(path, module.get("path", ""))
+    return os.path.join(path, "1_Pooling")
+
+
 def sentence_transformers_pooler(path: str) -> str | None:
-    """The SimCSE pooler equal to a sentence-transformers checkpoint's pooling, if it has one."""
-    pooling = read_json(os.path.join(path, "1_Pooling", "config.json"))
-    if pooling.get("pooling_mode_mean_tokens"):
-        return "avg"
-    if pooling.get("pooling_mode_cls_token"):
-        return "cls_before_pooler"
-    return None
+    """The SimCSE pooler equal to a sentence-transformers checkpoint's pooling (None without one).
+    Reads both formats sentence-transformers has written: `pooling_mode` ("mean", "cls", or a list
+    for concatenated modes) and the older `pooling_mode_*_tokens` booleans. A mode fastcl cannot
+    compute is refused, never replaced by another."""
+    pooling = read_json(os.path.join(_pooling_folder(path), "config.json"))
+    if not pooling:
+        return None
+    mode = pooling.get("pooling_mode")
+    if mode is None:
+        modes = [name for key, name in ST_LEGACY_POOLING_KEYS.items() if pooling.get(key)]
+    else:
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    if len(modes) == 1 and modes[0] in ST_POOLERS:
+        return ST_POOLERS[modes[0]]
+    raise ValueError(f"{path}: sentence-transformers pooling {' + '.join(map(str, modes)) or 'none'} is not supported "
+                     f"by fastcl, which pools with cls or mean; pass --pooler (or pooler=) one of "
+                     "cls_before_pooler, avg, cls, avg_first_last, avg_top2 to choose one explicitly")
 
 
 def sentence_transformers_max_length(path: str) -> int | None:
@@ -100,9 +131,7 @@ def load_backbone(name: str, seed: int = 0):
     try:
         config = transformers.AutoConfig.from_pretrained(source)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-        # SimCSE computes its own head; a saved one travels in the pooler (SimCSE.save_pretrained).
-        extra = {"add_pooling_layer": False} if config.model_type in POOLER_MODEL_TYPES else {}
-        model = transformers.AutoModel.from_pretrained(source, config=config, **extra)
+        model, info = transformers.AutoModel.from_pretrained(source, config=config, output_loading_info=True)
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(
             f"model {name!r}: not a folder with a Hugging Face checkpoint, and not loadable from the hub "
@@ -110,5 +139,20 @@ def load_backbone(name: str, seed: int = 0):
             f"({', '.join(BUILTIN_MODELS)}), or a hub name with network access.") from exc
     finally:
         transformers.logging.set_verbosity(verbosity)
+    _keep_pooler_as_given(model, info)
     return model, tokenizer
+
+
+def _keep_pooler_as_given(model, info: dict) -> None:
+    """BERT's and RoBERTa's pooler (Linear + Tanh) is not part of any SimCSE embedding; SimCSE's
+    own MLP is trained instead and saved into it. A pooler the checkpoint has is kept frozen, so
+    that a save writes it back unchanged (and transformers loads the save without a missing or
+    newly initialised weight); one it lacks is dropped rather than left random."""
+    pooler = getattr(model, "pooler", None)
+    if pooler is None or model.config.model_type not in POOLER_MODEL_TYPES:
+        return
+    if any(".pooler." in f".{key}" for key in info.get("missing_keys", ())):
+        model.pooler = None
+    else:
+        pooler.requires_grad_(False)
 
