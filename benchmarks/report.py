@@ -59,15 +59,36 @@ def negatives_table(benches: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def integrations_table(benches: list) -> str:
+    """bench_integrations.py rows: each drop-in against the class it replaces."""
+    cells = defaultdict(dict)
+    for bench in benches:
+        info = bench["extra_info"]
+        cells[(info["device"], info["case"], info["size"])][info["impl"]] = (bench["stats"]["median"],
+                                                                             info.get("peak_bytes"))
+    lines = ["| device | loss | size | original ms | fastcl ms | speed-up | original peak MiB | fastcl peak MiB | "
+             "memory ratio |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for key in sorted(cells):
+        row = cells[key]
+        if "original" not in row or "fastcl" not in row:
+            continue
+        (t_o, m_o), (t_f, m_f) = row["original"], row["fastcl"]
+        ratio = "n/a" if not m_f or m_o is None else f"{m_o / m_f:.0f}x less"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {t_o * 1e3:,.1f} | {t_f * 1e3:,.1f} | {t_o / t_f:.2f}x | "
+                     f"{_mib(m_o)} | {_mib(m_f)} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
 def table(data: dict) -> str:
     cells = defaultdict(dict)
     hardware = set()
     augment_rows = [b for b in data["benchmarks"] if b["extra_info"].get("bench") == "augment"]
     negatives_rows = [b for b in data["benchmarks"] if b["extra_info"].get("bench") == "negatives"]
+    integration_rows = [b for b in data["benchmarks"] if b["extra_info"].get("bench") == "integrations"]
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
         hardware.add(f"{info['hardware']}, torch {info['torch']}, fastcl {info['fastcl']}, {info['date']}")
-        if info.get("bench") in ("augment", "negatives"):
+        if info.get("bench") in ("augment", "negatives", "integrations"):
             continue
         key = (info["device"], info["dtype"], info["passes"], info["rows"], info["dim"])
         cells[key][info["impl"]] = (bench["stats"]["median"], info.get("peak_bytes"))
@@ -76,6 +97,8 @@ def table(data: dict) -> str:
         lines.append(augment_table(augment_rows))
     if negatives_rows:
         lines.append(negatives_table(negatives_rows))
+    if integration_rows:
+        lines.append(integrations_table(integration_rows))
     if not cells:
         return "\n".join(lines)
     lines += ["| device | dtype | pass | 2N | D | naive ms | fastcl ms | speed-up | naive peak MiB | "

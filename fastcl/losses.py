@@ -16,7 +16,8 @@ def _push(queue: Optional[MemoryQueue], query: Tensor, keys: Tensor, ids: Option
     """Enqueues a training step's keys after its loss (lightly's rule: when the queries require
     grad), normalised as the loss saw them."""
     if queue is not None and query.requires_grad and torch.is_grad_enabled():
-        queue.push(F.normalize(keys.detach(), dim=1) if normalize else keys.detach(), ids)
+        keys = keys.detach().to(queue.keys.dtype)  # normalised in the storage dtype: unit norm as stored
+        queue.push(F.normalize(keys, dim=1) if normalize else keys, ids)
 
 
 class NTXentLoss(nn.Module):

@@ -95,3 +95,12 @@ def test_the_product_path_never_imports_the_test_oracles():
 def test_modules_stay_readable():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_importing_fastcl_imports_no_library_it_integrates_with():
+    """fastcl.integrations import sentence-transformers, open_clip and lightly only when used."""
+    code = ("import sys, fastcl, fastcl.integrations, fastcl.integrations.lightly, fastcl.integrations.open_clip\n"
+            "print(sorted(m for m in ('lightly', 'open_clip', 'sentence_transformers') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split("\n")[-2] == "[]"

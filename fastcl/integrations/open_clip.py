@@ -1,0 +1,88 @@
+"""open_clip's ClipLoss on fastcl's fused kernels: the same arguments, call and numbers (and
+gradients, logit scale included), without the (N x N) logit matrices, for every combination of
+local_loss and gather_with_grad that open_clip trains with.
+
+    # from open_clip import ClipLoss
+    from fastcl.integrations.open_clip import ClipLoss
+    criterion = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import _validate, distributed, ops
+
+
+def _mean_ce(rows: Tensor, cols: Tensor, first_row: int, logit_scale: Tensor) -> Tensor:
+    """Mean over rows i of cross-entropy(logit_scale * rows_i . cols, target first_row + i): the
+    features are used as given, normalised by the model as open_clip expects."""
+    labels = torch.arange(first_row, first_row + rows.shape[0], device=rows.device)
+    loss, _ = ops.contrastive(rows, cols, labels, torch.arange(cols.shape[0], device=rows.device), logit_scale,
+                              normalize=False)
+    return loss.mean()
+
+
+class ClipLoss(nn.Module):
+    """open_clip.ClipLoss (open_clip 3.x), fused.
+
+    Args:
+        local_loss: each rank's rows against every rank's columns (else every rank computes the
+            whole global loss).
+        gather_with_grad: gradients flow through the gathered features to every rank.
+        cache_labels: accepted for compatibility (fastcl builds no label tensor to cache).
+        rank, world_size: this process in the torch.distributed group (checked against it).
+        use_horovod: not supported (a clear error).
+
+    Call: ``criterion(image_features, text_features, logit_scale, logit_bias=None,
+    output_dict=False)`` with features (N, D) normalised by the model and logit_scale the exp()
+    of the model's parameter; returns the loss, or {"contrastive_loss": loss}.
+    """
+
+    def __init__(self, local_loss: bool = False, gather_with_grad: bool = False, cache_labels: bool = False,
+                 rank: int = 0, world_size: int = 1, use_horovod: bool = False):
+        super().__init__()
+        if use_horovod:
+            raise ValueError("fastcl's ClipLoss does not support use_horovod=True: run under torch.distributed "
+                             "(torchrun), or use open_clip.ClipLoss for horovod")
+        self.local_loss, self.gather_with_grad, self.cache_labels = local_loss, gather_with_grad, cache_labels
+        self.rank, self.world_size, self.use_horovod = rank, world_size, use_horovod
+
+    def _gathered(self, x: Tensor, counts: list) -> Tensor:
+        if self.gather_with_grad:
+            return distributed.gather(x, counts)
+        everyone = distributed.gather(x.detach(), counts)
+        if self.local_loss:
+            return everyone  # open_clip gathers without grad and keeps no local copy here
+        start = distributed.offset(counts)  # the local slice keeps its gradient
+        return torch.cat([everyone[:start], x, everyone[start + x.shape[0]:]])
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                logit_bias: Optional[Tensor] = None, output_dict: bool = False):
+        image = _validate.embeddings("image_features", image_features)
+        text = _validate.embeddings("text_features", text_features)
+        _validate.same_kind("text_features", text, "image_features", image)
+        if text.shape[0] != image.shape[0]:
+            raise ValueError(f"image_features and text_features must have the same batch size, got {image.shape[0]} "
+                             f"and {text.shape[0]}")
+        scale = torch.as_tensor(logit_scale, device=image.device).to(ops.loss_dtype(image.dtype)).reshape(())
+        if self.world_size > 1:
+            rank, world = distributed.rank_world()
+            if (rank, world) != (self.rank, self.world_size):
+                raise ValueError(f"ClipLoss(rank={self.rank}, world_size={self.world_size}) does not match the "
+                                 f"torch.distributed group (rank {rank} of {world})")
+            counts = [image.shape[0]] * world
+            all_image, all_text = self._gathered(image, counts), self._gathered(text, counts)
+            if self.local_loss:
+                first = rank * image.shape[0]
+                loss = (_mean_ce(image, all_text, first, scale) + _mean_ce(text, all_image, first, scale)) / 2
+            else:
+                loss = (_mean_ce(all_image, all_text, 0, scale) + _mean_ce(all_text, all_image, 0, scale)) / 2
+        else:
+            loss = (_mean_ce(image, text, 0, scale) + _mean_ce(text, image, 0, scale)) / 2
+        if logit_bias is not None:  # a constant added to every logit leaves the softmax unchanged
+            loss = loss + 0 * logit_bias.sum()
+        return {"contrastive_loss": loss} if output_dict else loss
