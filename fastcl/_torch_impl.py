@@ -30,6 +30,8 @@ def contrastive(
     exclude_self: bool = False,
     normalize: bool = True,
     constant_cols: int = 0,
+    hardness: float = 0.0,
+    hardness_mode: int = 0,
     compute_dtype: Optional[torch.dtype] = None,
 ) -> tuple[Tensor, Tensor]:
     """(per-row loss, positive count) of the contrastive core, computed in the loss dtype
@@ -40,7 +42,11 @@ def contrastive(
     qn, kn = q.to(acc), k.to(acc)
     if normalize:
         qn, kn = F.normalize(qn, dim=1, eps=NORM_EPS), F.normalize(kn, dim=1, eps=NORM_EPS)
-    logits = logit_scale.to(acc) * (qn @ kn.T)
+    dots = qn @ kn.T
+    logits = logit_scale.to(acc) * dots
+    if hardness_mode:
+        logits = logits + torch.where(_penalised(hardness_mode, col_bias_owner, row_labels, col_labels),
+                                      hardness * dots.detach(), 0.0)
     rows = torch.arange(q.shape[0], device=q.device)
     cols = torch.arange(k.shape[0], device=q.device)
     if col_bias is not None:
@@ -60,6 +66,14 @@ def contrastive(
     pos_mean = torch.where(positive, logits, 0.0).sum(1) / num_pos.clamp_min(1)
     loss = torch.where(num_pos > 0, lse - pos_mean, 0.0)
     return loss, num_pos
+
+
+def _penalised(mode: int, owner: Tensor, row_labels: Tensor, col_labels: Tensor) -> Tensor:
+    """(M, L) pairs that get the hardness penalty (csrc/common/contrastive_math.h, penalty_applies)."""
+    has_owner = owner[None, :] >= 0
+    own = owner[None, :] == row_labels[:, None]
+    positive = (col_labels[None, :] == row_labels[:, None]) & (col_labels[None, :] >= 0)
+    return has_owner & ((bool(mode & 1) & ~own) | (bool(mode & 2) & own & ~positive))
 
 
 def nt_xent_naive(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:

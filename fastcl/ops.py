@@ -24,23 +24,24 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
 def _register() -> None:
     @torch.library.register_fake("fastcl::contrastive_forward")
     def _forward_fake(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                      row_offset, exclude_self, normalize, constant_cols=0):
+                      row_offset, exclude_self, normalize, constant_cols=0, hardness=0.0, hardness_mode=0):
         rows = q.new_empty((q.shape[0],), dtype=loss_dtype(q.dtype))
         return rows, torch.empty_like(rows), torch.empty_like(rows)
 
     @torch.library.register_fake("fastcl::contrastive_backward")
     def _backward_fake(grad_loss, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
-                       logit_scale, lse, num_pos, row_offset, exclude_self, normalize, constant_cols=0):
+                       logit_scale, lse, num_pos, row_offset, exclude_self, normalize, constant_cols=0, hardness=0.0,
+                       hardness_mode=0):
         return torch.empty_like(q), torch.empty_like(k), logit_scale.new_empty(())
 
     def _setup_context(ctx, inputs, output):
         q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale, row_offset, \
-            exclude_self, normalize, constant_cols = inputs
+            exclude_self, normalize, constant_cols, hardness, hardness_mode = inputs
         _, lse, num_pos = output
         ctx.save_for_backward(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
                               logit_scale, lse, num_pos)
         ctx.args = (row_offset, exclude_self, normalize)
-        ctx.constant_cols = constant_cols
+        ctx.constant_cols, ctx.hardness = constant_cols, (hardness, hardness_mode)
         ctx.mark_non_differentiable(lse, num_pos)
 
     def _backward(ctx, grad_loss, _grad_lse, _grad_num_pos):
@@ -51,9 +52,9 @@ def _register() -> None:
         constant = k.shape[0] if not need[1] else ctx.constant_cols
         grad_q, grad_k, grad_scale = torch.ops.fastcl.contrastive_backward(
             grad_loss.contiguous(), q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
-            logit_scale, lse, num_pos, *ctx.args, constant)
+            logit_scale, lse, num_pos, *ctx.args, constant, *ctx.hardness)
         return (grad_q if need[0] else None, grad_k if need[1] else None, None, None, None, None, None, None,
-                grad_scale if need[8] else None, None, None, None, None)
+                grad_scale if need[8] else None, None, None, None, None, None, None)
 
     torch.library.register_autograd("fastcl::contrastive_forward", _backward, setup_context=_setup_context)
 
@@ -83,6 +84,8 @@ def contrastive(
     exclude_self: bool = False,
     normalize: bool = True,
     constant_cols: int = 0,
+    hardness: float = 0.0,
+    hardness_mode: int = 0,
     impl: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Per-row contrastive loss and positive count (semantics: csrc/README.md).
@@ -91,6 +94,9 @@ def contrastive(
     denominator when the column id is POSITIVE_ONLY or equals the row's id >= 0.
     constant_cols: the last columns of k are constants (a queue): no gradient flows to them and
     the backward spends no work on theirs.
+    hardness, hardness_mode: sentence-transformers' hardness penalty, hardness * dot (a constant in
+    the backward) on the pairs the mode selects: 1 other rows' columns, 2 a row's own non-positive
+    columns, 3 both; a column's row is col_bias_owner (-1: none), which then needs no col_bias.
 
     impl: "auto" (compiled kernel when available), "fastcl" (compiled kernel, error if
     missing) or "torch" (the pure-PyTorch reference, which materialises the logits)."""
@@ -104,9 +110,10 @@ def contrastive(
     if impl == "torch" or not _extension.has_ops():
         return _torch_impl.contrastive(q, k, row_labels, col_labels, logit_scale, col_bias=col_bias,
                                      col_bias_owner=col_bias_owner, row_ids=row_ids, col_ids=col_ids,
-                                     row_offset=row_offset, constant_cols=constant_cols,
+                                     row_offset=row_offset, constant_cols=constant_cols, hardness=hardness,
+                                     hardness_mode=hardness_mode,
                                      exclude_self=exclude_self, normalize=normalize)
     loss, _lse, num_pos = torch.ops.fastcl.contrastive_forward(
         q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale, row_offset,
-        exclude_self, normalize, constant_cols)
+        exclude_self, normalize, constant_cols, hardness, hardness_mode)
     return loss, num_pos

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 
 #include "common/augment_math.h"
@@ -23,7 +24,7 @@ ContrastiveSizes check_contrastive_args(
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
     const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
     const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
-    bool exclude_self, int64_t constant_cols) {
+    bool exclude_self, int64_t constant_cols, double hardness, int64_t hardness_mode) {
   TORCH_CHECK_VALUE(q.dim() == 2, "fastcl: q must be 2-D (M, D), got shape ", q.sizes());
   TORCH_CHECK_VALUE(k.dim() == 2, "fastcl: k must be 2-D (L, D), got shape ", k.sizes());
   TORCH_CHECK_VALUE(q.size(1) == k.size(1), "fastcl: q and k must have the same feature size D, got ",
@@ -56,7 +57,8 @@ ContrastiveSizes check_contrastive_args(
                      loss_dtype(dt), ", got ", col_bias->scalar_type());
   }
   if (col_bias_owner.has_value()) {
-    TORCH_CHECK_VALUE(col_bias.has_value(), "fastcl: col_bias_owner given without col_bias");
+    TORCH_CHECK_VALUE(col_bias.has_value() || hardness_mode != 0,
+                      "fastcl: col_bias_owner given without col_bias or a hardness_mode");
     check_same_device(*col_bias_owner, q, "col_bias_owner");
     TORCH_CHECK_VALUE(col_bias_owner->dim() == 1 && col_bias_owner->size(0) == L,
                       "fastcl: col_bias_owner must have shape (", L, "), got ", col_bias_owner->sizes());
@@ -74,6 +76,11 @@ ContrastiveSizes check_contrastive_args(
     TORCH_CHECK_TYPE(row_ids->scalar_type() == at::kLong && col_ids->scalar_type() == at::kLong,
                      "fastcl: row_ids and col_ids must be int64");
   }
+  TORCH_CHECK_VALUE(hardness_mode >= 0 && hardness_mode <= 3, "fastcl: hardness_mode must be in [0, 3], got ",
+                    hardness_mode);
+  TORCH_CHECK_VALUE(std::isfinite(hardness), "fastcl: hardness must be finite, got ", hardness);
+  TORCH_CHECK_VALUE(hardness_mode == 0 || col_bias_owner.has_value(),
+                    "fastcl: a hardness_mode needs col_bias_owner (the row that owns each column)");
   TORCH_CHECK_VALUE(constant_cols >= 0 && constant_cols <= L, "fastcl: constant_cols must be in [0, ", L,
                     "], got ", constant_cols);
   TORCH_CHECK_VALUE(row_offset >= 0, "fastcl: row_offset must be >= 0, got ", row_offset);

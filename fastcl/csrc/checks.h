@@ -25,7 +25,8 @@ ContrastiveSizes check_contrastive_args(const at::Tensor& q, const at::Tensor& k
                                         const c10::optional<at::Tensor>& col_bias_owner,
                                         const c10::optional<at::Tensor>& row_ids,
                                         const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
-                                        int64_t row_offset, bool exclude_self, int64_t constant_cols);
+                                        int64_t row_offset, bool exclude_self, int64_t constant_cols,
+                                        double hardness, int64_t hardness_mode);
 
 void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss, const at::Tensor& lse,
                          const at::Tensor& num_pos, const at::Tensor& q);

@@ -9,16 +9,17 @@ namespace fastcl::schema {
 // Rows q (M, D) against columns k (L, D) -> per-row loss, log-sum-exp, positive count. row_ids (M,)
 // and col_ids (L,), both or neither, mask duplicate pairs (common/contrastive_math.h). The last
 // constant_cols columns are constants (a queue): the backward returns zeros for them and skips their work.
+// hardness, hardness_mode: a detached hardness * dot added to the pairs the mode selects (contrastive_math.h).
 constexpr const char* kContrastiveForward =
     "contrastive_forward(Tensor q, Tensor k, Tensor row_labels, Tensor col_labels, "
     "Tensor? col_bias, Tensor? col_bias_owner, Tensor? row_ids, Tensor? col_ids, Tensor logit_scale, "
-    "int row_offset, bool exclude_self, bool normalize, int constant_cols=0) "
-    "-> (Tensor loss, Tensor lse, Tensor num_pos)";
+    "int row_offset, bool exclude_self, bool normalize, int constant_cols=0, float hardness=0., "
+    "int hardness_mode=0) -> (Tensor loss, Tensor lse, Tensor num_pos)";
 constexpr const char* kContrastiveBackward =
     "contrastive_backward(Tensor grad_loss, Tensor q, Tensor k, Tensor row_labels, "
     "Tensor col_labels, Tensor? col_bias, Tensor? col_bias_owner, Tensor? row_ids, Tensor? col_ids, "
     "Tensor logit_scale, Tensor lse, Tensor num_pos, int row_offset, bool exclude_self, bool normalize, "
-    "int constant_cols=0) "
+    "int constant_cols=0, float hardness=0., int hardness_mode=0) "
     "-> (Tensor grad_q, Tensor grad_k, Tensor grad_logit_scale)";
 // SimCLR batch augmentation: output sample p is images[source_index[p]] transformed by the
 // parameter row params[p] (layout: csrc/common/augment_math.h), resized to size x size.

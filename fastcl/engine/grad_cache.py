@@ -155,12 +155,21 @@ class GradCache:
         with the graph. `scaler`: an AMP GradScaler whose scale the loss takes, as scaler.scale(loss)."""
         if self._chunks is None:
             raise RuntimeError("GradCache.backward needs a preceding embed() of the same batch")
-        chunks, self._chunks = self._chunks, None
-        embeddings, self._embeddings = self._embeddings, None
+        embeddings = self._embeddings
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if embeddings.grad is None:
+            self._chunks, self._embeddings = None, None
             raise RuntimeError("the loss does not depend on the embeddings that embed() returned")
-        grad, start = embeddings.grad, 0
+        self.replay(embeddings.grad)
+
+    def replay(self, grad: Tensor) -> None:
+        """Runs each chunk of the last `embed` again with the graph and backpropagates its slice of
+        `grad`, the gradient with respect to the embeddings (what `backward` does after the loss's
+        backward; for callers that take that gradient themselves, e.g. from a hook on the loss)."""
+        if self._chunks is None:
+            raise RuntimeError("GradCache.replay needs a preceding embed() of the same batch")
+        chunks, self._chunks, self._embeddings = self._chunks, None, None
+        start = 0
         no_sync = getattr(self.model, "no_sync", None)  # DDP: all-reduce once, after the last chunk
         try:
             for i, (chunk, state) in enumerate(chunks):

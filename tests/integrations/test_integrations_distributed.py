@@ -1,6 +1,7 @@
 """The drop-ins under 2 gloo processes: each rank's loss and parameter gradients (and logit-scale
 gradient) equal those of the original class in the same setup, for open_clip's local_loss x
-gather_with_grad and lightly's gather_distributed (with and without a memory bank)."""
+gather_with_grad, lightly's gather_distributed (with and without a memory bank) and
+sentence-transformers' gather_across_devices (with a hard negative, several directions)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ import torch.multiprocessing as mp
 
 open_clip = pytest.importorskip("open_clip")
 lightly_loss = pytest.importorskip("lightly.loss")
+st_losses = pytest.importorskip("sentence_transformers.sentence_transformer.losses")
 
 D_IN, D = 7, 5
 CLIP_CASES = list(itertools.product([False, True], [False, True]))  # (local_loss, gather_with_grad)
 LIGHTLY_CASES = [0, (12, D)]
+ST_CASES = [dict(), dict(directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")),
+            dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction",
+                 hardness_mode="all_negatives", hardness_strength=3.0)]
 
 
 def _model():
@@ -33,6 +38,7 @@ def _grads(loss, params):
 def _worker(rank, world, init_file, out_dir):
     from fastcl.integrations import lightly as fl
     from fastcl.integrations import open_clip as fo
+    from fastcl.integrations import sentence_transformers as fs
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
                             timeout=timedelta(seconds=60))
@@ -58,6 +64,14 @@ def _worker(rank, world, init_file, out_dir):
                 loss = criterion(layer(x1 + step), layer(x2 - step))
                 steps.append((float(loss), _grads(loss, [layer.weight, layer.bias])))
             results[("lightly", bank, name)] = steps
+    x3 = torch.randn(6, D_IN, generator=g)
+    for i, kw in enumerate(ST_CASES):
+        for name, cls in (("original", st_losses.MultipleNegativesRankingLoss),
+                          ("fastcl", fs.MultipleNegativesRankingLoss)):
+            layer, _ = _model()
+            criterion = cls(None, scale=10.0, gather_across_devices=True, **kw)
+            loss = criterion.compute_loss_from_embeddings([layer(x1), layer(x2), layer(x3)], None)
+            results[("st", i, name)] = (float(loss), _grads(loss, [layer.weight, layer.bias]))
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.barrier()
     dist.destroy_process_group()
@@ -75,6 +89,11 @@ def test_drop_ins_match_the_originals_under_two_processes(tmp_path):
             assert got == pytest.approx(want, rel=1e-5), case
             for g, w in zip(got_grads, want_grads):
                 torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=case)
+        for i, kw in enumerate(ST_CASES):
+            (want, want_grads), (got, got_grads) = (results[("st", i, n)] for n in ("original", "fastcl"))
+            assert got == pytest.approx(want, rel=1e-5), f"rank {rank} {kw}"
+            for g, w in zip(got_grads, want_grads):
+                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=f"rank {rank} {kw}")
         for bank in LIGHTLY_CASES:
             for (want, want_grads), (got, got_grads) in zip(results[("lightly", bank, "original")],
                                                             results[("lightly", bank, "fastcl")]):

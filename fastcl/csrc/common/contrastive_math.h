@@ -34,6 +34,17 @@ FASTCL_HD bool bias_applies(const int64_t* owner, int64_t j, int64_t row_label) 
   return owner == nullptr || owner[j] == row_label;
 }
 
+// Hardness penalties (sentence-transformers' hardness_mode): hardness * dot, a constant in the
+// backward, added to the logits of the pairs a mode selects among columns with an owner >= 0:
+// other rows' columns (in-batch negatives), the row's own columns that are not its positive (its
+// hard negatives), or both.
+constexpr int kPenaltyOthers = 1;
+constexpr int kPenaltyOwn = 2;
+FASTCL_HD bool penalty_applies(int mode, const int64_t* owner, int64_t j, int64_t row_label, bool positive) {
+  if (mode == 0 || owner == nullptr || owner[j] < 0) return false;
+  return owner[j] == row_label ? (mode & kPenaltyOwn) != 0 && !positive : (mode & kPenaltyOthers) != 0;
+}
+
 // Normalisation epsilon (as torch.nn.functional.normalize); norms are computed in fp32 or
 // wider, so it survives fp16 inputs.
 constexpr double kNormEps = 1e-12;

@@ -55,7 +55,7 @@ void forward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Tenso
     for (int64_t r = 0; r < br; ++r) {
       acc_t* row = s + r * bc;
       const int64_t i = r0 + r;
-      scale_in_place(row, bc, p.scale);
+      scale_logits(p, i, c0, bc, row);
       finish_logits(p, i, c0, bc, row);
       acc_t count;
       pos_sum[r] += positive_sum(p, i, c0, bc, row, &count);
@@ -115,7 +115,7 @@ double backward_rows(const Problem<acc_t>& p, const at::Tensor& qn, const at::Te
       acc_t count;
       const acc_t pos_dot = num_pos[i] > 0 ? positive_sum(p, i, c0, bc, dot, &count) : acc_t(0);
       std::memcpy(logits.data(), dot, bc * sizeof(acc_t));
-      scale_in_place(logits.data(), bc, p.scale);
+      scale_logits(p, i, c0, bc, logits.data());
       finish_logits(p, i, c0, bc, logits.data());
       // dot[j] <- g * softmax_ij, and the softmax-weighted sum of dots for the scale gradient.
       const acc_t weighted = softmax_grad_in_place(logits.data(), dot, bc, lse[i], g);
@@ -194,6 +194,8 @@ struct Prepared {
   Normalised qn, kn;
   at::Tensor row_labels, col_labels, bias, owner, row_ids, col_ids;
   int64_t constant_cols;
+  double hardness;
+  int64_t hardness_mode;
   bool self_path;
 };
 
@@ -201,11 +203,13 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row
                  const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
                  const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
                  const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
-                 bool exclude_self, bool normalize, int64_t constant_cols) {
+                 bool exclude_self, bool normalize, int64_t constant_cols, double hardness, int64_t hardness_mode) {
   Prepared pr;
   pr.sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
-                                 logit_scale, row_offset, exclude_self, constant_cols);
+                                 logit_scale, row_offset, exclude_self, constant_cols, hardness, hardness_mode);
   pr.constant_cols = constant_cols;
+  pr.hardness = hardness;
+  pr.hardness_mode = hardness_mode;
   pr.acc = loss_dtype(q.scalar_type());
   pr.qn = normalise_rows(q, pr.acc, normalize);
   pr.kn = q.is_same(k) ? pr.qn : normalise_rows(k, pr.acc, normalize);
@@ -215,7 +219,7 @@ Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row
   pr.owner = contiguous_or_empty(col_bias_owner);
   pr.row_ids = contiguous_or_empty(row_ids);
   pr.col_ids = contiguous_or_empty(col_ids);
-  pr.self_path = constant_cols == 0 && self_similarity_applies(q, k, pr.row_labels, pr.col_labels, pr.row_ids, pr.col_ids,
+  pr.self_path = constant_cols == 0 && hardness_mode == 0 && self_similarity_applies(q, k, pr.row_labels, pr.col_labels, pr.row_ids, pr.col_ids,
                                          pr.bias.defined(), row_offset, exclude_self, c10::elementSize(pr.acc));
   return pr;
 }
@@ -236,6 +240,8 @@ Problem<acc_t> make_problem(const Prepared& pr, const at::Tensor& logit_scale, i
   p.row_ids = pr.row_ids.defined() ? pr.row_ids.data_ptr<int64_t>() : nullptr;
   p.col_ids = pr.col_ids.defined() ? pr.col_ids.data_ptr<int64_t>() : nullptr;
   p.grad_cols = pr.sz.L - pr.constant_cols;
+  p.hardness = static_cast<acc_t>(pr.hardness);
+  p.hardness_mode = static_cast<int>(pr.hardness_mode);
   p.scale = logit_scale.item<acc_t>();
   return p;
 }
@@ -270,9 +276,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
     const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
     const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
-    int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols) {
+    int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols, double hardness,
+    int64_t hardness_mode) {
   const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                              row_offset, exclude_self, normalize, constant_cols);
+                              row_offset, exclude_self, normalize, constant_cols, hardness, hardness_mode);
   return pr.acc == at::kDouble ? forward_typed<double>(pr, logit_scale, row_offset, exclude_self)
                                : forward_typed<float>(pr, logit_scale, row_offset, exclude_self);
 }
@@ -282,9 +289,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
     const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
     const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, const at::Tensor& lse,
-    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols) {
+    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols,
+    double hardness, int64_t hardness_mode) {
   const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                              row_offset, exclude_self, normalize, constant_cols);
+                              row_offset, exclude_self, normalize, constant_cols, hardness, hardness_mode);
   check_backward_args(pr.sz, grad_loss, lse, num_pos, q);
   const at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), pos = num_pos.contiguous();
   return pr.acc == at::kDouble

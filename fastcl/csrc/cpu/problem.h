@@ -8,6 +8,7 @@
 
 #include "common/contrastive_math.h"
 #include "common/online_lse.h"
+#include "cpu/row_kernels.h"
 #include "normalise.h"
 
 namespace fastcl::cpu {
@@ -36,7 +37,25 @@ struct Problem {
   const int64_t* col_ids;
   int64_t grad_cols;          // columns [0, grad_cols) get a gradient; the rest are constants
   acc_t scale;
+  acc_t hardness;             // with hardness_mode != 0: a constant hardness * dot on selected pairs
+  int hardness_mode;
 };
+
+// s[j] = scale * s[j] (+ hardness * s[j] on penalised pairs): one row of a dot-product tile, row
+// i against columns [c0, c0 + bc), turned into logits before bias and masks.
+template <typename acc_t>
+inline void scale_logits(const Problem<acc_t>& p, int64_t i, int64_t c0, int64_t bc, acc_t* s) {
+  if (p.hardness_mode == 0) {
+    scale_in_place(s, bc, p.scale);
+    return;
+  }
+  const int64_t label = p.row_labels[i];
+  for (int64_t j = 0; j < bc; ++j) {
+    const bool positive = math::is_positive(label, p.col_labels[c0 + j]);
+    const bool penalised = math::penalty_applies(p.hardness_mode, p.bias_owner, c0 + j, label, positive);
+    s[j] = penalised ? p.scale * s[j] + p.hardness * s[j] : p.scale * s[j];
+  }
+}
 
 // Masks (-inf) the pairs of row i with columns [c0, c0 + bc) that sample ids take out of the
 // denominator; positives keep their logits.

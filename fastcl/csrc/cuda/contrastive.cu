@@ -124,12 +124,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
     const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
     const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
-    int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols) {
+    int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols, double hardness,
+    int64_t hardness_mode) {
   const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids,
-                                                     col_ids, logit_scale, row_offset, exclude_self, constant_cols);
+                                                     col_ids, logit_scale, row_offset, exclude_self, constant_cols,
+                                                     hardness, hardness_mode);
   dev::DeviceGuard guard(q.device());
   Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
                       row_offset, exclude_self);
+  in.hardness = static_cast<float>(hardness);
+  in.hardness_mode = static_cast<int>(hardness_mode);
   const auto opts = q.options().dtype(at::kFloat);
   at::Tensor loss = at::empty({sz.M}, opts), lse = at::empty({sz.M}, opts), num_pos = at::empty({sz.M}, opts);
   if (sz.M == 0) return {loss, lse, num_pos};
@@ -154,9 +158,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
     const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
     const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
     const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, const at::Tensor& lse,
-    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols) {
+    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols,
+    double hardness, int64_t hardness_mode) {
   const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids,
-                                                     col_ids, logit_scale, row_offset, exclude_self, constant_cols);
+                                                     col_ids, logit_scale, row_offset, exclude_self, constant_cols,
+                                                     hardness, hardness_mode);
   check_backward_args(sz, grad_loss, lse, num_pos, q);
   dev::DeviceGuard guard(q.device());
   Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
@@ -165,6 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
   in.lse = lse.contiguous();
   in.num_pos = num_pos.contiguous();
   in.grad_cols = sz.L - constant_cols;
+  in.hardness = static_cast<float>(hardness);
+  in.hardness_mode = static_cast<int>(hardness_mode);
   at::Tensor grad_q = at::empty({sz.M, sz.D}, in.q.options());
   at::Tensor grad_k = at::empty({sz.L, sz.D}, in.k.options());
   at::Tensor grad_scale = at::empty({}, logit_scale.options());

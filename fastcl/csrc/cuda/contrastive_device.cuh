@@ -24,6 +24,8 @@ struct Problem {
   const float* logit_scale;
   int64_t M, L, D, row_offset;
   int64_t grad_cols;  // backward: the columns [0, grad_cols) that own a gradient
+  float hardness;     // with hardness_mode != 0: a constant hardness * dot on selected pairs
+  int hardness_mode;
   bool exclude_self, has_bias, has_ids;
 };
 
@@ -87,8 +89,12 @@ __device__ __forceinline__ Pair pair_at(const Problem& p, float scale, float raw
   out.valid = i < p.M && j < p.L && !math::is_self(i, j, p.row_offset, p.exclude_self);
   out.dot = __fmul_rn(__fmul_rn(raw, r.info.x), c.info.x);
   const bool biased = p.has_bias && math::bias_applies(c.owners, c.t, r.label);
+  const bool positive = math::is_positive(r.label, c.label);
   out.s = fmaf(scale, out.dot, biased ? c.info.y : 0.f);
-  out.pos = out.valid && math::is_positive(r.label, c.label);
+  if (p.hardness_mode != 0 && math::penalty_applies(p.hardness_mode, c.owners, c.t, r.label, positive)) {
+    out.s = fmaf(p.hardness, out.dot, out.s);
+  }
+  out.pos = out.valid && positive;
   if (p.has_ids && !out.pos && math::is_masked_negative(r.id, c.id)) out.valid = false;
   return out;
 }

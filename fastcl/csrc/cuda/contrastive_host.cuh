@@ -30,13 +30,15 @@ struct Inputs {
   at::Tensor q, k, row_labels, col_labels, bias, owner, row_ids, col_ids, scale, grad, lse, num_pos, row_info, col_info;
   int64_t M, L, D, row_offset;
   int64_t grad_cols = 0;  // backward: columns [0, grad_cols) get a gradient, the rest are constants
+  float hardness = 0.f;
+  int hardness_mode = 0;
   bool exclude_self;
 
   Problem problem() const {
     // clang-format off
     return {ptr<int64_t>(row_labels), ptr<int64_t>(col_labels), ptr<int64_t>(owner), ptr<int64_t>(row_ids),
             ptr<int64_t>(col_ids), ptr<float4>(row_info), ptr<float4>(col_info), ptr<float>(scale), M, L, D,
-            row_offset, grad_cols, exclude_self, bias.defined(), row_ids.defined()};
+            row_offset, grad_cols, hardness, hardness_mode, exclude_self, bias.defined(), row_ids.defined()};
     // clang-format on
   }
   // 16-byte copies need every row of both operands to start on a 16-byte boundary.
