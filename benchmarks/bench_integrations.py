@@ -41,11 +41,24 @@ def _lightly(impl, rows, dim, device):
     return lambda: criterion(out0, out1).backward(), (out0, out1)
 
 
-CASES = [("open_clip.ClipLoss", _clip, 16384, 512), ("lightly.NTXentLoss", _lightly, 16384, 128)]
+def _mnrl(impl, rows, dim, device):
+    """MultipleNegativesRankingLoss on (anchor, positive, negative) embeddings: `rows` anchors."""
+    if impl == "original":
+        from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    else:
+        from fastcl.integrations.sentence_transformers import MultipleNegativesRankingLoss
+    g = torch.Generator().manual_seed(rows)
+    columns = [torch.randn(rows, dim, generator=g).to(device).requires_grad_() for _ in range(3)]
+    criterion = MultipleNegativesRankingLoss(None)
+    return lambda: criterion.compute_loss_from_embeddings(columns, None).backward(), columns
+
+
+CASES = [("sentence_transformers.MNRL", _mnrl, 4096, 384), ("sentence_transformers.MNRL", _mnrl, 16384, 384),
+         ("open_clip.ClipLoss", _clip, 16384, 512), ("lightly.NTXentLoss", _lightly, 16384, 128)]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name,make,rows,dim", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("name,make,rows,dim", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
 @pytest.mark.parametrize("impl", ["original", "fastcl"])
 def test_integration(benchmark, provenance, impl, name, make, rows, dim, device):
     pytest.importorskip(name.split(".")[0])

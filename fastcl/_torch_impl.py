@@ -68,6 +68,14 @@ def contrastive(
     return loss, num_pos
 
 
+def contrastive_pair(a: Tensor, b: Tensor, logit_scale: Tensor, *, normalize: bool = True) -> tuple[Tensor, Tensor]:
+    """Both directions' per-row losses of paired rows (the fallback of ops.contrastive_pair)."""
+    rows = torch.arange(a.shape[0], device=a.device)
+    forward, _ = contrastive(a, b, rows, rows, logit_scale, normalize=normalize)
+    backward, _ = contrastive(b, a, rows, rows, logit_scale, normalize=normalize)
+    return forward, backward
+
+
 def _penalised(mode: int, owner: Tensor, row_labels: Tensor, col_labels: Tensor) -> Tensor:
     """(M, L) pairs that get the hardness penalty (csrc/common/contrastive_math.h, penalty_applies)."""
     has_owner = owner[None, :] >= 0

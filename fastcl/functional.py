@@ -256,6 +256,9 @@ def info_nce(
         raise ValueError("in_batch_negatives=False leaves no negatives: pass negative_keys or a non-empty queue")
     row_ids = None if col_ids is None else (ids if ids is not None else torch.full_like(row_labels, -1))
     scale = _logit_scale(temperature, query)
+    if symmetric and not gathering and ids is None:  # paired rows: one pass serves both directions
+        loss_q, loss_k = ops.contrastive_pair(query, positive_key, scale, normalize=normalize, impl=impl)
+        return _reduce((loss_q + loss_k) / 2, torch.ones_like(loss_q), reduction, allow_no_positive=False)
     loss, num_pos = ops.contrastive(query, keys, row_labels, col_labels, scale, col_bias=col_bias,
                                     col_bias_owner=owner, row_ids=row_ids, col_ids=col_ids, normalize=normalize,
                                     constant_cols=queued, impl=impl)

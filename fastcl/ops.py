@@ -58,6 +58,34 @@ def _register() -> None:
 
     torch.library.register_autograd("fastcl::contrastive_forward", _backward, setup_context=_setup_context)
 
+    @torch.library.register_fake("fastcl::contrastive_pair_forward")
+    def _pair_forward_fake(a, b, logit_scale, normalize):
+        rows = a.new_empty((a.shape[0],), dtype=loss_dtype(a.dtype))
+        return rows, torch.empty_like(rows), torch.empty_like(rows), torch.empty_like(rows)
+
+    @torch.library.register_fake("fastcl::contrastive_pair_backward")
+    def _pair_backward_fake(grad_a, grad_b, a, b, logit_scale, lse_a, lse_b, normalize):
+        return torch.empty_like(a), torch.empty_like(b), logit_scale.new_empty(())
+
+    def _pair_setup_context(ctx, inputs, output):
+        a, b, logit_scale, normalize = inputs
+        _, lse_a, _, lse_b = output
+        ctx.save_for_backward(a, b, logit_scale, lse_a, lse_b)
+        ctx.normalize = normalize
+        ctx.mark_non_differentiable(lse_a, lse_b)
+
+    def _pair_backward(ctx, grad_loss_a, _grad_lse_a, grad_loss_b, _grad_lse_b):
+        a, b, logit_scale, lse_a, lse_b = ctx.saved_tensors
+        zeros = torch.zeros_like(lse_a)
+        grad_a, grad_b, grad_scale = torch.ops.fastcl.contrastive_pair_backward(
+            zeros if grad_loss_a is None else grad_loss_a.contiguous(),
+            zeros if grad_loss_b is None else grad_loss_b.contiguous(), a, b, logit_scale, lse_a, lse_b, ctx.normalize)
+        need = ctx.needs_input_grad
+        return grad_a if need[0] else None, grad_b if need[1] else None, grad_scale if need[2] else None, None
+
+    torch.library.register_autograd("fastcl::contrastive_pair_forward", _pair_backward,
+                                    setup_context=_pair_setup_context)
+
     @torch.library.register_fake("fastcl::augment")
     def _augment_fake(images, source_index, params, size, blur_kernel, mean, std, out_dtype, channels_last):
         channels = images[0].shape[1] if images[0].dim() == 4 else images[0].shape[0]
@@ -117,3 +145,20 @@ def contrastive(
         q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale, row_offset,
         exclude_self, normalize, constant_cols, hardness, hardness_mode)
     return loss, num_pos
+
+
+def contrastive_pair(a: Tensor, b: Tensor, logit_scale: Tensor, *, normalize: bool = True,
+                     impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """Per-row losses of both directions of paired data (CLIP's symmetric loss): a_i against every
+    b_j and b_j against every a_i, the positive on the diagonal; a and b (M, D). One fused pass
+    forms each logit tile once for both directions (csrc/README.md, contrastive_pair)."""
+    if impl not in ("auto", "fastcl", "torch"):
+        raise ValueError(f"impl must be 'auto', 'fastcl' or 'torch', got {impl!r}")
+    if impl == "fastcl":
+        _extension.assert_has_ops()
+    if impl == "auto" and a.is_cuda and not _extension.has_cuda_ops():
+        impl = "torch"
+    if impl == "torch" or not _extension.has_ops():
+        return _torch_impl.contrastive_pair(a, b, logit_scale, normalize=normalize)
+    loss_a, _, loss_b, _ = torch.ops.fastcl.contrastive_pair_forward(a, b, logit_scale, normalize)
+    return loss_a, loss_b

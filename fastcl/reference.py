@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import augment as A
-from ._torch_impl import contrastive, nt_xent_naive
+from ._torch_impl import contrastive, contrastive_pair, nt_xent_naive
 
-__all__ = ["contrastive", "nt_xent_naive", "simcse_loss", "supcon_loss", "clip_loss", "nt_xent_deduplicated",
-           "info_nce_deduplicated", "memory_bank_loss", "memory_bank_push", "moco_loss", "augment"]
+__all__ = ["contrastive", "contrastive_pair", "nt_xent_naive", "simcse_loss", "supcon_loss", "clip_loss",
+           "nt_xent_deduplicated", "info_nce_deduplicated", "memory_bank_loss", "memory_bank_push", "moco_loss", "augment"]
 
 
 def simcse_loss(z1: Tensor, z2: Tensor, z3: Optional[Tensor] = None, temperature: float = 0.05,

@@ -91,6 +91,34 @@ ContrastiveSizes check_contrastive_args(
   return {M, L, D};
 }
 
+void check_pair_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale) {
+  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) >= 1, "fastcl: a must be 2-D (M, D) with M >= 1, got shape ",
+                    a.sizes());
+  TORCH_CHECK_VALUE(b.sizes() == a.sizes(), "fastcl: b must have the shape of a ", a.sizes(), ", got ", b.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == b.scalar_type(), "fastcl: a and b must have the same dtype, got ",
+                   a.scalar_type(), " and ", b.scalar_type());
+  const auto dt = a.scalar_type();
+  TORCH_CHECK_TYPE(dt == at::kFloat || dt == at::kHalf || dt == at::kBFloat16 || dt == at::kDouble,
+                   "fastcl: a must be float32, float16, bfloat16 or float64, got ", dt);
+  TORCH_CHECK_VALUE(b.device() == a.device(), "fastcl: b is on ", b.device(), " but a is on ", a.device());
+  TORCH_CHECK_VALUE(logit_scale.device() == a.device() && logit_scale.dim() == 0,
+                    "fastcl: logit_scale must be a 0-dim tensor on ", a.device());
+  TORCH_CHECK_TYPE(logit_scale.scalar_type() == loss_dtype(dt), "fastcl: logit_scale must be ", loss_dtype(dt),
+                   " for ", dt, " inputs, got ", logit_scale.scalar_type());
+}
+
+void check_pair_backward_args(const at::Tensor& a, const at::Tensor& grad_a, const at::Tensor& grad_b,
+                              const at::Tensor& lse_a, const at::Tensor& lse_b) {
+  for (const at::Tensor* t : {&grad_a, &grad_b, &lse_a, &lse_b}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == a.size(0), "fastcl: backward expects per-row tensors of shape (",
+                      a.size(0), "), got ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == loss_dtype(a.scalar_type()), "fastcl: backward per-row tensors must be ",
+                     loss_dtype(a.scalar_type()));
+    TORCH_CHECK_VALUE(t->device() == a.device(), "fastcl: a backward per-row tensor is on ", t->device(),
+                      " but a is on ", a.device());
+  }
+}
+
 void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss, const at::Tensor& lse,
                          const at::Tensor& num_pos, const at::Tensor& q) {
   for (const at::Tensor* t : {&grad_loss, &lse, &num_pos}) {

@@ -28,6 +28,11 @@ ContrastiveSizes check_contrastive_args(const at::Tensor& q, const at::Tensor& k
                                         int64_t row_offset, bool exclude_self, int64_t constant_cols,
                                         double hardness, int64_t hardness_mode);
 
+// The paired two-direction op: a and b (M, D), M >= 1, one dtype and device; logit_scale 0-dim.
+void check_pair_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale);
+void check_pair_backward_args(const at::Tensor& a, const at::Tensor& grad_a, const at::Tensor& grad_b,
+                              const at::Tensor& lse_a, const at::Tensor& lse_b);
+
 void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss, const at::Tensor& lse,
                          const at::Tensor& num_pos, const at::Tensor& q);
 

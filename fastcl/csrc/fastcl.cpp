@@ -10,6 +10,8 @@
 TORCH_LIBRARY(fastcl, m) {
   m.def(fastcl::schema::kContrastiveForward);
   m.def(fastcl::schema::kContrastiveBackward);
+  m.def(fastcl::schema::kContrastivePairForward);
+  m.def(fastcl::schema::kContrastivePairBackward);
   m.def(fastcl::schema::kAugment);
 }
 

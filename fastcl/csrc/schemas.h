@@ -21,6 +21,14 @@ constexpr const char* kContrastiveBackward =
     "Tensor logit_scale, Tensor lse, Tensor num_pos, int row_offset, bool exclude_self, bool normalize, "
     "int constant_cols=0, float hardness=0., int hardness_mode=0) "
     "-> (Tensor grad_q, Tensor grad_k, Tensor grad_logit_scale)";
+// The paired two-direction loss (CLIP's symmetric loss): a (M, D) against b (M, D) and b against a,
+// the positive on the diagonal -> per-row losses and log-sum-exps of both directions.
+constexpr const char* kContrastivePairForward =
+    "contrastive_pair_forward(Tensor a, Tensor b, Tensor logit_scale, bool normalize) "
+    "-> (Tensor loss_a, Tensor lse_a, Tensor loss_b, Tensor lse_b)";
+constexpr const char* kContrastivePairBackward =
+    "contrastive_pair_backward(Tensor grad_loss_a, Tensor grad_loss_b, Tensor a, Tensor b, Tensor logit_scale, "
+    "Tensor lse_a, Tensor lse_b, bool normalize) -> (Tensor grad_a, Tensor grad_b, Tensor grad_logit_scale)";
 // SimCLR batch augmentation: output sample p is images[source_index[p]] transformed by the
 // parameter row params[p] (layout: csrc/common/augment_math.h), resized to size x size.
 constexpr const char* kAugment =

@@ -2,6 +2,8 @@
 library only where it needs it (importing fastcl never does), and computes the original class's
 numbers with fastcl's kernels:
 
+    from fastcl.integrations.sentence_transformers import MultipleNegativesRankingLoss  # and the
+    #   symmetric and cached forms, for sentence_transformers' classes of those names
     from fastcl.integrations.lightly import NTXentLoss          # for lightly.loss.NTXentLoss
     from fastcl.integrations.open_clip import ClipLoss          # for open_clip.ClipLoss
 """

@@ -26,6 +26,12 @@ def _mean_ce(rows: Tensor, cols: Tensor, first_row: int, logit_scale: Tensor) ->
     return loss.mean()
 
 
+def _both_directions(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
+    """(image -> text + text -> image) / 2 over paired rows, in one pass over the logit tiles."""
+    loss_i, loss_t = ops.contrastive_pair(image, text, logit_scale, normalize=False)
+    return (loss_i.mean() + loss_t.mean()) / 2
+
+
 class ClipLoss(nn.Module):
     """open_clip.ClipLoss (open_clip 3.x), fused.
 
@@ -80,9 +86,9 @@ class ClipLoss(nn.Module):
                 first = rank * image.shape[0]
                 loss = (_mean_ce(image, all_text, first, scale) + _mean_ce(text, all_image, first, scale)) / 2
             else:
-                loss = (_mean_ce(all_image, all_text, 0, scale) + _mean_ce(all_text, all_image, 0, scale)) / 2
+                loss = _both_directions(all_image, all_text, scale)
         else:
-            loss = (_mean_ce(image, text, 0, scale) + _mean_ce(text, image, 0, scale)) / 2
+            loss = _both_directions(image, text, scale)
         if logit_bias is not None:  # a constant added to every logit leaves the softmax unchanged
             loss = loss + 0 * logit_bias.sum()
         return {"contrastive_loss": loss} if output_dict else loss

@@ -26,6 +26,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the libr
     raise ImportError("fastcl.integrations.sentence_transformers needs sentence-transformers >= 6: "
                       "pip install fastcl[sentence-transformers]") from exc
 
+Q2D, D2Q = "query_to_doc", "doc_to_query"
 # sentence-transformers' hardness modes as the kernels' penalty modes (csrc/common/contrastive_math.h).
 HARDNESS_MODES = {"in_batch_negatives": 1, "hard_negatives": 2, "all_negatives": 3}
 
@@ -79,6 +80,11 @@ def ranking_loss(embeddings: list, scale: float, normalize: bool, gather: bool, 
         if hardness_mode is not None and hardness_strength > 0 else {}
     owner = dict(col_bias_owner=doc_owner) if penalty else {}
 
+    if set(directions) == {Q2D, D2Q} and len(docs) == 1 and total == n and not penalty:
+        # Pairs only, one process: both directions from one pass over the logit tiles.
+        loss_q, loss_d = ops.contrastive_pair(queries, all_docs, scale_t, normalize=normalize)
+        both = torch.logaddexp(loss_q, loss_d) if partition_mode == "joint" else (loss_q + loss_d) / 2
+        return both.mean()
     if "query_to_query" in directions:  # queries after the docs: q_i's own column is the excluded self
         cols = torch.cat([all_docs, all_queries])
         labels = torch.cat([doc_labels, none])

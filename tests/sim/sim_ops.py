@@ -21,7 +21,8 @@ CSRC = ROOT / "fastcl" / "csrc"
 # Every CUDA source, as fastcl/_build.py globs them for nvcc, so a new .cu is simulated too.
 SOURCES = [*sorted((CSRC / "cuda").glob("*.cu")), CSRC / "checks.cpp",
            ROOT / "tests" / "sim" / "sim_kernels" / "fastcl_sim_ops.cpp"]
-OPS = ("contrastive_forward", "contrastive_backward", "augment")
+OPS = ("contrastive_forward", "contrastive_backward", "contrastive_pair_forward", "contrastive_pair_backward",
+       "augment")
 CALLS = {name: 0 for name in OPS}  # simulated calls so far, so tests can tell the route was taken
 
 
