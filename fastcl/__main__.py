@@ -1,5 +1,5 @@
-"""Command line: `python -m fastcl info | demo | speed | simclr | knn | linear-probe | plot | simcse |
-sts-eval`."""
+"""Command line: `python -m fastcl info | demo | speed | simclr | knn | linear-probe | neighbours | embed |
+plot | simcse | sts-eval`."""
 
 from __future__ import annotations
 
@@ -74,12 +74,77 @@ def _simclr(args) -> int:
 
 def _evaluate(method):
     def run(args) -> int:
-        from .simclr import evaluate_checkpoint
+        from .simclr import evaluate_checkpoint, retrieval
 
         top1 = evaluate_checkpoint(args.checkpoint, args.data, method=method, device=args.device)
         print(f"{'kNN' if method == 'knn' else 'linear probe'} top-1: {100 * top1:.2f}%")
+        if method == "knn":
+            report = retrieval.retrieval_report(args.checkpoint, args.data, device=args.device)
+            print("retrieval, held-out queries against the training images, precision@k of same-class neighbours:")
+            for name, label in (("random_init", "random-init"), ("trained", "trained")):
+                cells = "  ".join(f"@{k} {100 * p:.2f}%" for k, p in report[name].items())
+                print(f"  {label:12s} {cells}")
         return 0
     return run
+
+
+def _embed(args) -> int:
+    import os
+
+    from .engine.export import check_output, write_embeddings
+
+    check_output(args.out)
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give --checkpoint (a SimCLR run's last.pt) or --model (a SimCSE model), not both or neither")
+    if args.checkpoint is not None:
+        from .simclr import retrieval
+
+        if args.text_file is not None:
+            raise ValueError("--text-file goes with --model (SimCSE); a SimCLR checkpoint embeds --data")
+        z, images = retrieval.embed_checkpoint(args.checkpoint, args.data, args.split, args.space, args.device,
+                                               progress=args.progress)
+        ids = [{"id": i, "label": int(y)} for i, y in enumerate(images.labels.tolist())]
+    else:
+        if args.text_file is None:
+            raise ValueError("--model (SimCSE) embeds the lines of --text-file")
+        if os.path.isfile(args.model):
+            raise ValueError(f"{args.model!r} is a file, not a SimCSE model folder (a SimCLR checkpoint? use "
+                             "--checkpoint)")
+        z, lines = _embed_text(args)
+        ids = [{"id": i, "text": s} for i, s in enumerate(lines)]
+    paths = write_embeddings(args.out, z, ids)
+    print(f"wrote {paths[0]} ({z.shape[0]} x {z.shape[1]} float32, L2-normalised) and {paths[1]}")
+    return 0
+
+
+def _embed_text(args) -> tuple:
+    import torch
+
+    from . import distributed
+    from .engine.metrics import progress_bar
+    from .simcse import SimCSE
+
+    with open(args.text_file, encoding="utf-8") as f:
+        lines = [line.rstrip("\n") for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"--text-file {args.text_file!r} has no non-empty lines")
+    model = SimCSE.from_pretrained(args.model).to(distributed.device(args.device))
+    if model.head_at_inference and not model.head_trained:
+        raise ValueError(f"{args.model!r} has no trained SimCSE MLP for its cls pooler")
+    parts = []
+    with progress_bar(-(-len(lines) // args.batch_size), args.progress, desc="embedding") as bar:
+        for start in range(0, len(lines), args.batch_size):
+            parts.append(model.encode(lines[start:start + args.batch_size], batch_size=args.batch_size,
+                                      normalize=True))
+            bar.update()
+    return torch.cat(parts), lines
+
+
+def _neighbours(args) -> int:
+    from .simclr.neighbours import write_neighbours
+
+    print(f"wrote {write_neighbours(args.checkpoint, args.out, spec=args.data, device=args.device)}")
+    return 0
 
 
 def _simcse(args) -> int:
@@ -149,6 +214,27 @@ def _add_simclr(sub) -> None:
         e.add_argument("--data", help="default: the dataset the checkpoint was trained on")
         e.add_argument("--device", default="auto")
         e.set_defaults(func=_evaluate(method))
+    n = sub.add_parser("neighbours", help="picture: held-out images and their nearest training images under the "
+                                          "random-init and the trained encoder")
+    n.add_argument("--checkpoint", required=True)
+    n.add_argument("--out", help="PNG path (default: neighbours.png next to the checkpoint)")
+    n.add_argument("--data", help="default: the dataset the checkpoint was trained on")
+    n.add_argument("--device", default="auto")
+    n.set_defaults(func=_neighbours)
+    emb = sub.add_parser("embed", help="embeddings of a dataset (SimCLR checkpoint) or a text file (SimCSE model) "
+                                       "to a float32 .npy and an ids .jsonl, for any vector index")
+    emb.add_argument("--checkpoint", help="a SimCLR run's last.pt")
+    emb.add_argument("--model", help="a SimCSE model (folder, minilm, a hub name)")
+    emb.add_argument("--data", help="SimCLR: dataset spec (default: the run's)")
+    emb.add_argument("--split", choices=("train", "test"), default="test", help="SimCLR: which split")
+    emb.add_argument("--space", choices=("encoder", "projection"), default="encoder",
+                     help="SimCLR: the encoder's representation (default) or the projection the loss saw")
+    emb.add_argument("--text-file", dest="text_file", help="SimCSE: one sentence per line")
+    emb.add_argument("--out", required=True, help="the .npy to write; ids go to the .ids.jsonl beside it")
+    emb.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    emb.add_argument("--device", default="auto")
+    emb.add_argument("--no-progress", dest="progress", action="store_false")
+    emb.set_defaults(func=_embed)
     plot = sub.add_parser("plot", help="loss and kNN curves of a run (RUN/curves.png)")
     plot.add_argument("run", help="the --out folder of a training run")
     plot.add_argument("--output", help="image path (default RUN/curves.png)")

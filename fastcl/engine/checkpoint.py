@@ -39,6 +39,13 @@ def load(path: str, map_location="cpu"):
     else, and ValueError for a file that is no checkpoint at all."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder, not a checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (PK...), older torch a bare pickle (protocol byte 0x80)
+    if not (head == b"PK" or head[:1] == b"\x80"):
+        raise ValueError(f"{path!r} is not a checkpoint fastcl can read (not a file torch.save wrote)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -8,7 +8,8 @@ and projection head (models), LARS and schedules (optim), datasets incl. the bui
 
 from .config import RECIPES, SimCLRConfig, config_for
 from .evaluate import evaluate_checkpoint, knn_accuracy, linear_probe, load_encoder
+from .retrieval import embed, embed_checkpoint, precision_at_k
 from .trainer import SimCLRTrainer
 
 __all__ = ["RECIPES", "SimCLRConfig", "SimCLRTrainer", "config_for", "evaluate_checkpoint", "knn_accuracy",
-           "linear_probe", "load_encoder"]
+           "embed", "embed_checkpoint", "linear_probe", "load_encoder", "precision_at_k"]

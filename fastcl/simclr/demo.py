@@ -38,5 +38,10 @@ def run(out: str = "runs/digits-demo", epochs: int = 30, seed: int = 0, **overri
     print(f"  raw pixels            {100 * raw:6.2f}%")
     print(f"  random-init encoder   {100 * random_init:6.2f}%")
     print(f"  SimCLR-trained        {100 * summary['knn_top1']:6.2f}%   ({minutes:.1f} min of training)")
+    from .neighbours import write_neighbours
+
+    picture = write_neighbours(trainer.checkpoint_path, os.path.join(cfg.out, "neighbours.png"),
+                               device=str(trainer.device))
+    print(f"nearest training images of held-out queries, before and after: {picture}")
     print(f"curves: python -m fastcl plot {cfg.out}")
     return 0

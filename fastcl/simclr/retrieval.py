@@ -1,0 +1,103 @@
+"""What training changed, as retrieval: a SimCLR encoder's embeddings of a dataset (`fastcl
+embed`), precision@k of same-class neighbours for held-out queries against the training images
+(`fastcl knn`), before and after training."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import distributed
+from ..engine import checkpoint
+from ..engine.metrics import progress_bar
+from . import data, evaluate, models
+
+SPACES = ("encoder", "projection")
+
+
+def load_run(path: str) -> dict:
+    """A SimCLR checkpoint's state, with a clear error for anything else."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a folder, not a SimCLR checkpoint (a SimCSE model? use --model)")
+    state = checkpoint.load(path)
+    if not isinstance(state, dict) or "model" not in state or "arch" not in state.get("config", {}):
+        raise ValueError(f"{path!r} is not a SimCLR checkpoint (no model and SimCLR config in it)")
+    return state
+
+
+def build_model(config: dict, state: dict | None = None) -> torch.nn.Module:
+    """The run's SimCLR model: its weights, or (state None) a random initialisation seeded by the run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        model = models.simclr_model(config["arch"], config["cifar_stem"], config["proj_hidden"], config["proj_dim"])
+    if state is not None:
+        model.load_state_dict(state["model"])
+    return model
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, images: Tensor, device: torch.device, space: str = "encoder",
+          normalize: bool = True, batch_size: int = 512, progress: bool = False) -> Tensor:
+    """(N, D) float32 embeddings of uint8 images: the encoder's representation, or the projection
+    the loss saw (`space`), L2-normalised as the loss normalises them (cosine = dot product)."""
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+    net = model.encoder if space == "encoder" else model
+    was_training = net.training
+    net.eval().to(device)
+    out = []
+    with progress_bar(-(-images.shape[0] // batch_size), progress, desc="embedding") as bar:
+        for start in range(0, images.shape[0], batch_size):
+            out.append(net(images[start:start + batch_size].to(device).float().div_(255)).float().cpu())
+            bar.update()
+    net.train(was_training)
+    z = torch.cat(out)
+    return F.normalize(z, dim=1) if normalize else z
+
+
+def embed_checkpoint(path: str, spec: str | None = None, split: str = "test", space: str = "encoder",
+                     device: str = "auto", progress: bool = False) -> tuple[Tensor, data.ImageData]:
+    """Embeddings of a dataset (default: the run's, held-out split) under a checkpoint's model."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    state = load_run(path)
+    config = state["config"]
+    images = data.load(spec or config["data"], split == "train", config["size"])
+    model = build_model(config, state)
+    return embed(model, images.images, distributed.device(device), space, progress=progress), images
+
+
+def precision_at_k(queries: Tensor, query_labels: Tensor, bank: Tensor, bank_labels: Tensor,
+                   ks: Sequence[int] = (1, 5, 10), chunk: int = 1024) -> dict:
+    """{k: mean fraction of each query's k most cosine-similar bank entries that share its class}."""
+    top = max(ks)
+    if top > bank.shape[0]:
+        raise ValueError(f"k={top} is larger than the bank of {bank.shape[0]} entries")
+    bank = F.normalize(bank.float(), dim=1)
+    hits = []
+    for start in range(0, queries.shape[0], chunk):
+        sim = F.normalize(queries[start:start + chunk].float(), dim=1) @ bank.T
+        idx = sim.topk(top, dim=1).indices
+        hits.append(bank_labels[idx] == query_labels[start:start + chunk, None])
+    same = torch.cat(hits).float()
+    return {k: float(same[:, :k].mean()) for k in ks}
+
+
+def retrieval_report(path: str, spec: str | None = None, device: str = "auto", ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """precision@k of held-out queries against the training images, for the random-init and the
+    trained encoder of a checkpoint: {"random_init": {k: p}, "trained": {k: p}}."""
+    state = load_run(path)
+    config = state["config"]
+    spec = spec or config["data"]
+    train, test = data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
+    dev = distributed.device(device)
+    report = {}
+    for name, model in (("random_init", build_model(config)), ("trained", build_model(config, state))):
+        bank, queries = evaluate.encode(model.encoder.to(dev), train.images, dev), \
+            evaluate.encode(model.encoder, test.images, dev)
+        report[name] = precision_at_k(queries, test.labels, bank, train.labels, ks)
+    return report
