@@ -41,7 +41,7 @@ def _speed(args) -> int:
 def _demo(args) -> int:
     from .simclr.demo import run
 
-    return run(out=args.out, epochs=args.epochs, seed=args.seed, device=args.device)
+    return run(out=args.out, epochs=args.epochs, seed=args.seed, device=args.device, label_steps=args.label_steps)
 
 
 def _train(make_config, config_class, make_trainer, args) -> int:
@@ -140,6 +140,16 @@ def _embed_text(args) -> tuple:
     return torch.cat(parts), lines
 
 
+def _label_efficiency(args) -> int:
+    from .simclr import label_efficiency as le
+
+    print(le.header())
+    result = le.run(args.checkpoint, le.parse_budgets(args.labels_per_class), args.draws, args.steps, args.data,
+                    args.device, args.out, echo=lambda line: print(line, flush=True))
+    print(f"wrote {result['path']} (fastcl plot RUN draws it)")
+    return 0
+
+
 def _neighbours(args) -> int:
     from .simclr.neighbours import write_neighbours
 
@@ -214,6 +224,17 @@ def _add_simclr(sub) -> None:
         e.add_argument("--data", help="default: the dataset the checkpoint was trained on")
         e.add_argument("--device", default="auto")
         e.set_defaults(func=_evaluate(method))
+    le = sub.add_parser("label-efficiency", help="held-out accuracy per label budget: supervised from scratch vs "
+                                                 "linear probe vs fine-tuned SimCLR encoder")
+    le.add_argument("--checkpoint", required=True)
+    le.add_argument("--labels-per-class", dest="labels_per_class", default="1,5,10,all",
+                    help="comma-separated budgets, 'all' for the whole training split")
+    le.add_argument("--draws", type=int, default=3, help="random draws of the labelled subset per budget")
+    le.add_argument("--steps", type=int, default=300, help="training steps of supervised and fine-tuned runs")
+    le.add_argument("--data", help="default: the dataset the checkpoint was trained on")
+    le.add_argument("--out", help="JSON path (default: label_efficiency.json next to the checkpoint)")
+    le.add_argument("--device", default="auto")
+    le.set_defaults(func=_label_efficiency)
     n = sub.add_parser("neighbours", help="picture: held-out images and their nearest training images under the "
                                           "random-init and the trained encoder")
     n.add_argument("--checkpoint", required=True)
@@ -250,6 +271,8 @@ def main(argv=None) -> int:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda")
+    demo.add_argument("--label-steps", dest="label_steps", type=int, default=300,
+                      help="training steps of the supervised and fine-tuned models in the 10-labels table")
     demo.set_defaults(func=_demo)
     speed = sub.add_parser("speed", help="fastcl vs the pure-PyTorch NT-Xent loss: time, memory, difference")
     speed.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="values of 2N")

@@ -33,4 +33,32 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     out = out or os.path.join(run_dir, "curves.png")
     fig.savefig(out, dpi=100)
     plt.close(fig)
+    table = os.path.join(run_dir, "label_efficiency.json")
+    if os.path.exists(table):
+        plot_label_efficiency(table, os.path.join(os.path.dirname(out), "label_efficiency.png"))
+    return out
+
+
+def plot_label_efficiency(path: str, out: str) -> str:
+    """Accuracy against labels per class (log scale), one line per method, spread over draws shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        rows = json.load(f)["rows"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = list(range(len(rows)))
+    for method in ("supervised", "linear_probe", "fine_tune"):
+        mean = [100 * r[method]["mean"] for r in rows]
+        std = [100 * r[method]["std"] for r in rows]
+        ax.plot(xs, mean, marker="o", label=method.replace("_", " "))
+        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    ax.set_xticks(xs, [str(r["labels_per_class"]) for r in rows])
+    ax.set(xlabel="labels per class", ylabel="held-out accuracy (%)", title="learning from scarce labels")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
     return out

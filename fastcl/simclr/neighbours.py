@@ -47,8 +47,9 @@ def write_neighbours(path: str, out: str | None = None, queries: int = 8, k: int
     dev = distributed.device(device)
     chosen = _queries(test.labels, min(queries, len(test)), seed)
     rows = {}
-    for name, model in (("random-init", retrieval.build_model(config)),
-                        ("trained", retrieval.build_model(config, state))):
+    channels = train.images.shape[1]
+    for name, model in (("random-init", retrieval.build_model(config, in_channels=channels)),
+                        ("trained", retrieval.build_model(config, state, channels))):
         encoder = model.encoder.to(dev)
         bank = torch.nn.functional.normalize(evaluate.encode(encoder, train.images, dev), dim=1)
         query = torch.nn.functional.normalize(evaluate.encode(encoder, test.images[chosen], dev), dim=1)

@@ -29,11 +29,12 @@ def load_run(path: str) -> dict:
     return state
 
 
-def build_model(config: dict, state: dict | None = None) -> torch.nn.Module:
+def build_model(config: dict, state: dict | None = None, in_channels: int = 3) -> torch.nn.Module:
     """The run's SimCLR model: its weights, or (state None) a random initialisation seeded by the run."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config["seed"])
-        model = models.simclr_model(config["arch"], config["cifar_stem"], config["proj_hidden"], config["proj_dim"])
+        model = models.simclr_model(config["arch"], config["cifar_stem"], config["proj_hidden"], config["proj_dim"],
+                                    in_channels=in_channels)
     if state is not None:
         model.load_state_dict(state["model"])
     return model
@@ -67,7 +68,7 @@ def embed_checkpoint(path: str, spec: str | None = None, split: str = "test", sp
     state = load_run(path)
     config = state["config"]
     images = data.load(spec or config["data"], split == "train", config["size"])
-    model = build_model(config, state)
+    model = build_model(config, state, images.images.shape[1])
     return embed(model, images.images, distributed.device(device), space, progress=progress), images
 
 
@@ -96,7 +97,9 @@ def retrieval_report(path: str, spec: str | None = None, device: str = "auto", k
     train, test = data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
     dev = distributed.device(device)
     report = {}
-    for name, model in (("random_init", build_model(config)), ("trained", build_model(config, state))):
+    channels = train.images.shape[1]
+    for name, model in (("random_init", build_model(config, in_channels=channels)),
+                        ("trained", build_model(config, state, channels))):
         bank, queries = evaluate.encode(model.encoder.to(dev), train.images, dev), \
             evaluate.encode(model.encoder, test.images, dev)
         report[name] = precision_at_k(queries, test.labels, bank, train.labels, ks)

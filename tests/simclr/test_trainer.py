@@ -174,13 +174,15 @@ def test_demo_command(tmp_path):
     pytest.importorskip("sklearn")
     out = tmp_path / "demo"
     run = subprocess.run([sys.executable, "-m", "fastcl", "demo", "--epochs", "1", "--device", "cpu", "--out",
-                          str(out)], capture_output=True, text=True, timeout=600)
+                          str(out), "--label-steps", "5"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     for label in ("raw pixels", "random-init encoder", "SimCLR-trained"):
         assert label in run.stdout
     result = json.loads((out / "demo.json").read_text())
     assert result["raw_pixels"] < 0.25 and result["random_init"] < 0.25
-    assert set(result) == {"raw_pixels", "random_init", "trained", "train_minutes"}
+    assert set(result) == {"raw_pixels", "random_init", "trained", "train_minutes", "label_efficiency_10"}
+    assert set(result["label_efficiency_10"]) == {"supervised", "linear_probe", "fine_tune"}
+    assert (out / "neighbours.png").exists() and "linear probe" in run.stdout
 
 
 def test_a_run_that_fails_to_start_keeps_the_old_metrics(tmp_path):

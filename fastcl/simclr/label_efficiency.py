@@ -1,0 +1,181 @@
+"""`fastcl label-efficiency`: what self-supervised pre-training buys when labels are scarce. For
+each label budget (labels per class) and several random draws of the labelled subset, the
+held-out accuracy of (a) the same encoder architecture trained from scratch on the labels alone,
+(b) a linear probe on the frozen SimCLR encoder, (c) the SimCLR encoder fine-tuned.
+
+(a) and (c) train with the run's augmentation (one view per step), AdamW and a cosine schedule of
+a fixed number of steps whatever the budget, and keep the weights that score best on a held-out
+part of the labelled subset (a fifth, at least one image per class; with one label per class
+there is none to hold out, and the last weights count). The test split is only ever used for the
+reported accuracy."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import distributed
+from ..augment import SimCLRAugment
+from . import data, evaluate, retrieval
+
+METHODS = ("supervised", "linear_probe", "fine_tune")
+
+
+def parse_budgets(text: str) -> list:
+    """"1,5,10,all" -> [1, 5, 10, "all"]."""
+    budgets = []
+    for item in str(text).split(","):
+        item = item.strip()
+        if item == "all":
+            budgets.append("all")
+        elif item.isdigit() and int(item) >= 1:
+            budgets.append(int(item))
+        else:
+            raise ValueError(f"labels per class must be integers >= 1 or 'all', got {item!r}")
+    return budgets
+
+
+def draw_subset(labels: Tensor, per_class, generator: torch.Generator) -> Tensor:
+    """Indices of `per_class` random images of every class ("all": every image)."""
+    classes = labels.unique()
+    counts = torch.stack([(labels == c).sum() for c in classes])
+    if per_class == "all":
+        return torch.randperm(labels.shape[0], generator=generator)
+    if per_class > int(counts.min()):
+        raise ValueError(f"{per_class} labels per class is more than the smallest class has ({int(counts.min())} "
+                         f"images of class {int(classes[counts.argmin()])})")
+    picked = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=generator)[:per_class]]
+              for c, n in zip(classes, counts)]
+    return torch.cat(picked)
+
+
+def split_holdout(idx: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(fit, held-out) parts of a labelled subset: a fifth of each class held out (at least one
+    image), none when a class has a single image."""
+    fit, held = [], []
+    for c in labels[idx].unique():
+        members = idx[labels[idx] == c]
+        members = members[torch.randperm(members.shape[0], generator=generator)]
+        k = 0 if members.shape[0] < 2 else max(1, members.shape[0] // 5)
+        held.append(members[:k])
+        fit.append(members[k:])
+    return torch.cat(fit), torch.cat(held)
+
+
+class Classifier(nn.Module):
+    def __init__(self, encoder: nn.Module, num_classes: int):
+        super().__init__()
+        self.encoder, self.head = encoder, nn.Linear(encoder.out_dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.encoder(x))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, device: torch.device, batch: int = 512) -> float:
+    model.eval()
+    hits = sum(int((model(images[i:i + batch].to(device).float().div_(255)).argmax(1).cpu()
+                    == labels[i:i + batch]).sum()) for i in range(0, images.shape[0], batch))
+    return hits / max(1, images.shape[0])
+
+
+def train_classifier(model: Classifier, images: Tensor, labels: Tensor, fit: Tensor, held: Tensor,
+                     augment: SimCLRAugment, device: torch.device, steps: int, lr: float, seed: int) -> Classifier:
+    """AdamW with cosine decay for `steps` steps of augmented batches from `fit`, keeping the
+    weights best on `held` (checked every steps/10)."""
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    g = torch.Generator().manual_seed(seed)
+    g_aug = torch.Generator(device=device).manual_seed(seed)
+    batch = min(64, fit.shape[0])
+    best, best_state = -1.0, None
+    for step in range(steps):
+        model.train()
+        pick = fit[torch.randint(fit.shape[0], (batch,), generator=g)]
+        views = augment(images[pick].to(device), views=1, generator=g_aug)
+        loss = F.cross_entropy(model(views), labels[pick].to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if held.numel() and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
+            score = accuracy(model, images[held], labels[held], device)
+            if score > best:
+                best, best_state = score, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model
+
+
+def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, per_class, draw: int,
+                    device: torch.device, steps: int) -> dict:
+    """The three accuracies for one label budget and one draw of the labelled subset."""
+    config = state["config"]
+    g = torch.Generator().manual_seed(1000 * draw + 17)
+    subset = draw_subset(train.labels, per_class, g)
+    fit, held = split_holdout(subset, train.labels, g)
+    augment = SimCLRAugment(config["size"], scale=(config["crop_min"], 1.0), flip_p=config["flip_p"],
+                            strength=config["strength"], blur_p=config["blur_p"])
+    channels, classes = train.images.shape[1], train.num_classes
+    out = {}
+    scratch = Classifier(retrieval.build_model({**config, "seed": config["seed"] + draw + 1}, None, channels).encoder,
+                         classes)
+    out["supervised"] = accuracy(train_classifier(scratch, train.images, train.labels, fit, held, augment, device,
+                                                  steps, 3e-3, draw), test.images, test.labels, device)
+    encoder = retrieval.build_model(config, state, channels).encoder.to(device)
+    f_train = evaluate.encode(encoder, train.images[subset], device)
+    f_test = evaluate.encode(encoder, test.images, device)
+    out["linear_probe"] = evaluate.linear_probe(f_train, train.labels[subset], f_test, test.labels)
+    tuned = Classifier(retrieval.build_model(config, state, channels).encoder, classes)
+    out["fine_tune"] = accuracy(train_classifier(tuned, train.images, train.labels, fit, held, augment, device, steps,
+                                                 1e-3, draw), test.images, test.labels, device)
+    return out
+
+
+def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, steps: int = 300,
+        spec: str | None = None, device: str = "auto", out: str | None = None, echo=print) -> dict:
+    """Every budget x draw; prints the table (mean and spread over draws) and writes it as JSON
+    (default: label_efficiency.json next to the checkpoint)."""
+    if draws < 1 or steps < 1:
+        raise ValueError(f"draws and steps must be >= 1, got {draws} and {steps}")
+    state = retrieval.load_run(checkpoint)
+    config = state["config"]
+    spec = spec or config["data"]
+    train, test = data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
+    for b in budgets:  # refuse a budget before any training
+        if b != "all":
+            draw_subset(train.labels, b, torch.Generator().manual_seed(0))
+    out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "label_efficiency.json")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise FileNotFoundError(f"--out {out!r}: the folder does not exist")
+    dev = distributed.device(device)
+    rows = []
+    for b in budgets:
+        runs = [evaluate_budget(state, train, test, b, d, dev, steps) for d in range(draws)]
+        row = {"labels_per_class": b, "draws": runs}
+        for m in METHODS:
+            values = torch.tensor([r[m] for r in runs], dtype=torch.float64)
+            row[m] = {"mean": float(values.mean()), "std": float(values.std()) if draws > 1 else 0.0}
+        rows.append(row)
+        echo(format_row(row))
+    result = {"checkpoint": checkpoint, "data": spec, "steps": steps, "rows": rows}
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    result["path"] = out
+    return result
+
+
+def header() -> str:
+    return f"{'labels/class':>12}  " + "  ".join(f"{m.replace('_', ' '):>18}" for m in METHODS)
+
+
+def format_row(row: dict) -> str:
+    cells = "  ".join(f"{100 * row[m]['mean']:9.2f} ± {100 * row[m]['std']:5.2f}%" for m in METHODS)
+    return f"{str(row['labels_per_class']):>12}  {cells}"
