@@ -77,6 +77,6 @@ def write_neighbours(path: str, out: str | None = None, queries: int = 8, k: int
     axes[0][1 + k // 2].set_title(f"{k} nearest, random-init encoder", fontsize=8)
     axes[0][k + 2 + k // 2].set_title(f"{k} nearest, SimCLR-trained", fontsize=8)
     fig.tight_layout(pad=0.2)
-    fig.savefig(out, dpi=80)
+    fig.savefig(out, dpi=60)
     plt.close(fig)
     return out
