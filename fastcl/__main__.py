@@ -230,7 +230,8 @@ def _add_simclr(sub) -> None:
     le.add_argument("--labels-per-class", dest="labels_per_class", default="1,5,10,all",
                     help="comma-separated budgets, 'all' for the whole training split")
     le.add_argument("--draws", type=int, default=3, help="random draws of the labelled subset per budget")
-    le.add_argument("--steps", type=int, default=300, help="training steps of supervised and fine-tuned runs")
+    le.add_argument("--steps", type=int, default=1000, help="the fewest training steps of the supervised and "
+                    "fine-tuned models (and at least 30 epochs of the labelled images); early stopping picks the point")
     le.add_argument("--data", help="default: the dataset the checkpoint was trained on")
     le.add_argument("--out", help="JSON path (default: label_efficiency.json next to the checkpoint)")
     le.add_argument("--device", default="auto")
@@ -271,7 +272,7 @@ def main(argv=None) -> int:
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda")
-    demo.add_argument("--label-steps", dest="label_steps", type=int, default=300,
+    demo.add_argument("--label-steps", dest="label_steps", type=int, default=1000,
                       help="training steps of the supervised and fine-tuned models in the 10-labels table")
     demo.set_defaults(func=_demo)
     speed = sub.add_parser("speed", help="fastcl vs the pure-PyTorch NT-Xent loss: time, memory, difference")
