@@ -115,6 +115,16 @@ if [ -s "$OUT/bench-cuda.json" ]; then
 fi
 [ $rc -eq 0 ] || status=1
 
+step "queue, duplicate masking and the drop-ins against their originals (skipped where a library is missing)"
+timeout 60 "$PY" -m pytest benchmarks/bench_negatives.py benchmarks/bench_integrations.py -q -k cuda \
+  --benchmark-json="$OUT/bench-extra-cuda.json" > "$OUT/bench-extra.log" 2>&1
+rc=$?; tail -5 "$OUT/bench-extra.log"
+if [ -s "$OUT/bench-extra-cuda.json" ]; then
+  "$PY" benchmarks/report.py "$OUT/bench-extra-cuda.json" --out "$OUT/bench-extra-cuda.md"
+  { echo; cat "$OUT/bench-extra-cuda.md"; } >> "$SUMMARY"
+fi
+[ $rc -eq 0 ] || [ $rc -eq 5 ] || status=1  # 5: nothing collected (no library, no GPU)
+
 step "one million rows: 2N=1,048,576, D=128, bf16, forward+backward in one call"
 timeout 40 "$PY" - > "$OUT/million.log" 2>&1 <<'PYEOF'
 import time, torch, fastcl
