@@ -1,5 +1,5 @@
-"""Command line: `python -m fastcl info | demo | speed | simclr | knn | linear-probe | neighbours | embed |
-plot | simcse | sts-eval`."""
+"""Command line: `python -m fastcl info | demo | speed | simclr | knn | linear-probe | label-efficiency |
+neighbours | embed | plot | simcse | sts-eval`."""
 
 from __future__ import annotations
 
@@ -267,7 +267,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fastcl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print versions, compiled backends and build settings").set_defaults(func=_info)
-    demo = sub.add_parser("demo", help="SimCLR on the built-in digits: kNN of raw pixels, random-init and trained")
+    demo = sub.add_parser("demo", help="SimCLR on the built-in digits: kNN of raw pixels, random-init and trained, "
+                                        "the neighbours picture and the 10-labels table")
     demo.add_argument("--out", default="runs/digits-demo")
     demo.add_argument("--epochs", type=int, default=30)
     demo.add_argument("--seed", type=int, default=0)
