@@ -39,13 +39,19 @@ def augment_table(benches: list) -> str:
     return "\n".join(lines) + "\n"
 
 
-def negatives_table(benches: list) -> str:
-    """bench_negatives.py rows: forward+backward time and peak memory of each implementation."""
+def _by_case(benches: list) -> dict:
+    """{(device, case, size): {impl: (median seconds, peak bytes)}} of bench_negatives / bench_integrations rows."""
     cells = defaultdict(dict)
     for bench in benches:
         info = bench["extra_info"]
         cells[(info["device"], info["case"], info["size"])][info["impl"]] = (bench["stats"]["median"],
                                                                              info.get("peak_bytes"))
+    return cells
+
+
+def negatives_table(benches: list) -> str:
+    """bench_negatives.py rows: forward+backward time and peak memory of each implementation."""
+    cells = _by_case(benches)
     lines = ["| device | case | 2N, or batch x queue | naive ms | fastcl ms | speed-up | naive peak MiB | fastcl peak MiB | "
              "fastcl without ids ms |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key in sorted(cells):
@@ -61,11 +67,7 @@ def negatives_table(benches: list) -> str:
 
 def integrations_table(benches: list) -> str:
     """bench_integrations.py rows: each drop-in against the class it replaces."""
-    cells = defaultdict(dict)
-    for bench in benches:
-        info = bench["extra_info"]
-        cells[(info["device"], info["case"], info["size"])][info["impl"]] = (bench["stats"]["median"],
-                                                                             info.get("peak_bytes"))
+    cells = _by_case(benches)
     lines = ["| device | loss | size | original ms | fastcl ms | speed-up | original peak MiB | fastcl peak MiB | "
              "memory ratio |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for key in sorted(cells):

@@ -76,10 +76,12 @@ def _evaluate(method):
     def run(args) -> int:
         from .simclr import evaluate_checkpoint, retrieval
 
-        top1 = evaluate_checkpoint(args.checkpoint, args.data, method=method, device=args.device)
-        print(f"{'kNN' if method == 'knn' else 'linear probe'} top-1: {100 * top1:.2f}%")
-        if method == "knn":
+        if method == "linear":
+            top1 = evaluate_checkpoint(args.checkpoint, args.data, method=method, device=args.device)
+            print(f"linear probe top-1: {100 * top1:.2f}%")
+        else:  # kNN and retrieval from one encoding of the splits
             report = retrieval.retrieval_report(args.checkpoint, args.data, device=args.device)
+            print(f"kNN top-1: {100 * report['knn_top1']:.2f}%")
             print("retrieval, held-out queries against the training images, precision@k of same-class neighbours:")
             for name, label in (("random_init", "random-init"), ("trained", "trained")):
                 cells = "  ".join(f"@{k} {100 * p:.2f}%" for k, p in report[name].items())
@@ -208,6 +210,13 @@ def _plot(args) -> int:
     return 0
 
 
+def _checkpoint_options(parser) -> None:
+    """--checkpoint, --data and --device: what every command on a SimCLR run takes."""
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data", help="default: the dataset the checkpoint was trained on")
+    parser.add_argument("--device", default="auto")
+
+
 def _add_simclr(sub) -> None:
     from .engine.options import add_options
     from .simclr import SimCLRConfig
@@ -220,28 +229,22 @@ def _add_simclr(sub) -> None:
     p.set_defaults(func=_simclr)
     for name, method in (("knn", "knn"), ("linear-probe", "linear")):
         e = sub.add_parser(name, help=f"{name} top-1 of a SimCLR checkpoint's frozen encoder")
-        e.add_argument("--checkpoint", required=True)
-        e.add_argument("--data", help="default: the dataset the checkpoint was trained on")
-        e.add_argument("--device", default="auto")
+        _checkpoint_options(e)
         e.set_defaults(func=_evaluate(method))
     le = sub.add_parser("label-efficiency", help="held-out accuracy per label budget: supervised from scratch vs "
                                                  "linear probe vs fine-tuned SimCLR encoder")
-    le.add_argument("--checkpoint", required=True)
+    _checkpoint_options(le)
     le.add_argument("--labels-per-class", dest="labels_per_class", default="1,5,10,all",
                     help="comma-separated budgets, 'all' for the whole training split")
     le.add_argument("--draws", type=int, default=3, help="random draws of the labelled subset per budget")
     le.add_argument("--steps", type=int, default=1000, help="the fewest training steps of the supervised and "
                     "fine-tuned models (and at least 30 epochs of the labelled images); early stopping picks the point")
-    le.add_argument("--data", help="default: the dataset the checkpoint was trained on")
     le.add_argument("--out", help="JSON path (default: label_efficiency.json next to the checkpoint)")
-    le.add_argument("--device", default="auto")
     le.set_defaults(func=_label_efficiency)
     n = sub.add_parser("neighbours", help="picture: held-out images and their nearest training images under the "
                                           "random-init and the trained encoder")
-    n.add_argument("--checkpoint", required=True)
+    _checkpoint_options(n)
     n.add_argument("--out", help="PNG path (default: neighbours.png next to the checkpoint)")
-    n.add_argument("--data", help="default: the dataset the checkpoint was trained on")
-    n.add_argument("--device", default="auto")
     n.set_defaults(func=_neighbours)
     emb = sub.add_parser("embed", help="embeddings of a dataset (SimCLR checkpoint) or a text file (SimCSE model) "
                                        "to a float32 .npy and an ids .jsonl, for any vector index")

@@ -40,18 +40,23 @@ def same_kind(name: str, x: Tensor, ref_name: str, ref: Tensor) -> None:
         raise ValueError(f"{name} has feature size D={x.shape[-1]} but {ref_name} has D={ref.shape[-1]}")
 
 
+def _integer_vector(name: str, x, n: int, ref: Tensor, what: str, one: str, lowest: int, too_low: str) -> Tensor:
+    """x as int64 (n,) on ref's device, each value >= lowest; `what` and `one` name its values."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of integer {what}, got {type(x).__name__}")
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer {what}, got {x.dtype}")
+    if x.dim() != 1 or x.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), one {one} per sample, got {tuple(x.shape)}")
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on {x.device} but the embeddings are on {ref.device}")
+    if not _compiling() and n > 0 and bool((x < lowest).any()):
+        raise ValueError(f"{name} must be {too_low}")
+    return x.to(torch.int64)
+
+
 def labels(name: str, y, n: int, ref: Tensor) -> Tensor:
-    if not isinstance(y, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of integer class labels, got {type(y).__name__}")
-    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer class labels, got {y.dtype}")
-    if y.dim() != 1 or y.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), one label per sample, got {tuple(y.shape)}")
-    if y.device != ref.device:
-        raise ValueError(f"{name} is on {y.device} but the embeddings are on {ref.device}")
-    if not _compiling() and n > 0 and bool((y < 0).any()):
-        raise ValueError(f"{name} must be non-negative class labels")
-    return y.to(torch.int64)
+    return _integer_vector(name, y, n, ref, "class labels", "label", 0, "non-negative class labels")
 
 
 def temperature(t: Union[float, Tensor]) -> None:
@@ -79,17 +84,6 @@ def finite_weight(name: str, w: float) -> None:
         raise ValueError(f"{name} must be a finite float, got {w!r}")
 
 
-
 def sample_ids(name: str, ids, n: int, ref: Tensor) -> Tensor:
     """Per-sample ids (n,) for duplicate masking: integers >= 0, or -1 for a sample without one."""
-    if not isinstance(ids, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of integer sample ids, got {type(ids).__name__}")
-    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer sample ids, got {ids.dtype}")
-    if ids.dim() != 1 or ids.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},), one id per sample, got {tuple(ids.shape)}")
-    if ids.device != ref.device:
-        raise ValueError(f"{name} is on {ids.device} but the embeddings are on {ref.device}")
-    if not _compiling() and n > 0 and bool((ids < -1).any()):
-        raise ValueError(f"{name} must be >= 0 (or -1 for a sample without an id)")
-    return ids.to(torch.int64)
+    return _integer_vector(name, ids, n, ref, "sample ids", "id", -1, ">= 0 (or -1 for a sample without an id)")

@@ -18,13 +18,18 @@ def ids_path(path: str) -> str:
     return stem + ".ids.jsonl"
 
 
+def check_folder(path: str) -> None:
+    """A clear error before any work when `path` (an --out file) lies in a folder that does not exist."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--out {path!r}: the folder {folder!r} does not exist")
+
+
 def check_output(path: str) -> None:
     """A clear error before any work when the embeddings could not be written."""
     if not path.endswith(".npy"):
         raise ValueError(f"--out must name a .npy file, got {path!r}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--out {path!r}: the folder {folder!r} does not exist")
+    check_folder(path)
 
 
 def _replace(path: str, write) -> None:

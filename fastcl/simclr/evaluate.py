@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..engine import checkpoint
+from ..engine.metrics import progress_bar
 from . import data, models
 from .config import SimCLRConfig
 
@@ -69,12 +70,16 @@ def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Te
 
 
 @torch.no_grad()
-def encode(encoder: torch.nn.Module, images: Tensor, device: torch.device, batch_size: int = 512) -> Tensor:
-    """Encoder features of uint8 images scaled to [0, 1], in eval mode."""
+def encode(encoder: torch.nn.Module, images: Tensor, device: torch.device, batch_size: int = 512,
+           progress: bool = False) -> Tensor:
+    """Encoder features of uint8 images scaled to [0, 1], in eval mode (float32, on the CPU)."""
     was_training = encoder.training
     encoder.eval()
-    feats = [encoder(images[i:i + batch_size].to(device).float().div_(255)).float().cpu()
-             for i in range(0, images.shape[0], batch_size)]
+    feats = []
+    with progress_bar(-(-images.shape[0] // batch_size), progress, desc="embedding") as bar:
+        for i in range(0, images.shape[0], batch_size):
+            feats.append(encoder(images[i:i + batch_size].to(device).float().div_(255)).float().cpu())
+            bar.update()
     encoder.train(was_training)
     return torch.cat(feats)
 

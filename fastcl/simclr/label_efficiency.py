@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..augment import SimCLRAugment
+from ..engine.export import check_folder
 from . import data, evaluate, retrieval
 
 METHODS = ("supervised", "linear_probe", "fine_tune")
@@ -137,7 +138,7 @@ def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, pe
     f_train = evaluate.encode(encoder, train.images[subset], device)
     f_test = evaluate.encode(encoder, test.images, device)
     out["linear_probe"] = evaluate.linear_probe(f_train, train.labels[subset], f_test, test.labels)
-    tuned = Classifier(retrieval.build_model(config, state, channels).encoder, classes)
+    tuned = Classifier(encoder, classes)  # encoding left the weights as loaded: fine-tuning starts from them
     out["fine_tune"] = accuracy(train_classifier(tuned, train.images, train.labels, fit, held, augment, device, steps,
                                                  1e-3, draw), test.images, test.labels, device)
     return out
@@ -149,16 +150,12 @@ def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, 
     (default: label_efficiency.json next to the checkpoint)."""
     if draws < 1 or steps < 1:
         raise ValueError(f"draws and steps must be >= 1, got {draws} and {steps}")
-    state = retrieval.load_run(checkpoint)
-    config = state["config"]
-    spec = spec or config["data"]
-    train, test = data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
+    state, train, test = retrieval.load_run_data(checkpoint, spec)
     for b in budgets:  # refuse a budget before any training
         if b != "all":
             draw_subset(train.labels, b, torch.Generator().manual_seed(0))
     out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "label_efficiency.json")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise FileNotFoundError(f"--out {out!r}: the folder does not exist")
+    check_folder(out)
     dev = distributed.device(device)
     rows = []
     for b in budgets:
@@ -169,7 +166,7 @@ def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, 
             row[m] = {"mean": float(values.mean()), "std": float(values.std()) if draws > 1 else 0.0}
         rows.append(row)
         echo(format_row(row))
-    result = {"checkpoint": checkpoint, "data": spec, "steps": steps, "rows": rows}
+    result = {"checkpoint": checkpoint, "data": spec or state["config"]["data"], "steps": steps, "rows": rows}
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     result["path"] = out

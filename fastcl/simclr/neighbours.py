@@ -9,7 +9,8 @@ import os
 import torch
 
 from .. import distributed
-from . import data, evaluate, retrieval
+from ..engine.export import check_folder
+from . import evaluate, retrieval
 
 
 def _queries(labels: torch.Tensor, count: int, seed: int) -> list:
@@ -36,12 +37,9 @@ def write_neighbours(path: str, out: str | None = None, queries: int = 8, k: int
     import matplotlib.pyplot as plt
 
     out = out or os.path.join(os.path.dirname(os.path.abspath(path)), "neighbours.png")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-        raise FileNotFoundError(f"--out {out!r}: the folder {os.path.dirname(os.path.abspath(out))!r} does not exist")
-    state = retrieval.load_run(path)
+    check_folder(out)
+    state, train, test = retrieval.load_run_data(path, spec)
     config = state["config"]
-    spec = spec or config["data"]
-    train, test = data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
     if k > len(train):
         raise ValueError(f"k={k} is larger than the {len(train)} training images")
     dev = distributed.device(device)

@@ -13,7 +13,6 @@ from torch import Tensor
 
 from .. import distributed
 from ..engine import checkpoint
-from ..engine.metrics import progress_bar
 from . import data, evaluate, models
 
 SPACES = ("encoder", "projection")
@@ -27,6 +26,14 @@ def load_run(path: str) -> dict:
     if not isinstance(state, dict) or "model" not in state or "arch" not in state.get("config", {}):
         raise ValueError(f"{path!r} is not a SimCLR checkpoint (no model and SimCLR config in it)")
     return state
+
+
+def load_run_data(path: str, spec: str | None = None) -> tuple[dict, data.ImageData, data.ImageData]:
+    """(checkpoint state, training split, held-out split) of a SimCLR run, on `spec` or its own dataset."""
+    state = load_run(path)
+    config = state["config"]
+    spec = spec or config["data"]
+    return state, data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
 
 
 def build_model(config: dict, state: dict | None = None, in_channels: int = 3) -> torch.nn.Module:
@@ -47,16 +54,8 @@ def embed(model: torch.nn.Module, images: Tensor, device: torch.device, space: s
     the loss saw (`space`), L2-normalised as the loss normalises them (cosine = dot product)."""
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}, got {space!r}")
-    net = model.encoder if space == "encoder" else model
-    was_training = net.training
-    net.eval().to(device)
-    out = []
-    with progress_bar(-(-images.shape[0] // batch_size), progress, desc="embedding") as bar:
-        for start in range(0, images.shape[0], batch_size):
-            out.append(net(images[start:start + batch_size].to(device).float().div_(255)).float().cpu())
-            bar.update()
-    net.train(was_training)
-    z = torch.cat(out)
+    net = (model.encoder if space == "encoder" else model).to(device)
+    z = evaluate.encode(net, images, device, batch_size, progress)
     return F.normalize(z, dim=1) if normalize else z
 
 
@@ -90,17 +89,20 @@ def precision_at_k(queries: Tensor, query_labels: Tensor, bank: Tensor, bank_lab
 
 def retrieval_report(path: str, spec: str | None = None, device: str = "auto", ks: Sequence[int] = (1, 5, 10)) -> dict:
     """precision@k of held-out queries against the training images, for the random-init and the
-    trained encoder of a checkpoint: {"random_init": {k: p}, "trained": {k: p}}."""
-    state = load_run(path)
+    trained encoder of a checkpoint, and the trained encoder's kNN top-1 (the run's k and t) from
+    the same features: {"random_init": {k: p}, "trained": {k: p}, "knn_top1": float}."""
+    state, train, test = load_run_data(path, spec)
     config = state["config"]
-    spec = spec or config["data"]
-    train, test = data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
     dev = distributed.device(device)
-    report = {}
+    report, features = {}, {}
     channels = train.images.shape[1]
     for name, model in (("random_init", build_model(config, in_channels=channels)),
                         ("trained", build_model(config, state, channels))):
-        bank, queries = evaluate.encode(model.encoder.to(dev), train.images, dev), \
-            evaluate.encode(model.encoder, test.images, dev)
+        encoder = model.encoder.to(dev)
+        bank, queries = evaluate.encode(encoder, train.images, dev), evaluate.encode(encoder, test.images, dev)
         report[name] = precision_at_k(queries, test.labels, bank, train.labels, ks)
+        features[name] = bank, queries
+    bank, queries = features["trained"]
+    report["knn_top1"] = evaluate.knn_accuracy(bank, train.labels, queries, test.labels, config["knn_k"],
+                                               config["knn_t"])
     return report
