@@ -6,7 +6,8 @@
     out = fastcl.augment.apply(images, params)                 # same params -> same output
 
 Each output sample equals what torchvision.transforms.v2.functional gives for its parameters:
-resized_crop (bilinear, antialiased) -> horizontal_flip -> colour jitter in the sampled order
+resized_crop (bilinear, antialiased) -> horizontal_flip -> rotate (bilinear, no expansion, fill)
+-> colour jitter in the sampled order
 (adjust_brightness / contrast / saturation / hue) -> rgb_to_grayscale(3 channels) ->
 gaussian_blur -> solarize -> to_dtype(float, scale=True) -> normalize. The kernels fuse these
 steps per sample (csrc/cpu/augment.cpp, csrc/common/augment_math.h)."""
@@ -21,12 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from . import _extension
+from ._augment_options import check_degrees, check_fill, check_probability, check_range
 
 # Columns of a parameter row; the same layout as csrc/common/augment_math.h (ParamColumn).
 TOP, LEFT, HEIGHT, WIDTH, FLIP, JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(10)
 ORDER = slice(10, 14)
-GRAY, BLUR_SIGMA, SOLARIZE = 14, 15, 16
-NUM_PARAMS = 17
+GRAY, BLUR_SIGMA, SOLARIZE, ANGLE = 14, 15, 16, 17
+FILL = slice(18, 21)
+NUM_PARAMS = 21
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")  # the values stored in ORDER
 
 Images = Union[Tensor, Sequence[Tensor]]
@@ -38,7 +41,9 @@ class AugmentParams:
 
     table columns: top, left, height, width (crop box), flip, jitter, brightness, contrast,
     saturation, hue factors, the jitter order (4 op indices into JITTER_OPS), grayscale, blur
-    sigma (0 = no blur), solarize. Hand-craft, log or replay them freely."""
+    sigma (0 = no blur), solarize, rotation angle (degrees counter-clockwise, 0 = none) and its
+    fill per channel (in [0, 1] of full scale: 1.0 is 255 for uint8 images). Hand-craft, log or
+    replay them freely."""
 
     table: Tensor  # (P, NUM_PARAMS) float32
     source_index: Tensor  # (P,) int64
@@ -66,23 +71,6 @@ class AugmentParams:
                              self.views)
 
 
-def _check_probability(name: str, p) -> tuple[float, ...]:
-    values = tuple(p) if isinstance(p, (tuple, list)) else (p,)
-    for v in values:
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
-            raise ValueError(f"{name} must be a probability in [0, 1] (or one per view), got {p!r}")
-    return tuple(float(v) for v in values)
-
-
-def _check_range(name: str, r, low: float, high: float) -> tuple[float, float]:
-    if not isinstance(r, (tuple, list)) or len(r) != 2:
-        raise ValueError(f"{name} must be a (min, max) pair, got {r!r}")
-    a, b = float(r[0]), float(r[1])
-    if not (low <= a <= b <= high) or not (math.isfinite(a) and math.isfinite(b)):
-        raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {r!r}")
-    return a, b
-
-
 class SimCLRAugment(nn.Module):
     """The SimCLR augmentation recipe with per-sample random parameters, on whole batches.
 
@@ -93,10 +81,14 @@ class SimCLRAugment(nn.Module):
 
     Args:
         size: output side in pixels. scale, ratio: random-resized-crop area fraction and aspect range.
-        flip_p, jitter_p, grayscale_p, blur_p, solarize_p: per-view probabilities.
+        flip_p, jitter_p, grayscale_p, blur_p, solarize_p, rotate_p: per-view probabilities.
         strength: colour-jitter strength s (brightness, contrast, saturation 0.8 s, hue 0.2 s),
             unless brightness / contrast / saturation / hue are given.
         blur_sigma, blur_kernel: Gaussian blur sigma range and odd kernel size (default ~10% of size).
+        degrees: rotation angle range, (min, max) within [-180, 180] or d for (-d, d), drawn
+            uniformly like RandomRotation; the rotation follows the crop and flip, about the centre,
+            bilinear, without expansion. fill: the value of the corners the rotation uncovers, in
+            [0, 1] of full scale (0: black), one value or one per channel.
         mean, std: per-channel normalisation after scaling to [0, 1] (both or neither).
         dtype: float32, bfloat16 or float16 output; channels_last: output memory format.
 
@@ -113,17 +105,17 @@ class SimCLRAugment(nn.Module):
     def __init__(self, size: int = 32, *, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), flip_p=0.5, jitter_p=0.8,
                  strength: float = 0.5, brightness: Optional[float] = None, contrast: Optional[float] = None,
                  saturation: Optional[float] = None, hue: Optional[float] = None, grayscale_p=0.2, blur_p=0.0,
-                 blur_sigma=(0.1, 2.0), blur_kernel: Optional[int] = None, solarize_p=0.0,
-                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 blur_sigma=(0.1, 2.0), blur_kernel: Optional[int] = None, solarize_p=0.0, rotate_p=0.0,
+                 degrees=(-30.0, 30.0), fill=0.0, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False):
         super().__init__()
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise ValueError(f"size must be a positive int, got {size!r}")
         self.size = size
-        self.scale = _check_range("scale", scale, 1e-6, 1.0)
-        self.ratio = _check_range("ratio", ratio, 1e-3, 1e3)
-        self.flip_p = _check_probability("flip_p", flip_p)
-        self.jitter_p = _check_probability("jitter_p", jitter_p)
+        self.scale = check_range("scale", scale, 1e-6, 1.0)
+        self.ratio = check_range("ratio", ratio, 1e-3, 1e3)
+        self.flip_p = check_probability("flip_p", flip_p)
+        self.jitter_p = check_probability("jitter_p", jitter_p)
         if not isinstance(strength, (int, float)) or not 0 <= strength <= 1.25:
             raise ValueError(f"strength must be in [0, 1.25] (hue = 0.2 * strength stays <= 0.25), got {strength!r}")
         self.brightness = 0.8 * strength if brightness is None else float(brightness)
@@ -135,9 +127,9 @@ class SimCLRAugment(nn.Module):
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-        self.grayscale_p = _check_probability("grayscale_p", grayscale_p)
-        self.blur_p = _check_probability("blur_p", blur_p)
-        self.blur_sigma = _check_range("blur_sigma", blur_sigma, 1e-6, 1e3)
+        self.grayscale_p = check_probability("grayscale_p", grayscale_p)
+        self.blur_p = check_probability("blur_p", blur_p)
+        self.blur_sigma = check_range("blur_sigma", blur_sigma, 1e-6, 1e3)
         if blur_kernel is None:
             blur_kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # about 10% of the output, odd
         if not isinstance(blur_kernel, int) or blur_kernel < 1 or blur_kernel % 2 == 0:
@@ -145,7 +137,10 @@ class SimCLRAugment(nn.Module):
         if blur_kernel // 2 >= size and max(self.blur_p) > 0:
             raise ValueError(f"blur_kernel {blur_kernel} is too large for output size {size} (reflect padding)")
         self.blur_kernel = blur_kernel
-        self.solarize_p = _check_probability("solarize_p", solarize_p)
+        self.solarize_p = check_probability("solarize_p", solarize_p)
+        self.rotate_p = check_probability("rotate_p", rotate_p)
+        self.degrees = check_degrees(degrees)
+        self.fill = check_fill(fill)
         if (mean is None) != (std is None):
             raise ValueError("mean and std go together: pass both or neither")
         if std is not None and any(float(s) <= 0 for s in std):
@@ -210,6 +205,9 @@ class SimCLRAugment(nn.Module):
         table[:, GRAY] = coin(self.grayscale_p)
         table[:, BLUR_SIGMA] = coin(self.blur_p) * uniform(*self.blur_sigma)
         table[:, SOLARIZE] = coin(self.solarize_p)
+        if max(self.rotate_p) > 0:  # recipes without rotation keep their random stream
+            table[:, ANGLE] = coin(self.rotate_p) * uniform(*self.degrees)
+            table[:, FILL] = torch.tensor(self.fill, dtype=torch.float64, device=device)
         source = torch.arange(batch_size, device=device).repeat(views)
         return AugmentParams(table.float(), source, self.size, self.blur_kernel, views)
 
@@ -264,7 +262,8 @@ class SimCLRAugment(nn.Module):
     def extra_repr(self) -> str:
         return (f"size={self.size}, scale={self.scale}, ratio={self.ratio}, jitter=({self.brightness:.2f}, "
                 f"{self.contrast:.2f}, {self.saturation:.2f}, {self.hue:.2f}) p={self.jitter_p}, "
-                f"grayscale_p={self.grayscale_p}, blur_p={self.blur_p}, solarize_p={self.solarize_p}")
+                f"grayscale_p={self.grayscale_p}, blur_p={self.blur_p}, solarize_p={self.solarize_p}, "
+                f"rotate_p={self.rotate_p}, degrees={self.degrees}, fill={self.fill}")
 
 
 def _check_images(images: Images) -> list[Tensor]:
@@ -319,6 +318,7 @@ def _check_rows(rows: Tensor, heights: Tensor, widths: Tensor) -> None:
     first_bad(rows[:, HUE].abs() <= 0.5, "the hue factor must lie in [-0.5, 0.5]")
     first_bad(((rows[:, ORDER] >= 0) & (rows[:, ORDER] <= 3)).all(dim=1), "the jitter order holds op indices 0..3")
     first_bad(rows[:, BLUR_SIGMA] >= 0, "the blur sigma must be >= 0 (0: no blur)")
+    first_bad(((rows[:, FILL] >= 0) & (rows[:, FILL] <= 1)).all(dim=1), "the rotation fill must lie in [0, 1]")
 
 
 def apply(images: Images, params: AugmentParams, *, mean: Optional[Sequence[float]] = None,

@@ -130,6 +130,10 @@ def augment(images, params, *, mean=None, std=None, dtype=torch.float32) -> Tens
                             [params.size, params.size], antialias=True)
         if row[A.FLIP]:
             x = TF.horizontal_flip(x)
+        if row[A.ANGLE] != 0:
+            bound = 255.0 if u8 else 1.0
+            fill = [v * bound for v in row[A.FILL][:x.shape[0]]]
+            x = TF.rotate(x, row[A.ANGLE], interpolation=TF.InterpolationMode.BILINEAR, expand=False, fill=fill)
         if row[A.JITTER]:
             for op in row[A.ORDER]:
                 name = A.JITTER_OPS[int(op)]

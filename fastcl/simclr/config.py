@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ..augment import SimCLRAugment
 from ..engine import amp
 from ..engine.options import option
 from .data import DATASETS
@@ -47,6 +48,9 @@ class SimCLRConfig:
     crop_min: float = option(0.08, "smallest crop area fraction of the random resized crop")
     flip_p: float = option(0.5, "horizontal flip probability")
     blur_p: float = option(0.0, "Gaussian blur probability (ImageNet recipe: 1.0 / 0.1 per view)")
+    rotate_p: float = option(0.0, "random rotation probability per view (after crop and flip, bilinear, black "
+                             "corners); hurts where orientation is the label (digits: a turned 6 is a 9)")
+    degrees: float = option(30.0, "rotation angles are uniform in [-degrees, degrees]")
     amp: str = option("none", "mixed precision of the forward", choices=tuple(amp.AMP_DTYPES))
     channels_last: bool = option(False, "channels-last views and model (faster convolutions on GPUs)")
     seed: int = option(0, "seed of weights, data order and augmentation")
@@ -83,6 +87,10 @@ class SimCLRConfig:
             raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
         if not 0 <= self.flip_p <= 1:
             raise ValueError(f"flip_p must be in [0, 1], got {self.flip_p}")
+        if not 0 <= self.rotate_p <= 1:
+            raise ValueError(f"rotate_p must be in [0, 1], got {self.rotate_p}")
+        if not 0 <= self.degrees <= 180:
+            raise ValueError(f"degrees must be in [0, 180] (angles in [-degrees, degrees]), got {self.degrees}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 (views per encoder call), got {self.chunk_size}")
         if self.queue_size < 0:
@@ -101,6 +109,14 @@ RECIPES = {
     "digits": dict(batch_size=128, optimizer="adamw", lr=3e-3, temperature=0.2, proj_hidden=512, crop_min=0.6,
                    flip_p=0.0),
 }
+
+
+def augmentation(config: dict, channels_last: bool = False) -> SimCLRAugment:
+    """The views' augmentation of a run from its config (a checkpoint's dict; runs saved before
+    rotation existed have none)."""
+    return SimCLRAugment(config["size"], scale=(config["crop_min"], 1.0), flip_p=config["flip_p"],
+                         strength=config["strength"], blur_p=config["blur_p"], rotate_p=config.get("rotate_p", 0.0),
+                         degrees=config.get("degrees", 30.0), channels_last=channels_last)
 
 
 def config_for(data: str = SimCLRConfig.data, **overrides) -> SimCLRConfig:

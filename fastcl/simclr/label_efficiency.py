@@ -25,6 +25,7 @@ from .. import distributed
 from ..augment import SimCLRAugment
 from ..engine.export import check_folder
 from . import data, evaluate, retrieval
+from .config import augmentation
 
 METHODS = ("supervised", "linear_probe", "fine_tune")
 MIN_EPOCHS = 30
@@ -126,8 +127,7 @@ def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, pe
     subset = draw_subset(train.labels, per_class, g)
     fit, held = split_holdout(subset, train.labels, g)
     steps = max(steps, math.ceil(MIN_EPOCHS * fit.shape[0] / BATCH))
-    augment = SimCLRAugment(config["size"], scale=(config["crop_min"], 1.0), flip_p=config["flip_p"],
-                            strength=config["strength"], blur_p=config["blur_p"])
+    augment = augmentation(config)
     channels, classes = train.images.shape[1], train.num_classes
     out = {}
     scratch = Classifier(retrieval.build_model({**config, "seed": config["seed"] + draw + 1}, None, channels).encoder,

@@ -13,12 +13,11 @@ from typing import Optional
 import torch
 
 from .. import distributed
-from ..augment import SimCLRAugment
 from ..engine import Trainer, TrainingDiverged, checkpoint, progress_bar
 from ..losses import NTXentLoss
 from ..queue import MemoryQueue
 from . import data, evaluate, models, optim
-from .config import SimCLRConfig
+from .config import SimCLRConfig, augmentation
 
 
 class SimCLRTrainer(Trainer):
@@ -57,8 +56,7 @@ class SimCLRTrainer(Trainer):
             self.model.to(memory_format=torch.channels_last)
         self.net = self.wrap(self.model)
         self.chunk_size = self.chunking(cfg.chunk_size, 2 * cfg.batch_size // self.world)
-        self.augment = SimCLRAugment(cfg.size, scale=(cfg.crop_min, 1.0), flip_p=cfg.flip_p,
-                                     strength=cfg.strength, blur_p=cfg.blur_p, channels_last=cfg.channels_last)
+        self.augment = augmentation(dataclasses.asdict(cfg), cfg.channels_last)
         queue = MemoryQueue(cfg.queue_size, cfg.proj_dim, device=self.device) if cfg.queue_size else None
         self.criterion = NTXentLoss(temperature=cfg.temperature, gather_distributed=self.world > 1, queue=queue)
         self.steps_per_epoch = len(self.train_data) // cfg.batch_size

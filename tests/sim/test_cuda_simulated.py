@@ -51,6 +51,17 @@ def _augment_cases():
         yield f"{name}-list", listed, aug.sample(len(sizes), sizes, generator=torch.Generator().manual_seed(5), views=2)
         yield f"{name}-gray-list", gray, aug.sample(len(sizes), sizes, generator=torch.Generator().manual_seed(6), views=2)
     yield "border-crops", batch, border
+    # Rotation: any angle, fill per channel; at 72 px the work image leaves shared memory for the
+    # block's global slot (and its turn plane), at 32 px both stay in shared memory.
+    turn = A.SimCLRAugment(32, rotate_p=0.8, degrees=180, fill=(0.1, 0.5, 0.9))
+    yield "rotate", batch, turn.sample(6, (40, 40), generator=torch.Generator().manual_seed(7), views=2)
+    sizes = [tuple(img.shape[1:]) for img in listed]
+    yield "rotate-gray-list", gray, turn.sample(len(sizes), sizes, generator=torch.Generator().manual_seed(8))
+    quarters = turn.sample(6, (40, 40), generator=torch.Generator().manual_seed(9))
+    quarters.table[:, A.ANGLE] = torch.tensor([90.0, 180.0, 270.0, -90.0, 1e-3, 89.999])
+    yield "rotate-quarters", batch, quarters
+    wide = A.SimCLRAugment(72, rotate_p=1.0, degrees=(-45, 45), blur_p=0.5, blur_kernel=5)
+    yield "rotate-global-work", batch[:3], wide.sample(3, (40, 40), generator=torch.Generator().manual_seed(10))
 
 
 @pytest.mark.parametrize("name,images,params", list(_augment_cases()), ids=lambda v: v if isinstance(v, str) else "")

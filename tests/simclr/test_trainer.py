@@ -12,6 +12,7 @@ import torch
 
 from fastcl.engine import TrainingDiverged, checkpoint
 from fastcl.simclr import SimCLRConfig, SimCLRTrainer
+from fastcl.simclr.config import augmentation
 
 pytest.importorskip("torchvision")
 
@@ -118,6 +119,8 @@ def test_divergence_stops_with_the_last_good_checkpoint(tmp_path):
     (dict(crop_min=0.0), ValueError, "crop_min"),
     (dict(flip_p=1.5), ValueError, "flip_p"),
     (dict(queue_size=-1), ValueError, "queue_size must be >= 0"),
+    (dict(rotate_p=1.5), ValueError, "rotate_p"),
+    (dict(degrees=200.0), ValueError, "degrees"),
 ])
 def test_bad_arguments(tmp_path, kw, exc, match):
     with pytest.raises(exc, match=match):
@@ -128,10 +131,16 @@ def test_command_line(tmp_path):
     out = tmp_path / "cli"
     run = subprocess.run([sys.executable, "-m", "fastcl", "simclr", "--data", "fake", "--arch", "small_cnn",
                           "--batch-size", "128", "--epochs", "1", "--proj-hidden", "64", "--max-steps", "2",
-                          "--queue-size", "300", "--no-mask-duplicates",
+                          "--queue-size", "300", "--no-mask-duplicates", "--rotate-p", "0.5", "--degrees", "20",
                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert json.loads(run.stdout[run.stdout.index("{"):])["steps"] == 2
+    config = torch.load(out / "last.pt", weights_only=True)["config"]
+    turned = augmentation(config)
+    assert (config["rotate_p"], config["degrees"]) == (0.5, 20.0)
+    assert turned.rotate_p == (0.5,) and turned.degrees == (-20.0, 20.0)
+    older = {k: v for k, v in config.items() if k not in ("rotate_p", "degrees")}  # saved before rotation
+    assert augmentation(older).rotate_p == (0.0,)
     knn = subprocess.run([sys.executable, "-m", "fastcl", "knn", "--checkpoint", str(out / "last.pt"), "--device",
                           "cpu"], capture_output=True, text=True, timeout=300)
     assert knn.returncode == 0 and "kNN top-1" in knn.stdout

@@ -26,6 +26,8 @@ enum ParamColumn : int {
   kGray,                               // 1: grayscale (3 output channels)
   kBlurSigma,                          // > 0: gaussian blur with this sigma
   kSolarize,                           // 1: solarize
+  kAngle,                              // rotation in degrees, counter-clockwise (0: none)
+  kFill0, kFill1, kFill2,              // the rotation's fill per channel, in [0, 1] of full scale
   kNumParams
 };
 
@@ -228,6 +230,97 @@ FASTCL_HD int64_t reflect_index(int64_t x, int64_t n) {
   x = x % period;
   if (x < 0) x += period;
   return x < n ? x : period - x;
+}
+
+// Rotation about the centre of an S x S image, as torchvision's rotate(image, angle, BILINEAR,
+// expand=False, fill) computes it: Python's angle % 360 first; 0, 90, 180 and 270 degrees are
+// exact pixel permutations (rotate's clone and rot90 fast paths); other angles sample the inverse
+// affine grid (_affine_grid with float32 theta) bilinearly with grid_sample(align_corners=False,
+// zeros padding) on the image and on a mask of ones, then blend in the fill: (v - fill) * mask + fill.
+struct Rotation {
+  int quarter;  // 0..3: a multiple of 90 degrees (0: no rotation); -1: any other angle
+  // theta / (S / 2): grid x = xb * xx + yb * xy, grid y = xb * yx + yb * yy, (xb, yb) the
+  // pixel's offset from the centre.
+  float xx, xy, yx, yy;
+};
+
+FASTCL_HD Rotation rotation_of(float degrees, int64_t S) {
+  double a = fmod(static_cast<double>(degrees), 360.0);
+  if (a < 0.0) a += 360.0;
+  Rotation r{-1, 0.0f, 0.0f, 0.0f, 0.0f};
+  if (a == 0.0 || a == 90.0 || a == 180.0 || a == 270.0) {
+    r.quarter = static_cast<int>(a / 90.0);
+    return r;
+  }
+  // _get_inverse_affine_matrix(center 0, -angle): [cos, sin, 0, -sin, cos, 0] of radians(-angle),
+  // in double, then float32 and divided by the float32 half sizes.
+  const double rad = -a * (3.141592653589793 / 180.0);
+  const float c = static_cast<float>(cos(rad)), s = static_cast<float>(sin(rad));
+  const float half = static_cast<float>(0.5 * static_cast<double>(S));
+  r.xx = c / half, r.xy = s / half, r.yx = -s / half, r.yy = c / half;
+  return r;
+}
+
+// Where output pixel (x, y) of an S x S rotation reads: torch.rot90's permutations.
+FASTCL_HD int64_t quarter_source(int quarter, int64_t S, int64_t x, int64_t y) {
+  switch (quarter) {
+    case 1: return x * S + (S - 1 - y);            // rot90(k=1): flip the width, then transpose
+    case 2: return (S - 1 - y) * S + (S - 1 - x);  // rot90(k=2)
+    case 3: return (S - 1 - x) * S + y;            // rot90(k=3): flip the height, then transpose
+    default: return y * S + x;
+  }
+}
+
+// The bilinear taps of output pixel (x, y): the north-west tap (x0, y0) (the others are +1 in x
+// and y), the weights in grid_sample's order nw, ne, sw, se, and the mask (the sampled plane of
+// ones: the weights of the taps inside the image, as grid_sample reads zeros outside). Scalars
+// only and no branches, so that a loop over a row vectorises.
+struct RotationTaps {
+  int x0, y0;
+  float nw, ne, sw, se;
+  float mask;
+};
+
+FASTCL_HD bool tap_inside(int x, int y, int S) { return x >= 0 && x < S && y >= 0 && y < S; }
+
+FASTCL_HD RotationTaps rotation_taps(const Rotation& r, int S, int x, int y) {
+  const float centre = static_cast<float>(S - 1) * 0.5f;  // linspace's exact half-integers
+  const float xb = static_cast<float>(x) - centre, yb = static_cast<float>(y) - centre;
+  const float gx = add_rn(mul_rn(xb, r.xx), mul_rn(yb, r.xy));
+  const float gy = add_rn(mul_rn(xb, r.yx), mul_rn(yb, r.yy));
+  // grid_sample's unnormalize (align_corners=False) as its CPU kernel: (g + 1) * (size / 2) - 0.5.
+  const float scale = static_cast<float>(S) / 2.0f;
+  const float ix = mul_rn(gx + 1.0f, scale) - 0.5f, iy = mul_rn(gy + 1.0f, scale) - 0.5f;
+  const float fx = floorf(ix), fy = floorf(iy);
+  const float w = ix - fx, e = 1.0f - w, n = iy - fy, s = 1.0f - n;
+  RotationTaps t;
+  t.nw = mul_rn(s, e), t.ne = mul_rn(s, w), t.sw = mul_rn(n, e), t.se = mul_rn(n, w);
+  // Far-away taps are clamped to two pixels outside before the conversion (no overflow); both
+  // taps of each axis stay outside.
+  const float lim = static_cast<float>(S);
+  const float cx = clampf(fx, -2.0f, lim), cy = clampf(fy, -2.0f, lim);
+  t.x0 = static_cast<int>(cx), t.y0 = static_cast<int>(cy);
+  // Which taps lie inside, as 0/1 factors from float compares (integer range tests of the
+  // converted values keep gcc from vectorising the loop).
+  const float x_in0 = static_cast<float>(cx >= 0.0f) * static_cast<float>(cx < lim);
+  const float x_in1 = static_cast<float>(cx >= -1.0f) * static_cast<float>(cx < lim - 1.0f);
+  const float y_in0 = static_cast<float>(cy >= 0.0f) * static_cast<float>(cy < lim);
+  const float y_in1 = static_cast<float>(cy >= -1.0f) * static_cast<float>(cy < lim - 1.0f);
+  t.mask = add_rn(add_rn(add_rn(t.nw * (x_in0 * y_in0), t.ne * (x_in1 * y_in0)), t.sw * (x_in0 * y_in1)),
+                  t.se * (x_in1 * y_in1));
+  return t;
+}
+
+// The four taps' values (zero outside), summed in grid_sample's order.
+FASTCL_HD float rotation_sum(float nw, float ne, float sw, float se, const RotationTaps& t) {
+  return add_rn(add_rn(add_rn(mul_rn(nw, t.nw), mul_rn(ne, t.ne)), mul_rn(sw, t.sw)), mul_rn(se, t.se));
+}
+
+// The fill blended in by the mask, and for uint8 images round() (half to even) as rotate does
+// before .to(uint8).
+FASTCL_HD float rotation_finish(float v, float mask, float fill, bool u8) {
+  v = add_rn(mul_rn(v - fill, mask), fill);
+  return u8 ? clampf(rintf(v), 0.0f, 255.0f) : v;
 }
 
 }  // namespace fastcl::math

@@ -1,7 +1,7 @@
 // CPU kernel of the SimCLR batch augmentation (semantics: fastcl/augment.py and
 // csrc/common/augment_math.h). One output sample at a time, in parallel over samples:
-// crop + antialiased resize + flip in one separable pass into a per-thread float buffer,
-// the colour ops in their sampled order on that buffer, an optional separable blur, then
+// crop + antialiased resize + flip in one separable pass into a per-thread float buffer, an
+// optional rotation into a second buffer, the colour ops in their sampled order on that buffer, an optional separable blur, then
 // solarize, scaling, normalisation and the cast on the way to the output tensor.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -71,10 +72,25 @@ struct Axis {
 };
 
 // Per-thread scratch, reused across samples.
+// One output row's rotation taps (one array each, so the loops over a row vectorise): the
+// north-west tap's offset into the plane padded with two zeros on every side (the other taps are
+// +1, +P, +P + 1), the weights, and the mask.
+struct RotationRow {
+  std::vector<int32_t> off;
+  std::vector<float> w[4];
+  std::vector<float> mask;
+
+  void resize(int64_t S) {
+    off.resize(S), mask.resize(S);
+    for (int k = 0; k < 4; ++k) w[k].resize(S);
+  }
+};
+
 struct Scratch {
-  std::vector<float> image, rows, weights;
+  std::vector<float> image, rotated, padded, rows, weights;
   std::vector<int32_t> acc;
   Axis ax, ay;
+  RotationRow rotation;
 };
 
 // Horizontal pass: the crop's h rows, each resampled from w to S columns, into rows (C, h, S).
@@ -168,6 +184,130 @@ void resized_crop(const Source& src, const float* prm, int64_t S, bool u8, Scrat
   }
   sc.ay.build(h, S, u8);
   resample_columns(sc.rows.data(), src.C, h, S, u8, flip, sc);
+}
+
+// Rotation of the resized crop (C planes of S x S) from img into out: a pixel permutation for
+// multiples of 90 degrees; otherwise per output row, the taps of every pixel (a vectorised loop),
+// then their sums read from a copy of the image with a border of zeros two pixels wide, which
+// holds every tap outside the image (rotation_taps clamps far ones to two outside), so that no
+// tap needs a branch. RGB images are copied with their channels interleaved (4 floats a pixel):
+// a tap is then one 16-byte load for all channels rather than three gathers.
+constexpr int64_t kRotationPad = 2;
+typedef float Pixel4 __attribute__((vector_size(16)));
+
+FASTCL_CLONES void rotation_row(const Rotation& r, int S, int y, int32_t* __restrict off, float* __restrict nw,
+                                float* __restrict ne, float* __restrict sw, float* __restrict se,
+                                float* __restrict mask) {
+  const int P = S + 2 * kRotationPad;
+  for (int x = 0; x < S; ++x) {
+    const RotationTaps t = rotation_taps(r, S, x, y);
+    off[x] = (t.y0 + kRotationPad) * P + t.x0 + kRotationPad;
+    nw[x] = t.nw, ne[x] = t.ne, sw[x] = t.sw, se[x] = t.se;
+    mask[x] = t.mask;
+  }
+}
+
+// Pixel p of an interleaved image: 4 floats at pix + 4 p.
+FASTCL_HD Pixel4 load_pixel(const float* pix, int64_t p) {
+  Pixel4 v;
+  std::memcpy(&v, pix + 4 * p, sizeof(v));
+  return v;
+}
+
+// rotation_sum and rotation_finish on the three channels of a pixel at once (lane-wise the same
+// IEEE operations; rint as the round-to-nearest-even of adding and subtracting 2^23, exact on [0, 255]).
+FASTCL_CLONES void rotation_rgb_row(const float* __restrict pix, const RotationRow& row, int S, Pixel4 fill, bool u8,
+                                    float* __restrict out, int64_t n) {
+  const int64_t P = S + 2 * kRotationPad;
+  const int32_t* off = row.off.data();
+  const float *nw = row.w[0].data(), *ne = row.w[1].data(), *sw = row.w[2].data(), *se = row.w[3].data();
+  for (int x = 0; x < S; ++x) {
+    const int64_t o = off[x];
+    Pixel4 v = ((load_pixel(pix, o) * nw[x] + load_pixel(pix, o + 1) * ne[x]) + load_pixel(pix, o + P) * sw[x]) +
+               load_pixel(pix, o + P + 1) * se[x];
+    v = (v - fill) * row.mask[x] + fill;
+    if (u8) {
+      v = v < 0.0f ? 0.0f : v;
+      v = v > 255.0f ? 255.0f : v;
+      v = (v + 8388608.0f) - 8388608.0f;
+    }
+    out[x] = v[0], out[n + x] = v[1], out[2 * n + x] = v[2];
+  }
+}
+
+// One loop per image kind: with u8 a runtime value inside, gcc does not vectorise the gathers.
+template <bool kU8>
+__attribute__((always_inline)) inline void rotation_plane_loop(const float* __restrict plane, const RotationRow& row,
+                                                               int S, float fill, float* __restrict out) {
+  const int32_t P = S + 2 * kRotationPad;
+  const int32_t* off = row.off.data();
+  const float *nw = row.w[0].data(), *ne = row.w[1].data(), *sw = row.w[2].data(), *se = row.w[3].data();
+  const float* mask = row.mask.data();
+  for (int x = 0; x < S; ++x) {
+    RotationTaps t;
+    t.nw = nw[x], t.ne = ne[x], t.sw = sw[x], t.se = se[x];
+    const int32_t o = off[x];
+    out[x] = rotation_finish(rotation_sum(plane[o], plane[o + 1], plane[o + P], plane[o + P + 1], t), mask[x], fill,
+                             kU8);
+  }
+}
+
+FASTCL_CLONES void rotation_plane_row(const float* __restrict plane, const RotationRow& row, int S, float fill, bool u8,
+                                      float* __restrict out) {
+  if (u8) {
+    rotation_plane_loop<true>(plane, row, S, fill, out);
+  } else {
+    rotation_plane_loop<false>(plane, row, S, fill, out);
+  }
+}
+
+// The padded copy: planar for one channel, interleaved (lane 3 unused) for three; only the border
+// is zeroed, the rest is overwritten.
+FASTCL_CLONES void pad_for_rotation(const float* __restrict img, int64_t C, int64_t S, float* __restrict padded) {
+  const int64_t P = S + 2 * kRotationPad, n = S * S, k = C == 3 ? 4 : 1, pad = kRotationPad * k;
+  std::fill(padded, padded + kRotationPad * P * k, 0.0f);
+  std::fill(padded + (S + kRotationPad) * P * k, padded + P * P * k, 0.0f);
+  for (int64_t y = 0; y < S; ++y) {
+    float* line = padded + (y + kRotationPad) * P * k;
+    std::fill(line, line + pad, 0.0f);
+    std::fill(line + (S + kRotationPad) * k, line + P * k, 0.0f);
+    const float* r = img + y * S;
+    float* d = line + pad;
+    if (C != 3) {
+      std::copy(r, r + S, d);
+      continue;
+    }
+    const float* g = r + n;
+    const float* b = g + n;
+    for (int64_t x = 0; x < S; ++x) d[4 * x] = r[x], d[4 * x + 1] = g[x], d[4 * x + 2] = b[x], d[4 * x + 3] = 0.0f;
+  }
+}
+
+void rotate(const float* img, float* out, int64_t C, int64_t S, const Rotation& r, const float* prm, bool u8,
+            Scratch& sc) {
+  const int64_t n = S * S;
+  if (r.quarter >= 0) {
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t y = 0; y < S; ++y)
+        for (int64_t x = 0; x < S; ++x) out[c * n + y * S + x] = img[c * n + quarter_source(r.quarter, S, x, y)];
+    return;
+  }
+  const int64_t P = S + 2 * kRotationPad;
+  sc.padded.resize(P * P * (C == 3 ? 4 : 1));
+  pad_for_rotation(img, C, S, sc.padded.data());
+  const float bound = u8 ? 255.0f : 1.0f;
+  const Pixel4 fill = {mul_rn(prm[kFill0], bound), mul_rn(prm[kFill1], bound), mul_rn(prm[kFill2], bound), 0.0f};
+  RotationRow& row = sc.rotation;
+  row.resize(S);
+  for (int64_t y = 0; y < S; ++y) {
+    rotation_row(r, static_cast<int>(S), static_cast<int>(y), row.off.data(), row.w[0].data(), row.w[1].data(),
+                 row.w[2].data(), row.w[3].data(), row.mask.data());
+    if (C == 3) {
+      rotation_rgb_row(sc.padded.data(), row, static_cast<int>(S), fill, u8, out + y * S, n);
+    } else {
+      rotation_plane_row(sc.padded.data(), row, static_cast<int>(S), fill[0], u8, out + y * S);
+    }
+  }
 }
 
 // Mean gray level of the image as adjust_contrast takes it. uint8 images have integer
@@ -346,6 +486,12 @@ at::Tensor augment_cpu(at::TensorList images, const at::Tensor& source_index, co
       const Source src = source_of(images, batched, idx[p]);
       const bool u8 = src.u8;
       resized_crop(src, row, S, u8, sc);
+      const Rotation rotation = rotation_of(row[kAngle], S);
+      if (rotation.quarter != 0) {
+        sc.rotated.resize(C * n);
+        rotate(sc.image.data(), sc.rotated.data(), C, S, rotation, row, u8, sc);
+        std::swap(sc.image, sc.rotated);
+      }
       float* buf = sc.image.data();
       if (row[kJitter] != 0.0f) jitter(buf, C, n, row, u8);
       if (row[kGray] != 0.0f && C == 3) grayscale(buf, n, u8);

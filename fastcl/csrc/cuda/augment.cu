@@ -85,7 +85,7 @@ at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, c
   a.P = P;
   a.S = static_cast<int>(size), a.C = static_cast<int>(C), a.blur_k = static_cast<int>(blur_kernel);
 
-  // Shared memory: band (also the uint8 double weights), work (small outputs), the two weight
+  // Shared memory: band (also the uint8 double weights), work and turn (small outputs), the two weight
   // tables sized for the widest windows any image can need, the windows, the gaussian.
   const bool u8 = first.scalar_type() == at::kByte;
   const int64_t S = size, tx = aa_max_taps(Wmax, S), ty = aa_max_taps(Hmax, S);
@@ -101,6 +101,7 @@ at::Tensor augment_cuda(at::TensorList images, const at::Tensor& source_index, c
   };
   a.off_band = region(std::max(rows * S * 4, u8 ? 8 * S * std::max(tx, ty) : 0));
   a.off_work = region(smem_work ? C * S * S * 4 : 0);
+  a.off_turn = region(smem_work ? S * S * 4 : 0);  // a channel before its rotation
   a.off_wx = region(S * tx * 4);
   a.off_wy = region(S * ty * 4);
   a.off_winx = region(S * 8);

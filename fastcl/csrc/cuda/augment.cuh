@@ -27,10 +27,10 @@ struct AugmentArgs {
   void* out;
   int64_t os[4];
   int out_kind;
-  float* scratch;  // global work slots (grid, C, S, S), or null when work lives in shared memory
+  float* scratch;  // global work slots (grid, C + 1, S, S), or null when work lives in shared memory
   int64_t P;
   int S, C, blur_k, band_rows;
-  int off_band, off_work, off_wx, off_wy, off_winx, off_winy, off_gauss;
+  int off_band, off_work, off_turn, off_wx, off_wy, off_winx, off_winy, off_gauss;
 };
 
 // Launches the kernel for uint8 (u8) or float images, its work images in shared memory

@@ -5,10 +5,12 @@
 // A block keeps its sample as a float "work" image (C, S, S): in shared memory when that fits in
 // kSmemWorkBytes (augment.cu; CIFAR, 64x64 RGB), else in the block's slot of a global scratch
 // tensor (grid, C, S, S) that it reuses from sample to sample; the grid shrinks to keep that
-// tensor within kScratchBytes. Per sample:
+// tensor (grid, C + 1, S, S) within kScratchBytes. Per sample:
 // 1. Resize, one channel at a time, in bands of output rows: the horizontal pass resamples the
 //    crop rows that a band of output rows reads into a shared "band" buffer, the vertical pass
 //    writes those output rows (flipped) into work. Rows two bands share are computed twice.
+//    With a rotation, a channel is resized into the "turn" plane (shared memory beside work, or
+//    the slot's extra plane) and rotated from there into work (rotate_channel).
 // 2. Colour: the jitter ops split at each contrast op into segments. One pass over the pixels per
 //    segment applies the pending contrast blend, then the segment's ops, and before a contrast
 //    sums the gray levels (double, fixed-order block reduction) for its mean. The last segment
@@ -289,6 +291,23 @@ __device__ void colour(float* work, int C, int S, const float* prm, bool u8, boo
   }
 }
 
+// Rotation of one resized channel from turn into work_c (quarter turns: a permutation).
+__device__ void rotate_channel(const float* turn, float* work_c, const Rotation& r, int S, float fill, bool u8) {
+  for (int i = threadIdx.x; i < S * S; i += kThreads) {
+    const int y = i / S, x = i - y * S;
+    if (r.quarter >= 0) {
+      work_c[i] = turn[quarter_source(r.quarter, S, x, y)];
+    } else {
+      const RotationTaps t = rotation_taps(r, S, x, y);
+      const auto at = [&](int dx, int dy) {  // grid_sample reads zeros outside
+        return tap_inside(t.x0 + dx, t.y0 + dy, S) ? turn[(t.y0 + dy) * S + t.x0 + dx] : 0.0f;
+      };
+      work_c[i] = rotation_finish(rotation_sum(at(0, 0), at(1, 0), at(0, 1), at(1, 1), t), t.mask, fill, u8);
+    }
+  }
+  __syncthreads();  // colour reads pixels other threads wrote; the next channel rewrites turn
+}
+
 // reflect_index for a tap at q, without its 64-bit modulo for the taps that lie inside.
 __device__ __forceinline__ int reflect(int q, int n) {
   return static_cast<unsigned>(q) < static_cast<unsigned>(n) ? q : static_cast<int>(reflect_index(q, n));
@@ -339,7 +358,8 @@ __global__ void __launch_bounds__(kThreads) augment_kernel(const AugmentArgs a) 
   int2* winx = reinterpret_cast<int2*>(smem + a.off_winx);
   int2* winy = reinterpret_cast<int2*>(smem + a.off_winy);
   float* work = kSmemWork ? reinterpret_cast<float*>(smem + a.off_work)
-                          : a.scratch + static_cast<int64_t>(blockIdx.x) * a.C * a.S * a.S;
+                          : a.scratch + static_cast<int64_t>(blockIdx.x) * (a.C + 1) * a.S * a.S;
+  float* turn = kSmemWork ? reinterpret_cast<float*>(smem + a.off_turn) : work + static_cast<int64_t>(a.C) * a.S * a.S;
   const int S = a.S, C = a.C;
   if (threadIdx.x < C) {
     s_mean[threadIdx.x] = a.mean != nullptr ? a.mean[threadIdx.x] : 0.0f;
@@ -359,8 +379,14 @@ __global__ void __launch_bounds__(kThreads) augment_kernel(const AugmentArgs a) 
     const Axis ax = setup_axis<kU8>(w, S, winx, smem + a.off_wx, dbl, s_red);
     const Axis ay = setup_axis<kU8>(h, S, winy, smem + a.off_wy, dbl, s_red);
     __syncthreads();
+    const Rotation rotation = rotation_of(prm[kAngle], S);
     for (int c = 0; c < C; ++c) {
-      resize_channel<T>(src, c, top, left, ax, ay, prm[kFlip] != 0.0f, S, a.band_rows, band, work + c * S * S);
+      float* work_c = work + c * S * S;
+      resize_channel<T>(src, c, top, left, ax, ay, prm[kFlip] != 0.0f, S, a.band_rows, band,
+                        rotation.quarter == 0 ? work_c : turn);
+      if (rotation.quarter != 0) {
+        rotate_channel(turn, work_c, rotation, S, mul_rn(prm[kFill0 + c], kU8 ? 255.0f : 1.0f), kU8);
+      }
     }
     const Finisher fin{a.out, p * a.os[0], a.os[1], a.os[2], a.os[3], a.out_kind, prm[kSolarize] != 0.0f, kU8,
                        s_mean, s_inv_std};
@@ -381,10 +407,11 @@ void launch(AugmentArgs a, int64_t smem, const at::Tensor& like, dev::Stream str
   const int per_sm = dev::max_active_blocks_per_sm<augment_kernel<T, kSmemWork>>(kThreads, static_cast<size_t>(smem));
   int64_t grid = std::min<int64_t>(a.P, std::max(1, per_sm) * static_cast<int64_t>(prop.multiProcessorCount));
   if (!kSmemWork) {
-    // One float work image per block: at 2048-4096 pixels a side a full grid would ask for many GB.
-    const int64_t slot_bytes = static_cast<int64_t>(a.C) * a.S * a.S * 4;
+    // One float work image and turn plane per block: at 2048-4096 pixels a side a full grid would
+    // ask for many GB.
+    const int64_t slot_bytes = static_cast<int64_t>(a.C + 1) * a.S * a.S * 4;
     grid = std::max<int64_t>(1, std::min(grid, kScratchBytes / slot_bytes));
-    keep.push_back(at::empty({grid * a.C * a.S * a.S}, like.options().dtype(at::kFloat)));
+    keep.push_back(at::empty({grid * (a.C + 1) * a.S * a.S}, like.options().dtype(at::kFloat)));
     a.scratch = keep.back().data_ptr<float>();
   }
   dev::launch<augment_kernel<T, kSmemWork>>(static_cast<unsigned>(grid), kThreads, static_cast<size_t>(smem), stream, a);
