@@ -53,15 +53,19 @@ def _train(make_config, config_class, make_trainer, args) -> int:
 
     config = make_config(**given(args, config_class))
     distributed.init_from_env()
+    rank, finished = distributed.rank_world()[0], False
     try:
         summary = make_trainer(config).train()
+        finished = True
     except TrainingDiverged as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        distributed.leave(wait=finished)  # after a failure the others may be gone: no barrier
     summary.pop("config", None)
-    if distributed.rank_world()[0] == 0:
+    if rank == 0:
         print(json.dumps(summary, indent=2))
     return 0
 

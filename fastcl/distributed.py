@@ -126,8 +126,23 @@ def init_from_env() -> bool:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     timeout = timedelta(seconds=float(os.environ.get("FASTCL_DIST_TIMEOUT", "600")))
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    # A group torchrun restarts may meet in the store of the failed attempt, where the dead
+    # processes' addresses are still published; each attempt's keys get their own prefix.
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout,
+                            store=dist.PrefixStore(f"fastcl/attempt-{attempt}/", store), rank=rank, world_size=world)
     return active()
+
+
+def leave(wait: bool = True) -> None:
+    """Leaves the process group init_from_env joined. wait: a barrier first, so that no rank tears
+    down its connections while another still uses them (a process that exits with the group alive
+    can abort in its C++ destructors: "terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        if wait and active():
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Callable
 
 
@@ -33,9 +34,10 @@ class MetricsLog:
             os.remove(self.path)
 
     def log(self, **record) -> None:
+        """Appends `record` with its wall-clock time (seconds since the epoch, as "time")."""
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
 
     def keep_only(self, keep: Callable[[dict], bool]) -> None:
         """Drops the records `keep` rejects: those written after the checkpoint a run resumes from

@@ -13,10 +13,13 @@ import typing
 from typing import Any, Optional, Sequence
 
 
-def option(default: Any, help: str, choices: Optional[Sequence] = None, required: bool = False):
+def option(default: Any, help: str, choices: Optional[Sequence] = None, required: bool = False,
+           flag_value: Optional[str] = None):
     """A config field with its command-line help (and choices). required: the command line
-    insists on it (the default serves Python callers only)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "required": required})
+    insists on it (the default serves Python callers only). flag_value: a str option that may
+    also be given alone (`--resume` means `--resume yes`), with `--no-name` for "no"."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "required": required,
+                                                        "flag_value": flag_value})
 
 
 def _value_type(hint) -> type:
@@ -49,6 +52,12 @@ def add_options(parser: argparse.ArgumentParser, config_class) -> None:
         if kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)
+        elif meta.get("flag_value") is not None:
+            # --name (alone: flag_value), --name VALUE, and --no-name for the choice "no"
+            parser.add_argument(flag, dest=field.name, nargs="?", const=meta["flag_value"], choices=meta.get("choices"),
+                                default=None, help=help_text)
+            parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_const", const="no",
+                                help=argparse.SUPPRESS)
         else:
             parser.add_argument(flag, dest=field.name, type=kind, choices=meta.get("choices"), default=None,
                                 metavar=None if meta.get("choices") else field.name.upper(),

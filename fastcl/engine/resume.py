@@ -49,15 +49,14 @@ def check_save_options(every_steps: Optional[int], every_minutes: Optional[float
         raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
 
 
-def differing_fields(saved: dict, current: dict, defaults: dict) -> list[str]:
-    """The run-defining fields whose values differ; a field the saved config lacks (a checkpoint
-    from before it existed) counts as its default."""
-    return sorted(k for k, v in current.items()
-                  if k not in NOT_RUN_DEFINING and saved.get(k, defaults.get(k)) != v)
+def differing_fields(saved: dict, current: dict, defaults: dict, may_differ=NOT_RUN_DEFINING) -> list[str]:
+    """The run-defining fields (all but `may_differ`) whose values differ; a field the saved config
+    lacks (a checkpoint from before it existed) counts as its default."""
+    return sorted(k for k, v in current.items() if k not in may_differ and saved.get(k, defaults.get(k)) != v)
 
 
-def check_compatible(path: str, saved: dict, current: dict, defaults: dict) -> None:
-    diff = differing_fields(saved, current, defaults)
+def check_compatible(path: str, saved: dict, current: dict, defaults: dict, may_differ=NOT_RUN_DEFINING) -> None:
+    diff = differing_fields(saved, current, defaults, may_differ)
     if diff:
         what = "; ".join(f"{k}: {saved.get(k, defaults.get(k))!r} there, {current[k]!r} here" for k in diff)
         raise ValueError(f"{path} is a checkpoint of a run with other settings ({what}); continue it with the same "

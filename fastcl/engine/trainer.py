@@ -6,6 +6,7 @@ update, schedule), the divergence stop and the summary file. A method's trainer 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from typing import Callable, Iterable, Optional
@@ -14,6 +15,7 @@ import torch
 
 from .. import distributed
 from . import amp as amp_lib
+from . import checkpoint, resume
 from .grad_cache import GradCache, call_forward
 from .metrics import MetricsLog, write_summary
 
@@ -40,6 +42,46 @@ class Trainer:
         self.out = out
         os.makedirs(out, exist_ok=True)
         self.metrics = MetricsLog(out, enabled=self.is_main)
+
+    def saving(self, config) -> None:
+        """Where and when this run saves: OUT/last.pt, at the steps or minutes `config` asks for,
+        the last `keep_checkpoints` kept under OUT/checkpoints."""
+        self.checkpoint_path = os.path.join(config.out, "last.pt")
+        self.schedule = resume.SaveSchedule(config.save_every_steps, config.save_every_minutes)
+        self.keep = config.keep_checkpoints
+
+    def starting_state(self, config, may_differ=resume.NOT_RUN_DEFINING) -> Optional[dict]:
+        """The saved state this run continues from (config.resume: auto, yes or no), None for a
+        fresh start; a checkpoint whose settings differ outside `may_differ` is refused with their names."""
+        path = resume.starting_point(config.out, resume.resume_mode(config.resume))
+        if path is None:
+            return None
+        state = checkpoint.load(path, map_location=self.device)
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        resume.check_compatible(path, state.get("config", {}), dataclasses.asdict(config), defaults, may_differ)
+        return state
+
+    def restore_rng(self, state: dict) -> None:
+        """Every rank's random state as saved; a run saved by another number of processes (or on
+        Ctrl-C) only restores rank 0's CPU generator, so it continues close to, not exactly as, before."""
+        if not resume.set_rng_state(state.get("rng", []), self.rank, self.world):
+            rng = state.get("rng") or [state.get("torch_rng")]
+            if rng[0] is not None:
+                torch.set_rng_state(rng[0].cpu()[:torch.get_rng_state().numel()])
+            warnings.warn("the checkpoint holds the random state of another number of processes: the run continues, "
+                          "but not bit for bit as it would have", stacklevel=2)
+
+    def save_state(self, make_state: Callable[[], dict], step: int, collective: bool = True) -> None:
+        """Rank 0 writes make_state() and every rank's random state (gathered: all ranks call this
+        together, unless collective=False, as on Ctrl-C) to OUT/last.pt atomically, and keeps it
+        as a step checkpoint."""
+        rng = resume.rng_states() if collective else [torch.get_rng_state()]
+        if self.is_main:  # the ranks hold identical models and optimiser states
+            state = make_state()
+            state["rng"] = rng
+            checkpoint.save_atomic(state, self.checkpoint_path)
+            resume.keep_history(self.checkpoint_path, step, self.keep)
+        self.schedule.saved()
 
     def ready(self, resumed: bool = False) -> None:
         """Set-up succeeded: a fresh run starts its metrics log over (a resumed one trimmed it)."""

@@ -9,6 +9,7 @@ from typing import Optional
 from ..augment import SimCLRAugment
 from ..engine import amp
 from ..engine.options import option
+from ..engine.resume import RESUME_CHOICES, check_save_options, resume_mode
 from .data import DATASETS
 from .models import ARCHS
 
@@ -60,7 +61,12 @@ class SimCLRConfig:
     progress: bool = option(True, "progress bar on stderr")
     max_steps: Optional[int] = option(None, "stop (with a checkpoint) after this many steps in all")
     device: str = option("auto", "auto (CUDA when visible), cpu, cuda or cuda:N")
-    resume: bool = option(False, "continue from OUT/last.pt")
+    resume: Optional[str] = option(None, "continue from OUT/last.pt: yes (--resume), no (--no-resume: start over), or "
+                                   "auto (when OUT holds a checkpoint; one of other settings is refused); unset: "
+                                   "auto under torchrun, else no", choices=RESUME_CHOICES, flag_value="yes")
+    save_every_steps: Optional[int] = option(None, "also save OUT/last.pt every N steps (epoch ends always save)")
+    save_every_minutes: Optional[float] = option(None, "also save every M minutes")
+    keep_checkpoints: int = option(2, "saves kept as OUT/checkpoints/step-N.pt (hard links of last.pt)")
     sync_bn: bool = option(False, "under torchrun: batch-norm statistics over the global batch (global BN)")
     mask_duplicates: bool = option(True, "an image stored twice (byte-identical) is not its own negative when a "
                                    "batch holds both copies")
@@ -95,6 +101,8 @@ class SimCLRConfig:
             raise ValueError(f"chunk_size must be >= 1 (views per encoder call), got {self.chunk_size}")
         if self.queue_size < 0:
             raise ValueError(f"queue_size must be >= 0 (0: no memory bank), got {self.queue_size}")
+        resume_mode(self.resume)
+        check_save_options(self.save_every_steps, self.save_every_minutes, self.keep_checkpoints)
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
 

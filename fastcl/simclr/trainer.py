@@ -5,7 +5,6 @@ metrics.jsonl, atomic checkpoints and exact resume. The loop pieces come from fa
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from typing import Optional
@@ -13,7 +12,7 @@ from typing import Optional
 import torch
 
 from .. import distributed
-from ..engine import Trainer, TrainingDiverged, checkpoint, progress_bar
+from ..engine import Trainer, TrainingDiverged, progress_bar
 from ..losses import NTXentLoss
 from ..queue import MemoryQueue
 from . import data, evaluate, models, optim
@@ -26,8 +25,10 @@ class SimCLRTrainer(Trainer):
     Under torchrun each process takes an equal share of the global batch, the loss sees every
     rank's embeddings as negatives (`gather_distributed`), and each sample gets the views it would
     get in a one-process run. `train()` returns the summary (also written to OUT/summary.json);
-    OUT/last.pt is saved each epoch, at `max_steps` and on Ctrl-C, and `resume=True` continues
-    from it exactly.
+    OUT/last.pt is saved each epoch, every `save_every_steps` steps or `save_every_minutes`
+    minutes, at `max_steps` and on Ctrl-C; `resume="yes"` continues from it exactly, and
+    `resume="auto"` (the default under torchrun) does when it exists, so a group that torchrun
+    restarts after a failure goes on from the last save.
 
     Example::
 
@@ -66,25 +67,25 @@ class SimCLRTrainer(Trainer):
         self.scheduler = optim.warmup_cosine(self.optimizer, int(cfg.warmup() * self.steps_per_epoch), total)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.epoch = self.step_in_epoch = self.global_step = 0
-        self.checkpoint_path = os.path.join(cfg.out, "last.pt")
-        if cfg.resume:
-            self._restore()
-        self.ready(resumed=cfg.resume)
+        self.saving(cfg)
+        state = self.starting_state(cfg)
+        if state is not None:
+            self._restore(state)
+        self.ready(resumed=state is not None)
 
     # -- state --------------------------------------------------------------------------------
     def _state(self) -> dict:
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                    generator=self.generator.get_state(), torch_rng=torch.get_rng_state(), epoch=self.epoch,
+                    generator=self.generator.get_state(), epoch=self.epoch,
                     step_in_epoch=self.step_in_epoch, global_step=self.global_step,
                     criterion=self.criterion.state_dict(), config=dataclasses.asdict(self.cfg))
 
-    def save(self) -> None:
-        if self.is_main:  # the ranks hold identical states
-            checkpoint.save_atomic(self._state(), self.checkpoint_path)
+    def save(self, collective: bool = True) -> None:
+        """All ranks call this together (it gathers their random states), except on Ctrl-C."""
+        self.save_state(self._state, self.global_step, collective)
 
-    def _restore(self) -> None:
-        state = checkpoint.load(self.checkpoint_path, map_location=self.device)
+    def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -92,7 +93,7 @@ class SimCLRTrainer(Trainer):
         if "criterion" in state:  # the memory bank; older checkpoints have none
             self.criterion.load_state_dict(state["criterion"])
         self.generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
+        self.restore_rng(state)
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.metrics.keep_only(self._before_checkpoint)
 
@@ -142,6 +143,8 @@ class SimCLRTrainer(Trainer):
     def train(self) -> dict:
         """Runs to `epochs` (or `max_steps`) and returns the summary."""
         start, losses, knn = time.perf_counter(), [], None
+        if self.epoch >= self.cfg.epochs:  # resumed a finished run: nothing to train
+            return self._finish(start, losses, self.knn_accuracy())
         try:
             while self.epoch < self.cfg.epochs:
                 knn = self._epoch(losses)
@@ -151,7 +154,7 @@ class SimCLRTrainer(Trainer):
                                  knn_top1=knn)
                 self.save()
         except KeyboardInterrupt:
-            self.save()  # between steps, so the state is consistent and resumable
+            self.save(collective=False)  # between steps, so the state is consistent and resumable
             print(f"\ninterrupted: checkpoint saved to {self.checkpoint_path}; continue with --resume",
                   file=sys.stderr)
             raise
@@ -183,6 +186,8 @@ class SimCLRTrainer(Trainer):
                 if stopping:
                     self.save()
                     return None
+                if self.schedule.due(self.global_step) and self.step_in_epoch < self.steps_per_epoch:
+                    self.save()  # (the epoch's end saves after the kNN monitor)
             self.epoch, self.step_in_epoch = self.epoch + 1, 0
             knn = self.knn_accuracy()
             last = f"loss {losses[-1]:.4f} " if losses else ""

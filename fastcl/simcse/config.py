@@ -9,6 +9,7 @@ from typing import Optional
 
 from ..engine import amp
 from ..engine.options import option
+from ..engine.resume import RESUME_CHOICES, check_save_options, resume_mode
 from .model import POOLERS
 
 # The paper's settings for BERT-base.
@@ -68,6 +69,14 @@ class SimCSEConfig:
                                    "to a row's sentence is not that row's negative")
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many sentences at a time, any "
                                        "batch size in fixed activation memory; unset: the whole batch at once")
+    resume: Optional[str] = option(None, "continue the training state in OUT/last.pt: yes (--resume), no "
+                                   "(--no-resume: start over), or auto (when OUT holds one; one of other settings is "
+                                   "refused); unset: auto under torchrun, else no", choices=RESUME_CHOICES,
+                                   flag_value="yes")
+    save_every_steps: Optional[int] = option(None, "save the training state (OUT/last.pt) every N steps; it is also "
+                                             "saved at the end")
+    save_every_minutes: Optional[float] = option(None, "also save it every M minutes")
+    keep_checkpoints: int = option(2, "saves kept as OUT/checkpoints/step-N.pt (hard links of last.pt)")
 
     def validate(self) -> None:
         if self.pooler is not None and self.pooler not in POOLERS:
@@ -93,6 +102,8 @@ class SimCSEConfig:
             raise ValueError(f"chunk_size must be >= 1 (sentences per encoder call), got {self.chunk_size}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        resume_mode(self.resume)
+        check_save_options(self.save_every_steps, self.save_every_minutes, self.keep_checkpoints)
 
     def resolved(self, supervised: bool) -> "SimCSEConfig":
         """This config with its unset fields filled: the paper's defaults for the kind of data,

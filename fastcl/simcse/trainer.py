@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..engine import Trainer, TrainingDiverged, progress_bar
+from ..engine import Trainer, TrainingDiverged, progress_bar, resume
 from ..losses import InfoNCELoss
 from . import data, duplicates, sts
 from .config import SimCSEConfig
@@ -27,7 +27,10 @@ class SimCSETrainer(Trainer):
     With a dev file the model is evaluated every `eval_steps` and the best one (by dev Spearman)
     is saved to OUT; without, the latest. Under torchrun each process takes a share of the global
     batch and the loss sees every rank's embeddings (`gather_distributed`). `train()` returns the
-    summary (also OUT/summary.json).
+    summary (also OUT/summary.json). The training state (OUT/last.pt: weights, optimiser, schedule,
+    data order, every rank's random state) is saved every `save_every_steps` steps or
+    `save_every_minutes` minutes (and then at the end); `resume` continues it exactly (auto under
+    torchrun).
 
     Example::
 
@@ -66,7 +69,40 @@ class SimCSETrainer(Trainer):
         groups = 3 if self.data.hard_negatives is not None else 2  # encoder inputs per row of a batch
         self.chunk_size = self.chunking(cfg.chunk_size, groups * -(-self.batch_size // self.world))
         self.global_step, self.best, self.saved_at = 0, None, -1
-        self.ready()
+        # Data order: the epoch, the order generator's state when the epoch drew its permutation,
+        # and the batches of the epoch done.
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.epoch, self.step_in_epoch, self.order_state = 0, 0, None
+        self.saving(cfg)
+        # max_steps sets the length of the learning-rate schedule here, so it defines the run
+        state = self.starting_state(cfg, resume.NOT_RUN_DEFINING - {"max_steps"})
+        if state is not None:
+            self._restore(state)
+        self.ready(resumed=state is not None)
+
+    # -- state --------------------------------------------------------------------------------
+    def _state(self) -> dict:
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                    generator=self.generator.get_state(), order_state=self.order_state, epoch=self.epoch,
+                    step_in_epoch=self.step_in_epoch, global_step=self.global_step, best=self.best,
+                    saved_at=self.saved_at, config=dataclasses.asdict(self.cfg))
+
+    def save(self) -> None:
+        """The training state to OUT/last.pt; all ranks call this together."""
+        self.save_state(self._state, self.global_step)
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"].cpu())
+        self.order_state = None if state["order_state"] is None else state["order_state"].cpu()
+        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self.global_step, self.best, self.saved_at = state["global_step"], state["best"], state["saved_at"]
+        self.restore_rng(state)
+        self.metrics.keep_only(lambda record: record.get("step", 0) <= self.global_step)
 
     def _optimizer(self) -> tuple:
         """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0 (the
@@ -145,27 +181,32 @@ class SimCSETrainer(Trainer):
             self.best = score
         self.model.save_pretrained(self.cfg.out)
 
-    def _batches(self, generator: torch.Generator):
-        """(epoch, the global batch's rows, this rank's share [start, stop) of them) of each step,
-        in the order a one-process run would see them."""
-        for epoch in range(self.cfg.epochs):
-            order = torch.randperm(len(self.data), generator=generator).tolist()
-            for first in range(0, len(order), self.batch_size):
-                batch = order[first:first + self.batch_size]
-                if len(batch) >= self.smallest_batch:
-                    sizes = [len(part) for part in torch.tensor(batch).tensor_split(self.world)]
-                    start = sum(sizes[:self.rank])
-                    yield epoch, batch, start, start + sizes[self.rank]
+    def _batches(self):
+        """(epoch, the global batch's rows, this rank's share [start, stop) of them) of each step
+        from where the run stands, in the order a one-process run would see them."""
+        while self.epoch < self.cfg.epochs:
+            if self.step_in_epoch == 0 or self.order_state is None:
+                self.order_state = self.generator.get_state()
+            else:  # resumed mid-epoch: draw the epoch's permutation again
+                self.generator.set_state(self.order_state)
+            order = torch.randperm(len(self.data), generator=self.generator).tolist()
+            batches = [order[first:first + self.batch_size] for first in range(0, len(order), self.batch_size)]
+            batches = [batch for batch in batches if len(batch) >= self.smallest_batch]
+            for batch in batches[self.step_in_epoch:]:
+                sizes = [len(part) for part in torch.tensor(batch).tensor_split(self.world)]
+                start = sum(sizes[:self.rank])
+                self.step_in_epoch += 1
+                yield self.epoch, batch, start, start + sizes[self.rank]
+            self.epoch, self.step_in_epoch = self.epoch + 1, 0
 
     def train(self) -> dict:
         """Runs to `epochs` (or `max_steps`), saves, and returns the summary."""
         cfg, start, losses = self.cfg, time.perf_counter(), []
-        generator = torch.Generator().manual_seed(cfg.seed)
         tick, seen = time.perf_counter(), 0
         self.model.train()
         self.model.head_trained = True
-        with progress_bar(self.total_steps, cfg.progress and self.is_main) as bar:
-            for epoch, batch, start, stop in self._batches(generator):
+        with progress_bar(self.total_steps, cfg.progress and self.is_main, initial=self.global_step) as bar:
+            for epoch, batch, start, stop in (self._batches() if self.global_step < self.total_steps else ()):
                 loss = self._step(batch, start, stop)
                 losses.append(loss)
                 self.global_step += 1
@@ -182,7 +223,11 @@ class SimCSETrainer(Trainer):
                     self._checkpoint()
                 if self.global_step >= self.total_steps:
                     break
+                if self.schedule.due(self.global_step):
+                    self.save()
         self._checkpoint()
+        if cfg.save_every_steps is not None or cfg.save_every_minutes is not None:
+            self.save()  # a restart of a finished run then finds it finished
         return self.write_summary(dict(
             steps=self.global_step, final_loss=losses[-1] if losses else None, best_dev_spearman=self.best,
             seconds=time.perf_counter() - start, model=cfg.out, supervised=self.data.supervised,

@@ -40,7 +40,11 @@ def _parse(config, argv):
 def test_options_parse_to_config_fields():
     values = _parse(SimCLRConfig, ["--batch-size", "64", "--lr", "0.5", "--no-progress", "--resume",
                                    "--arch", "resnet18", "--no-cifar-stem"])
-    assert values == dict(batch_size=64, lr=0.5, progress=False, resume=True, arch="resnet18", cifar_stem=False)
+    assert values == dict(batch_size=64, lr=0.5, progress=False, resume="yes", arch="resnet18", cifar_stem=False)
+    for argv, mode in ((["--resume", "auto"], "auto"), (["--no-resume"], "no"), (["--resume", "no"], "no")):
+        assert _parse(SimCLRConfig, argv) == dict(resume=mode)
+    with pytest.raises(SystemExit):
+        _parse(SimCLRConfig, ["--resume", "maybe"])
     assert _parse(SimCLRConfig, []) == {}  # unset options leave the recipe and the defaults alone
     cfg = config_for("digits", **_parse(SimCLRConfig, ["--epochs", "2"]))
     assert cfg.epochs == 2 and cfg.batch_size == 128  # the digits recipe still applies
