@@ -127,11 +127,14 @@ def init_from_env() -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     timeout = timedelta(seconds=float(os.environ.get("FASTCL_DIST_TIMEOUT", "600")))
     store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
-    # A group torchrun restarts may meet in the store of the failed attempt, where the dead
-    # processes' addresses are still published; each attempt's keys get their own prefix.
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout,
-                            store=dist.PrefixStore(f"fastcl/attempt-{attempt}/", store), rank=rank, world_size=world)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("GROUP_WORLD_SIZE", "1") == "1":
+        # One node, torchrun's shared store: a restarted group meets in the store of the failed
+        # attempt, where the dead processes' addresses are still published, so each attempt's keys
+        # get their own prefix. (Several nodes: their agents count restarts differently, so there
+        # torchrun must give each attempt a new store: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1.)
+        store = dist.PrefixStore(f"fastcl/attempt-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout, store=store, rank=rank,
+                            world_size=world)
     return active()
 
 

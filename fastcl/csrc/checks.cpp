@@ -198,6 +198,10 @@ void check_augment_rows(at::TensorList images, const AugmentSizes& s, const at::
     TORCH_CHECK_VALUE(row[kTop] >= 0 && row[kLeft] >= 0 && row[kHeight] >= 1 && row[kWidth] >= 1 &&
                           row[kTop] + row[kHeight] <= H && row[kLeft] + row[kWidth] <= W,
                       "fastcl.augment: crop box of sample ", p, " lies outside its ", H, "x", W, " image");
+    TORCH_CHECK_VALUE(std::isfinite(row[kAngle]), "fastcl.augment: the rotation angle of sample ", p, " is not finite");
+    TORCH_CHECK_VALUE(row[kFill0] >= 0 && row[kFill0] <= 1 && row[kFill1] >= 0 && row[kFill1] <= 1 && row[kFill2] >= 0 &&
+                          row[kFill2] <= 1,
+                      "fastcl.augment: the rotation fill of sample ", p, " must lie in [0, 1]");
   }
 }
 

@@ -117,20 +117,36 @@ def keep_history(path: str, step: int, keep: int) -> None:
         import shutil
         shutil.copyfile(path, target)
     steps = sorted(p for p in os.listdir(folder) if re.fullmatch(r"step-\d+\.pt", p))
-    for old in steps[:-keep]:
+    later = [p for p in steps if p > os.path.basename(target)]  # an abandoned run's, past this one
+    steps = [p for p in steps if p not in later]
+    for old in later + steps[:-keep]:
         os.remove(os.path.join(folder, old))
+
+
+def clear_history(out: str) -> None:
+    """A fresh run in a folder that held another: that run's step checkpoints go."""
+    folder = os.path.join(out, HISTORY)
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if re.fullmatch(r"step-\d+\.pt", name):
+                os.remove(os.path.join(folder, name))
 
 
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def rng_states() -> list[torch.Tensor]:
-    """Every rank's random state (CPU, and CUDA where used), in rank order: a collective."""
+def local_rng_state() -> torch.Tensor:
+    """This process's random state: the CPU generator's, then the current GPU's where CUDA is used."""
     mine = [torch.get_rng_state()]
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         mine.append(torch.cuda.get_rng_state())
-    mine = torch.cat(mine)
+    return torch.cat(mine)
+
+
+def rng_states() -> list[torch.Tensor]:
+    """Every rank's random state (local_rng_state), in rank order: a collective."""
+    mine = local_rng_state()
     if not distributed.active():
         return [mine]
     parts = [torch.empty_like(mine, device=_comm_device()) for _ in range(dist.get_world_size())]

@@ -62,20 +62,22 @@ class Trainer:
         return state
 
     def restore_rng(self, state: dict) -> None:
-        """Every rank's random state as saved; a run saved by another number of processes (or on
-        Ctrl-C) only restores rank 0's CPU generator, so it continues close to, not exactly as, before."""
-        if not resume.set_rng_state(state.get("rng", []), self.rank, self.world):
-            rng = state.get("rng") or [state.get("torch_rng")]
-            if rng[0] is not None:
-                torch.set_rng_state(rng[0].cpu()[:torch.get_rng_state().numel()])
-            warnings.warn("the checkpoint holds the random state of another number of processes: the run continues, "
-                          "but not bit for bit as it would have", stacklevel=2)
+        """Every rank's random state as saved. A checkpoint written by another number of processes
+        (or on Ctrl-C under torchrun) gives every rank rank 0's state: the run continues close to,
+        not exactly as, it would have, and says so."""
+        saved = state.get("rng") or ([state["torch_rng"]] if "torch_rng" in state else [])  # older: rank 0's CPU only
+        if saved and resume.set_rng_state(saved, self.rank, self.world):
+            return
+        if saved:
+            resume.set_rng_state(saved[:1], 0, 1)
+        warnings.warn(f"the checkpoint holds the random state of {len(saved)} process(es), this run has {self.world}: "
+                      "it continues, but not bit for bit as it would have", stacklevel=2)
 
     def save_state(self, make_state: Callable[[], dict], step: int, collective: bool = True) -> None:
         """Rank 0 writes make_state() and every rank's random state (gathered: all ranks call this
         together, unless collective=False, as on Ctrl-C) to OUT/last.pt atomically, and keeps it
         as a step checkpoint."""
-        rng = resume.rng_states() if collective else [torch.get_rng_state()]
+        rng = resume.rng_states() if collective else [resume.local_rng_state()]
         if self.is_main:  # the ranks hold identical models and optimiser states
             state = make_state()
             state["rng"] = rng
@@ -84,9 +86,12 @@ class Trainer:
         self.schedule.saved()
 
     def ready(self, resumed: bool = False) -> None:
-        """Set-up succeeded: a fresh run starts its metrics log over (a resumed one trimmed it)."""
+        """Set-up succeeded: a fresh run starts its metrics log and step checkpoints over (a
+        resumed one trimmed its log)."""
         if not resumed:
             self.metrics.start_fresh()
+            if self.is_main:
+                resume.clear_history(self.out)
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """What the training step calls: the model itself, or DDP around it under torchrun."""

@@ -145,6 +145,8 @@ class SimCLRTrainer(Trainer):
         start, losses, knn = time.perf_counter(), [], None
         if self.epoch >= self.cfg.epochs:  # resumed a finished run: nothing to train
             return self._finish(start, losses, self.knn_accuracy())
+        if self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps:
+            return self._finish(start, losses, None)  # resumed where max_steps stopped it
         try:
             while self.epoch < self.cfg.epochs:
                 knn = self._epoch(losses)

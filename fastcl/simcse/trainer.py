@@ -206,8 +206,8 @@ class SimCSETrainer(Trainer):
         self.model.train()
         self.model.head_trained = True
         with progress_bar(self.total_steps, cfg.progress and self.is_main, initial=self.global_step) as bar:
-            for epoch, batch, start, stop in (self._batches() if self.global_step < self.total_steps else ()):
-                loss = self._step(batch, start, stop)
+            for epoch, batch, first, stop in (self._batches() if self.global_step < self.total_steps else ()):
+                loss = self._step(batch, first, stop)
                 losses.append(loss)
                 self.global_step += 1
                 seen += len(batch)

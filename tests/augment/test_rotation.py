@@ -151,3 +151,15 @@ def _edited(**cols):
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_the_op_refuses_a_non_finite_angle_or_a_fill_outside_0_1():
+    """Called directly, below the Python checks: a clear error, never a read outside the image."""
+    images = _images(torch.uint8, 1, 3, 8, 8, "cpu")
+    for col, value, match in ((A.ANGLE, float("nan"), "angle"), (A.ANGLE, float("inf"), "angle"),
+                              (A.FILL, 2.0, "fill")):
+        row = _row(8, 8, 10.0)
+        row[col] = value
+        with pytest.raises(ValueError, match=match):
+            torch.ops.fastcl.augment([images], torch.zeros(1, dtype=torch.int64), row[None], 8, 3, None, None,
+                                     torch.float32, False)

@@ -187,3 +187,27 @@ def test_two_hosts_over_a_veth_pair_match_one_host(tmp_path, two_hosts):
         finish(agent)
     assert step_losses(two) == pytest.approx(step_losses(one), rel=1e-6)
     assert sorted(step_losses(two)) == list(range(1, 7))
+
+
+def test_two_hosts_survive_a_killed_worker(tmp_path, two_hosts):
+    """The same over two namespaces, with the second host's worker killed at step 8: both agents
+    restart their workers (torchrun with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, so each attempt meets
+    in a new store) and the run's losses equal the one-host run's."""
+    one = tmp_path / "one-host"
+    finish(torchrun(SIMCLR, one, restarts=0))
+    two = tmp_path / "two-hosts"
+    endpoint = f"{two_hosts[0][2]}:{free_port()}"
+    agents = [torchrun([*SIMCLR, "--resume", "auto"], two, restarts=1, nnodes="2", nproc=1, endpoint=endpoint,
+                       env={"GLOO_SOCKET_IFNAME": dev, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"},
+                       prefix=["ip", "netns", "exec", ns],
+                       launcher=["--rdzv-conf", f"is_host={int(i == 0)}", "--local-addr", addr])
+              for i, (ns, dev, addr) in enumerate(two_hosts)]
+    wait_for_step(two, 8, agents[0])
+    os.kill(worker(agents[1], 0), signal.SIGKILL)
+    hit = time.time()
+    for agent in agents:
+        finish(agent)
+    redone = [r for r in records(two) if r["kind"] == "step" and r["time"] > hit]
+    assert redone and (redone[0]["step"] - 1) % 5 == 0, redone[:1]
+    assert step_losses(two) == pytest.approx(step_losses(one), rel=1e-6)
+    assert summary(two)["knn_top1"] == summary(one)["knn_top1"]

@@ -64,9 +64,18 @@ def test_a_checkpoint_of_other_settings_is_refused_by_name(tmp_path):
         SimCLRTrainer(_config(tmp_path, resume="auto", lr=0.1, temperature=0.2))
     # what only changes where or when it reports, stops or saves may differ
     SimCLRTrainer(_config(tmp_path, resume="auto", max_steps=3, log_every=2, save_every_steps=1, knn_k=5)).train()
-    # and --no-resume starts over in the same folder
+    # and --no-resume starts over in the same folder, its step checkpoints with it
     SimCLRTrainer(_config(tmp_path, resume="no", lr=0.1, max_steps=1)).train()
     assert checkpoint.load(tmp_path / "run" / "last.pt")["global_step"] == 1
+    assert os.listdir(tmp_path / "run" / "checkpoints") == ["step-00000001.pt"]
+
+
+def test_a_run_resumed_where_max_steps_stopped_it_trains_nothing(tmp_path):
+    """A torchrun restart after the last save of a max_steps run must not add a step."""
+    SimCLRTrainer(_config(tmp_path, max_steps=3)).train()
+    again = SimCLRTrainer(_config(tmp_path, max_steps=3, resume="auto")).train()
+    assert again["steps"] == 3 and len(_losses(tmp_path / "run")) == 3
+    assert checkpoint.load(tmp_path / "run" / "last.pt")["global_step"] == 3
 
 
 def test_resume_yes_needs_a_checkpoint(tmp_path):

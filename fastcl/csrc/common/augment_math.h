@@ -298,7 +298,8 @@ FASTCL_HD RotationTaps rotation_taps(const Rotation& r, int S, int x, int y) {
   // Far-away taps are clamped to two pixels outside before the conversion (no overflow); both
   // taps of each axis stay outside.
   const float lim = static_cast<float>(S);
-  const float cx = clampf(fx, -2.0f, lim), cy = clampf(fy, -2.0f, lim);
+  // (NaN, from a non-finite angle, goes to -2 as well: compares are false for it)
+  const float cx = fx > -2.0f ? (fx < lim ? fx : lim) : -2.0f, cy = fy > -2.0f ? (fy < lim ? fy : lim) : -2.0f;
   t.x0 = static_cast<int>(cx), t.y0 = static_cast<int>(cy);
   // Which taps lie inside, as 0/1 factors from float compares (integer range tests of the
   // converted values keep gcc from vectorising the loop).
