@@ -27,6 +27,18 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda]),
            pytest.param(SimDevice("cpu"), id="sim", marks=[pytest.mark.cuda, pytest.mark.sim])]
 
 
+U8_TOL = 1.0 / 255 + 1e-6  # one uint8 level: the augmentation's tolerance against torchvision
+FLOAT_TOL = 1e-4
+
+
+def random_images(dtype, b, c, h, w, device, seed=0):
+    """A seeded (b, c, h, w) batch: uint8 levels, or floats in [0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.uint8:
+        return torch.randint(0, 256, (b, c, h, w), dtype=torch.uint8, generator=g).to(device)
+    return torch.rand(b, c, h, w, generator=g).to(device)
+
+
 def is_sim(device) -> bool:
     return getattr(device, "sim", False)
 

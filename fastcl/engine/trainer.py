@@ -73,6 +73,22 @@ class Trainer:
         warnings.warn(f"the checkpoint holds the random state of {len(saved)} process(es), this run has {self.world}: "
                       "it continues, but not bit for bit as it would have", stacklevel=2)
 
+    def training_state(self, **extra) -> dict:
+        """What every trainer saves: model, optimiser, schedule, AMP scaler, its data/augmentation
+        generator and config, plus the trainer's own `extra` entries."""
+        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                    generator=self.generator.get_state(), config=dataclasses.asdict(self.cfg), **extra)
+
+    def load_training_state(self, state: dict) -> None:
+        """The inverse of training_state for its common entries, and every rank's random state."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["generator"].cpu())
+        self.restore_rng(state)
+
     def save_state(self, make_state: Callable[[], dict], step: int, collective: bool = True) -> None:
         """Rank 0 writes make_state() and every rank's random state (gathered: all ranks call this
         together, unless collective=False, as on Ctrl-C) to OUT/last.pt atomically, and keeps it

@@ -75,25 +75,17 @@ class SimCLRTrainer(Trainer):
 
     # -- state --------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                    generator=self.generator.get_state(), epoch=self.epoch,
-                    step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-                    criterion=self.criterion.state_dict(), config=dataclasses.asdict(self.cfg))
+        return self.training_state(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
+                                   criterion=self.criterion.state_dict())
 
     def save(self, collective: bool = True) -> None:
         """All ranks call this together (it gathers their random states), except on Ctrl-C."""
         self.save_state(self._state, self.global_step, collective)
 
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.load_training_state(state)
         if "criterion" in state:  # the memory bank; older checkpoints have none
             self.criterion.load_state_dict(state["criterion"])
-        self.generator.set_state(state["generator"].cpu())
-        self.restore_rng(state)
         self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
         self.metrics.keep_only(self._before_checkpoint)
 

@@ -82,26 +82,18 @@ class SimCSETrainer(Trainer):
 
     # -- state --------------------------------------------------------------------------------
     def _state(self) -> dict:
-        return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                    generator=self.generator.get_state(), order_state=self.order_state, epoch=self.epoch,
-                    step_in_epoch=self.step_in_epoch, global_step=self.global_step, best=self.best,
-                    saved_at=self.saved_at, config=dataclasses.asdict(self.cfg))
+        return self.training_state(order_state=self.order_state, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
+                                   global_step=self.global_step, best=self.best, saved_at=self.saved_at)
 
     def save(self) -> None:
         """The training state to OUT/last.pt; all ranks call this together."""
         self.save_state(self._state, self.global_step)
 
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.generator.set_state(state["generator"].cpu())
+        self.load_training_state(state)
         self.order_state = None if state["order_state"] is None else state["order_state"].cpu()
         self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
         self.global_step, self.best, self.saved_at = state["global_step"], state["best"], state["saved_at"]
-        self.restore_rng(state)
         self.metrics.keep_only(lambda record: record.get("step", 0) <= self.global_step)
 
     def _optimizer(self) -> tuple:

@@ -9,20 +9,12 @@ import torch
 from fastcl import augment as A
 from fastcl import reference
 
-from helpers import DEVICES
+from helpers import DEVICES, FLOAT_TOL, U8_TOL, random_images
 
 pytest.importorskip("torchvision")
 from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
-U8_TOL = 1.0 / 255 + 1e-6  # one uint8 level
-FLOAT_TOL = 1e-4
-
-
-def _images(dtype, b, c, h, w, device, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if dtype == torch.uint8:
-        return torch.randint(0, 256, (b, c, h, w), dtype=torch.uint8, generator=g).to(device)
-    return torch.rand(b, c, h, w, generator=g).to(device)
+_images = random_images
 
 
 def _check(images, params):
