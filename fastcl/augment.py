@@ -106,8 +106,8 @@ class SimCLRAugment(nn.Module):
                  strength: float = 0.5, brightness: Optional[float] = None, contrast: Optional[float] = None,
                  saturation: Optional[float] = None, hue: Optional[float] = None, grayscale_p=0.2, blur_p=0.0,
                  blur_sigma=(0.1, 2.0), blur_kernel: Optional[int] = None, solarize_p=0.0, rotate_p=0.0,
-                 degrees=(-30.0, 30.0), fill=0.0, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+                 degrees=(-30.0, 30.0), fill=0.0, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None, dtype: torch.dtype = torch.float32, channels_last: bool = False):
         super().__init__()
         if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise ValueError(f"size must be a positive int, got {size!r}")

@@ -89,6 +89,11 @@ class SaveSchedule:
         self.every_steps, self.every_minutes = every_steps, every_minutes
         self.last = time.monotonic()
 
+    @property
+    def periodic(self) -> bool:
+        """Whether the run asked for saves during training (steps or minutes)."""
+        return self.every_steps is not None or self.every_minutes is not None
+
     def due(self, step: int) -> bool:
         due = self.every_steps is not None and step % self.every_steps == 0
         if self.every_minutes is not None:
@@ -116,20 +121,25 @@ def keep_history(path: str, step: int, keep: int) -> None:
     except OSError:  # a file system without hard links
         import shutil
         shutil.copyfile(path, target)
-    steps = sorted(p for p in os.listdir(folder) if re.fullmatch(r"step-\d+\.pt", p))
+    steps = _step_files(folder)
     later = [p for p in steps if p > os.path.basename(target)]  # an abandoned run's, past this one
     steps = [p for p in steps if p not in later]
     for old in later + steps[:-keep]:
         os.remove(os.path.join(folder, old))
 
 
+def _step_files(folder: str) -> list[str]:
+    """The step checkpoints in `folder`, oldest first (their zero-padded names sort by step)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(p for p in os.listdir(folder) if re.fullmatch(r"step-\d+\.pt", p))
+
+
 def clear_history(out: str) -> None:
     """A fresh run in a folder that held another: that run's step checkpoints go."""
     folder = os.path.join(out, HISTORY)
-    if os.path.isdir(folder):
-        for name in os.listdir(folder):
-            if re.fullmatch(r"step-\d+\.pt", name):
-                os.remove(os.path.join(folder, name))
+    for name in _step_files(folder):
+        os.remove(os.path.join(folder, name))
 
 
 def _comm_device() -> torch.device:
@@ -162,7 +172,7 @@ def set_rng_state(states: Iterable[torch.Tensor], rank: int, world: int) -> bool
         return False
     state = states[rank].cpu()
     cpu_bytes = torch.get_rng_state().numel()
-    torch.set_rng_state(state[:cpu_bytes])
+    torch.set_rng_state(state[:cpu_bytes].clone())  # own storage: states saved as views of one tensor crashed here
     if state.numel() > cpu_bytes and torch.cuda.is_available():
         torch.cuda.set_rng_state(state[cpu_bytes:])
     return True

@@ -28,8 +28,9 @@ class Trainer:
     """Shared set-up: call `super().__init__` where the trainer would seed its run, so that
     what it draws afterwards (initial weights, data order) depends on `seed` alone.
 
-    The subclass calls `ready()` at the end of its set-up: only then is a previous run's
-    metrics.jsonl removed, so a run that fails to start leaves it in place."""
+    The subclass calls `start_or_resume(config)` at the end of its set-up (and defines
+    `_restore(state)`): only then is a previous run's metrics.jsonl removed or trimmed, so a run
+    that fails to start leaves it in place."""
 
     def __init__(self, *, out: str, device: str, seed: int, amp: str):
         amp_lib.check(amp)
@@ -43,23 +44,22 @@ class Trainer:
         os.makedirs(out, exist_ok=True)
         self.metrics = MetricsLog(out, enabled=self.is_main)
 
-    def saving(self, config) -> None:
-        """Where and when this run saves: OUT/last.pt, at the steps or minutes `config` asks for,
-        the last `keep_checkpoints` kept under OUT/checkpoints."""
+    def start_or_resume(self, config, may_differ=resume.NOT_RUN_DEFINING) -> None:
+        """The end of a trainer's set-up. Where and when this run saves (OUT/last.pt, at the steps or
+        minutes `config` asks for, the last `keep_checkpoints` kept under OUT/checkpoints); then
+        the saved state it continues from (config.resume: auto, yes or no), given to the trainer's
+        `_restore`, or a fresh start. A checkpoint whose settings differ outside `may_differ` is
+        refused with their names."""
         self.checkpoint_path = os.path.join(config.out, "last.pt")
         self.schedule = resume.SaveSchedule(config.save_every_steps, config.save_every_minutes)
         self.keep = config.keep_checkpoints
-
-    def starting_state(self, config, may_differ=resume.NOT_RUN_DEFINING) -> Optional[dict]:
-        """The saved state this run continues from (config.resume: auto, yes or no), None for a
-        fresh start; a checkpoint whose settings differ outside `may_differ` is refused with their names."""
         path = resume.starting_point(config.out, resume.resume_mode(config.resume))
-        if path is None:
-            return None
-        state = checkpoint.load(path, map_location=self.device)
-        defaults = {f.name: f.default for f in dataclasses.fields(config)}
-        resume.check_compatible(path, state.get("config", {}), dataclasses.asdict(config), defaults, may_differ)
-        return state
+        if path is not None:
+            state = checkpoint.load(path, map_location=self.device)
+            defaults = {f.name: f.default for f in dataclasses.fields(config)}
+            resume.check_compatible(path, state.get("config", {}), dataclasses.asdict(config), defaults, may_differ)
+            self._restore(state)
+        self.ready(resumed=path is not None)
 
     def restore_rng(self, state: dict) -> None:
         """Every rank's random state as saved. A checkpoint written by another number of processes

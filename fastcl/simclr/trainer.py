@@ -67,11 +67,7 @@ class SimCLRTrainer(Trainer):
         self.scheduler = optim.warmup_cosine(self.optimizer, int(cfg.warmup() * self.steps_per_epoch), total)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.epoch = self.step_in_epoch = self.global_step = 0
-        self.saving(cfg)
-        state = self.starting_state(cfg)
-        if state is not None:
-            self._restore(state)
-        self.ready(resumed=state is not None)
+        self.start_or_resume(cfg)
 
     # -- state --------------------------------------------------------------------------------
     def _state(self) -> dict:

@@ -73,12 +73,8 @@ class SimCSETrainer(Trainer):
         # and the batches of the epoch done.
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.epoch, self.step_in_epoch, self.order_state = 0, 0, None
-        self.saving(cfg)
         # max_steps sets the length of the learning-rate schedule here, so it defines the run
-        state = self.starting_state(cfg, resume.NOT_RUN_DEFINING - {"max_steps"})
-        if state is not None:
-            self._restore(state)
-        self.ready(resumed=state is not None)
+        self.start_or_resume(cfg, resume.NOT_RUN_DEFINING - {"max_steps"})
 
     # -- state --------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -218,7 +214,7 @@ class SimCSETrainer(Trainer):
                 if self.schedule.due(self.global_step):
                     self.save()
         self._checkpoint()
-        if cfg.save_every_steps is not None or cfg.save_every_minutes is not None:
+        if self.schedule.periodic:
             self.save()  # a restart of a finished run then finds it finished
         return self.write_summary(dict(
             steps=self.global_step, final_loss=losses[-1] if losses else None, best_dev_spearman=self.best,

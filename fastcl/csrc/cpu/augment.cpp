@@ -1,8 +1,8 @@
 // CPU kernel of the SimCLR batch augmentation (semantics: fastcl/augment.py and
 // csrc/common/augment_math.h). One output sample at a time, in parallel over samples:
 // crop + antialiased resize + flip in one separable pass into a per-thread float buffer, an
-// optional rotation into a second buffer, the colour ops in their sampled order on that buffer, an optional separable blur, then
-// solarize, scaling, normalisation and the cast on the way to the output tensor.
+// optional rotation into a second buffer, the colour ops in their sampled order on that buffer,
+// an optional separable blur, then solarize, scaling, normalisation and the cast on the way to the output tensor.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -71,7 +71,6 @@ struct Axis {
   }
 };
 
-// Per-thread scratch, reused across samples.
 // One output row's rotation taps (one array each, so the loops over a row vectorise): the
 // north-west tap's offset into the plane padded with two zeros on every side (the other taps are
 // +1, +P, +P + 1), the weights, and the mask.
@@ -86,6 +85,7 @@ struct RotationRow {
   }
 };
 
+// Per-thread scratch, reused across samples.
 struct Scratch {
   std::vector<float> image, rotated, padded, rows, weights;
   std::vector<int32_t> acc;

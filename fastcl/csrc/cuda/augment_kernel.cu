@@ -4,8 +4,8 @@
 // A persistent grid of 256-thread blocks walks the samples (block b takes p = b, b + grid, ...).
 // A block keeps its sample as a float "work" image (C, S, S): in shared memory when that fits in
 // kSmemWorkBytes (augment.cu; CIFAR, 64x64 RGB), else in the block's slot of a global scratch
-// tensor (grid, C, S, S) that it reuses from sample to sample; the grid shrinks to keep that
-// tensor (grid, C + 1, S, S) within kScratchBytes. Per sample:
+// tensor (grid, C + 1, S, S: work and the turn plane) that it reuses from sample to sample; the
+// grid shrinks to keep that tensor within kScratchBytes. Per sample:
 // 1. Resize, one channel at a time, in bands of output rows: the horizontal pass resamples the
 //    crop rows that a band of output rows reads into a shared "band" buffer, the vertical pass
 //    writes those output rows (flipped) into work. Rows two bands share are computed twice.
