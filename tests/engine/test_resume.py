@@ -128,3 +128,17 @@ def test_a_save_killed_half_way_is_never_loaded(tmp_path):
     assert trainer.global_step == 2
     assert not any(p.startswith(".tmp-") for p in os.listdir(out))  # cleaned up
     assert torch.equal(trainer.generator.get_state(), checkpoint.load(out / "last.pt")["generator"])
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(save_every_steps=0), "save_every_steps must be >= 1"),
+    (dict(save_every_minutes=0.0), "save_every_minutes must be > 0"),
+    (dict(keep_checkpoints=0), "keep_checkpoints must be >= 1"),
+    (dict(resume="sometimes"), "resume must be one of"),
+])
+def test_bad_save_and_resume_options(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        SimCLRTrainer(_config(tmp_path, **kw))
+    from fastcl.simcse import SimCSEConfig
+    with pytest.raises(ValueError, match=match):
+        SimCSEConfig(model="tiny", out=str(tmp_path / "s"), **kw).validate()
