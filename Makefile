@@ -7,7 +7,7 @@ TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
 export CUDA_HOME ?= /usr/local/cuda
 export MAX_JOBS ?= 2
 
-.PHONY: setup build demo test bench gpu-check clean
+.PHONY: setup build demo test bench sass gpu-check clean
 
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ bench: build
 	$(PY) -m fastcl speed
 	$(PY) -m pytest benchmarks/bench_ntxent.py benchmarks/bench_augment.py -q --benchmark-json=benchmarks/latest.json
 	$(PY) benchmarks/report.py benchmarks/latest.json
+
+# What the loss kernels issue, read from their SASS (sm_90 and sm_80, compiled device-only), and
+# the cost model's prediction calibrated on the last GPU run: no GPU needed (fastcl/bench/sass.py).
+sass: setup
+	$(PY) -m fastcl.bench.sass --arch 90 80 --json build/sass/report.json
 
 gpu-check:
 	bash scripts/gpu_check.sh

@@ -131,7 +131,7 @@ struct GradBlock {
   __device__ __forceinline__ void logit_tile(int tile, int& buf) const {
     typename M::SAcc s_acc;
     M::zero(s_acc);
-    for (int kc = 0; kc < nK; ++kc) {
+    for (int kc = 0; kc < nK; ++kc) {  // sass: trips=D/BK
       prefetch_after(tile, kc, buf ^ 1);
       cp_async_wait_prev();
       __syncthreads();
@@ -152,7 +152,7 @@ struct GradBlock {
     const MetaSlot& str = sMeta[tile & 1];
     float gmax = 0.f, tile_dscale = 0.f;  // 16 terms in fp32, then into the double once a tile
 #pragma unroll 4
-    for (int c = 0; c < 16; ++c) {
+    for (int c = 0; c < 16; ++c) {  // sass: trips=4
       const int jj = ec + 4 * c;
       const float raw = sS[er * kSLd + jj];
       float g = 0.f, str_r;
@@ -222,7 +222,7 @@ struct GradBlock {
   __device__ __forceinline__ void stage_g(float mul) const {
     if constexpr (M::kStageG) {
 #pragma unroll 4
-      for (int c = 0; c < 16; ++c) {
+      for (int c = 0; c < 16; ++c) {  // sass: trips=4
         const int at = er * M::kGLd + ec + 4 * c;
         const float v = sS[er * kSLd + ec + 4 * c] * mul;
         const GT hi = from_float<GT>(v);

@@ -58,7 +58,7 @@ __global__ void __launch_bounds__(kThreads, 2)
     const int64_t col0 = int64_t(tile) * kTile;
     typename M::SAcc acc;
     M::zero(acc);
-    for (int kc = 0; kc < nK; ++kc) {
+    for (int kc = 0; kc < nK; ++kc) {  // sass: trips=D/BK
       // Double buffering: the last chunk prefetches the next tile's first, overlapping the epilogue.
       if (kc + 1 < nK) {
         issue(tile, kc + 1, buf ^ 1);

@@ -118,7 +118,7 @@ __device__ __forceinline__ void load_tile(T* dst, const T* __restrict__ x, int64
     }
   } else {
 #pragma unroll 4
-    for (int it = 0; it < kTile * BK / kThreads; ++it) {
+    for (int it = 0; it < kTile * BK / kThreads; ++it) {  // sass: cold (rows not 16-byte aligned)
       const int e = tid + it * kThreads, r = e / BK, c = e % BK;
       const int64_t gr = row0 + r, gc = col0 + c;
       dst[r * LD + c] = (gr < nrows && gc < D) ? x[gr * D + gc] : from_float<T>(0.f);
@@ -179,7 +179,7 @@ struct WmmaMath {
     using namespace nvcuda;
     if constexpr (kWmmaOk<T>) {
 #pragma unroll 2
-      for (int kk = 0; kk < kTile; kk += 16) {
+      for (int kk = 0; kk < kTile; kk += 16) {  // sass: trips=2
         wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
         wmma::load_matrix_sync(a, sG + frow() * 16 * kGLd + kk, kGLd);
 #pragma unroll
@@ -258,7 +258,7 @@ struct SimtMath {
   }
   __device__ static void mma_ab(PAcc& acc, const float* sG, const float* sB) {
 #pragma unroll 4
-    for (int s = 0; s < kTile; s += 4) {
+    for (int s = 0; s < kTile; s += 4) {  // sass: trips=4
       float4 g[4];
 #pragma unroll
       for (int i = 0; i < 4; ++i) g[i] = ld4(sG + (ty() + 16 * i) * kGLd + s);

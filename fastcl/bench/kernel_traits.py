@@ -1,0 +1,83 @@
+"""What the SASS report must know of each loss kernel that the machine code does not say: which
+pass it belongs to, the logit tile one trip of its main loop covers, how often its D-chunk loop
+runs, and its dynamic shared memory. One entry per kernel template in fastcl/csrc/cuda; the values
+mirror the kernels' constants (tile_math.cuh, contrastive_device.cuh), so a change there is a
+change here."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_ELEMENT_BYTES = {"float": 4, "__half": 2, "__nv_bfloat16": 2}
+DTYPE_NAMES = {"float": "float32", "__half": "float16", "__nv_bfloat16": "bfloat16"}
+
+
+def chunk(dtype: str) -> int:
+    """BK: the D columns one staged chunk holds (WmmaMath::kBK = 64, SimtMath::kBK = 32)."""
+    return 32 if dtype == "float" else 64
+
+
+def _stage_bytes(dtype: str) -> int:
+    return 64 * (chunk(dtype) + (4 if dtype == "float" else 8)) * _ELEMENT_BYTES[dtype]
+
+
+def _smem_forward(dtype: str) -> int:
+    meta = 64 * (8 + 8 + 8 + 16)  # MetaSlot: label, owner, id, info
+    return 4 * _stage_bytes(dtype) + 64 * 68 * 4 + 3 * meta
+
+
+def _smem_backward(dtype: str) -> int:
+    g = 0 if dtype == "float" else 2 * 64 * 72 * 2  # G high and low parts in the input type
+    base = 4 * _stage_bytes(dtype) + 64 * 68 * 4 + g
+    return (base + 127) // 128 * 128 + 3 * 64 * 40
+
+
+@dataclass(frozen=True)
+class KernelTraits:
+    pattern: str  # regex on the demangled name
+    pass_: str  # "forward" or "backward"
+    threads: int
+    tile_rows: int  # logits one main-loop trip covers: tile_rows x tile_cols
+    tile_cols: int
+    d_chunk: Callable[[str], int]  # D columns per trip of an inner loop that holds the math
+    slices: Callable[[int, str], int]  # how often the whole tile is redone per D (backward D slices)
+    dynamic_smem: Callable[[str], int]
+
+    def matches(self, demangled: str) -> bool:
+        return re.search(self.pattern, demangled) is not None
+
+    def inner_trips(self, D: int, dtype: str) -> int:
+        return max(1, math.ceil(D / self.d_chunk(dtype)))
+
+
+LOSS_KERNELS = [
+    KernelTraits(r"\bforward_kernel<", "forward", 256, 64, 64, chunk, lambda D, t: 1, _smem_forward),
+    # grad_kernel<T, true> (dq, the scale partials) and <T, false> (dk): each covers every logit;
+    # a block owns 256 D columns (128 for fp32) and recomputes the logits per slice.
+    KernelTraits(
+        r"\bgrad_kernel<",
+        "backward",
+        256,
+        64,
+        64,
+        chunk,
+        lambda D, t: max(1, math.ceil(D / (128 if t == "float" else 256))),
+        _smem_backward,
+    ),
+]
+
+
+def traits_of(demangled: str) -> KernelTraits | None:
+    for t in LOSS_KERNELS:
+        if t.matches(demangled):
+            return t
+    return None
+
+
+def dtype_of(demangled: str) -> str:
+    """The element type a kernel template was instantiated for (float, __half, __nv_bfloat16)."""
+    m = re.search(r"<(float|__half|__nv_bfloat16)\b", demangled)
+    return m.group(1) if m else "float"

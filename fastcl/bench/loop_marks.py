@@ -1,0 +1,70 @@
+"""Trip counts of a kernel's loops, written in its source where the machine code cannot say them.
+
+A loop's backward branch carries the line of its `for`; a comment on that line tells the SASS
+report how often the loop runs per trip of the kernel's main loop:
+  // sass: trips=4      a fixed count (a 16-step loop unrolled by 4)
+  // sass: trips=D/BK   once per D chunk (the default for a loop that holds the tile's math)
+  // sass: cold         a fallback that the common case never takes (weight 0)
+A loop without a mark counts once (D/BK if it holds the math). Sources of an older commit, which
+carry no marks, borrow them from the line with the same code in this checkout's file of the same
+name, so a calibration on old kernels counts them the same way."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+
+from .cubins import CSRC
+
+_MARK = re.compile(r"//\s*sass:\s*(cold|trips=(\d+|D/BK))")
+
+
+def _code(line: str) -> str:
+    return re.sub(r"\s+", " ", line.split("//")[0]).strip()
+
+
+@cache
+def _lines(path: str) -> tuple[str, ...]:
+    try:
+        return tuple(Path(path).read_text().splitlines())
+    except OSError:
+        return ()
+
+
+@cache
+def _marks_by_code(basename: str) -> dict[str, str]:
+    """Marks of this checkout's file `basename` (under fastcl/csrc), by the code of their line."""
+    out: dict[str, str] = {}
+    for path in CSRC.rglob(basename):
+        for line in _lines(str(path)):
+            if m := _MARK.search(line):
+                out[_code(line)] = m.group(1)
+    return out
+
+
+def mark_at(source: str) -> str | None:
+    """'cold', 'trips=N', 'trips=D/BK' or None for the source location "path:line"."""
+    path, _, line_no = source.rpartition(":")
+    if not path or not line_no.isdigit():
+        return None
+    lines = _lines(path)
+    n = int(line_no)
+    if not 0 < n <= len(lines):
+        return None
+    if m := _MARK.search(lines[n - 1]):
+        return m.group(1)
+    if any(_MARK.search(line) for line in lines):
+        return None  # a marked file: this line has no mark
+    return _marks_by_code(Path(path).name).get(_code(lines[n - 1]))
+
+
+def weight(mark: str | None, holds_math: bool) -> tuple[float, int]:
+    """(factor, power of D/BK) a loop multiplies its instructions by."""
+    if mark == "cold":
+        return 0.0, 0
+    if mark == "trips=D/BK" or (mark is None and holds_math):
+        return 1.0, 1
+    if mark and mark.startswith("trips="):
+        return float(mark.split("=")[1]), 0
+    return 1.0, 0
