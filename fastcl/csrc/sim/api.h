@@ -107,7 +107,8 @@ void* dynamic_smem(size_t align);
 // Block barrier; pred/op give __syncthreads_count/and/or (op 0: plain).
 int syncthreads(int op, int pred, Site site);
 
-enum class Coll : int { SyncWarp, ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, WmmaLoad, WmmaMma, WmmaStore };
+enum class Coll : int { SyncWarp, ShflIdx, ShflUp, ShflDown, ShflXor, Ballot, Any, All, WmmaLoad, WmmaMma, WmmaStore,
+                        Ldmatrix, Mma };
 // Shuffles and votes: each lane deposits `value` (its bytes) and `operand` (src lane, delta or
 // lane mask; pred for votes); returns the lane's result.
 uint64_t warp_collective(Coll kind, unsigned mask, uint64_t value, int operand, int width, Site site);

@@ -1,6 +1,7 @@
 // Warp collectives: __syncwarp, shuffles and votes, and the rendezvous that wmma (wmma.cpp)
-// also uses. A warp collective is a rendezvous: each lane of the mask deposits its share in a
-// Round and parks; the last to arrive computes every lane's result and releases the lanes.
+// and ldmatrix / mma.sync (mma.cpp) also use. A warp collective is a rendezvous: each lane of
+// the mask deposits its share in a Round and parks; the last to arrive computes every lane's
+// result and releases the lanes.
 // Before a lane parks, every other lane of its mask must still be able to come: one that exited,
 // waits at __syncthreads or waits at another collective that needs this lane is a divergence.
 // Completing a __syncwarp orders its lanes for the race check; other collectives do not.
@@ -121,6 +122,8 @@ void complete(int w, int ri) {
       if (r.value[__builtin_ctz(m)]) votes |= 1u << __builtin_ctz(m);
     const uint64_t v = r.kind == Coll::Ballot ? votes : r.kind == Coll::Any ? votes != 0 : votes == lanes;
     for (int l = 0; l < 32; ++l) res[l] = v;
+  } else if (r.kind == Coll::Ldmatrix || r.kind == Coll::Mma) {
+    do_mma(r, w);
   } else if (r.kind != Coll::SyncWarp) {
     do_wmma(r, w);
   }

@@ -1,7 +1,7 @@
 // Force-included (g++ -x c++ -DFASTCL_SIM=1 -include sim/cuda_sim.h -fsanitize=thread) into a
 // .cu file compiled as host C++, so that unmodified kernel code builds and runs on the CPU
 // simulator: CUDA keywords, the thread-index builtins, barriers, warp collectives, wmma,
-// cp.async, device math and launches. See csrc/sim/README.md.
+// ldmatrix and mma.sync, cp.async, device math and launches. See csrc/sim/README.md.
 #pragma once
 #ifndef FASTCL_SIM
 #define FASTCL_SIM 1
@@ -74,4 +74,5 @@ extern "C" __attribute__((weak, visibility("hidden"))) const int warpSize = 32;
 #include "device_math.h"
 #include "device_sync.h"
 #include "wmma.h"
+#include "mma.h"
 #include "launch.h"

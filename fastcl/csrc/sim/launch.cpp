@@ -89,6 +89,7 @@ void launch(const LaunchSpec& s) {
   const std::string name = kernel_name(s.pretty);
   const KernelInfo& info = kernel_info(s.kernel);
   validate(s, name, info.static_smem);
+  mma_begin_launch(name);
   L.spec = s;
   L.name = name;
   L.failed = false;

@@ -92,6 +92,8 @@ const char* coll_name(Coll k) {
     case Coll::WmmaLoad: return "wmma::load_matrix_sync";
     case Coll::WmmaMma: return "wmma::mma_sync";
     case Coll::WmmaStore: return "wmma::store_matrix_sync";
+    case Coll::Ldmatrix: return "ldmatrix";
+    case Coll::Mma: return "mma.sync";
   }
   return "?";
 }

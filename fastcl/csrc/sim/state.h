@@ -1,8 +1,8 @@
 // The runtime's private state and the declarations its files share: launch.cpp (launches,
 // limits), scheduler.cpp (fibers), barrier.cpp (__syncthreads), collectives.cpp (warp
-// collectives), wmma.cpp, cp_async.cpp, atomics.cpp, messages.cpp (error reporting), module.cpp
-// (the kernel's symbols), memcheck.cpp, shadow.cpp and tsan.cpp (the memory checks, whose own
-// internals are in memcheck.h) and libc_mem.cpp. Compiled only into uninstrumented code.
+// collectives), wmma.cpp, mma.cpp (ldmatrix, mma.sync), cp_async.cpp, atomics.cpp, messages.cpp
+// (error reporting), module.cpp (the kernel's symbols), memcheck.cpp, shadow.cpp and tsan.cpp
+// (the memory checks, whose own internals are in memcheck.h) and libc_mem.cpp. Compiled only into uninstrumented code.
 // Everything is a plain global: thread_local would land in the kernel module's TLS block, which
 // the checks treat as static shared memory.
 #pragma once
@@ -72,6 +72,11 @@ struct Round {
   const void* fa[32];
   const void* fb[32];
   const float* fc[32];
+  // ldmatrix / mma.sync deposits (mma.cpp); frag, fa, fb and fc above hold mma's d, a, b, c
+  int nmat;                // ldmatrix: matrices (1, 2 or 4)
+  bool trans;
+  const void* row[32];     // ldmatrix: the row address each lane supplies
+  const void* pc[32];      // where each lane called from, for messages
 };
 
 struct WarpState {
@@ -211,6 +216,13 @@ uint64_t wait_round(int ri);
 void check_warp_waiters(int tid, const std::string& doing);
 // The memory traffic or the product of a completed wmma round of warp w (wmma.cpp).
 void do_wmma(Round& r, int w);
+// The memory traffic or the product of a completed ldmatrix / mma.sync round (mma.cpp).
+void do_mma(Round& r, int w);
+// A launch of kernel `name` begins: its ldmatrix / mma.sync counters open a new "last launch"
+// (mma.cpp).
+void mma_begin_launch(const std::string& name);
+// A b16 value (F16 or BF16) at p as a float (wmma.cpp).
+float elem_to_float(Elem e, const void* p);
 
 // cp.async copies still queued when a thread exits land then (cp_async.cpp).
 void cp_async_flush(int tid);

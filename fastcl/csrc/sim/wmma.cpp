@@ -27,15 +27,6 @@ float half_to_float(uint16_t h) {
   std::memcpy(&f, &bits, 4);
   return f;
 }
-float elem_to_float(Elem e, const void* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  if (e == Elem::F16) return half_to_float(h);
-  const uint32_t bits = uint32_t(h) << 16;  // bf16 is the top half of a float
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 size_t elem_size(Elem e) { return e == Elem::F32 ? 4 : 2; }
 
 // Fragment element e of lane l is element (i, j) = divmod(8 l + e, 16) of the 16 x 16 tile:
@@ -46,6 +37,16 @@ size_t elem_offset(int l, int e, unsigned ldm, bool col_major) {
 }
 
 }  // namespace
+
+float elem_to_float(Elem e, const void* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  if (e == Elem::F16) return half_to_float(h);
+  const uint32_t bits = uint32_t(h) << 16;  // bf16 is the top half of a float
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
 
 void do_wmma(Round& r, int w) {
   const char* what = coll_name(r.kind);
