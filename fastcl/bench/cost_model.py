@@ -126,12 +126,16 @@ def counts_from_reports(reports, D: int) -> dict:
     """counts[dtype][role] = [per-logit dict of each kernel], sm_90 kernels only."""
     from .kernel_traits import DTYPE_NAMES
 
-    out: dict = {}
+    chosen: dict = {}
     for r in reports:
-        if r.main is None or r.arch.rstrip("a") != "90":
+        if r.main is None or r.arch.rstrip("a") != "90" or not r.traits.used_for(D, r.dtype, r.name):
             continue
-        roles = out.setdefault(DTYPE_NAMES[r.dtype], {"forward": [], "backward": []})
-        roles[r.traits.pass_].append(r.per_logit(D))
+        chosen.setdefault((DTYPE_NAMES[r.dtype], r.traits.pass_), []).append(r)
+    out: dict = {}
+    for (dtype, role), found in chosen.items():
+        top = max(r.traits.priority for r in found)
+        roles = out.setdefault(dtype, {"forward": [], "backward": []})
+        roles[role] += [r.per_logit(D) for r in found if r.traits.priority == top]
     return out
 
 

@@ -24,12 +24,12 @@ def _stage_bytes(dtype: str) -> int:
     return 64 * (chunk(dtype) + (4 if dtype == "float" else 8)) * _ELEMENT_BYTES[dtype]
 
 
-def _smem_forward(dtype: str) -> int:
+def _smem_forward(dtype: str, name: str = "") -> int:
     meta = 64 * (8 + 8 + 8 + 16)  # MetaSlot: label, owner, id, info
     return 4 * _stage_bytes(dtype) + 64 * 68 * 4 + 3 * meta
 
 
-def _smem_backward(dtype: str) -> int:
+def _smem_backward(dtype: str, name: str = "") -> int:
     g = 0 if dtype == "float" else 2 * 64 * 72 * 2  # G high and low parts in the input type
     base = 4 * _stage_bytes(dtype) + 64 * 68 * 4 + g
     return (base + 127) // 128 * 128 + 3 * 64 * 40
@@ -44,7 +44,10 @@ class KernelTraits:
     tile_cols: int
     d_chunk: Callable[[str], int]  # D columns per trip of an inner loop that holds the math
     slices: Callable[[int, str], int]  # how often the whole tile is redone per D (backward D slices)
-    dynamic_smem: Callable[[str], int]
+    dynamic_smem: Callable[[str, str], int]  # (dtype, demangled name) -> bytes
+    # Whether the op dispatches to this instantiation for feature size D (plain problems, aligned rows).
+    used_for: Callable[[int, str, str], bool] = lambda D, dtype, name: True
+    priority: int = 0  # of the kernels of one pass used for a D, the op runs those of the highest
 
     def matches(self, demangled: str) -> bool:
         return re.search(self.pattern, demangled) is not None
@@ -53,8 +56,36 @@ class KernelTraits:
         return max(1, math.ceil(D / self.d_chunk(dtype)))
 
 
+def _template_int(name: str) -> int:
+    m = re.search(r"<[^,<>]+, (\d+)>", name)
+    return int(m.group(1)) if m else 0
+
+
+def _smem_forward_mma(dtype: str, name: str) -> int:
+    """MmaLayout<kD>: q (128 x kD), two k stages (64 x kD), per stage 64 norms and 64 labels."""
+    d = _template_int(name)
+    return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 4 + 2 * 64 * 8
+
+
+def _mma_width(D: int) -> int:
+    """The kD instantiation forward_mma_impl picks (0: none, the wmma kernel runs)."""
+    return next((w for w in (64, 128, 256) if D <= w), 0)
+
+
+def _smem_grad_mma(dtype: str, name: str) -> int:
+    """GradLayout<kD>: owner rows (128 x kD), two stream stages (64 x kD), per stage 64 float4 + 64 labels."""
+    d = int(re.search(r"<[^,<>]+, (\d+), (?:true|false)>", name).group(1))
+    return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 16 + 2 * 64 * 8
+
+
 LOSS_KERNELS = [
+    # forward_mma_kernel<T, kD>: 128 rows x 64 columns a trip, all of kD unrolled (no D loop).
+    KernelTraits(r"\bforward_mma_kernel<", "forward", 256, 128, 64, lambda t: 1 << 30, lambda D, t: 1,
+                 _smem_forward_mma, lambda D, t, name: _template_int(name) == _mma_width(D), priority=1),
     KernelTraits(r"\bforward_kernel<", "forward", 256, 64, 64, chunk, lambda D, t: 1, _smem_forward),
+    # grad_mma_kernel<T, kD, true> (dq) and <T, kD, false> (dk): 128 owner rows x 64 stream rows a trip.
+    KernelTraits(r"\bgrad_mma_kernel<", "backward", 256, 128, 64, lambda t: 1 << 30, lambda D, t: 1, _smem_grad_mma,
+                 lambda D, t, name: f", {next((w for w in (64, 128) if D <= w), 0)}," in name, priority=1),
     # grad_kernel<T, true> (dq, the scale partials) and <T, false> (dk): each covers every logit;
     # a block owns 256 D columns (128 for fp32) and recomputes the logits per slice.
     KernelTraits(
@@ -71,6 +102,7 @@ LOSS_KERNELS = [
 
 
 def traits_of(demangled: str) -> KernelTraits | None:
+    """The traits of a loss kernel; forward_mma before forward (the patterns are searched in order)."""
     for t in LOSS_KERNELS:
         if t.matches(demangled):
             return t

@@ -5,7 +5,10 @@ report how often the loop runs per trip of the kernel's main loop:
   // sass: trips=4      a fixed count (a 16-step loop unrolled by 4)
   // sass: trips=D/BK   once per D chunk (the default for a loop that holds the tile's math)
   // sass: cold         a fallback that the common case never takes (weight 0)
-A loop without a mark counts once (D/BK if it holds the math). Sources of an older commit, which
+A loop without a mark counts once (D/BK if it holds the math). A mark on an `if` line,
+  // sass: rare         a branch the common case skips (masks on the few tiles that need them)
+(or on the `} else {` line of such a branch) leaves out every instruction of its braces' lines, or inlined from a call on one of them, from the
+common-case counts; the report gives their number apart. Sources of an older commit, which
 carry no marks, borrow them from the line with the same code in this checkout's file of the same
 name, so a calibration on old kernels counts them the same way."""
 
@@ -17,7 +20,7 @@ from pathlib import Path
 
 from .cubins import CSRC
 
-_MARK = re.compile(r"//\s*sass:\s*(cold|trips=(\d+|D/BK))")
+_MARK = re.compile(r"//\s*sass:\s*(cold|rare|trips=(\d+|D/BK))")
 
 
 def _code(line: str) -> str:
@@ -68,3 +71,33 @@ def weight(mark: str | None, holds_math: bool) -> tuple[float, int]:
     if mark and mark.startswith("trips="):
         return float(mark.split("=")[1]), 0
     return 1.0, 0
+
+
+@cache
+def _rare_ranges(path: str) -> tuple[tuple[int, int], ...]:
+    """(first, last) line of each `// sass: rare` branch of a file: its line to its closing brace."""
+    lines, out = _lines(path), []
+    for n, line in enumerate(lines):
+        if not (m := _MARK.search(line)) or m.group(1) != "rare":
+            continue
+        # From the marked line (less a leading "}" of "} else {") to the brace that closes it; a
+        # marked line without "{" (a one-line if) is its own range.
+        depth, end = 0, n
+        first = lines[n].split("//")[0].strip().removeprefix("}")
+        if "{" in first:
+            for end in range(n, len(lines)):
+                code = first if end == n else lines[end].split("//")[0]
+                depth += code.count("{") - code.count("}")
+                if depth <= 0:
+                    break
+        out.append((n + 1, end + 1))
+    return tuple(out)
+
+
+def in_rare_branch(*sources: str) -> bool:
+    """Whether any of these "path:line" locations lies in a `// sass: rare` branch."""
+    for source in sources:
+        path, _, line_no = source.rpartition(":")
+        if path and line_no.isdigit() and any(a <= int(line_no) <= b for a, b in _rare_ranges(path)):
+            return True
+    return False

@@ -42,6 +42,7 @@ class MainLoop:
 
     static: dict[str, int]
     cold: int  # instructions in loops marked cold, not counted per trip
+    rare: int  # instructions in branches marked rare, left out of the common-case counts
     split: dict[str, dict[int, float]] = field(default_factory=dict)
     tensor_flops: dict[int, float] = field(default_factory=dict)
 
@@ -113,9 +114,12 @@ def main_loop(fn: Function) -> MainLoop | None:
     ]
     split: dict[str, dict[int, float]] = {}
     flops: dict[int, float] = {}
-    cold = 0
+    cold = rare = 0
     for i in range(main.head, main.tail + 1):
         ins = fn.instrs[i]
+        if loop_marks.in_rare_branch(*ins.chain):
+            rare += 1
+            continue
         factor, power = 1.0, 0
         for lp, (f, p) in nested:
             if lp.contains(i):
@@ -127,7 +131,7 @@ def main_loop(fn: Function) -> MainLoop | None:
             split.setdefault(cls, {}).setdefault(power, 0.0)
             split[cls][power] += factor
         flops[power] = flops.get(power, 0.0) + factor * ins.mma_flops
-    return MainLoop(dict(fn.counts(main.head, main.tail)), cold, split, flops)
+    return MainLoop(dict(fn.counts(main.head, main.tail)), cold, rare, split, flops)
 
 
 def blocks_per_sm(arch: str, registers: int, threads: int, smem: int) -> int:
@@ -160,7 +164,7 @@ def analyse(cubins: list[Path], ptxas: dict | None = None, loss_only: bool = Tru
                 continue
             r = res.get(mangled) or cb.Resources(0, 0, 0, 0)
             dtype = dtype_of(names[mangled])
-            dyn = traits.dynamic_smem(dtype) if traits else 0
+            dyn = traits.dynamic_smem(dtype, names[mangled]) if traits else 0
             threads = traits.threads if traits else 256
             spill = None
             if ptxas and mangled in ptxas:

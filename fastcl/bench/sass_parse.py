@@ -42,6 +42,7 @@ class Instr:
     predicate: str = ""
     target: str | None = None  # a branch's label
     source: str = ""  # "path:line" the instruction came from (with -lineinfo builds)
+    chain: tuple[str, ...] = ()  # source, then each call site it was inlined at, outwards
 
     @property
     def base(self) -> str:
@@ -109,17 +110,23 @@ _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*
 _LABEL = re.compile(r"^(\.L_x_\d+|[A-Za-z_$][\w$.]*):\s*$")
 _SECTION = re.compile(r"^\s*\.section\s+\.text\.(\S+?),")
 _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
-_SOURCE = re.compile(r'//## File "([^"]+)", line (\d+)')
+_SOURCE = re.compile(r'//## File "([^"]+)", line (\d+)(?: inlined at "([^"]+)", line (\d+))?')
 
 
 def parse_sass(text: str) -> dict[str, Function]:
     """nvdisasm's listing -> functions by mangled name."""
     funcs: dict[str, Function] = {}
     cur: Function | None = None
-    source = ""
+    # nvdisasm -gi writes an instruction's inline chain as consecutive "//##" lines, innermost first.
+    chain: list[str] = []
+    fresh = False
     for line in text.splitlines():
         if m := _SOURCE.search(line):
-            source = f"{m.group(1)}:{m.group(2)}"
+            if not fresh:
+                chain, fresh = [], True
+            chain.append(f"{m.group(1)}:{m.group(2)}")
+            if m.group(3):
+                chain.append(f"{m.group(3)}:{m.group(4)}")
             continue
         if m := _SECTION.match(line):
             cur = funcs.setdefault(m.group(1), Function(m.group(1), [], {}))
@@ -131,13 +138,15 @@ def parse_sass(text: str) -> dict[str, Function]:
             cur.labels[m.group(1)] = len(cur.instrs)
             continue
         if m := _LINE.search(line):
+            fresh = False
             pred, opcode, operands = (m.group(2) or "").strip(), m.group(3), m.group(4).strip()
             t = _TARGET.search(operands)
             cur.instrs.append(
-                Instr(int(m.group(1), 16), opcode, operands, pred, t.group(1) if t else None, source)
+                Instr(int(m.group(1), 16), opcode, operands, pred, t.group(1) if t else None,
+                      chain[0] if chain else "", tuple(dict.fromkeys(chain)))
             )
     return funcs
 
 
 def disassemble(cubin: Path) -> dict[str, Function]:
-    return parse_sass(_run([tool("nvdisasm"), "-c", "-g", str(cubin)]))
+    return parse_sass(_run([tool("nvdisasm"), "-c", "-gi", str(cubin)]))

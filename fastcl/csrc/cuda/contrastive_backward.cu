@@ -9,6 +9,8 @@
 // every run is bitwise identical.
 #include <ATen/ATen.h>
 
+#include <type_traits>
+
 #include "common/contrastive_math.h"
 #include "common/online_lse.h"
 #include "cuda/contrastive_device.cuh"
@@ -371,18 +373,26 @@ template <typename T, bool kRowOwner>
 void grad_side(const Inputs& in, const Problem& p, bool normalize, const at::Tensor& own_x, const at::Tensor& str_x,
                at::Tensor& out, at::Tensor* scale_part, dev::Stream stream) {
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
-  const int64_t blocks = ceil_div(n_own, kTile), slices = ceil_div(in.D, Math<T>::kDC);
-  const Split split = split_stream(blocks * slices, ceil_div(n_str, kTile));
-  at::Tensor part = at::empty({split.count, n_own, in.D}, own_x.options().dtype(at::kFloat));
-  if (kRowOwner) *scale_part = at::empty({blocks * split.count}, own_x.options().dtype(at::kDouble));
-  constexpr size_t smem = SmemLayout<T, true>::kBytes;
-  dev::allow_dynamic_smem<grad_kernel<T, kRowOwner>>("fastcl", smem);
-  dev::launch<grad_kernel<T, kRowOwner>>(grid_of(blocks, slices, split.count), kThreads, smem, stream, ptr<T>(own_x),
-                                         ptr<T>(str_x), p, static_cast<int>(split.per), in.vectorisable(),
-                                         part.data_ptr<float>(),
-                                         kRowOwner ? scale_part->data_ptr<double>() : nullptr);
+  at::Tensor part;
+  int64_t splits = 0;
+  if constexpr (!std::is_same<T, float>::value) {
+    if (backward_mma_applies(in, sizeof(T))) splits = grad_mma_partials<T, kRowOwner>(in, own_x, str_x, part, scale_part, stream);
+  }
+  if (splits == 0) {
+    const int64_t blocks = ceil_div(n_own, kTile), slices = ceil_div(in.D, Math<T>::kDC);
+    const Split split = split_stream(blocks * slices, ceil_div(n_str, kTile));
+    splits = split.count;
+    part = at::empty({split.count, n_own, in.D}, own_x.options().dtype(at::kFloat));
+    if (kRowOwner) *scale_part = at::empty({blocks * split.count}, own_x.options().dtype(at::kDouble));
+    constexpr size_t smem = SmemLayout<T, true>::kBytes;
+    dev::allow_dynamic_smem<grad_kernel<T, kRowOwner>>("fastcl", smem);
+    dev::launch<grad_kernel<T, kRowOwner>>(grid_of(blocks, slices, split.count), kThreads, smem, stream,
+                                           ptr<T>(own_x), ptr<T>(str_x), p, static_cast<int>(split.per),
+                                           in.vectorisable(), part.data_ptr<float>(),
+                                           kRowOwner ? scale_part->data_ptr<double>() : nullptr);
+  }
   dev::launch<grad_finish_kernel<T>>(grid_of(ceil_div(n_own, kWarps)), kThreads, 0, stream, part.data_ptr<float>(),
-                                     static_cast<int>(split.count), ptr<T>(own_x), normalize, p.logit_scale, n_own,
+                                     static_cast<int>(splits), ptr<T>(own_x), normalize, p.logit_scale, n_own,
                                      in.D, static_cast<T*>(out.data_ptr()));
 }
 

@@ -7,6 +7,8 @@
 // splits in a fixed order.
 #include <ATen/ATen.h>
 
+#include <type_traits>
+
 #include "common/online_lse.h"
 #include "cuda/contrastive_device.cuh"
 #include "cuda/contrastive_host.cuh"
@@ -135,15 +137,22 @@ __global__ void forward_combine_kernel(const float4* __restrict__ partial, int s
 
 template <typename T>
 void forward_impl(const Inputs& in, dev::Stream stream, at::Tensor& loss, at::Tensor& lse, at::Tensor& num_pos) {
-  const Problem p = in.problem();
-  const int64_t blocks = ceil_div(in.M, kTile);
-  const Split split = split_stream(blocks, ceil_div(in.L, kTile));
-  at::Tensor partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
-  constexpr size_t smem = SmemLayout<T, false>::kBytes;
-  dev::allow_dynamic_smem<forward_kernel<T>>("fastcl", smem);
-  dev::launch<forward_kernel<T>>(grid_of(blocks, split.count), kThreads, smem, stream, ptr<T>(in.q), ptr<T>(in.k), p,
-                                 static_cast<int>(split.per), in.vectorisable(),
-                                 reinterpret_cast<float4*>(partial.data_ptr<float>()));
+  at::Tensor partial;
+  Split split{1, 1};
+  if constexpr (!std::is_same<T, float>::value) {
+    if (forward_mma_applies(in, sizeof(T))) split = forward_mma_impl<T>(in, stream, partial);
+  }
+  if (!partial.defined()) {
+    const Problem p = in.problem();
+    const int64_t blocks = ceil_div(in.M, kTile);
+    split = split_stream(blocks, ceil_div(in.L, kTile));
+    partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
+    constexpr size_t smem = SmemLayout<T, false>::kBytes;
+    dev::allow_dynamic_smem<forward_kernel<T>>("fastcl", smem);
+    dev::launch<forward_kernel<T>>(grid_of(blocks, split.count), kThreads, smem, stream, ptr<T>(in.q), ptr<T>(in.k),
+                                   p, static_cast<int>(split.per), in.vectorisable(),
+                                   reinterpret_cast<float4*>(partial.data_ptr<float>()));
+  }
   dev::launch<forward_combine_kernel>(grid_of(ceil_div(in.M, kThreads)), kThreads, 0, stream,
                                       reinterpret_cast<const float4*>(partial.data_ptr<float>()),
                                       static_cast<int>(split.count), in.M, loss.data_ptr<float>(),

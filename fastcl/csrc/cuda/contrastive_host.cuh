@@ -60,6 +60,28 @@ inline Split split_stream(int64_t blocks, int64_t tiles) {
   return {ceil_div(tiles, per), per};
 }
 
+// Whether forward_mma_impl takes this problem (fp16/bf16, no bias, ids or hardness, D <= 256, 16-byte
+// rows): the FlashAttention-2 style kernel of contrastive_forward_mma.cu.
+bool forward_mma_applies(const Inputs& in, size_t element_size);
+// Fills partial (split.count x M float4: max, sum of exp, positive sum, positive count) with the
+// mma kernel; returns the split of the columns it used.
+template <typename T>
+Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial);
+
+// {min, max} of labels[t * tile, (t + 1) * tile) for each tile t of the first n labels, only the
+// non-negative ones with `nonneg` (max < min when none): the mma kernels mask only tiles whose
+// row and column label ranges overlap.
+at::Tensor label_ranges(const at::Tensor& labels, int64_t n, int tile, bool nonneg, dev::Stream stream);
+
+// Whether grad_mma_partials takes this problem: forward_mma_applies and D <= 128.
+bool backward_mma_applies(const Inputs& in, size_t element_size);
+// The mma backward of one side (kRowOwner: q rows, else the k columns own_x holds) into
+// part (splits x n_own x D fp32, the sum over splits is G' . stream rows) and, for q rows,
+// scale_part; returns the number of splits (contrastive_backward_mma.cu).
+template <typename T, bool kRowOwner>
+int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::Tensor& str_x, at::Tensor& part,
+                          at::Tensor* scale_part, dev::Stream stream);
+
 // loss, lse, num_pos (M,) fp32 from inputs whose row_info / col_info are packed (M, L > 0).
 template <typename T>
 void forward_impl(const Inputs& in, dev::Stream stream, at::Tensor& loss, at::Tensor& lse, at::Tensor& num_pos);

@@ -21,6 +21,20 @@
 
 namespace fastcl::gpu {
 
+// ---- shared addresses ------------------------------------------------------------------------
+// ldmatrix reads through a 32-bit shared-space address: a kernel converts its shared base once and
+// adds byte offsets, instead of converting a generic pointer per instruction. In the simulator
+// shared memory is host memory, so the address stays a byte pointer (the same arithmetic).
+#if defined(FASTCL_SIM)
+using SmemAddr = const unsigned char*;
+__device__ __forceinline__ SmemAddr smem_addr(const void* p) { return static_cast<SmemAddr>(p); }
+#else
+using SmemAddr = uint32_t;
+__device__ __forceinline__ SmemAddr smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+
 // ---- ldmatrix -----------------------------------------------------------------------------
 // `row`: the shared address of the 16-byte row this lane supplies (lane l: row l % 8 of matrix
 // l / 8; lanes past 8 x count are ignored). Register i of lane l receives matrix i's elements
@@ -68,6 +82,33 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
   __trap();
 #endif
 }
+
+#if !defined(FASTCL_SIM)
+// The same from a shared-space address (smem_addr); the simulator's SmemAddr is a pointer and takes
+// the overloads above.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], SmemAddr a) {
+#if !defined(FASTCL_MMA_STUB)
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#else
+  (void)a;
+  r[0] = r[1] = r[2] = r[3] = 0;
+  __trap();
+#endif
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], SmemAddr a) {
+#if !defined(FASTCL_MMA_STUB)
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#else
+  (void)a;
+  r[0] = r[1] = r[2] = r[3] = 0;
+  __trap();
+#endif
+}
+#endif
 
 __device__ __forceinline__ void ldmatrix_x1_trans(uint32_t (&r)[1], const void* row) {
 #if defined(FASTCL_SIM)

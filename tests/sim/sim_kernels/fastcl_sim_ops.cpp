@@ -16,6 +16,7 @@
 
 #include "schemas.h"
 #include "sim/api.h"
+#include "sim/mma.h"
 
 TORCH_LIBRARY(fastcl_sim, m) {
   m.def(fastcl::schema::kContrastiveForward);
@@ -87,4 +88,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("begin_call", &begin_call, "register an op call's input storages and track its allocations");
   m.def("end_call", &end_call, "stop tracking and forget every registered range");
   m.def("set_schedule", &fastcl::sim::set_schedule, "0: threads in index order; else a seeded shuffle");
+  m.def("mma_counters", &fastcl::sim::mma_counters, "per kernel: launches, mma, ldmatrix and its wavefronts");
+  m.def("reset_mma_counters", &fastcl::sim::reset_mma_counters, "zero the mma counters");
 }

@@ -1,0 +1,349 @@
+// The fp16/bf16 backward of the contrastive core in the FlashAttention-2 shape, for the plain
+// problems of contrastive_forward_mma.cu with D <= 128 (others take grad_kernel).
+//
+// grad_mma_kernel<T, kD, kRowOwner> owns 128 rows of one side (q rows: grad_q and the scale
+// partials; or k columns: grad_k) and streams 64-row tiles of the other through a two-stage
+// cp.async pipeline into swizzled shared memory. Each warp recomputes its 16 x 64 logits with
+// mma.sync from its owner rows held in registers, turns them into G' = G / |stream row| on the
+// fragments (G = grad_i (exp(s - lse_i) - [positive] / num_pos_i)), and multiplies G' (the
+// accumulator fragments re-packed as the next product's A operand, as FlashAttention-2 does with
+// P) by the stream tile, read transposed through ldmatrix.trans, into fp32 accumulators. The
+// tiles that can hold a positive or an excluded pair take masks and a second, low-part product
+// of G' (hi + lo carries the positives' G, where exp(s - lse) - 1/num_pos cancels, to about
+// twice the input precision); the others run neither. Column splits write separate partials
+// that grad_finish_kernel sums in order: no atomics, bitwise reproducible.
+#include <ATen/ATen.h>
+
+#include <type_traits>
+
+#include "common/contrastive_math.h"
+#include "common/online_lse.h"
+#include "cuda/contrastive_device.cuh"
+#include "cuda/contrastive_host.cuh"
+#include "cuda/device_api.cuh"
+#include "cuda/mma.cuh"
+#include "cuda/swizzled_tile.cuh"
+#include "cuda/tile_math.cuh"
+
+namespace fastcl::gpu {
+
+using namespace math;
+
+namespace {
+
+constexpr int kGThreads = 256, kGBM = 128, kGBN = 64;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Shared memory: owner rows (kGBM x kD) and two stages of stream rows (kGBN x kD) as swizzled rows
+// (swizzled_tile.cuh), and per stage the stream rows' info (float4) and labels.
+template <int kD>
+struct GradLayout {
+  static constexpr size_t kOwn = 0;
+  static constexpr size_t kStr = kOwn + size_t(kGBM) * kD * 2;
+  static constexpr size_t kStageStr = size_t(kGBN) * kD * 2;
+  static constexpr size_t kInfo = kStr + 2 * kStageStr;                // float4 [2][kGBN]
+  static constexpr size_t kLabel = kInfo + 2 * kGBN * sizeof(float4);  // int64 [2][kGBN]
+  static constexpr size_t kBytes = kLabel + 2 * kGBN * sizeof(int64_t);
+};
+
+// One side of the problem as the kernel sees it: its rows, per-row info and labels.
+template <typename T>
+struct Side {
+  const T* x;
+  const float4* info;  // q rows: {1/|q|, lse, grad (0: no positives), 1/num_pos}; k rows: {1/|k|, ...}
+  const int64_t* labels;
+  int64_t n;
+  const int64_t* range;  // {min, max} label per tile of this side's tiling (columns: labels >= 0)
+};
+
+// Whether stream tile `tile` can hold, against the block's owner rows, an excluded pair (the last
+// partial tile, the diagonal) or a positive (their label ranges overlap): only such tiles mask.
+template <typename T, bool kRowOwner>
+__device__ __forceinline__ bool tile_masked(const Side<T>& own, const Side<T>& str, const Problem& p, int64_t own0,
+                                            int64_t s0, int tile) {
+  if (s0 + kGBN > str.n) return true;
+  const int64_t q0 = kRowOwner ? own0 : s0, k0 = kRowOwner ? s0 : own0;
+  const int64_t qn = kRowOwner ? kGBM : kGBN, kn = kRowOwner ? kGBN : kGBM;
+  if (p.exclude_self && q0 + p.row_offset < k0 + kn && k0 < q0 + p.row_offset + qn) return true;
+  const int64_t* orange = own.range + 2 * (own0 / kGBM);
+  const int64_t* srange = str.range + 2 * tile;
+  return orange[0] <= srange[1] && srange[0] <= orange[1];
+}
+
+// acc (16 owner rows x kD per warp) += G' (16 x 64, fp32 fragments) . stream tile (64 x kD at sa),
+// with G' rounded to T, or with `low` its rounding error: hi + lo carries G' to about twice T's
+// precision on the tiles whose positives need it.
+template <typename T, int kD>
+__device__ __forceinline__ void product(float (&acc)[kD / 8][4], const float (&g)[kGBN / 8][4], SmemAddr sa,
+                                        const LaneRows<kD>& trow, bool low) {
+#pragma unroll
+  for (int c = 0; c < kGBN / 16; ++c) {
+    const float* v[4] = {&g[2 * c][0], &g[2 * c][2], &g[2 * c + 1][0], &g[2 * c + 1][2]};
+    uint32_t a[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float x = v[r][0], y = v[r][1];
+      a[r] = low ? pack2<T>(x - to_float(from_float<T>(x)), y - to_float(from_float<T>(y))) : pack2<T>(x, y);
+    }
+#pragma unroll
+    for (int n = 0; n < kD / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, trow(sa, 2 * c, n));
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_m16n8k16<T>(acc[n], a, b0, acc[n]);
+      mma_m16n8k16<T>(acc[n + 1], a, b1, acc[n + 1]);
+    }
+  }
+}
+
+template <typename T, int kD, bool kRowOwner>
+__global__ void __launch_bounds__(kGThreads, 1)
+    grad_mma_kernel(Side<T> own, Side<T> str, Problem p, const float* __restrict__ g_scale, int tiles_per_split,
+                    float* __restrict__ part, double* __restrict__ scale_part) {
+  using L = GradLayout<kD>;
+  constexpr int kSteps = kD / 16, kSFrags = kGBN / 8, kDFrags = kD / 8;
+  FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
+  T* sOwn = reinterpret_cast<T*>(smem + L::kOwn);
+  T* sStr = reinterpret_cast<T*>(smem + L::kStr);
+  float4* sInfo = reinterpret_cast<float4*>(smem + L::kInfo);
+  int64_t* sLabel = reinterpret_cast<int64_t*>(smem + L::kLabel);
+  __shared__ double s_red[kGThreads / 32];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t own0 = int64_t(blockIdx.x) * kGBM;
+  const int n_tiles = static_cast<int>((str.n + kGBN - 1) / kGBN);
+  const int t_begin = blockIdx.y * tiles_per_split, t_end = min(n_tiles, t_begin + tiles_per_split);
+  const float scale = *p.logit_scale;
+  // fp16: G' staged times 2^e, within fp16's range; bf16 has fp32's range and stages G' as it is.
+  const float gs = std::is_same<T, __half>::value ? *g_scale : 1.f;
+
+  // The thread's two owner rows: index, label, 1/norm, and for q rows lse (base 2), grad, 1/num_pos.
+  int64_t oi[2], olabel[2];
+  float orn[2], olse[2], ograd[2], oinv[2];
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    oi[h] = own0 + warp * 16 + g + 8 * h;
+    const bool in = oi[h] < own.n;
+    const float4 v = in ? own.info[oi[h]] : make_float4(0.f, 0.f, 0.f, 0.f);
+    olabel[h] = in ? own.labels[oi[h]] : 0;
+    orn[h] = v.x;
+    olse[h] = v.z == 0.f ? INFINITY : v.y * kLog2e;  // grad 0: P = 0 (the common path's guard)
+    ograd[h] = v.z;
+    oinv[h] = v.w;
+  }
+
+  auto issue = [&](int tile, int stage) {
+    const int64_t s0 = int64_t(tile) * kGBN;
+    load_swizzled<T, kD, kGBN, kGThreads>(sStr + stage * (kGBN * kD), str.x, str.n, p.D, s0);
+    const int t = threadIdx.x;
+    if (t < kGBN) {
+      const bool ok = s0 + t < str.n;
+      cp_async16(&sInfo[stage * kGBN + t], ok ? str.info + s0 + t : str.info, ok);
+    } else if (t < 2 * kGBN) {
+      const int c = t - kGBN;
+      const bool ok = s0 + c < str.n;
+      cp_async8(&sLabel[stage * kGBN + c], ok ? str.labels + s0 + c : str.labels, ok);
+    }
+  };
+  load_swizzled<T, kD, kGBM, kGThreads>(sOwn, own.x, own.n, p.D, own0);
+  if (t_begin < t_end) issue(t_begin, 0);
+  cp_async_commit();
+
+  // Stream rows of the ldmatrix x4 for S fragments f, f + 1: (rows 8f | 8f + 8) x (chunk 2s | 2s + 1);
+  // transposed, for chunk c of G' and D fragments n, n + 1: (rows 16c | 16c + 8) x (chunk n | n + 1).
+  const LaneRows<kD> srow((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
+  const LaneRows<kD> trow((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+  uint32_t oa[kSteps][4];
+  float acc[kDFrags][4];
+#pragma unroll
+  for (int f = 0; f < kDFrags; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.f;
+  double dscale = 0.0;  // row owners: sum of G * dot, a tile's fp32 share at a time
+  const float c2 = scale * kLog2e;
+  const float ow2[2] = {orn[0] * c2, orn[1] * c2};  // the owner rows' share of the base-2 logit factor
+
+  for (int tile = t_begin; tile < t_end; ++tile) {
+    const int stage = (tile - t_begin) & 1;
+    if (tile + 1 < t_end) issue(tile + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait_prev();
+    __syncthreads();
+    if (tile == t_begin) {
+      const LaneRows<kD> orow(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) ldmatrix_x4(oa[s], orow(smem_addr(sOwn), 0, 2 * s));
+    }
+    const SmemAddr sa = smem_addr(sStr) + stage * GradLayout<kD>::kStageStr;
+    const float4* info = sInfo + stage * kGBN;
+
+    // S (16 owner rows x 64 stream rows per warp) = own . str^T.
+    float g[kSFrags][4];
+#pragma unroll
+    for (int f = 0; f < kSFrags; ++f) g[f][0] = g[f][1] = g[f][2] = g[f][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+      for (int f = 0; f < kSFrags; f += 2) {
+        uint32_t b[4];
+        ldmatrix_x4(b, srow(sa, f, 2 * s));
+        const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+        mma_m16n8k16<T>(g[f], oa[s], b0, g[f]);
+        mma_m16n8k16<T>(g[f + 1], oa[s], b1, g[f + 1]);
+      }
+    }
+
+    // G' = G / |stream row| (times gs) in place: element e of fragment f is owner row h = e / 2 and
+    // stream row c = f * 8 + 2 t4 + e % 2 of the tile. The q row's lse, grad and 1/num_pos come from
+    // the owner side when it is q (registers), else from the stream side (shared memory).
+    const int64_t s0 = int64_t(tile) * kGBN;
+    const bool masked = tile_masked<T, kRowOwner>(own, str, p, own0, s0, tile);
+    float tile_dscale = 0.f;
+    if (!masked) {
+      // Per element: t = raw * (1 / |stream|), P = exp2(t * (1 / |own|) * scale * log2(e) - lse2),
+      // gp = grad * P, G' = gp * (1 / |stream|) * gs; the scale gradient sums gp * t per owner row
+      // and takes the owner's 1 / norm once a tile. A q row with grad 0 (no positives) has lse2 = +inf
+      // here, so its P is 0 and no exp of a foreign lse can overflow into 0 * inf.
+      float row_dscale[2] = {0.f, 0.f};
+#pragma unroll
+      for (int f = 0; f < kSFrags; ++f) {
+        const float4 i0 = info[f * 8 + 2 * t4], i1 = info[f * 8 + 2 * t4 + 1];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1;
+          const float4& si = (e & 1) ? i1 : i0;
+          const float t = g[f][e] * si.x;
+          const float grad = kRowOwner ? ograd[h] : si.z;
+          const float lse2 = kRowOwner ? olse[h] : (si.z == 0.f ? INFINITY : si.y * kLog2e);
+          const float gp = grad * ex2_approx(fmaf(t, ow2[h], -lse2));
+          if (kRowOwner) row_dscale[h] = fmaf(gp, t, row_dscale[h]);
+          g[f][e] = gp * (si.x * gs);
+        }
+      }
+      tile_dscale = row_dscale[0] * orn[0] + row_dscale[1] * orn[1];
+    } else {  // sass: rare
+      const int64_t* lab = sLabel + stage * kGBN;
+#pragma unroll
+      for (int f = 0; f < kSFrags; ++f) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1, c = f * 8 + 2 * t4 + (e & 1);
+          const float4 si = info[c];
+          const int64_t sr = s0 + c, i = kRowOwner ? oi[h] : sr, j = kRowOwner ? sr : oi[h];
+          const bool valid = sr < str.n && oi[h] < own.n && !is_self(i, j, p.row_offset, p.exclude_self);
+          const bool pos = is_positive(kRowOwner ? olabel[h] : lab[c], kRowOwner ? lab[c] : olabel[h]);
+          const float dot = g[f][e] * orn[h] * si.x;
+          const float grad = kRowOwner ? ograd[h] : si.z;
+          const float lse2 = kRowOwner ? olse[h] : si.y * kLog2e;
+          const float inv = kRowOwner ? oinv[h] : si.w;
+          float gp = 0.f;
+          if (valid && grad != 0.f) gp = grad * (ex2_approx(fmaf(dot, c2, -lse2)) - (pos ? inv : 0.f));
+          if (kRowOwner) tile_dscale = fmaf(gp, dot, tile_dscale);
+          g[f][e] = gp * si.x * gs;
+        }
+      }
+    }
+    dscale += double(tile_dscale);
+
+    // acc += G' . str: the G' fragments of stream rows [16 c, 16 c + 16) are the A operand of chunk c;
+    // the stream tile, (stream row, d) in shared memory, is read transposed as B.
+    product<T, kD>(acc, g, sa, trow, false);
+    if (masked) product<T, kD>(acc, g, sa, trow, true);  // sass: rare (the low part of G')
+    __syncthreads();  // the stage is free for the prefetch two tiles on
+  }
+  cp_async_wait_all();
+
+  // part[split][owner row][d] = acc / gs; element e of D fragment n: row h = e / 2, d = 8 n + 2 t4 + e % 2.
+  const float unscale = 1.f / gs;
+  float* out = part + int64_t(blockIdx.y) * own.n * p.D;
+#pragma unroll
+  for (int n = 0; n < kDFrags; ++n) {
+    const int64_t d = int64_t(n) * 8 + 2 * t4;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (oi[h] < own.n && d < p.D) {
+        *reinterpret_cast<float2*>(out + oi[h] * p.D + d) =
+            make_float2(acc[n][2 * h] * unscale, acc[n][2 * h + 1] * unscale);
+      }
+    }
+  }
+  if constexpr (kRowOwner) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) dscale += __shfl_xor_sync(0xffffffffu, dscale, off);
+    if (lane == 0) s_red[warp] = dscale;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      double total = 0.0;
+      for (int w = 0; w < kGThreads / 32; ++w) total += s_red[w];
+      scale_part[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = total;
+    }
+  }
+}
+
+template <typename T, int kD, bool kRowOwner>
+void launch_grad_mma(const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale, int64_t per,
+                     dim3 grid, float* part, double* scale_part, dev::Stream stream) {
+  constexpr size_t smem = GradLayout<kD>::kBytes;
+  dev::allow_dynamic_smem<grad_mma_kernel<T, kD, kRowOwner>>("fastcl", smem);
+  dev::launch<grad_mma_kernel<T, kD, kRowOwner>>(grid, kGThreads, smem, stream, own, str, p, g_scale,
+                                                 static_cast<int>(per), part, scale_part);
+}
+
+}  // namespace
+
+bool backward_mma_applies(const Inputs& in, size_t element_size) {
+  return forward_mma_applies(in, element_size) && in.D <= 128;
+}
+
+template <typename T, bool kRowOwner>
+int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::Tensor& str_x, at::Tensor& part,
+                          at::Tensor* scale_part, dev::Stream stream) {
+  const Problem p = in.problem();
+  const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
+  const int64_t blocks = ceil_div(n_own, kGBM), tiles = ceil_div(n_str, kGBN);
+  const Split split = split_stream(blocks, tiles);
+  const at::Tensor& own_labels = kRowOwner ? in.row_labels : in.col_labels;
+  const at::Tensor& str_labels = kRowOwner ? in.col_labels : in.row_labels;
+  const at::Tensor& own_info = kRowOwner ? in.row_info : in.col_info;
+  const at::Tensor& str_info = kRowOwner ? in.col_info : in.row_info;
+  // Column labels below zero are never positives: their side's ranges leave them out.
+  const at::Tensor own_range = label_ranges(own_labels, n_own, kGBM, !kRowOwner, stream);
+  const at::Tensor str_range = label_ranges(str_labels, n_str, kGBN, kRowOwner, stream);
+  const Side<T> own{ptr<T>(own_x), ptr<float4>(own_info), ptr<int64_t>(own_labels), n_own, ptr<int64_t>(own_range)};
+
+  // fp16 holds G' scaled by a power of two that puts the largest possible |G'| (max grad times the
+  // largest stream 1/norm) just under 2^15; bf16 has fp32's range. An all-zero stream row has
+  // 1/norm = 1/eps (~1e12) and a zero product whatever its G: its 1/norm is zeroed in a copy of the
+  // stream info, so it neither sets the scale (flushing every other G) nor overflows fp16.
+  at::Tensor g_scale, str_info_used = str_info;
+  if (std::is_same<T, __half>::value) {
+    str_info_used = str_info.narrow(0, 0, n_str).clone();
+    at::Tensor inv_norm = str_info_used.select(1, 0);
+    inv_norm.masked_fill_(inv_norm >= 0.5 / kNormEps, 0.0);
+    const at::Tensor bound = in.row_info.select(1, 2).abs().max() * inv_norm.max();
+    g_scale = at::exp2(at::clamp(14.0 - at::floor(at::log2(bound)), -100.0, 100.0)).to(at::kFloat);
+  }
+  const Side<T> str{ptr<T>(str_x), ptr<float4>(str_info_used), ptr<int64_t>(str_labels), n_str,
+                    ptr<int64_t>(str_range)};
+  part = at::empty({split.count, n_own, in.D}, own_x.options().dtype(at::kFloat));
+  if (kRowOwner) *scale_part = at::empty({blocks * split.count}, own_x.options().dtype(at::kDouble));
+  const dim3 grid = grid_of(blocks, split.count);
+  float* part_ptr = part.data_ptr<float>();
+  double* scale_ptr = kRowOwner ? scale_part->data_ptr<double>() : nullptr;
+  const float* gs = g_scale.defined() ? g_scale.data_ptr<float>() : nullptr;
+  if (in.D <= 64) {
+    launch_grad_mma<T, 64, kRowOwner>(own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+  } else {
+    launch_grad_mma<T, 128, kRowOwner>(own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+  }
+  return split.count;
+}
+
+template int64_t grad_mma_partials<__half, true>(const Inputs&, const at::Tensor&, const at::Tensor&, at::Tensor&,
+                                                 at::Tensor*, dev::Stream);
+template int64_t grad_mma_partials<__half, false>(const Inputs&, const at::Tensor&, const at::Tensor&, at::Tensor&,
+                                                  at::Tensor*, dev::Stream);
+template int64_t grad_mma_partials<__nv_bfloat16, true>(const Inputs&, const at::Tensor&, const at::Tensor&,
+                                                        at::Tensor&, at::Tensor*, dev::Stream);
+template int64_t grad_mma_partials<__nv_bfloat16, false>(const Inputs&, const at::Tensor&, const at::Tensor&,
+                                                         at::Tensor&, at::Tensor*, dev::Stream);
+
+}  // namespace fastcl::gpu

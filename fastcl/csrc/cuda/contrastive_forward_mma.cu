@@ -1,0 +1,294 @@
+// The fp16/bf16 forward of the contrastive core in the FlashAttention-2 shape (semantics:
+// csrc/README.md), for plain problems: no column bias, no sample ids, no hardness penalty, and
+// D <= 256 with 16-byte rows. Other problems take forward_kernel (contrastive_forward.cu).
+//
+// A block owns 128 rows (8 warps x 16) and streams 64-column tiles through a two-stage cp.async
+// pipeline into XOR-swizzled shared memory. Each warp keeps its 16 x D slice of q in registers
+// (ldmatrix once), forms its 16 x 64 logits with mma.sync m16n8k16 in fp32 accumulators, and
+// folds them into a per-row online log-sum-exp on the fragments themselves: logits scaled to
+// base 2 (logit_scale * log2(e) / |q_i| per row, 1 / |k_j| per column), exp2 on the MUFU, row
+// maxima over the quad with two shuffles. Masks run only on tiles that can hold an excluded pair
+// (the diagonal, the last partial tile) or a positive (row and column label ranges overlap, read
+// from a pre-pass): the other tiles run no per-pair rule at all.
+#include <ATen/ATen.h>
+
+#include "common/contrastive_math.h"
+#include "common/online_lse.h"
+#include "cuda/contrastive_device.cuh"
+#include "cuda/contrastive_host.cuh"
+#include "cuda/device_api.cuh"
+#include "cuda/mma.cuh"
+#include "cuda/swizzled_tile.cuh"
+#include "cuda/tile_math.cuh"
+
+namespace fastcl::gpu {
+
+using namespace math;
+
+namespace {
+
+constexpr int kMmaThreads = 256, kBM = 128, kBN = 64;
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+
+// Shared memory of forward_mma_kernel<T, kD>: q (kBM x kD) and two stages of k (kBN x kD) as
+// swizzled rows (swizzled_tile.cuh), and per stage the columns' inverse norms and labels.
+template <int kD>
+struct MmaLayout {
+  static constexpr size_t kQ = 0;
+  static constexpr size_t kK = kQ + size_t(kBM) * kD * 2;
+  static constexpr size_t kStageK = size_t(kBN) * kD * 2;
+  static constexpr size_t kColNorm = kK + 2 * kStageK;                      // float [2][kBN]
+  static constexpr size_t kColLabel = kColNorm + 2 * kBN * sizeof(float);  // int64 [2][kBN]
+  static constexpr size_t kBytes = kColLabel + 2 * kBN * sizeof(int64_t);
+};
+
+// Column side values of one stage: labels (threads 0-63) and inverse norms (threads 64-79, four a
+// copy from col_norm, which is padded to whole tiles), for columns [col0, col0 + kBN).
+__device__ __forceinline__ void load_col_values(float* norm, int64_t* label, const Problem& p,
+                                                const float* __restrict__ col_norm, int64_t col0) {
+  const int t = threadIdx.x;
+  if (t < kBN) {
+    const int64_t j = col0 + t;
+    const bool ok = j < p.L;
+    cp_async8(&label[t], ok ? p.col_labels + j : p.col_labels, ok);
+  } else if (t < kBN + kBN / 4) {
+    const int c = 4 * (t - kBN);
+    cp_async16(&norm[c], col_norm + col0 + c, true);
+  }
+}
+
+// Block tile masks: whether tile [col0, col0 + kBN) can hold an excluded pair or a positive of the
+// block's rows [row0, row0 + kBM). ranges: {min, max} of the row labels per row block and of the
+// non-negative column labels per column tile (max < min when a tile has none).
+__device__ __forceinline__ bool tile_needs_mask(const Problem& p, const int64_t* __restrict__ row_range,
+                                                const int64_t* __restrict__ col_range, int64_t row0, int64_t col0) {
+  if (col0 + kBN > p.L) return true;
+  if (p.exclude_self && row0 + p.row_offset < col0 + kBN && col0 < row0 + p.row_offset + kBM) return true;
+  const int64_t rb = row0 / kBM, ct = col0 / kBN;
+  return row_range[2 * rb] <= col_range[2 * ct + 1] && col_range[2 * ct] <= row_range[2 * rb + 1];
+}
+
+// partial[split][row] = (running max, sum of exp, positive logit sum, positive count), natural log.
+template <typename T, int kD>
+__global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
+    forward_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, Problem p,
+                       const float* __restrict__ col_norm, const int64_t* __restrict__ row_range,
+                       const int64_t* __restrict__ col_range, int tiles_per_split, float4* __restrict__ partial) {
+  using L = MmaLayout<kD>;
+  constexpr int kSteps = kD / 16, kFrags = kBN / 8;
+  FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
+  T* sQ = reinterpret_cast<T*>(smem + L::kQ);
+  T* sK = reinterpret_cast<T*>(smem + L::kK);
+  float* sNorm = reinterpret_cast<float*>(smem + L::kColNorm);
+  int64_t* sLabel = reinterpret_cast<int64_t*>(smem + L::kColLabel);
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+  const int64_t row0 = int64_t(blockIdx.x) * kBM;
+  const int n_tiles = static_cast<int>((p.L + kBN - 1) / kBN);
+  const int t_begin = blockIdx.y * tiles_per_split, t_end = min(n_tiles, t_begin + tiles_per_split);
+
+  // This thread's two rows are g and g + 8 of its warp's 16 (their index and label are re-read where
+  // the rare masks need them, so no 64-bit register stays live through the loop): base-2 factors.
+  const int64_t my_row = row0 + warp * 16 + g;
+  float a[2];
+  const float scale = *p.logit_scale;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t i = my_row + 8 * h;
+    // >= 0 (the sign rides on col_norm) and never 0, so a masked -inf stays -inf times a_i.
+    a[h] = i < p.M ? fmaxf(fabsf(scale) * kLog2e * p.row_info[i].x, 1e-30f) : 1.f;
+  }
+
+  auto issue = [&](int tile, int stage) {
+    const int64_t col0 = int64_t(tile) * kBN;
+    load_swizzled<T, kD, kBN, kMmaThreads>(sK + stage * (kBN * kD), k, p.L, p.D, col0);
+    load_col_values(sNorm + stage * kBN, sLabel + stage * kBN, p, col_norm, col0);
+  };
+  load_swizzled<T, kD, kBM, kMmaThreads>(sQ, q, p.M, p.D, row0);
+  if (t_begin < t_end) issue(t_begin, 0);
+  cp_async_commit();
+
+  // k rows of the ldmatrix x4 for fragments f, f + 1: (keys 8f | 8f + 8) x (chunk 2s | 2s + 1).
+  const LaneRows<kD> krow((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
+  uint32_t qa[kSteps][4];
+  float m_run[2] = {neg_inf<float>(), neg_inf<float>()}, l_run[2] = {0.f, 0.f};
+  float pos_sum[2] = {0.f, 0.f}, pos_cnt[2] = {0.f, 0.f};
+
+  for (int tile = t_begin; tile < t_end; ++tile) {
+    const int stage = (tile - t_begin) & 1;
+    if (tile + 1 < t_end) issue(tile + 1, stage ^ 1);
+    cp_async_commit();
+    cp_async_wait_prev();
+    __syncthreads();
+    if (tile == t_begin) {
+      // Lanes 8i..8i+7 give the rows of matrix i: (rows 0-7 | 8-15) x (chunk 2s | 2s + 1).
+      const LaneRows<kD> qrow(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) ldmatrix_x4(qa[s], qrow(smem_addr(sQ), 0, 2 * s));
+    }
+
+    // S (16 x 64 per warp) = q_w . k_tile^T.
+    const SmemAddr kt = smem_addr(sK) + stage * MmaLayout<kD>::kStageK;
+    float acc[kFrags][4];
+#pragma unroll
+    for (int f = 0; f < kFrags; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.f;
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+#pragma unroll
+      for (int f = 0; f < kFrags; f += 2) {
+        // Matrices: (keys f, chunk 2s), (f, 2s + 1), (f + 1, 2s), (f + 1, 2s + 1).
+        uint32_t b[4];
+        ldmatrix_x4(b, krow(kt, f, 2 * s));
+        const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+        mma_m16n8k16<T>(acc[f], qa[s], b0, acc[f]);
+        mma_m16n8k16<T>(acc[f + 1], qa[s], b1, acc[f + 1]);
+      }
+    }
+
+    // x = acc * sign(scale) / |k_j|; the base-2 logit is y = x * a_i with a_i >= 0, so a row's
+    // largest y is a_i times its largest x. Element e of fragment f sits at row h = e / 2, column
+    // f * 8 + 2 t4 + e % 2.
+    const float* norm = sNorm + stage * kBN;
+#pragma unroll
+    for (int f = 0; f < kFrags; ++f) {
+      const float2 rk = *reinterpret_cast<const float2*>(norm + f * 8 + 2 * t4);
+      acc[f][0] *= rk.x;
+      acc[f][1] *= rk.y;
+      acc[f][2] *= rk.x;
+      acc[f][3] *= rk.y;
+    }
+    const int64_t col0 = int64_t(tile) * kBN;
+    if (tile_needs_mask(p, row_range, col_range, row0, col0)) {  // sass: rare
+      const int64_t* lab = sLabel + stage * kBN;
+      const int64_t row_i[2] = {my_row, my_row + 8};
+      const int64_t label[2] = {my_row < p.M ? p.row_labels[my_row] : 0, my_row + 8 < p.M ? p.row_labels[my_row + 8] : 0};
+#pragma unroll
+      for (int f = 0; f < kFrags; ++f) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int h = e >> 1, c = f * 8 + 2 * t4 + (e & 1);
+          const int64_t j = col0 + c;
+          const bool valid = j < p.L && !is_self(row_i[h], j, p.row_offset, p.exclude_self);
+          if (valid && is_positive(label[h], lab[c])) {
+            pos_sum[h] += acc[f][e] * a[h];
+            pos_cnt[h] += 1.f;
+          }
+          if (!valid) acc[f][e] = neg_inf<float>();
+        }
+      }
+    }
+
+    // Online log-sum-exp per row: the quad (t4 = 0..3) shares a row.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float mx = neg_inf<float>();
+#pragma unroll
+      for (int f = 0; f < kFrags; ++f) mx = fmaxf(mx, fmaxf(acc[f][2 * h], acc[f][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx * a[h]);
+      const float base = m_new == neg_inf<float>() ? 0.f : m_new;  // an all-masked row so far: no NaN
+      float sum = 0.f;
+#pragma unroll
+      for (int f = 0; f < kFrags; ++f) {
+        sum += ex2_approx(fmaf(acc[f][2 * h], a[h], -base)) + ex2_approx(fmaf(acc[f][2 * h + 1], a[h], -base));
+      }
+      l_run[h] = l_run[h] * ex2_approx(m_run[h] - base) + sum;
+      m_run[h] = m_new;
+    }
+    __syncthreads();  // the stage is free for the prefetch two tiles on
+  }
+  cp_async_wait_all();  // without column tiles the row copies above were never waited for
+
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float l = l_run[h], ps = pos_sum[h], pc = pos_cnt[h];
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+      l += __shfl_xor_sync(0xffffffffu, l, off);
+      ps += __shfl_xor_sync(0xffffffffu, ps, off);
+      pc += __shfl_xor_sync(0xffffffffu, pc, off);
+    }
+    const int64_t i = my_row + 8 * h;
+    if (t4 == 0 && i < p.M) {
+      const float m = m_run[h] == neg_inf<float>() ? m_run[h] : m_run[h] * kLn2;
+      partial[int64_t(blockIdx.y) * p.M + i] = make_float4(m, l, ps * kLn2, pc);
+    }
+  }
+}
+
+// {min, max} of labels[tile * size, +size) (column tiles: non-negative labels only; an empty set
+// gives min > max).
+__global__ void label_range_kernel(const int64_t* __restrict__ labels, int64_t n, int size, bool nonneg,
+                                   int64_t* __restrict__ out) {
+  const int64_t tile = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (tile * size >= n) return;
+  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  for (int64_t i = tile * size; i < min(n, (tile + 1) * size); ++i) {
+    const int64_t v = labels[i];
+    if (nonneg && v < 0) continue;
+    lo = min(lo, v);
+    hi = max(hi, v);
+  }
+  out[2 * tile] = lo;
+  out[2 * tile + 1] = hi;
+}
+
+struct ColumnTables {
+  at::Tensor norm, row_range, col_range;  // padded inverse norms; label ranges per row block / column tile
+};
+
+template <typename T, int kD>
+void launch_forward_mma(const Inputs& in, const Problem& p, const ColumnTables& tab, const Split& split,
+                        at::Tensor& partial, dev::Stream stream) {
+  constexpr size_t smem = MmaLayout<kD>::kBytes;
+  dev::allow_dynamic_smem<forward_mma_kernel<T, kD>>("fastcl", smem);
+  dev::launch<forward_mma_kernel<T, kD>>(grid_of(ceil_div(in.M, kBM), split.count), kMmaThreads, smem, stream,
+                                         ptr<T>(in.q), ptr<T>(in.k), p, tab.norm.data_ptr<float>(),
+                                         tab.row_range.data_ptr<int64_t>(), tab.col_range.data_ptr<int64_t>(),
+                                         static_cast<int>(split.per),
+                                         reinterpret_cast<float4*>(partial.data_ptr<float>()));
+}
+
+}  // namespace
+
+at::Tensor label_ranges(const at::Tensor& labels, int64_t n, int tile, bool nonneg, dev::Stream stream) {
+  const int64_t tiles = ceil_div(n, tile);
+  at::Tensor out = at::empty({std::max<int64_t>(tiles, 1) * 2}, labels.options());
+  if (tiles > 0) {
+    dev::launch<label_range_kernel>(grid_of(ceil_div(tiles, kMmaThreads)), kMmaThreads, 0, stream,
+                                    ptr<int64_t>(labels), n, tile, nonneg, out.data_ptr<int64_t>());
+  }
+  return out;
+}
+
+bool forward_mma_applies(const Inputs& in, size_t element_size) {
+  return element_size == 2 && !in.bias.defined() && !in.row_ids.defined() && in.hardness_mode == 0 && in.D <= 256 &&
+         in.vectorisable();
+}
+
+template <typename T>
+Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial) {
+  const Problem p = in.problem();
+  const int64_t blocks = ceil_div(in.M, kBM), tiles = ceil_div(in.L, kBN);
+  const Split split = split_stream(blocks, tiles);
+  ColumnTables tab;
+  tab.row_range = label_ranges(in.row_labels, in.M, kBM, false, stream);
+  tab.col_range = label_ranges(in.col_labels, in.L, kBN, true, stream);
+  tab.norm = at::zeros({tiles * kBN}, in.q.options().dtype(at::kFloat));
+  tab.norm.narrow(0, 0, in.L).copy_(in.col_info.select(1, 0) * at::sign(in.scale));
+  partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
+  if (in.D <= 64) {
+    launch_forward_mma<T, 64>(in, p, tab, split, partial, stream);
+  } else if (in.D <= 128) {
+    launch_forward_mma<T, 128>(in, p, tab, split, partial, stream);
+  } else {
+    launch_forward_mma<T, 256>(in, p, tab, split, partial, stream);
+  }
+  return split;
+}
+
+template Split forward_mma_impl<__half>(const Inputs&, dev::Stream, at::Tensor&);
+template Split forward_mma_impl<__nv_bfloat16>(const Inputs&, dev::Stream, at::Tensor&);
+
+}  // namespace fastcl::gpu

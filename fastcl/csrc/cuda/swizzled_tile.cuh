@@ -1,0 +1,59 @@
+// Shared-memory tiles of the mma kernels: rows of kD 16-bit elements whose 16-byte chunks are
+// XOR-swizzled by row % 8, so the 8 rows an ldmatrix phase reads (and the 16-byte cp.async writes
+// of a row) fall in 8 different bank groups; and the per-lane ldmatrix addresses into them,
+// computed once per kernel so that the tile loops add only compile-time offsets.
+#pragma once
+#include <cstdint>
+
+#include "cuda/mma.cuh"
+#include "cuda/tile_math.cuh"
+
+namespace fastcl::gpu {
+
+template <int kD>
+struct SwizzledRows {
+  static_assert(kD % 64 == 0, "rows of at least 8 16-byte chunks for the swizzle");
+  static constexpr int kChunks = kD / 8;
+  // Element offset of 16-byte chunk `chunk` of row `row`.
+  __device__ static int at(int row, int chunk) { return row * kD + ((chunk ^ (row & 7)) << 3); }
+};
+
+// The byte offsets one lane hands to ldmatrix (16-bit elements): row lane_row + 8 i and chunk
+// c + bit for even c. Every such row has the lane's row % 8, so the swizzle of chunk c + bit depends
+// only on c % 8, four values a lane keeps in registers; i and c are compile-time in the kernels'
+// unrolled loops, so at(tile, j) is computed once a tile and each ldmatrix adds an immediate.
+template <int kD>
+struct LaneRows {
+  int chunk[4];  // lane_row * row bytes + swizzled byte offset of chunk 2 j + bit, j = 0..3
+
+  __device__ LaneRows(int lane_row, int bit) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) chunk[j] = lane_row * kD * 2 + (((2 * j + bit) ^ (lane_row & 7)) << 4);
+  }
+  // The address of (row lane_row + 8 i, chunk c + bit), c even, in the tile at `tile`.
+  __device__ SmemAddr operator()(SmemAddr tile, int i, int c) const {
+    return tile + chunk[(c & 7) >> 1] + (i * 8 * kD * 2 + (c >> 3) * 128);
+  }
+};
+
+// Copies rows [row0, row0 + kRows) x all kD columns of the row-major (n, D) matrix x into a swizzled
+// tile, zero past n and D (D a multiple of 8, x 16-byte aligned), with kThreads threads. Each thread
+// copies the same chunk of rows r0, r0 + kStride, ..., which share one swizzle (kStride is a multiple
+// of 8). Its offsets are recomputed from the thread index (opaque_tid, tile_math.cuh) at each call:
+// a few shifts, where offsets kept live through the tile loop were spilled beside the accumulators.
+template <typename T, int kD, int kRows, int kThreads>
+__device__ __forceinline__ void load_swizzled(T* tile, const T* __restrict__ x, int64_t n, int64_t D, int64_t row0) {
+  constexpr int kChunks = kD / 8, kStride = kThreads / kChunks, kCopies = kRows * kChunks / kThreads;
+  static_assert(kThreads % kChunks == 0 && kStride % 8 == 0 && kRows % kStride == 0, "one swizzle per thread");
+  const int tid = opaque_tid(), c = tid % kChunks, r0 = tid / kChunks;
+  const bool col_ok = c * 8 < D;
+  const int dst = SwizzledRows<kD>::at(r0, c);
+  const T* base = x + (row0 + r0) * D + c * 8;
+#pragma unroll
+  for (int it = 0; it < kCopies; ++it) {
+    const bool ok = col_ok && row0 + r0 + it * kStride < n;
+    cp_async16(tile + dst + it * kStride * kD, ok ? base + it * kStride * D : x, ok);
+  }
+}
+
+}  // namespace fastcl::gpu

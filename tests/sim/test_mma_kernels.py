@@ -1,0 +1,126 @@
+"""The FlashAttention-2 style fp16/bf16 kernels (csrc/cuda/contrastive_forward_mma.cu,
+contrastive_backward_mma.cu) on the simulator, whose mma.sync and ldmatrix follow the PTX fragment
+maps: they equal the CPU op on every plain problem shape (each kD instantiation, partial tiles,
+several row blocks, masks on the diagonal and on label-overlap tiles), issue the mma count their
+tiling implies with conflict-free ldmatrix, and are not taken for the problems they do not cover.
+The accuracy against fp64 and plain PyTorch (temperature 0.01 included) is tests/core's, whose
+[sim] cases run these kernels too."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from fastcl import ops
+
+import sim_ops
+from helpers import make_case
+
+pytestmark = [pytest.mark.cuda, pytest.mark.sim]
+
+BM, BN = 128, 64
+
+
+def _run(fn):
+    mod = sim_ops.module()
+    mod.reset_mma_counters()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with sim_ops.cuda_kernels_on_cpu():
+            out = fn()
+    return out, mod.mma_counters()
+
+
+def _forward(mode, n, d, dtype):
+    q, k, lr, lc, scale, kw = make_case(mode, n, d, dtype, "cpu")
+    with torch.no_grad():
+        want = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)[0]
+        got, counters = _run(lambda: ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)[0])
+    counts = {name: c for name, c in counters.items() if "forward_mma_kernel" in name}
+    return got, want, counts, q.shape[0], k.shape[0]
+
+
+def _loss_and_grads(mode, n, d, dtype):
+    q, k, lr, lc, scale, kw = make_case(mode, n, d, dtype, "cpu")
+    scale = scale.clone().requires_grad_()
+    leaves = [q, scale] if q is k else [q, k, scale]
+
+    def run():
+        loss, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
+        weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype)  # unequal grad_loss per row
+        return torch.autograd.grad((loss * weights).sum(), leaves)
+
+    return run, q.shape[0], k.shape[0], kw
+
+
+# (n, d): kD 64 with three column tiles and two row blocks, kD 128 past one row block, kD 256.
+SHAPES = [(150, 40), (130, 128), (70, 200)]
+
+
+@pytest.mark.parametrize("mode", ["ntxent", "supcon", "row_offset", "infonce", "unnormalized"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("n,d", SHAPES, ids=[f"n{n}-d{d}" for n, d in SHAPES])
+def test_mma_forward_equals_the_cpu_op(mode, dtype, n, d):
+    got, want, counts, rows, cols = _forward(mode, n, d, dtype)
+    # Both sum the same fp32 products of the same inputs; they differ only in fp32 rounding order.
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+    assert len(counts) == 1, f"expected one forward_mma_kernel instantiation to run, got {list(counts)}"
+    (name, c), = counts.items()
+    kd = next(w for w in (64, 128, 256) if d <= w)
+    assert f", {kd}>" in name
+    # Every block runs 8 warps x (kD / 16) x (64 / 8) mma per column tile it owns.
+    blocks, tiles = math.ceil(rows / BM), math.ceil(cols / BN)
+    assert c["mma"] == blocks * tiles * 8 * (kd // 16) * (BN // 8)
+    assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], "bank conflicts in the swizzled tiles"
+
+
+@pytest.mark.parametrize("mode", ["hard_negative", "column_bias", "duplicates", "queue"])
+def test_problems_the_mma_forward_does_not_cover_take_the_general_kernel(mode):
+    got, want, counts, _, _ = _forward(mode, 70, 40, torch.bfloat16)
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+    assert counts == {}
+
+
+def test_unaligned_rows_take_the_general_kernel():
+    got, want, counts, _, _ = _forward("ntxent", 70, 36, torch.bfloat16)  # 72-byte rows
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+    assert counts == {}
+
+
+# Relative to the largest entry: G' is rounded to the input type once (twice, hi + lo, on tiles
+# with a positive); the CPU kernel keeps it in fp32.
+GRAD_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
+
+
+@pytest.mark.parametrize("mode", ["ntxent", "supcon", "row_offset", "infonce", "unnormalized"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("n,d", [(150, 40), (70, 128)], ids=["n150-d40", "n70-d128"])
+def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
+    run, rows, cols, kw = _loss_and_grads(mode, n, d, dtype)
+    want = run()
+    got, counters = _run(run)
+    names = ["q", "scale"] if len(want) == 2 else ["q", "k", "scale"]
+    for name, a, b in zip(names, got, want):
+        err = float((a.float() - b.float()).abs().max() / b.float().abs().max())
+        assert err < GRAD_TOL[dtype], f"grad_{name}: {err:.2e} of its largest entry"
+    kd = 64 if d <= 64 else 128
+    grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
+    assert sorted(grads) == sorted(n for n in grads if f", {kd}, " in n) and len(grads) == 2, list(grads)
+    for c in grads.values():
+        assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], "bank conflicts in the swizzled tiles"
+    # q rows own dq: per block and stream tile, 8 warps x (S: kD/16 x 8, G'.k: 4 x kD/8) mma, and
+    # as many again for the low part on tiles that mask; k columns own dk likewise.
+    per_tile = 8 * (kd // 16 * 8 + 4 * kd // 8)
+    dq = next(c for name, c in grads.items() if name.endswith("true>"))
+    tiles = math.ceil(rows / BM) * math.ceil(cols / BN)
+    assert tiles * per_tile <= dq["mma"] <= tiles * per_tile * 3 // 2
+
+
+def test_mma_backward_is_bitwise_repeatable():
+    run, *_ = _loss_and_grads("supcon", 150, 40, torch.bfloat16)
+    first, _ = _run(run)
+    second, _ = _run(run)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
