@@ -80,12 +80,32 @@ def _smem_grad_mma(dtype: str, name: str) -> int:
 
 LOSS_KERNELS = [
     # forward_mma_kernel<T, kD>: 128 rows x 64 columns a trip, all of kD unrolled (no D loop).
-    KernelTraits(r"\bforward_mma_kernel<", "forward", 256, 128, 64, lambda t: 1 << 30, lambda D, t: 1,
-                 _smem_forward_mma, lambda D, t, name: _template_int(name) == _mma_width(D), priority=1),
+    KernelTraits(
+        r"\bforward_mma_kernel<",
+        "forward",
+        256,
+        128,
+        64,
+        lambda t: 1 << 30,
+        lambda D, t: 1,
+        _smem_forward_mma,
+        lambda D, t, name: _template_int(name) == _mma_width(D),
+        priority=1,
+    ),
     KernelTraits(r"\bforward_kernel<", "forward", 256, 64, 64, chunk, lambda D, t: 1, _smem_forward),
     # grad_mma_kernel<T, kD, true> (dq) and <T, kD, false> (dk): 128 owner rows x 64 stream rows a trip.
-    KernelTraits(r"\bgrad_mma_kernel<", "backward", 256, 128, 64, lambda t: 1 << 30, lambda D, t: 1, _smem_grad_mma,
-                 lambda D, t, name: f", {next((w for w in (64, 128) if D <= w), 0)}," in name, priority=1),
+    KernelTraits(
+        r"\bgrad_mma_kernel<",
+        "backward",
+        256,
+        128,
+        64,
+        lambda t: 1 << 30,
+        lambda D, t: 1,
+        _smem_grad_mma,
+        lambda D, t, name: f", {next((w for w in (64, 128) if D <= w), 0)}," in name,
+        priority=1,
+    ),
     # grad_kernel<T, true> (dq, the scale partials) and <T, false> (dk): each covers every logit;
     # a block owns 256 D columns (128 for fp32) and recomputes the logits per slice.
     KernelTraits(

@@ -83,7 +83,7 @@ def _rare_ranges(path: str) -> tuple[tuple[int, int], ...]:
         # From the marked line (less a leading "}" of "} else {") to the brace that closes it; a
         # marked line without "{" (a one-line if) is its own range.
         depth, end = 0, n
-        first = lines[n].split("//")[0].strip().removeprefix("}")
+        first = line.split("//")[0].strip().removeprefix("}")
         if "{" in first:
             for end in range(n, len(lines)):
                 code = first if end == n else lines[end].split("//")[0]

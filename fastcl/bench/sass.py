@@ -206,8 +206,8 @@ def cubins_for(args) -> tuple[list[Path], dict]:
 
 def format_table(reports: list[KernelReport], D: int) -> str:
     head = (
-        "| kernel | sm | regs | spill B | local B | smem KiB | blocks/SM | loop instrs | tensor % | LDSM | "
-        "generic LD/ST | local LD/ST | instr/logit | MUFU/logit | bar/tile | U |"
+        "| kernel | sm | regs | spill B | local B | smem KiB | blocks/SM | loop instrs (rare) | tensor % | "
+        "tensor % common | LDSM | generic LD/ST | local LD/ST | instr/logit | MUFU/logit | bar/tile | U |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in reports:
@@ -215,10 +215,13 @@ def format_table(reports: list[KernelReport], D: int) -> str:
             continue
         pl, st = r.per_logit(D), r.main.static
         spill = "-" if r.spill_bytes is None else str(r.spill_bytes)
+        inner = r.traits.inner_trips(D, r.dtype)
+        common = 100 * r.main.per_trip("tensor", inner) / max(1.0, r.main.per_trip("all", inner))
         lines.append(
             f"| {r.name} | {r.arch} | {r.registers} | {spill} | {r.stack} | "
-            f"{(r.static_smem + r.dynamic_smem) / 1024:.1f} | {r.blocks_per_sm} | {st['all']} | "
-            f"{100 * st.get('tensor', 0) / st['all']:.2f} | {st.get('ldsm', 0)} | {st.get('generic', 0)} | "
+            f"{(r.static_smem + r.dynamic_smem) / 1024:.1f} | {r.blocks_per_sm} | {st['all']} ({r.main.rare}) | "
+            f"{100 * st.get('tensor', 0) / st['all']:.2f} | {common:.2f} | {st.get('ldsm', 0)} | "
+            f"{st.get('generic', 0)} | "
             f"{st.get('local', 0)} | {pl['all']:.1f} | {pl['mufu']:.2f} | {pl['barriers_per_tile']:.0f} | "
             f"{pl['matmul_units']:.2f} |"
         )
@@ -244,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         print("no loss kernels found in", ", ".join(map(str, files)), file=sys.stderr)
         return 1
     print(
-        f"Loss kernels' main loops, D = {args.D} (static SASS; per-logit counts per thread, both grad kernels "
-        f"each cover every logit):\n"
+        f"Loss kernels' main loops, D = {args.D}: static SASS counts of the whole loop (with the instructions of "
+        f"branches marked rare in parentheses), and per-logit thread-instructions of the common path (no rare "
+        f"branch; a pass's kernels each cover every logit):\n"
     )
     print(format_table(reports, args.D))
     print()

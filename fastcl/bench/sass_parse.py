@@ -142,8 +142,15 @@ def parse_sass(text: str) -> dict[str, Function]:
             pred, opcode, operands = (m.group(2) or "").strip(), m.group(3), m.group(4).strip()
             t = _TARGET.search(operands)
             cur.instrs.append(
-                Instr(int(m.group(1), 16), opcode, operands, pred, t.group(1) if t else None,
-                      chain[0] if chain else "", tuple(dict.fromkeys(chain)))
+                Instr(
+                    int(m.group(1), 16),
+                    opcode,
+                    operands,
+                    pred,
+                    t.group(1) if t else None,
+                    chain[0] if chain else "",
+                    tuple(dict.fromkeys(chain)),
+                )
             )
     return funcs
 

@@ -68,7 +68,7 @@ def test_mma_forward_equals_the_cpu_op(mode, dtype, n, d):
     # Both sum the same fp32 products of the same inputs; they differ only in fp32 rounding order.
     torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
     assert len(counts) == 1, f"expected one forward_mma_kernel instantiation to run, got {list(counts)}"
-    (name, c), = counts.items()
+    ((name, c),) = counts.items()
     kd = next(w for w in (64, 128, 256) if d <= w)
     assert f", {kd}>" in name
     # Every block runs 8 warps x (kD / 16) x (64 / 8) mma per column tile it owns.
@@ -110,7 +110,9 @@ def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
     grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
     assert sorted(grads) == sorted(n for n in grads if f", {kd}, " in n) and len(grads) == 2, list(grads)
     for c in grads.values():
-        assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], "bank conflicts in the swizzled tiles"
+        assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], (
+            "bank conflicts in the swizzled tiles"
+        )
     # q rows own dq: per block and stream tile, 8 warps x (S: kD/16 x 8, G'.k: 4 x kD/8) mma, and
     # as many again for the low part on tiles that mask; k columns own dk likewise.
     per_tile = 8 * (kd // 16 * 8 + 4 * kd // 8)

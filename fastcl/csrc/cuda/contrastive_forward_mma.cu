@@ -159,21 +159,34 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     }
     const int64_t col0 = int64_t(tile) * kBN;
     if (tile_needs_mask(p, row_range, col_range, row0, col0)) {  // sass: rare
+      // In tile coordinates: columns c < width exist; column self[h] is row h's own (or none);
+      // is_self and is_positive of common/contrastive_math.h, on 32-bit offsets.
       const int64_t* lab = sLabel + stage * kBN;
-      const int64_t row_i[2] = {my_row, my_row + 8};
-      const int64_t label[2] = {my_row < p.M ? p.row_labels[my_row] : 0, my_row + 8 < p.M ? p.row_labels[my_row + 8] : 0};
+      const int width = static_cast<int>(min(int64_t(kBN), p.L - col0));
+      int self[2];
+      int64_t label[2];
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t i = my_row + 8 * h, at = i + p.row_offset - col0;
+        self[h] = p.exclude_self && at >= 0 && at < kBN ? static_cast<int>(at) : -1;
+        label[h] = i < p.M ? p.row_labels[i] : -1;
+      }
 #pragma unroll
       for (int f = 0; f < kFrags; ++f) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int h = e >> 1, c = f * 8 + 2 * t4 + (e & 1);
-          const int64_t j = col0 + c;
-          const bool valid = j < p.L && !is_self(row_i[h], j, p.row_offset, p.exclude_self);
-          if (valid && is_positive(label[h], lab[c])) {
-            pos_sum[h] += acc[f][e] * a[h];
-            pos_cnt[h] += 1.f;
+        for (int b = 0; b < 2; ++b) {
+          const int c = f * 8 + 2 * t4 + b;
+          const int64_t col_label = lab[c];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            float& x = acc[f][2 * h + b];
+            const bool valid = c < width && c != self[h];
+            if (valid && is_positive(label[h], col_label)) {
+              pos_sum[h] = fmaf(x, a[h], pos_sum[h]);
+              pos_cnt[h] += 1.f;
+            }
+            if (!valid) x = neg_inf<float>();
           }
-          if (!valid) acc[f][e] = neg_inf<float>();
         }
       }
     }

@@ -24,15 +24,16 @@ struct SwizzledRows {
 // unrolled loops, so at(tile, j) is computed once a tile and each ldmatrix adds an immediate.
 template <int kD>
 struct LaneRows {
-  int chunk[4];  // lane_row * row bytes + swizzled byte offset of chunk 2 j + bit, j = 0..3
+  // (2 j + bit) ^ (row % 8) = 2 (j ^ y) + (bit ^ (row % 2)) with y = (row % 8) / 2: chunk 2 j + bit of
+  // the lane's row lies 32 (j ^ y) bytes past `base`, two registers for every j.
+  int base;  // lane_row * row bytes + 16 (bit ^ (lane_row % 2))
+  int y32;   // 32 * ((lane_row % 8) / 2)
 
-  __device__ LaneRows(int lane_row, int bit) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) chunk[j] = lane_row * kD * 2 + (((2 * j + bit) ^ (lane_row & 7)) << 4);
-  }
+  __device__ LaneRows(int lane_row, int bit)
+      : base(lane_row * kD * 2 + ((bit ^ (lane_row & 1)) << 4)), y32(((lane_row >> 1) & 3) << 5) {}
   // The address of (row lane_row + 8 i, chunk c + bit), c even, in the tile at `tile`.
   __device__ SmemAddr operator()(SmemAddr tile, int i, int c) const {
-    return tile + chunk[(c & 7) >> 1] + (i * 8 * kD * 2 + (c >> 3) * 128);
+    return tile + base + ((((c & 7) >> 1) << 5) ^ y32) + (i * 8 * kD * 2 + (c >> 3) * 128);
   }
 };
 
@@ -47,12 +48,16 @@ __device__ __forceinline__ void load_swizzled(T* tile, const T* __restrict__ x, 
   static_assert(kThreads % kChunks == 0 && kStride % 8 == 0 && kRows % kStride == 0, "one swizzle per thread");
   const int tid = opaque_tid(), c = tid % kChunks, r0 = tid / kChunks;
   const bool col_ok = c * 8 < D;
-  const int dst = SwizzledRows<kD>::at(r0, c);
-  const T* base = x + (row0 + r0) * D + c * 8;
+  const int64_t left = n - row0 - r0;  // rows of x from this thread's first one on
+  const int rows_left = left > kRows ? kRows : static_cast<int>(left);
+  T* dst = tile + SwizzledRows<kD>::at(r0, c);
+  const T* src = x + (row0 + r0) * D + c * 8;
+  const int64_t stride = int64_t(kStride) * D;
 #pragma unroll
   for (int it = 0; it < kCopies; ++it) {
-    const bool ok = col_ok && row0 + r0 + it * kStride < n;
-    cp_async16(tile + dst + it * kStride * kD, ok ? base + it * kStride * D : x, ok);
+    const bool ok = col_ok && it * kStride < rows_left;
+    cp_async16(dst + it * kStride * kD, ok ? src : x, ok);
+    src += stride;
   }
 }
 
