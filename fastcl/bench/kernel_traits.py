@@ -57,7 +57,8 @@ class KernelTraits:
 
 
 def _template_int(name: str) -> int:
-    m = re.search(r"<[^,<>]+, (\d+)>", name)
+    """The integer template argument after the element type (kD)."""
+    m = re.search(r"<[^,<>]+, (\d+)[,>]", name)
     return int(m.group(1)) if m else 0
 
 
@@ -74,8 +75,12 @@ def _mma_width(D: int) -> int:
 
 def _smem_grad_mma(dtype: str, name: str) -> int:
     """GradLayout<kD>: owner rows (128 x kD), two stream stages (64 x kD), per stage 64 float4 + 64 labels."""
-    d = int(re.search(r"<[^,<>]+, (\d+), (?:true|false)>", name).group(1))
+    d = _template_int(name)
     return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 16 + 2 * 64 * 8
+
+
+def _grad_mma_used(D: int, dtype: str, name: str) -> bool:
+    return _template_int(name) == next((w for w in (64, 128) if D <= w), 0)
 
 
 LOSS_KERNELS = [
@@ -93,7 +98,21 @@ LOSS_KERNELS = [
         priority=1,
     ),
     KernelTraits(r"\bforward_kernel<", "forward", 256, 64, 64, chunk, lambda D, t: 1, _smem_forward),
-    # grad_mma_kernel<T, kD, true> (dq) and <T, kD, false> (dk): 128 owner rows x 64 stream rows a trip.
+    # grad_mma_kernel<T, kD, true, true>: q = k (NT-Xent, SupCon), the whole gradient from one pass, which
+    # the op prefers; <T, kD, true, false> (dq) and <T, kD, false, false> (dk) otherwise. 128 owner
+    # rows x 64 stream rows a trip.
+    KernelTraits(
+        r"\bgrad_mma_kernel<[^>]*, true, true>",
+        "backward",
+        256,
+        128,
+        64,
+        lambda t: 1 << 30,
+        lambda D, t: 1,
+        _smem_grad_mma,
+        _grad_mma_used,
+        priority=2,
+    ),
     KernelTraits(
         r"\bgrad_mma_kernel<",
         "backward",
@@ -103,7 +122,7 @@ LOSS_KERNELS = [
         lambda t: 1 << 30,
         lambda D, t: 1,
         _smem_grad_mma,
-        lambda D, t, name: f", {next((w for w in (64, 128) if D <= w), 0)}," in name,
+        _grad_mma_used,
         priority=1,
     ),
     # grad_kernel<T, true> (dq, the scale partials) and <T, false> (dk): each covers every logit;

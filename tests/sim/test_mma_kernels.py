@@ -53,7 +53,7 @@ def _loss_and_grads(mode, n, d, dtype):
         weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype)  # unequal grad_loss per row
         return torch.autograd.grad((loss * weights).sum(), leaves)
 
-    return run, q.shape[0], k.shape[0], kw
+    return run, q.shape[0], k.shape[0]
 
 
 # (n, d): kD 64 with three column tiles and two row blocks, kD 128 past one row block, kD 256.
@@ -99,7 +99,7 @@ GRAD_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("n,d", [(150, 40), (70, 128)], ids=["n150-d40", "n70-d128"])
 def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
-    run, rows, cols, kw = _loss_and_grads(mode, n, d, dtype)
+    run, rows, cols = _loss_and_grads(mode, n, d, dtype)
     want = run()
     got, counters = _run(run)
     names = ["q", "scale"] if len(want) == 2 else ["q", "k", "scale"]
@@ -108,15 +108,19 @@ def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
         assert err < GRAD_TOL[dtype], f"grad_{name}: {err:.2e} of its largest entry"
     kd = 64 if d <= 64 else 128
     grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
-    assert sorted(grads) == sorted(n for n in grads if f", {kd}, " in n) and len(grads) == 2, list(grads)
+    symmetric = mode in ("ntxent", "supcon", "unnormalized")  # q = k, one label vector
+    want_kernels = (
+        [f", {kd}, true, true>"] if symmetric else [f", {kd}, true, false>", f", {kd}, false, false>"]
+    )
+    assert sorted(grads) == sorted(next(n for n in grads if n.endswith(w)) for w in want_kernels), list(grads)
     for c in grads.values():
         assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], (
             "bank conflicts in the swizzled tiles"
         )
-    # q rows own dq: per block and stream tile, 8 warps x (S: kD/16 x 8, G'.k: 4 x kD/8) mma, and
-    # as many again for the low part on tiles that mask; k columns own dk likewise.
+    # The q-row kernel: per block and stream tile, 8 warps x (S: kD/16 x 8, G'.k: 4 x kD/8) mma, and
+    # as many again for the low part of G' on the tiles that mask.
     per_tile = 8 * (kd // 16 * 8 + 4 * kd // 8)
-    dq = next(c for name, c in grads.items() if name.endswith("true>"))
+    dq = next(c for name, c in grads.items() if ", true, " in name)
     tiles = math.ceil(rows / BM) * math.ceil(cols / BN)
     assert tiles * per_tile <= dq["mma"] <= tiles * per_tile * 3 // 2
 

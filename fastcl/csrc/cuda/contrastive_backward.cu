@@ -368,15 +368,18 @@ __global__ void sum_partials_kernel(const double* __restrict__ part, int64_t n, 
   if (threadIdx.x == 0) *out = static_cast<float>(red[0]);
 }
 
-// grad_kernel for one side, then the finishing pass into `out`; the row side also fills scale_part.
+// grad_kernel (or the mma kernel) for one side, then the finishing pass into `out`; the row side also
+// fills scale_part. `both`: the row side's partials are the whole gradient of q = k (mma kernel only).
 template <typename T, bool kRowOwner>
 void grad_side(const Inputs& in, const Problem& p, bool normalize, const at::Tensor& own_x, const at::Tensor& str_x,
-               at::Tensor& out, at::Tensor* scale_part, dev::Stream stream) {
+               at::Tensor& out, at::Tensor* scale_part, dev::Stream stream, bool both = false) {
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
   at::Tensor part;
   int64_t splits = 0;
   if constexpr (!std::is_same<T, float>::value) {
-    if (backward_mma_applies(in, sizeof(T))) splits = grad_mma_partials<T, kRowOwner>(in, own_x, str_x, part, scale_part, stream);
+    if (backward_mma_applies(in, sizeof(T))) {
+      splits = grad_mma_partials<T, kRowOwner>(in, own_x, str_x, part, scale_part, stream, both);
+    }
   }
   if (splits == 0) {
     const int64_t blocks = ceil_div(n_own, kTile), slices = ceil_div(in.D, Math<T>::kDC);
@@ -403,10 +406,17 @@ void backward_impl(const Inputs& in, bool normalize, dev::Stream stream, at::Ten
                    at::Tensor& grad_scale) {
   const Problem p = in.problem();
   at::Tensor scale_part;
-  grad_side<T, true>(in, p, normalize, in.q, in.k, grad_q, &scale_part, stream);
+  // q = k with one label vector (NT-Xent, SupCon): one pass gives the whole gradient in grad_q and
+  // grad_k is zero, which autograd adds (csrc/README.md).
+  const bool both = !std::is_same<T, float>::value && backward_mma_symmetric(in, sizeof(T));
+  grad_side<T, true>(in, p, normalize, in.q, in.k, grad_q, &scale_part, stream, both);
   // Only the leading grad_cols columns are differentiated (the rest, a queue, are constants).
-  if (in.grad_cols < in.L) grad_k.narrow(0, in.grad_cols, in.L - in.grad_cols).zero_();
-  if (in.grad_cols > 0) {
+  if (both) {
+    grad_k.zero_();
+  } else if (in.grad_cols < in.L) {
+    grad_k.narrow(0, in.grad_cols, in.L - in.grad_cols).zero_();
+  }
+  if (in.grad_cols > 0 && !both) {
     at::Tensor grad_k_head = grad_k.narrow(0, 0, in.grad_cols);
     grad_side<T, false>(in, p, normalize, in.k.narrow(0, 0, in.grad_cols), in.q, grad_k_head, nullptr, stream);
   }

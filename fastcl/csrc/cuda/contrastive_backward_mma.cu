@@ -96,7 +96,7 @@ __device__ __forceinline__ void product(float (&acc)[kD / 8][4], const float (&g
   }
 }
 
-template <typename T, int kD, bool kRowOwner>
+template <typename T, int kD, bool kRowOwner, bool kBoth>
 __global__ void __launch_bounds__(kGThreads, 1)
     grad_mma_kernel(Side<T> own, Side<T> str, Problem p, const float* __restrict__ g_scale, int tiles_per_split,
                     float* __restrict__ part, double* __restrict__ scale_part) {
@@ -213,8 +213,11 @@ __global__ void __launch_bounds__(kGThreads, 1)
           const float t = g[f][e] * si.x;
           const float grad = kRowOwner ? ograd[h] : si.z;
           const float lse2 = kRowOwner ? olse[h] : (si.z == 0.f ? INFINITY : si.y * kLog2e);
-          const float gp = grad * ex2_approx(fmaf(t, ow2[h], -lse2));
+          float gp = grad * ex2_approx(fmaf(t, ow2[h], -lse2));
           if (kRowOwner) row_dscale[h] = fmaf(gp, t, row_dscale[h]);
+          if (kBoth) {  // + G_ji: the same logit under the stream row's lse and grad
+            gp += si.z * ex2_approx(fmaf(t, ow2[h], si.z == 0.f ? -INFINITY : -si.y * kLog2e));
+          }
           g[f][e] = gp * (si.x * gs);
         }
       }
@@ -237,6 +240,9 @@ __global__ void __launch_bounds__(kGThreads, 1)
           float gp = 0.f;
           if (valid && grad != 0.f) gp = grad * (ex2_approx(fmaf(dot, c2, -lse2)) - (pos ? inv : 0.f));
           if (kRowOwner) tile_dscale = fmaf(gp, dot, tile_dscale);
+          if (kBoth && valid && si.z != 0.f) {  // + G_ji (q = k, one label vector: the pair rules are symmetric)
+            gp += si.z * (ex2_approx(fmaf(dot, c2, -si.y * kLog2e)) - (pos ? si.w : 0.f));
+          }
           g[f][e] = gp * si.x * gs;
         }
       }
@@ -278,13 +284,23 @@ __global__ void __launch_bounds__(kGThreads, 1)
   }
 }
 
-template <typename T, int kD, bool kRowOwner>
+template <typename T, int kD, bool kRowOwner, bool kBoth>
 void launch_grad_mma(const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale, int64_t per,
                      dim3 grid, float* part, double* scale_part, dev::Stream stream) {
   constexpr size_t smem = GradLayout<kD>::kBytes;
-  dev::allow_dynamic_smem<grad_mma_kernel<T, kD, kRowOwner>>("fastcl", smem);
-  dev::launch<grad_mma_kernel<T, kD, kRowOwner>>(grid, kGThreads, smem, stream, own, str, p, g_scale,
-                                                 static_cast<int>(per), part, scale_part);
+  dev::allow_dynamic_smem<grad_mma_kernel<T, kD, kRowOwner, kBoth>>("fastcl", smem);
+  dev::launch<grad_mma_kernel<T, kD, kRowOwner, kBoth>>(grid, kGThreads, smem, stream, own, str, p, g_scale,
+                                                        static_cast<int>(per), part, scale_part);
+}
+
+template <typename T, bool kRowOwner, bool kBoth>
+void launch_grad_mma(int64_t D, const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale,
+                     int64_t per, dim3 grid, float* part, double* scale_part, dev::Stream stream) {
+  if (D <= 64) {
+    launch_grad_mma<T, 64, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+  } else {
+    launch_grad_mma<T, 128, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+  }
 }
 
 }  // namespace
@@ -293,9 +309,14 @@ bool backward_mma_applies(const Inputs& in, size_t element_size) {
   return forward_mma_applies(in, element_size) && in.D <= 128;
 }
 
+bool backward_mma_symmetric(const Inputs& in, size_t element_size) {
+  return backward_mma_applies(in, element_size) && in.k.is_same(in.q) && in.row_labels.is_same(in.col_labels) &&
+         in.row_offset == 0 && in.grad_cols == in.L;
+}
+
 template <typename T, bool kRowOwner>
 int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::Tensor& str_x, at::Tensor& part,
-                          at::Tensor* scale_part, dev::Stream stream) {
+                          at::Tensor* scale_part, dev::Stream stream, bool both) {
   const Problem p = in.problem();
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
   const int64_t blocks = ceil_div(n_own, kGBM), tiles = ceil_div(n_str, kGBN);
@@ -303,7 +324,8 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   const at::Tensor& own_labels = kRowOwner ? in.row_labels : in.col_labels;
   const at::Tensor& str_labels = kRowOwner ? in.col_labels : in.row_labels;
   const at::Tensor& own_info = kRowOwner ? in.row_info : in.col_info;
-  const at::Tensor& str_info = kRowOwner ? in.col_info : in.row_info;
+  // Both: q = k, so the stream rows are q rows too, with the lse, grad and 1/num_pos of G_ji.
+  const at::Tensor& str_info = kRowOwner && !both ? in.col_info : in.row_info;
   // Column labels below zero are never positives: their side's ranges leave them out.
   const at::Tensor own_range = label_ranges(own_labels, n_own, kGBM, !kRowOwner, stream);
   const at::Tensor str_range = label_ranges(str_labels, n_str, kGBN, kRowOwner, stream);
@@ -319,7 +341,8 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
     at::Tensor inv_norm = str_info_used.select(1, 0);
     inv_norm.masked_fill_(inv_norm >= 0.5 / kNormEps, 0.0);
     const at::Tensor bound = in.row_info.select(1, 2).abs().max() * inv_norm.max();
-    g_scale = at::exp2(at::clamp(14.0 - at::floor(at::log2(bound)), -100.0, 100.0)).to(at::kFloat);
+    const double top = both ? 13.0 : 14.0;  // G_ij + G_ji is at most twice either
+    g_scale = at::exp2(at::clamp(top - at::floor(at::log2(bound)), -100.0, 100.0)).to(at::kFloat);
   }
   const Side<T> str{ptr<T>(str_x), ptr<float4>(str_info_used), ptr<int64_t>(str_labels), n_str,
                     ptr<int64_t>(str_range)};
@@ -329,21 +352,23 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   float* part_ptr = part.data_ptr<float>();
   double* scale_ptr = kRowOwner ? scale_part->data_ptr<double>() : nullptr;
   const float* gs = g_scale.defined() ? g_scale.data_ptr<float>() : nullptr;
-  if (in.D <= 64) {
-    launch_grad_mma<T, 64, kRowOwner>(own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
-  } else {
-    launch_grad_mma<T, 128, kRowOwner>(own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+  if constexpr (kRowOwner) {
+    if (both) {
+      launch_grad_mma<T, true, true>(in.D, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+      return split.count;
+    }
   }
+  launch_grad_mma<T, kRowOwner, false>(in.D, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
   return split.count;
 }
 
 template int64_t grad_mma_partials<__half, true>(const Inputs&, const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                                 at::Tensor*, dev::Stream);
+                                                 at::Tensor*, dev::Stream, bool);
 template int64_t grad_mma_partials<__half, false>(const Inputs&, const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                                  at::Tensor*, dev::Stream);
+                                                  at::Tensor*, dev::Stream, bool);
 template int64_t grad_mma_partials<__nv_bfloat16, true>(const Inputs&, const at::Tensor&, const at::Tensor&,
-                                                        at::Tensor&, at::Tensor*, dev::Stream);
+                                                        at::Tensor&, at::Tensor*, dev::Stream, bool);
 template int64_t grad_mma_partials<__nv_bfloat16, false>(const Inputs&, const at::Tensor&, const at::Tensor&,
-                                                         at::Tensor&, at::Tensor*, dev::Stream);
+                                                         at::Tensor&, at::Tensor*, dev::Stream, bool);
 
 }  // namespace fastcl::gpu

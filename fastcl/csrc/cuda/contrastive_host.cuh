@@ -75,12 +75,16 @@ at::Tensor label_ranges(const at::Tensor& labels, int64_t n, int tile, bool nonn
 
 // Whether grad_mma_partials takes this problem: forward_mma_applies and D <= 128.
 bool backward_mma_applies(const Inputs& in, size_t element_size);
+// And whether one pass over q's rows can give the whole gradient (q = k, one label vector, no
+// row offset or constant columns): G + G^T from each recomputed tile, 3 matmul units in all.
+bool backward_mma_symmetric(const Inputs& in, size_t element_size);
 // The mma backward of one side (kRowOwner: q rows, else the k columns own_x holds) into
 // part (splits x n_own x D fp32, the sum over splits is G' . stream rows) and, for q rows,
-// scale_part; returns the number of splits (contrastive_backward_mma.cu).
+// scale_part; returns the number of splits (contrastive_backward_mma.cu). `both` (q rows only,
+// backward_mma_symmetric): the partials hold the gradient of q and k together.
 template <typename T, bool kRowOwner>
 int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::Tensor& str_x, at::Tensor& part,
-                          at::Tensor* scale_part, dev::Stream stream);
+                          at::Tensor* scale_part, dev::Stream stream, bool both);
 
 // loss, lse, num_pos (M,) fp32 from inputs whose row_info / col_info are packed (M, L > 0).
 template <typename T>
