@@ -276,8 +276,14 @@ at::Tensor label_ranges(const at::Tensor& labels, int64_t n, int tile, bool nonn
 }
 
 bool forward_mma_applies(const Inputs& in, size_t element_size) {
-  return element_size == 2 && !in.bias.defined() && !in.row_ids.defined() && in.hardness_mode == 0 && in.D <= 256 &&
-         in.vectorisable();
+  if (element_size != 2 || in.bias.defined() || in.row_ids.defined() || in.hardness_mode != 0 || in.D > 256 ||
+      !in.vectorisable()) {
+    return false;
+  }
+  // kD = 256 needs 130 KiB: more than the 99 KiB a block may have on compute capability 8.6 / 8.9,
+  // where those widths keep forward_kernel (the 1 KiB a resident block reserves counts too).
+  const size_t smem = in.D <= 64 ? MmaLayout<64>::kBytes : in.D <= 128 ? MmaLayout<128>::kBytes : MmaLayout<256>::kBytes;
+  return smem + 1024 <= static_cast<size_t>(dev::properties().sharedMemPerBlockOptin);
 }
 
 template <typename T>
