@@ -8,18 +8,14 @@ a pass adds its kernels and a fixed launch overhead. The efficiency and the over
 to the runs in benchmarks/data/cuda_runs.csv, using the SASS counts of the kernels those runs
 measured (benchmarks/data/sass_counts_<commit>.json, made by `--calibrate <commit>`).
 
-`python -m fastcl.bench.cost_model --calibrate e6af950` recompiles that commit's kernels;
-`python -m fastcl.bench.sass` prints the prediction for the kernels of this checkout."""
+`python -m fastcl.bench.calibrate e6af950` recompiles that commit's kernels, stores their counts
+and prints the fit; `python -m fastcl.bench.sass` prints the prediction for this checkout."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
-import subprocess
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,60 +182,3 @@ def report(reports, D: int) -> dict:
                     }
                 )
     return {"text": "\n".join(lines), "rows": rows}
-
-
-def calibrate(commit: str, D: int = 128) -> Path:
-    """Compiles `commit`'s CUDA kernels for sm_90 and stores their per-logit counts for the fit."""
-    from . import sass
-
-    with tempfile.TemporaryDirectory(prefix="fastcl-ref-") as tmp:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", commit], capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
-        csrc = next(p for p in (Path(tmp) / "fastcl" / "csrc", Path(tmp) / "csrc") if p.exists())
-        files, ptxas = sass.cb.compile_cubins(
-            "90", csrc, workdir=REPO / "build" / "sass" / f"ref-{commit}", pattern="contrastive*.cu"
-        )
-        reports = sass.analyse(files, ptxas)
-    out = DATA / f"sass_counts_{commit}.json"
-    DATA.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps(
-            {
-                "commit": commit,
-                "D": D,
-                "arch": "90",
-                "counts": counts_from_reports(reports, D),
-                "kernels": {r.name: r.summary(D) for r in reports},
-            },
-            indent=1,
-            default=str,
-        )
-        + "\n"
-    )
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m fastcl.bench.cost_model", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument(
-        "--calibrate", metavar="COMMIT", help="store the SASS counts of the kernels COMMIT measured"
-    )
-    args = p.parse_args(argv)
-    if args.calibrate:
-        print("wrote", calibrate(args.calibrate))
-    cal = fit()
-    if cal is None:
-        print("no runs with SASS counts to fit", file=sys.stderr)
-        return 1
-    print(f"efficiency {cal.efficiency:.3f}, overheads {cal.overhead_s}")
-    for r, q in cal.residuals:
-        print(
-            f"  {r['dtype']} {r['pass']} 2N={r['rows']}: measured {r['fastcl_ms']} ms, predicted / measured {q:.2f}"
-        )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
