@@ -23,6 +23,7 @@
 #include "cuda/device_api.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/swizzled_tile.cuh"
+#include "cuda/warp_logits.cuh"
 #include "cuda/tile_math.cuh"
 
 namespace fastcl::gpu {
@@ -151,7 +152,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
 
   // Stream rows of the ldmatrix x4 for S fragments f, f + 1: (rows 8f | 8f + 8) x (chunk 2s | 2s + 1);
   // transposed, for chunk c of G' and D fragments n, n + 1: (rows 16c | 16c + 8) x (chunk n | n + 1).
-  const LaneRows<kD> srow((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
+  const LaneRows<kD> srow = logit_rows<kD>(lane);
   const LaneRows<kD> trow((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
   uint32_t oa[kSteps][4];
   float acc[kDFrags][4];
@@ -167,29 +168,13 @@ __global__ void __launch_bounds__(kGThreads, 1)
     cp_async_commit();
     cp_async_wait_prev();
     __syncthreads();
-    if (tile == t_begin) {
-      const LaneRows<kD> orow(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-#pragma unroll
-      for (int s = 0; s < kSteps; ++s) ldmatrix_x4(oa[s], orow(smem_addr(sOwn), 0, 2 * s));
-    }
+    if (tile == t_begin) load_warp_rows<kD>(oa, smem_addr(sOwn), warp, lane);
     const SmemAddr sa = smem_addr(sStr) + stage * GradLayout<kD>::kStageStr;
     const float4* info = sInfo + stage * kGBN;
 
     // S (16 owner rows x 64 stream rows per warp) = own . str^T.
     float g[kSFrags][4];
-#pragma unroll
-    for (int f = 0; f < kSFrags; ++f) g[f][0] = g[f][1] = g[f][2] = g[f][3] = 0.f;
-#pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-#pragma unroll
-      for (int f = 0; f < kSFrags; f += 2) {
-        uint32_t b[4];
-        ldmatrix_x4(b, srow(sa, f, 2 * s));
-        const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-        mma_m16n8k16<T>(g[f], oa[s], b0, g[f]);
-        mma_m16n8k16<T>(g[f + 1], oa[s], b1, g[f + 1]);
-      }
-    }
+    warp_logits<T, kD, kGBN>(g, oa, sa, srow);
 
     // G' = G / |stream row| (times gs) in place: element e of fragment f is owner row h = e / 2 and
     // stream row c = f * 8 + 2 t4 + e % 2 of the tile. The q row's lse, grad and 1/num_pos come from

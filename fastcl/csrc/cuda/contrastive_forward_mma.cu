@@ -19,6 +19,7 @@
 #include "cuda/device_api.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/swizzled_tile.cuh"
+#include "cuda/warp_logits.cuh"
 #include "cuda/tile_math.cuh"
 
 namespace fastcl::gpu {
@@ -108,8 +109,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
   if (t_begin < t_end) issue(t_begin, 0);
   cp_async_commit();
 
-  // k rows of the ldmatrix x4 for fragments f, f + 1: (keys 8f | 8f + 8) x (chunk 2s | 2s + 1).
-  const LaneRows<kD> krow((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
+  const LaneRows<kD> krow = logit_rows<kD>(lane);
   uint32_t qa[kSteps][4];
   float m_run[2] = {neg_inf<float>(), neg_inf<float>()}, l_run[2] = {0.f, 0.f};
   float pos_sum[2] = {0.f, 0.f}, pos_cnt[2] = {0.f, 0.f};
@@ -120,30 +120,11 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     cp_async_commit();
     cp_async_wait_prev();
     __syncthreads();
-    if (tile == t_begin) {
-      // Lanes 8i..8i+7 give the rows of matrix i: (rows 0-7 | 8-15) x (chunk 2s | 2s + 1).
-      const LaneRows<kD> qrow(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-#pragma unroll
-      for (int s = 0; s < kSteps; ++s) ldmatrix_x4(qa[s], qrow(smem_addr(sQ), 0, 2 * s));
-    }
+    if (tile == t_begin) load_warp_rows<kD>(qa, smem_addr(sQ), warp, lane);
 
     // S (16 x 64 per warp) = q_w . k_tile^T.
-    const SmemAddr kt = smem_addr(sK) + stage * MmaLayout<kD>::kStageK;
     float acc[kFrags][4];
-#pragma unroll
-    for (int f = 0; f < kFrags; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.f;
-#pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-#pragma unroll
-      for (int f = 0; f < kFrags; f += 2) {
-        // Matrices: (keys f, chunk 2s), (f, 2s + 1), (f + 1, 2s), (f + 1, 2s + 1).
-        uint32_t b[4];
-        ldmatrix_x4(b, krow(kt, f, 2 * s));
-        const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-        mma_m16n8k16<T>(acc[f], qa[s], b0, acc[f]);
-        mma_m16n8k16<T>(acc[f + 1], qa[s], b1, acc[f + 1]);
-      }
-    }
+    warp_logits<T, kD, kBN>(acc, qa, smem_addr(sK) + stage * MmaLayout<kD>::kStageK, krow);
 
     // x = acc * sign(scale) / |k_j|; the base-2 logit is y = x * a_i with a_i >= 0, so a row's
     // largest y is a_i times its largest x. Element e of fragment f sits at row h = e / 2, column

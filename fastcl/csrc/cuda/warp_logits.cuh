@@ -1,0 +1,46 @@
+// The logit tile both mma kernels start from: a warp's 16 rows held as mma A fragments, times the
+// rows of a swizzled shared tile, into fp32 accumulator fragments (the PTX m16n8 C layout: lane l
+// holds rows l / 4 and l / 4 + 8, columns 2 (l % 4) and 2 (l % 4) + 1 of each 8-column fragment).
+#pragma once
+#include <cstdint>
+
+#include "cuda/mma.cuh"
+#include "cuda/swizzled_tile.cuh"
+
+namespace fastcl::gpu {
+
+// Rows [16 warp, 16 warp + 16) of a swizzled (rows x kD) tile as A fragments, one per 16 columns:
+// lanes 8i..8i+7 give the rows of matrix i, (rows 0-7 | 8-15) x (chunk 2s | 2s + 1).
+template <int kD>
+__device__ __forceinline__ void load_warp_rows(uint32_t (&a)[kD / 16][4], SmemAddr tile, int warp, int lane) {
+  const LaneRows<kD> rows(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+#pragma unroll
+  for (int s = 0; s < kD / 16; ++s) ldmatrix_x4(a[s], rows(tile, 0, 2 * s));
+}
+
+// The lane's rows of the B tile for warp_logits: matrices (rows 8f | 8f + 8) x (chunk 2s | 2s + 1).
+template <int kD>
+__device__ __forceinline__ LaneRows<kD> logit_rows(int lane) {
+  return LaneRows<kD>((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
+}
+
+// s = a (16 x kD) . (rows [0, kCols) of the swizzled tile)^T, in kCols / 8 fragments.
+template <typename T, int kD, int kCols>
+__device__ __forceinline__ void warp_logits(float (&s)[kCols / 8][4], const uint32_t (&a)[kD / 16][4], SmemAddr tile,
+                                            const LaneRows<kD>& rows) {
+#pragma unroll
+  for (int f = 0; f < kCols / 8; ++f) s[f][0] = s[f][1] = s[f][2] = s[f][3] = 0.f;
+#pragma unroll
+  for (int k = 0; k < kD / 16; ++k) {
+#pragma unroll
+    for (int f = 0; f < kCols / 8; f += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, rows(tile, f, 2 * k));
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_m16n8k16<T>(s[f], a[k], b0, s[f]);
+      mma_m16n8k16<T>(s[f + 1], a[k], b1, s[f + 1]);
+    }
+  }
+}
+
+}  // namespace fastcl::gpu
