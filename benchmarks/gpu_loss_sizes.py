@@ -48,7 +48,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -130,13 +129,9 @@ class Predictor:
         self.error = None
         self.reports, self.counts, self.cal = [], {}, None
         try:
-            from fastcl.bench import cost_model, cubins, sass
+            from fastcl.bench import cost_model, sass
 
-            lib = cubins.built_library()
-            if lib is None:
-                raise RuntimeError("no built fastcl._C")
-            with tempfile.TemporaryDirectory(prefix="fastcl-sass-") as tmp:
-                self.reports = sass.analyse(cubins.extract_cubins(lib, Path(tmp)))
+            self.reports = sass.analyse_build()
             self.counts = cost_model.counts_from_reports(self.reports, D)
             if not self.counts:
                 raise RuntimeError("no sm_90 loss kernels in the built fastcl._C (built for another arch?)")
@@ -166,13 +161,9 @@ class Predictor:
         """benchmarks/data/sass_counts_<commit>.json's content for these kernels."""
         if not self.counts:
             return None
-        return {
-            "commit": self.commit,
-            "D": self.D,
-            "arch": "90",
-            "counts": self.counts,
-            "kernels": {r.name: r.summary(self.D) for r in self.reports if r.arch.rstrip("a") == "90"},
-        }
+        from fastcl.bench import cost_model
+
+        return cost_model.counts_summary(self.reports, self.D, self.commit)
 
     def per_logit(self) -> dict[str, dict]:
         """Per kernel name (sm_90): the SASS instrument's per-logit counts at D."""
@@ -646,14 +637,6 @@ def parse_raw_csv(text: str) -> list[dict]:
     return out
 
 
-def short_kernel_name(name: str) -> str:
-    """fastcl.bench.sass's naming: no namespaces, no parameters, no `void `."""
-    for prefix in ("fastcl::gpu::", "(anonymous namespace)::"):
-        name = name.replace(prefix, "")
-    name = name.replace("(bool)1", "true").replace("(bool)0", "false")
-    return name.split("(")[0].removeprefix("void ").strip()
-
-
 def first(*values):
     return next((v for v in values if v is not None), None)
 
@@ -662,7 +645,9 @@ def derive(kernels: list[dict], rows: int, sass_per_logit: dict[str, dict]) -> l
     logits = float(rows) * rows
     out = []
     for k in kernels:
-        name = short_kernel_name(str(k.get("Kernel Name") or k.get("Function Name") or "?"))
+        from fastcl.bench.sass import short_name
+
+        name = short_name(str(k.get("Kernel Name") or k.get("Function Name") or "?"))
 
         def g(metric, k=k):
             v = k.get(metric)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from . import sass
-from .cost_model import DATA, REPO, counts_from_reports, fit
+from .cost_model import DATA, REPO, counts_summary, fit
 
 
 def calibrate(commit: str, D: int = 128) -> Path:
@@ -28,14 +28,7 @@ def calibrate(commit: str, D: int = 128) -> Path:
         reports = sass.analyse(files, ptxas)
     out = DATA / f"sass_counts_{commit}.json"
     DATA.mkdir(parents=True, exist_ok=True)
-    summary = {
-        "commit": commit,
-        "D": D,
-        "arch": "90",
-        "counts": counts_from_reports(reports, D),
-        "kernels": {r.name: r.summary(D) for r in reports},
-    }
-    out.write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    out.write_text(json.dumps(counts_summary(reports, D, commit), indent=1, default=str) + "\n")
     return out
 
 

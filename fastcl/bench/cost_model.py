@@ -135,6 +135,18 @@ def counts_from_reports(reports, D: int) -> dict:
     return out
 
 
+def counts_summary(reports, D: int, commit: str) -> dict:
+    """The content of benchmarks/data/sass_counts_<commit>.json: what the fit reads for the runs of
+    `commit`, and each sm_90 loss kernel's report at D."""
+    return {
+        "commit": commit,
+        "D": D,
+        "arch": "90",
+        "counts": counts_from_reports(reports, D),
+        "kernels": {r.name: r.summary(D) for r in reports if r.arch.rstrip("a") == "90"},
+    }
+
+
 def report(reports, D: int) -> dict:
     """The prediction for these kernels at SIZES, next to the last measured runs."""
     counts = counts_from_reports(reports, D)

@@ -56,9 +56,8 @@ def peak_memory_bytes(fn: Callable[[], object], device: str | torch.device) -> O
     return None if before is None or peak is None else max(0, peak - before)
 
 
-def seconds_per_call(
-    fn: Callable[[], object], device: str | torch.device, repeats: int = 3, warmup: int = 1
-) -> float:
+def seconds_per_call(fn: Callable[[], object], device: str | torch.device, repeats: int = 3,
+                     warmup: int = 1) -> float:
     """Median wall time of fn() over `repeats` calls after `warmup` calls."""
     device = torch.device(device)
 

@@ -143,10 +143,13 @@ def blocks_per_sm(arch: str, registers: int, threads: int, smem: int) -> int:
     return max(0, min(by_regs, max_threads // threads, max_blocks, by_smem))
 
 
-def _short(demangled: str) -> str:
+def short_name(demangled: str) -> str:
+    """A kernel's name without namespaces, parameters or `void `; ncu's `(bool)1` template arguments
+    read as c++filt's `true`."""
     for prefix in ("fastcl::gpu::", "(anonymous namespace)::"):
         demangled = demangled.replace(prefix, "")
-    return demangled.split("(")[0].removeprefix("void ")
+    demangled = demangled.replace("(bool)1", "true").replace("(bool)0", "false")
+    return demangled.split("(")[0].removeprefix("void ").strip()
 
 
 def analyse(cubins: list[Path], ptxas: dict | None = None, loss_only: bool = True) -> list[KernelReport]:
@@ -171,7 +174,7 @@ def analyse(cubins: list[Path], ptxas: dict | None = None, loss_only: bool = Tru
                 spill = ptxas[mangled].spill_stores + ptxas[mangled].spill_loads
             reports.append(
                 KernelReport(
-                    _short(names[mangled]),
+                    short_name(names[mangled]),
                     mangled,
                     arch,
                     dtype,
@@ -188,12 +191,19 @@ def analyse(cubins: list[Path], ptxas: dict | None = None, loss_only: bool = Tru
     return sorted(reports, key=lambda k: (k.arch, k.traits.pass_ if k.traits else "", k.name))
 
 
-def cubins_for(args) -> tuple[list[Path], dict]:
-    if args.from_build:
-        lib = cb.built_library()
-        if lib is None:
-            raise SystemExit("no built fastcl._C (run `make build`), or drop --from-build to compile")
-        return cb.extract_cubins(lib, Path(tempfile.mkdtemp(prefix="fastcl-sass-"))), {}
+def analyse_build(workdir: Path | None = None) -> list[KernelReport]:
+    """The loss kernels of the built fastcl._C (its cubins extracted by cuobjdump: no compiling), in
+    `workdir` or a temporary folder."""
+    lib = cb.built_library()
+    if lib is None:
+        raise FileNotFoundError("no built fastcl._C (run `make build`)")
+    if workdir is not None:
+        return analyse(cb.extract_cubins(lib, workdir))
+    with tempfile.TemporaryDirectory(prefix="fastcl-sass-") as tmp:
+        return analyse(cb.extract_cubins(lib, Path(tmp)))
+
+
+def compiled_cubins(args) -> tuple[list[Path], dict]:
     found, ptxas = [], {}
     for arch in args.arch:
         files, info = cb.compile_cubins(
@@ -241,10 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-D", type=int, default=128, help="feature size for the per-logit counts (default 128)")
     p.add_argument("--json", help="also write the report here")
     args = p.parse_args(argv)
-    files, ptxas = cubins_for(args)
-    reports = analyse(files, ptxas)
+    if args.from_build:
+        try:
+            reports = analyse_build()
+        except FileNotFoundError as e:
+            raise SystemExit(f"{e}, or drop --from-build to compile") from e
+    else:
+        reports = analyse(*compiled_cubins(args))
     if not reports:
-        print("no loss kernels found in", ", ".join(map(str, files)), file=sys.stderr)
+        print("no loss kernels found", file=sys.stderr)
         return 1
     print(
         f"Loss kernels' main loops, D = {args.D}: static SASS counts of the whole loop (with the instructions of "

@@ -17,15 +17,11 @@ def _fmt_mb(n):
 def run(sizes=(1024, 4096, 8192), dim: int = 128, repeats: int = 3, temperature: float = 0.5) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     info = build_info()
-    print(
-        f"fastcl {info['version']} ({info['source']} kernels: {', '.join(info.get('backends', []))}), "
-        f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads"
-    )
+    print(f"fastcl {info['version']} ({info['source']} kernels: {', '.join(info.get('backends', []))}), "
+          f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads")
     print(f"NT-Xent forward+backward, D={dim}, fp32, temperature={temperature}\n")
-    header = (
-        f"{'2N':>7} | {'naive time':>11} | {'fastcl time':>11} | {'speed-up':>8} | "
-        f"{'naive peak':>11} | {'fastcl peak':>11} | {'max |loss diff|':>15} | {'max |grad diff|':>15}"
-    )
+    header = f"{'2N':>7} | {'naive time':>11} | {'fastcl time':>11} | {'speed-up':>8} | " \
+             f"{'naive peak':>11} | {'fastcl peak':>11} | {'max |loss diff|':>15} | {'max |grad diff|':>15}"
     print(header)
     print("-" * len(header))
     for rows in sizes:
@@ -44,9 +40,7 @@ def run(sizes=(1024, 4096, 8192), dim: int = 128, repeats: int = 3, temperature:
         t_naive = seconds_per_call(naive, device, repeats)
         t_fused = seconds_per_call(fused, device, repeats)
         m_naive, m_fused = peak_memory_bytes(naive, device), peak_memory_bytes(fused, device)
-        print(
-            f"{rows:>7} | {t_naive * 1e3:>8.1f} ms | {t_fused * 1e3:>8.1f} ms | {t_naive / t_fused:>7.2f}x | "
-            f"{_fmt_mb(m_naive):>11} | {_fmt_mb(m_fused):>11} | {float((loss_a - loss_b).abs()):>15.2e} | "
-            f"{float((grad_a - grad_b).abs().max()):>15.2e}"
-        )
+        print(f"{rows:>7} | {t_naive * 1e3:>8.1f} ms | {t_fused * 1e3:>8.1f} ms | {t_naive / t_fused:>7.2f}x | "
+              f"{_fmt_mb(m_naive):>11} | {_fmt_mb(m_fused):>11} | {float((loss_a - loss_b).abs()):>15.2e} | "
+              f"{float((grad_a - grad_b).abs().max()):>15.2e}")
     return 0

@@ -127,8 +127,7 @@ def _built_loss_kernels():
         cb.tool("cuobjdump"), cb.tool("nvdisasm")
     except FileNotFoundError:
         return None
-    work = Path(cb.REPO) / "build" / "sass" / "from-build"
-    return sass.analyse(cb.extract_cubins(cb.built_library(), work))
+    return sass.analyse_build(Path(cb.REPO) / "build" / "sass" / "from-build")
 
 
 _BUILT = _built_loss_kernels()  # once per process: the parametrisation below needs the names
