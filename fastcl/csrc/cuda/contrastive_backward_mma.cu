@@ -57,18 +57,14 @@ struct Side {
   const int64_t* range;  // {min, max} label per tile of this side's tiling (columns: labels >= 0)
 };
 
-// Whether stream tile `tile` can hold, against the block's owner rows, an excluded pair (the last
-// partial tile, the diagonal) or a positive (their label ranges overlap): only such tiles mask.
+// tile_may_mask (contrastive_device.cuh) of stream tile `tile` against the block's owner rows, in
+// q/k roles: owners are q rows or k columns.
 template <typename T, bool kRowOwner>
 __device__ __forceinline__ bool tile_masked(const Side<T>& own, const Side<T>& str, const Problem& p, int64_t own0,
                                             int64_t s0, int tile) {
-  if (s0 + kGBN > str.n) return true;
   const int64_t q0 = kRowOwner ? own0 : s0, k0 = kRowOwner ? s0 : own0;
   const int64_t qn = kRowOwner ? kGBM : kGBN, kn = kRowOwner ? kGBN : kGBM;
-  if (p.exclude_self && q0 + p.row_offset < k0 + kn && k0 < q0 + p.row_offset + qn) return true;
-  const int64_t* orange = own.range + 2 * (own0 / kGBM);
-  const int64_t* srange = str.range + 2 * tile;
-  return orange[0] <= srange[1] && srange[0] <= orange[1];
+  return tile_may_mask(p, q0, qn, k0, kn, s0 + kGBN > str.n, own.range + 2 * (own0 / kGBM), str.range + 2 * tile);
 }
 
 // acc (16 owner rows x kD per warp) += G' (16 x 64, fp32 fragments) . stream tile (64 x kD at sa),
@@ -281,11 +277,10 @@ void launch_grad_mma(const Side<T>& own, const Side<T>& str, const Problem& p, c
 template <typename T, bool kRowOwner, bool kBoth>
 void launch_grad_mma(int64_t D, const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale,
                      int64_t per, dim3 grid, float* part, double* scale_part, dev::Stream stream) {
-  if (D <= 64) {
-    launch_grad_mma<T, 64, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
-  } else {
-    launch_grad_mma<T, 128, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
-  }
+  with_width<64, 128>(D, [&](auto w) {
+    launch_grad_mma<T, decltype(w)::value, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part,
+                                                             stream);
+  });
 }
 
 }  // namespace

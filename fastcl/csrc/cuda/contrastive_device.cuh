@@ -77,6 +77,17 @@ __device__ __forceinline__ ColView col_view(const Problem& p, const MetaSlot& s,
   return {s.label[t], p.has_ids ? s.id[t] : -1, s.info[t], p.col_bias_owner != nullptr ? s.owner : nullptr, t};
 }
 
+// Whether the tile of q rows [q0, q0 + qn) and k columns [k0, k0 + kn) can hold an excluded pair
+// (`partial`: its streamed side runs past the end; or the diagonal) or a positive (the {min, max}
+// label ranges of its two sides overlap; column ranges leave negative labels out). The mma kernels
+// run their masks only on such tiles.
+__device__ __forceinline__ bool tile_may_mask(const Problem& p, int64_t q0, int64_t qn, int64_t k0, int64_t kn,
+                                              bool partial, const int64_t* range_a, const int64_t* range_b) {
+  if (partial) return true;
+  if (p.exclude_self && q0 + p.row_offset < k0 + kn && k0 < q0 + p.row_offset + qn) return true;
+  return range_a[0] <= range_b[1] && range_b[0] <= range_a[1];
+}
+
 struct Pair {
   float s, dot;
   bool valid, pos;

@@ -58,17 +58,6 @@ __device__ __forceinline__ void load_col_values(float* norm, int64_t* label, con
   }
 }
 
-// Block tile masks: whether tile [col0, col0 + kBN) can hold an excluded pair or a positive of the
-// block's rows [row0, row0 + kBM). ranges: {min, max} of the row labels per row block and of the
-// non-negative column labels per column tile (max < min when a tile has none).
-__device__ __forceinline__ bool tile_needs_mask(const Problem& p, const int64_t* __restrict__ row_range,
-                                                const int64_t* __restrict__ col_range, int64_t row0, int64_t col0) {
-  if (col0 + kBN > p.L) return true;
-  if (p.exclude_self && row0 + p.row_offset < col0 + kBN && col0 < row0 + p.row_offset + kBM) return true;
-  const int64_t rb = row0 / kBM, ct = col0 / kBN;
-  return row_range[2 * rb] <= col_range[2 * ct + 1] && col_range[2 * ct] <= row_range[2 * rb + 1];
-}
-
 // partial[split][row] = (running max, sum of exp, positive logit sum, positive count), natural log.
 template <typename T, int kD>
 __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
@@ -139,7 +128,9 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
       acc[f][3] *= rk.y;
     }
     const int64_t col0 = int64_t(tile) * kBN;
-    if (tile_needs_mask(p, row_range, col_range, row0, col0)) {  // sass: rare
+    const bool masked =
+        tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * blockIdx.x, col_range + 2 * tile);
+    if (masked) {  // sass: rare
       // In tile coordinates: columns c < width exist; column self[h] is row h's own (or none);
       // is_self and is_positive of common/contrastive_math.h, on 32-bit offsets.
       const int64_t* lab = sLabel + stage * kBN;
@@ -263,7 +254,8 @@ bool forward_mma_applies(const Inputs& in, size_t element_size) {
   }
   // kD = 256 needs 130 KiB: more than the 99 KiB a block may have on compute capability 8.6 / 8.9,
   // where those widths keep forward_kernel (the 1 KiB a resident block reserves counts too).
-  const size_t smem = in.D <= 64 ? MmaLayout<64>::kBytes : in.D <= 128 ? MmaLayout<128>::kBytes : MmaLayout<256>::kBytes;
+  size_t smem = 0;
+  with_width<64, 128, 256>(in.D, [&](auto w) { smem = MmaLayout<decltype(w)::value>::kBytes; });
   return smem + 1024 <= static_cast<size_t>(dev::properties().sharedMemPerBlockOptin);
 }
 
@@ -278,13 +270,9 @@ Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial
   tab.norm = at::zeros({tiles * kBN}, in.q.options().dtype(at::kFloat));
   tab.norm.narrow(0, 0, in.L).copy_(in.col_info.select(1, 0) * at::sign(in.scale));
   partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
-  if (in.D <= 64) {
-    launch_forward_mma<T, 64>(in, p, tab, split, partial, stream);
-  } else if (in.D <= 128) {
-    launch_forward_mma<T, 128>(in, p, tab, split, partial, stream);
-  } else {
-    launch_forward_mma<T, 256>(in, p, tab, split, partial, stream);
-  }
+  with_width<64, 128, 256>(in.D, [&](auto w) {
+    launch_forward_mma<T, decltype(w)::value>(in, p, tab, split, partial, stream);
+  });
   return split;
 }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "checks.h"
 #include "cuda/contrastive_device.cuh"
@@ -14,6 +15,13 @@
 namespace fastcl::gpu {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Calls f(std::integral_constant<int, w>{}) for the first width w >= D of kWidths (the mma kernels'
+// kD instantiations); false when D is wider than all of them.
+template <int... kWidths, typename F>
+bool with_width(int64_t D, F&& f) {
+  return ((D <= kWidths ? (f(std::integral_constant<int, kWidths>{}), true) : false) || ...);
+}
 
 inline dim3 grid_of(int64_t x, int64_t y = 1, int64_t z = 1) {
   check_grid(x, y, z);
