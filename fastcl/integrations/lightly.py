@@ -12,7 +12,7 @@ from typing import Sequence, Union
 
 from torch import Tensor, nn
 
-from .. import functional
+from .. import distributed, functional
 from ..losses import _push
 from ..queue import MemoryQueue
 
@@ -42,7 +42,8 @@ class NTXentLoss(nn.Module):
         gather_distributed: negatives from every rank (without a bank); with a bank, the bank
             takes every rank's out1.
 
-    Call: ``criterion(out0, out1)`` with out0, out1 (N, D); returns the mean loss.
+    Call: ``criterion(out0, out1)`` with out0, out1 (N, D); returns the mean loss (0 for a batch of
+    one without a bank or other ranks, as lightly).
     """
 
     def __init__(self, temperature: float = 0.5, memory_bank_size: Union[int, Sequence[int]] = 0,
@@ -57,6 +58,11 @@ class NTXentLoss(nn.Module):
             size[0], size[1], wrap=False, gather_distributed=gather_distributed)
 
     def forward(self, out0: Tensor, out1: Tensor) -> Tensor:
+        alone = out0.shape[0] == 1 and not (self.gather_distributed and distributed.active())
+        if self.memory_bank is None and alone:
+            # lightly's logits are then each view's positive alone: a cross-entropy of exactly 0 (a
+            # loader with drop_last=False meets a last batch of one); the fused loss has no negatives
+            return (out0.sum() + out1.sum()) * 0.0
         if self.memory_bank is None:
             return functional.nt_xent(out0, out1, temperature=self.temperature,
                                       gather_distributed=self.gather_distributed)

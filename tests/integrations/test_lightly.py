@@ -62,3 +62,21 @@ def test_evaluation_leaves_the_bank_alone():
 def test_lightly_argument_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         NTXentLoss(**kw)
+
+
+@pytest.mark.parametrize("bank", [0, (10, 6)], ids=["no-bank", "bank-10"])
+def test_a_batch_of_one_matches_lightly(bank):
+    """A loader with drop_last=False meets a last batch of one: lightly's loss is then 0 (each view
+    against its positive alone) without a bank, and an ordinary loss against the bank with one."""
+    torch.manual_seed(0)
+    original = lightly_loss.NTXentLoss(temperature=0.3, memory_bank_size=bank)
+    torch.manual_seed(0)
+    fused = NTXentLoss(temperature=0.3, memory_bank_size=bank)
+    out0, out1 = _inputs(1, 6, torch.float32, 0)
+    want, want_grads = _run(original, *(x.detach().clone().requires_grad_() for x in (out0, out1)))
+    got, got_grads = _run(fused, out0, out1)
+    if not bank:
+        assert want.item() == 0.0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
