@@ -222,7 +222,7 @@ def _checkpoint_options(parser) -> None:
 
 
 def _add_simclr(sub) -> None:
-    from .engine.options import add_options
+    from .engine.options import add_options, at_least
     from .simclr import SimCLRConfig
 
     p = sub.add_parser("simclr", help="SimCLR pre-training (fastcl.simclr.SimCLRConfig)",
@@ -240,8 +240,10 @@ def _add_simclr(sub) -> None:
     _checkpoint_options(le)
     le.add_argument("--labels-per-class", dest="labels_per_class", default="1,5,10,all",
                     help="comma-separated budgets, 'all' for the whole training split")
-    le.add_argument("--draws", type=int, default=3, help="random draws of the labelled subset per budget")
-    le.add_argument("--steps", type=int, default=1000, help="the fewest training steps of the supervised and "
+    le.add_argument("--draws", type=at_least(int, 1), default=3,
+                    help="random draws of the labelled subset per budget")
+    le.add_argument("--steps", type=at_least(int, 1), default=1000,
+                    help="the fewest training steps of the supervised and "
                     "fine-tuned models (and at least 30 epochs of the labelled images); early stopping picks the point")
     le.add_argument("--out", help="JSON path (default: label_efficiency.json next to the checkpoint)")
     le.set_defaults(func=_label_efficiency)
@@ -260,7 +262,7 @@ def _add_simclr(sub) -> None:
                      help="SimCLR: the encoder's representation (default) or the projection the loss saw")
     emb.add_argument("--text-file", dest="text_file", help="SimCSE: one sentence per line")
     emb.add_argument("--out", required=True, help="the .npy to write; ids go to the .ids.jsonl beside it")
-    emb.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    emb.add_argument("--batch-size", dest="batch_size", type=at_least(int, 1), default=256)
     emb.add_argument("--device", default="auto")
     emb.add_argument("--no-progress", dest="progress", action="store_false")
     emb.set_defaults(func=_embed)
@@ -271,22 +273,25 @@ def _add_simclr(sub) -> None:
 
 
 def main(argv=None) -> int:
+    from .engine.options import at_least
+
     parser = argparse.ArgumentParser(prog="fastcl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="print versions, compiled backends and build settings").set_defaults(func=_info)
     demo = sub.add_parser("demo", help="SimCLR on the built-in digits: kNN of raw pixels, random-init and trained, "
                                         "the neighbours picture and the 10-labels table")
     demo.add_argument("--out", default="runs/digits-demo")
-    demo.add_argument("--epochs", type=int, default=30)
+    demo.add_argument("--epochs", type=at_least(int, 1), default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto", help="auto (CUDA when visible), cpu or cuda")
-    demo.add_argument("--label-steps", dest="label_steps", type=int, default=1000,
+    demo.add_argument("--label-steps", dest="label_steps", type=at_least(int, 1), default=1000,
                       help="training steps of the supervised and fine-tuned models in the 10-labels table")
     demo.set_defaults(func=_demo)
     speed = sub.add_parser("speed", help="fastcl vs the pure-PyTorch NT-Xent loss: time, memory, difference")
-    speed.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 8192], help="values of 2N")
-    speed.add_argument("--dim", type=int, default=128)
-    speed.add_argument("--repeats", type=int, default=3)
+    speed.add_argument("--sizes", type=at_least(int, 2), nargs="+", default=[1024, 4096, 8192],
+                       help="values of 2N")
+    speed.add_argument("--dim", type=at_least(int, 1), default=128)
+    speed.add_argument("--repeats", type=at_least(int, 1), default=3)
     speed.set_defaults(func=_speed)
     _add_simclr(sub)
     _add_simcse(sub)
@@ -296,6 +301,13 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:  # bad arguments or data: a message, not a traceback
         print(f"fastcl {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a full disk: one message, not the chained tracebacks of the writer
+        from .engine.files import WriteFailed
+
+        if not isinstance(exc, WriteFailed):
+            raise
+        print(f"fastcl {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
 """Checkpoints that are never half-written and never run code when read.
 
 Saving writes a temporary file in the same folder, flushes it to disk, then renames it over the
-old one (atomic on POSIX), so a crash mid-save leaves the previous checkpoint. Loading uses
-torch.load(weights_only=True): a checkpoint holds tensors and plain data (configs are stored as
-dicts), and a file that would need arbitrary unpickling is refused instead of executed."""
+old one (atomic on POSIX, fastcl.engine.files), so a crash or a full disk mid-save leaves the
+previous checkpoint. Loading uses torch.load(weights_only=True): a checkpoint holds tensors and
+plain data (configs are stored as dicts), and a file that would need arbitrary unpickling is
+refused instead of executed."""
 
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 
 import torch
+
+from . import files
 
 
 class UnsafeCheckpoint(ValueError):
@@ -19,19 +21,11 @@ class UnsafeCheckpoint(ValueError):
 
 
 def save_atomic(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """torch.save(obj) to `path` in one rename, with the default file mode; on a full disk (or any
+    failed write) files.WriteFailed, and the previous checkpoint stays."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    files.replace(path, lambda f: torch.save(obj, f), suffix=".pt",
+                  note="; the previous checkpoint there is kept")
 
 
 def load(path: str, map_location="cpu"):

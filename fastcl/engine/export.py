@@ -1,15 +1,16 @@
 """Embeddings out of fastcl: a float32 .npy of (N, D) rows and a JSON-lines ids file beside it,
-written atomically, in the form FAISS, Milvus or any vector index ingests directly."""
+written atomically with the user's umask, in the form FAISS, Milvus or any vector index ingests directly."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 from torch import Tensor
+
+from . import files
 
 
 def ids_path(path: str) -> str:
@@ -32,19 +33,6 @@ def check_output(path: str) -> None:
     check_folder(path)
 
 
-def _replace(path: str, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_embeddings(path: str, embeddings: Tensor, ids: Sequence[dict]) -> tuple[str, str]:
     """Writes embeddings (N, D) as float32 to `path` and one JSON object per row (its id and what
     else identifies it) to ids_path(path); returns both paths."""
@@ -52,7 +40,7 @@ def write_embeddings(path: str, embeddings: Tensor, ids: Sequence[dict]) -> tupl
     if embeddings.dim() != 2 or embeddings.shape[0] != len(ids):
         raise ValueError(f"{len(ids)} ids for embeddings of shape {tuple(embeddings.shape)}")
     array = embeddings.detach().float().cpu().numpy()
-    _replace(path, lambda f: np.save(f, array))
+    files.replace(path, lambda f: np.save(f, array))
     lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ids)
-    _replace(ids_path(path), lambda f: f.write(lines.encode("utf-8")))
+    files.replace(ids_path(path), lambda f: f.write(lines.encode("utf-8")))
     return path, ids_path(path)

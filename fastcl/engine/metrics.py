@@ -1,5 +1,9 @@
 """What a run writes as it goes: metrics.jsonl (one JSON record per line), summary.json at the
-end, and a progress bar on stderr. Only the main process writes."""
+end, and a progress bar on stderr. Only the main process writes.
+
+metrics.jsonl is append-only, so a kill or a full disk can cut its last line short: its readers
+(`read_records`: resume, `fastcl plot`) drop such a line with a warning naming the file and line,
+and refuse any other line that is not a JSON record, naming them too."""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ import json
 import os
 import sys
 import time
+import warnings
 from typing import Callable
+
+from . import files
 
 
 def progress_bar(total: int, enabled: bool, **kwargs):
@@ -34,23 +41,48 @@ class MetricsLog:
             os.remove(self.path)
 
     def log(self, **record) -> None:
-        """Appends `record` with its wall-clock time (seconds since the epoch, as "time")."""
+        """Appends `record` with its wall-clock time (seconds since the epoch, as "time"); a write that
+        fails (a full disk) raises files.WriteFailed, which stops the run."""
         if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps({**record, "time": round(time.time(), 3)}) + "\n")
+            line = json.dumps({**record, "time": round(time.time(), 3)}) + "\n"
+            files.append(self.path, line.encode(), note="; the run stopped (its last checkpoint is kept)")
 
     def keep_only(self, keep: Callable[[dict], bool]) -> None:
-        """Drops the records `keep` rejects: those written after the checkpoint a run resumes from
-        belong to a run that did not get to save them."""
+        """Drops the records `keep` rejects, and a torn last line: those written after the checkpoint
+        a run resumes from belong to a run that did not get to save them. The file is replaced in
+        one rename."""
         if not (self.enabled and os.path.exists(self.path)):
             return
-        with open(self.path) as f:
-            kept = [line for line in f if keep(json.loads(line))]
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+        kept = "".join(json.dumps(r) + "\n" for r in read_records(self.path) if keep(r))
+        files.replace(self.path, lambda f: f.write(kept.encode()), suffix=".jsonl")
+
+
+def read_records(path: str) -> list[dict]:
+    """The records of a metrics.jsonl. A last line that is not a whole record (a write cut short)
+    is dropped with a warning; any other such line is a ValueError naming the file and line."""
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    records = []
+    for i, line in enumerate(lines[:last + 1]):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            if i < last:
+                raise ValueError(f"{path}, line {i + 1}: not a JSON record ({exc}); the file is corrupt, "
+                                 "delete or mend that line") from None
+            warnings.warn(f"{path}, line {i + 1}: an incomplete last record (a write cut short); ignored",
+                          stacklevel=2)
+            break
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {i + 1}: not a JSON object")
+        records.append(record)
+    return records
 
 
 def write_summary(out: str, summary: dict, enabled: bool) -> None:
     if enabled:
-        with open(os.path.join(out, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        text = json.dumps(summary, indent=2)
+        files.replace(os.path.join(out, "summary.json"), lambda f: f.write(text.encode()), suffix=".json")

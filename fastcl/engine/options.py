@@ -10,16 +10,37 @@ import argparse
 import dataclasses
 import types
 import typing
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 
 def option(default: Any, help: str, choices: Optional[Sequence] = None, required: bool = False,
-           flag_value: Optional[str] = None):
+           flag_value: Optional[str] = None, minimum: Optional[int] = None):
     """A config field with its command-line help (and choices). required: the command line
     insists on it (the default serves Python callers only). flag_value: a str option that may
-    also be given alone (`--resume` means `--resume yes`), with `--no-name` for "no"."""
+    also be given alone (`--resume` means `--resume yes`), with `--no-name` for "no". minimum: the
+    smallest value allowed (a count), checked by the command line and by `check_ranges`."""
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "required": required,
-                                                        "flag_value": flag_value})
+                                                        "flag_value": flag_value, "minimum": minimum})
+
+
+def at_least(kind: type, minimum) -> Callable[[str], Any]:
+    """An argparse type: `kind` of the text, refused below `minimum` with a message saying so."""
+    def parse(text: str):
+        value = kind(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def check_ranges(config) -> None:
+    """A ValueError for the first field of `config` below its option's `minimum` (None is unset)."""
+    for field in dataclasses.fields(config):
+        minimum, value = field.metadata.get("minimum"), getattr(config, field.name)
+        if minimum is not None and value is not None and value < minimum:
+            raise ValueError(f"{field.name} must be >= {minimum}, got {value}")
 
 
 def _value_type(hint) -> type:
@@ -59,7 +80,8 @@ def add_options(parser: argparse.ArgumentParser, config_class) -> None:
             parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_const", const="no",
                                 help=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag, dest=field.name, type=kind, choices=meta.get("choices"), default=None,
+            parse = kind if meta.get("minimum") is None else at_least(kind, meta["minimum"])
+            parser.add_argument(flag, dest=field.name, type=parse, choices=meta.get("choices"), default=None,
                                 metavar=None if meta.get("choices") else field.name.upper(),
                                 required=bool(meta.get("required")), help=help_text)
 

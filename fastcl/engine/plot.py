@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from .metrics import read_records
+
 
 def plot_run(run_dir: str, out: str | None = None) -> str:
     path = os.path.join(run_dir, "metrics.jsonl")
@@ -18,8 +20,7 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ImportError("fastcl plot needs matplotlib (pip install matplotlib)") from exc
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_records(path)
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch" and r.get("knn_top1") is not None]
     if not steps:

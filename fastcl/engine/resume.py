@@ -20,8 +20,9 @@ RESUME_CHOICES = ("auto", "yes", "no")
 HISTORY = "checkpoints"  # OUT/checkpoints/step-00000123.pt: the last K step checkpoints
 # Settings that may differ between a run and its continuation: where and how it reports, when it
 # stops, saves and gives up on a collective. Every other field defines the run.
-NOT_RUN_DEFINING = frozenset({"out", "resume", "progress", "device", "max_steps", "log_every", "save_every_steps",
-                              "save_every_minutes", "keep_checkpoints", "knn_k", "knn_t", "eval_steps"})
+NOT_RUN_DEFINING = frozenset({"out", "resume", "overwrite", "progress", "device", "max_steps", "log_every",
+                              "save_every_steps", "save_every_minutes", "keep_checkpoints", "knn_k", "knn_t",
+                              "eval_steps"})
 
 
 def under_torchrun() -> bool:
@@ -38,6 +39,44 @@ def resume_mode(value) -> str:
     if value not in RESUME_CHOICES:
         raise ValueError(f"resume must be one of {RESUME_CHOICES} (or True / False), got {value!r}")
     return value
+
+
+def start_mode(value, overwrite: bool) -> str:
+    """resume_mode(value), with --overwrite (a fresh start) refused beside --resume yes / auto."""
+    mode = resume_mode(value)
+    if overwrite and value not in (None, "no", False):
+        raise ValueError(f"overwrite (start over) and resume={value!r} (continue) exclude each other")
+    return "no" if overwrite else mode
+
+
+def refuse_overwrite(out: str, value, overwrite: bool, run_files: Iterable[str]) -> None:
+    """A run started in a folder that holds one (any of `run_files`) without being told what to do
+    with it, --resume, --overwrite or --no-resume, is refused: re-running a command must not wipe
+    its run. Under torchrun the unset mode is auto, and a restarted group goes on."""
+    if overwrite or value is not None or resume_mode(value) != "no":
+        return
+    found = [name for name in run_files if os.path.exists(os.path.join(out, name))]
+    if found:
+        raise ValueError(f"--out {out!r} already holds a run ({', '.join(found)}): continue it with "
+                         "--resume, replace it with --overwrite, or give another --out")
+
+
+def trainer_of(state: dict) -> Optional[str]:
+    """Which trainer wrote a checkpoint: its "trainer" entry, or for older ones its config's fields."""
+    config = state.get("config") or {}
+    if "trainer" in state:
+        return state["trainer"]
+    return "simcse" if "train_file" in config else "simclr" if "arch" in config else None
+
+
+def check_trainer(path: str, state, kind: str) -> None:
+    """A ValueError when `path` holds no training state, or one of another trainer than `kind`."""
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{path} is not a fastcl training checkpoint (no config in it)")
+    saved = trainer_of(state)
+    if saved is not None and saved != kind:
+        raise ValueError(f"{path} is a checkpoint of the {saved} trainer (fastcl {saved}), not of {kind}: "
+                         f"continue it with `fastcl {saved} --resume`, or give this run another --out")
 
 
 def check_save_options(every_steps: Optional[int], every_minutes: Optional[float], keep: int) -> None:

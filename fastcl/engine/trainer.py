@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import warnings
 from typing import Callable, Iterable, Optional
 
@@ -15,7 +16,7 @@ import torch
 
 from .. import distributed
 from . import amp as amp_lib
-from . import checkpoint, resume
+from . import checkpoint, files, resume
 from .grad_cache import GradCache, call_forward
 from .metrics import MetricsLog, write_summary
 
@@ -30,7 +31,14 @@ class Trainer:
 
     The subclass calls `start_or_resume(config)` at the end of its set-up (and defines
     `_restore(state)`): only then is a previous run's metrics.jsonl removed or trimmed, so a run
-    that fails to start leaves it in place."""
+    that fails to start leaves it in place. A folder that holds a run is continued (resume) or
+    replaced (overwrite, or resume "no") only when asked; unasked, the trainer refuses to start.
+
+    `kind` names the trainer in its checkpoints ("simclr", "simcse"); `run_files` are the files
+    whose presence in OUT means it holds a run."""
+
+    kind = "trainer"
+    run_files = ("last.pt", "metrics.jsonl", "summary.json")
 
     def __init__(self, *, out: str, device: str, seed: int, amp: str):
         amp_lib.check(amp)
@@ -41,7 +49,7 @@ class Trainer:
         self.amp = amp
         self.scaler = amp_lib.grad_scaler(self.device, amp)
         self.out = out
-        os.makedirs(out, exist_ok=True)
+        files.make_folder(out)
         self.metrics = MetricsLog(out, enabled=self.is_main)
 
     def start_or_resume(self, config, may_differ=resume.NOT_RUN_DEFINING) -> None:
@@ -53,12 +61,16 @@ class Trainer:
         self.checkpoint_path = os.path.join(config.out, "last.pt")
         self.schedule = resume.SaveSchedule(config.save_every_steps, config.save_every_minutes)
         self.keep = config.keep_checkpoints
-        path = resume.starting_point(config.out, resume.resume_mode(config.resume))
+        resume.refuse_overwrite(config.out, config.resume, config.overwrite, self.run_files)
+        path = resume.starting_point(config.out, resume.start_mode(config.resume, config.overwrite))
         if path is not None:
             state = checkpoint.load(path, map_location=self.device)
+            resume.check_trainer(path, state, self.kind)
             defaults = {f.name: f.default for f in dataclasses.fields(config)}
-            resume.check_compatible(path, state.get("config", {}), dataclasses.asdict(config), defaults, may_differ)
+            resume.check_compatible(path, state["config"], dataclasses.asdict(config), defaults, may_differ)
             self._restore(state)
+            if self.is_main:
+                print(f"resumed from step {self.global_step} (epoch {self.epoch}) of {path}", file=sys.stderr)
         self.ready(resumed=path is not None)
 
     def restore_rng(self, state: dict) -> None:
@@ -78,7 +90,8 @@ class Trainer:
         generator and config, plus the trainer's own `extra` entries."""
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                    generator=self.generator.get_state(), config=dataclasses.asdict(self.cfg), **extra)
+                    generator=self.generator.get_state(), config=dataclasses.asdict(self.cfg),
+                    trainer=self.kind, **extra)
 
     def load_training_state(self, state: dict) -> None:
         """The inverse of training_state for its common entries, and every rank's random state."""
@@ -102,12 +115,15 @@ class Trainer:
         self.schedule.saved()
 
     def ready(self, resumed: bool = False) -> None:
-        """Set-up succeeded: a fresh run starts its metrics log and step checkpoints over (a
+        """Set-up succeeded: a fresh run starts its metrics log, checkpoints and summary over (a
         resumed one trimmed its log)."""
         if not resumed:
             self.metrics.start_fresh()
             if self.is_main:
                 resume.clear_history(self.out)
+                for name in ("last.pt", "summary.json"):  # a crash before its first save must not leave them
+                    if os.path.exists(os.path.join(self.out, name)):
+                        os.remove(os.path.join(self.out, name))
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """What the training step calls: the model itself, or DDP around it under torchrun."""

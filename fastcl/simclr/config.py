@@ -8,8 +8,8 @@ from typing import Optional
 
 from ..augment import SimCLRAugment
 from ..engine import amp
-from ..engine.options import option
-from ..engine.resume import RESUME_CHOICES, check_save_options, resume_mode
+from ..engine.options import check_ranges, option
+from ..engine.resume import RESUME_CHOICES, check_save_options, start_mode
 from .data import DATASETS
 from .models import ARCHS
 
@@ -32,9 +32,9 @@ class SimCLRConfig:
     out: str = option("runs/simclr", "output folder: last.pt, metrics.jsonl, summary.json")
     arch: str = option("small_cnn", "encoder", choices=ARCHS)
     cifar_stem: bool = option(True, "ResNet with a 3x3 stride-1 stem and no max-pool (for 32 px images)")
-    size: int = option(32, "side of the augmented views in pixels")
-    batch_size: int = option(256, "global batch (over all processes); 2 x batch views per step")
-    epochs: int = option(30, "training epochs")
+    size: int = option(32, "side of the augmented views in pixels", minimum=1)
+    batch_size: int = option(256, "global batch (over all processes); 2 x batch views per step", minimum=2)
+    epochs: int = option(30, "training epochs", minimum=1)
     optimizer: str = option("lars", "optimiser", choices=("lars", "sgd", "adamw"))
     lr: Optional[float] = option(None, "peak learning rate; unset: 0.3 x B/256 (linear) or 0.075 x sqrt(B) (sqrt)")
     lr_scaling: str = option("linear", "how the default learning rate scales with the batch",
@@ -43,8 +43,8 @@ class SimCLRConfig:
     warmup_epochs: Optional[float] = option(None, "linear warm-up before cosine decay; unset: 10 epochs, or a "
                                             "tenth of a shorter run")
     temperature: float = option(0.5, "NT-Xent temperature")
-    proj_hidden: int = option(2048, "hidden width of the projection head")
-    proj_dim: int = option(128, "output width of the projection head (the loss's D)")
+    proj_hidden: int = option(2048, "hidden width of the projection head", minimum=1)
+    proj_dim: int = option(128, "output width of the projection head (the loss's D)", minimum=1)
     strength: float = option(0.5, "colour-jitter strength: 0.5 for CIFAR, 1.0 for ImageNet")
     crop_min: float = option(0.08, "smallest crop area fraction of the random resized crop")
     flip_p: float = option(0.5, "horizontal flip probability")
@@ -55,35 +55,38 @@ class SimCLRConfig:
     amp: str = option("none", "mixed precision of the forward", choices=tuple(amp.AMP_DTYPES))
     channels_last: bool = option(False, "channels-last views and model (faster convolutions on GPUs)")
     seed: int = option(0, "seed of weights, data order and augmentation")
-    knn_k: int = option(200, "neighbours of the kNN monitor")
+    knn_k: int = option(200, "neighbours of the kNN monitor", minimum=1)
     knn_t: float = option(0.1, "temperature of the kNN monitor's vote weights")
-    log_every: int = option(10, "steps between metrics.jsonl records")
+    log_every: int = option(10, "steps between metrics.jsonl records", minimum=1)
     progress: bool = option(True, "progress bar on stderr")
-    max_steps: Optional[int] = option(None, "stop (with a checkpoint) after this many steps in all")
+    max_steps: Optional[int] = option(None, "stop (with a checkpoint) after this many steps in all",
+                                      minimum=1)
     device: str = option("auto", "auto (CUDA when visible), cpu, cuda or cuda:N")
     resume: Optional[str] = option(None, "continue from OUT/last.pt: yes (--resume), no (--no-resume: start over), or "
                                    "auto (when OUT holds a checkpoint; one of other settings is refused); unset: "
                                    "auto under torchrun, else no", choices=RESUME_CHOICES, flag_value="yes")
-    save_every_steps: Optional[int] = option(None, "also save OUT/last.pt every N steps (epoch ends always save)")
+    overwrite: bool = option(False, "start over in an OUT that holds a run (without it, fastcl refuses to "
+                             "replace one: give --resume or --overwrite)")
+    save_every_steps: Optional[int] = option(None, "also save OUT/last.pt every N steps (epoch ends always "
+                                             "save)", minimum=1)
     save_every_minutes: Optional[float] = option(None, "also save every M minutes")
-    keep_checkpoints: int = option(2, "saves kept as OUT/checkpoints/step-N.pt (hard links of last.pt)")
+    keep_checkpoints: int = option(2, "saves kept as OUT/checkpoints/step-N.pt (hard links of last.pt)",
+                                   minimum=1)
     sync_bn: bool = option(False, "under torchrun: batch-norm statistics over the global batch (global BN)")
     mask_duplicates: bool = option(True, "an image stored twice (byte-identical) is not its own negative when a "
                                    "batch holds both copies")
     queue_size: int = option(0, "a memory bank of this many past keys as the negatives (lightly's NTXentLoss with "
                              "memory_bank_size: view 1 against its view 2 and the bank, no in-batch negatives); 0: "
-                             "none")
+                             "none", minimum=0)
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many views at a time, any "
                                        "batch size in fixed activation memory (batch norm then normalises per "
-                                       "chunk); unset: the whole batch at once")
+                                       "chunk); unset: the whole batch at once", minimum=1)
 
     def validate(self) -> None:
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (a batch of one has no negatives), got {self.batch_size}")
         if self.size <= 0:
             raise ValueError(f"size must be > 0, got {self.size}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         amp.check(self.amp)
@@ -101,7 +104,8 @@ class SimCLRConfig:
             raise ValueError(f"chunk_size must be >= 1 (views per encoder call), got {self.chunk_size}")
         if self.queue_size < 0:
             raise ValueError(f"queue_size must be >= 0 (0: no memory bank), got {self.queue_size}")
-        resume_mode(self.resume)
+        check_ranges(self)
+        start_mode(self.resume, self.overwrite)
         check_save_options(self.save_every_steps, self.save_every_minutes, self.keep_checkpoints)
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")

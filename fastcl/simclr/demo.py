@@ -24,7 +24,8 @@ def raw_pixel_knn(trainer: SimCLRTrainer) -> float:
 
 
 def run(out: str = "runs/digits-demo", epochs: int = 30, seed: int = 0, label_steps: int = 1000, **overrides) -> int:
-    cfg = config_for("digits", out=out, epochs=epochs, seed=seed, **overrides)
+    # the demo is re-made whole each time: a run already in OUT is replaced
+    cfg = config_for("digits", out=out, epochs=epochs, seed=seed, **{"overwrite": True, **overrides})
     trainer = SimCLRTrainer(cfg)
     print(f"SimCLR on the built-in digits ({len(trainer.train_data)} training scenes, {len(trainer.test_data)} "
           f"test scenes of held-out digits), {cfg.arch}, batch {cfg.batch_size}, {cfg.epochs} epochs on "

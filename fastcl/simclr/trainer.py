@@ -37,6 +37,8 @@ class SimCLRTrainer(Trainer):
         trainer.model.encoder              # the trained encoder
     """
 
+    kind = "simclr"
+
     def __init__(self, config: SimCLRConfig):
         config.validate()
         self.cfg = cfg = config

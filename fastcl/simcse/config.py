@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..engine import amp
-from ..engine.options import option
-from ..engine.resume import RESUME_CHOICES, check_save_options, resume_mode
+from ..engine.options import check_ranges, option
+from ..engine.resume import RESUME_CHOICES, check_save_options, start_mode
 from .model import POOLERS
 
 # The paper's settings for BERT-base.
@@ -47,36 +47,40 @@ class SimCSEConfig:
                                             "unsupervised, off for supervised")
     temperature: Optional[float] = option(None, "InfoNCE temperature; unset: 0.05 (the paper), unsupervised from "
                                           "minilm 1.0 (fastcl.simcse.UNSUPERVISED_RECIPES)")
-    max_length: int = option(32, "tokens per training sentence")
+    max_length: int = option(32, "tokens per training sentence", minimum=1)
     batch_size: Optional[int] = option(None, "global batch of sentences (pairs); unset: 64 unsupervised, "
-                                       "512 supervised")
+                                       "512 supervised", minimum=2)
     lr: Optional[float] = option(None, "peak learning rate; unset: 3e-5 unsupervised, 5e-5 supervised")
-    epochs: Optional[int] = option(None, "training epochs; unset: 1 unsupervised, 3 supervised")
+    epochs: Optional[int] = option(None, "training epochs; unset: 1 unsupervised, 3 supervised", minimum=1)
     hard_negative_weight: float = option(0.0, "added to each sentence's own hard-negative logit")
     weight_decay: float = option(0.0, "AdamW weight decay (not on biases and LayerNorm)")
     warmup_ratio: float = option(0.0, "fraction of steps of linear warm-up, then linear decay to 0")
     max_grad_norm: float = option(1.0, "gradient clipping norm (0: none)")
     amp: str = option("none", "mixed precision of the forward", choices=tuple(amp.AMP_DTYPES))
     dev_file: Optional[str] = option(None, "an STS file: evaluate every eval_steps and keep the best model")
-    eval_steps: int = option(125, "steps between dev evaluations (and saves)")
+    eval_steps: int = option(125, "steps between dev evaluations (and saves)", minimum=1)
     seed: int = option(42, "seed of the MLP, data order and dropout")
     device: str = option("auto", "auto (CUDA when visible), cpu, cuda or cuda:N")
-    log_every: int = option(10, "steps between metrics.jsonl records")
-    max_steps: Optional[int] = option(None, "stop after this many steps in all")
+    log_every: int = option(10, "steps between metrics.jsonl records", minimum=1)
+    max_steps: Optional[int] = option(None, "stop after this many steps in all", minimum=1)
     progress: bool = option(True, "progress bar on stderr")
     mask_duplicates: bool = option(True, "a sentence twice in a batch (same token ids) is not its own negative; "
                                    "supervised: rows sharing a sentence are one sample, and a hard negative equal "
                                    "to a row's sentence is not that row's negative")
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many sentences at a time, any "
-                                       "batch size in fixed activation memory; unset: the whole batch at once")
+                                       "batch size in fixed activation memory; unset: the whole batch at "
+                                       "once", minimum=1)
     resume: Optional[str] = option(None, "continue the training state in OUT/last.pt: yes (--resume), no "
                                    "(--no-resume: start over), or auto (when OUT holds one; one of other settings is "
                                    "refused); unset: auto under torchrun, else no", choices=RESUME_CHOICES,
                                    flag_value="yes")
+    overwrite: bool = option(False, "start over in an OUT that holds a run (without it, fastcl refuses to "
+                             "replace one: give --resume or --overwrite)")
     save_every_steps: Optional[int] = option(None, "save the training state (OUT/last.pt) every N steps; it is also "
-                                             "saved at the end")
+                                             "saved at the end", minimum=1)
     save_every_minutes: Optional[float] = option(None, "also save it every M minutes")
-    keep_checkpoints: int = option(2, "saves kept as OUT/checkpoints/step-N.pt (hard links of last.pt)")
+    keep_checkpoints: int = option(2, "saves kept as OUT/checkpoints/step-N.pt (hard links of last.pt)",
+                                    minimum=1)
 
     def validate(self) -> None:
         if self.pooler is not None and self.pooler not in POOLERS:
@@ -89,20 +93,13 @@ class SimCSEConfig:
             raise ValueError(f"batch_size must be >= 2 (a batch of one has no negatives), got {self.batch_size}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         amp.check(self.amp)
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.eval_steps < 1:
-            raise ValueError(f"eval_steps must be >= 1, got {self.eval_steps}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1 (sentences per encoder call), got {self.chunk_size}")
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
-        resume_mode(self.resume)
+        check_ranges(self)
+        start_mode(self.resume, self.overwrite)
         check_save_options(self.save_every_steps, self.save_every_minutes, self.keep_checkpoints)
 
     def resolved(self, supervised: bool) -> "SimCSEConfig":

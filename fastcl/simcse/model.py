@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..engine import checkpoint
+from ..engine import checkpoint, files
 from . import backbones
 
 POOLERS = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
@@ -25,6 +25,32 @@ CONFIG_NAME = "fastcl_simcse.json"
 HEAD_NAME = "fastcl_simcse_mlp.pt"
 # What a save writes only for some poolers: removed from the folder when a later save does not.
 MODULE_FILES = (HEAD_NAME, "modules.json", "sentence_bert_config.json", "1_Pooling", "2_Dense")
+
+
+def _remove_stale_modules(new: str, path: str) -> None:
+    """The module files in `path` that the save in `new` does not write."""
+    for stale in MODULE_FILES:
+        target = os.path.join(path, stale)
+        if os.path.exists(os.path.join(new, stale)) or not os.path.exists(target):
+            continue
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        else:
+            os.remove(target)
+
+
+def _move_into(new: str, path: str) -> None:
+    """Every file under `new` to the same place under `path`, flushed to disk and with the default
+    mode (safetensors writes 0600), each in one rename."""
+    mode = files.default_mode()
+    for folder, _, names in os.walk(new):
+        target = os.path.join(path, os.path.relpath(folder, new))
+        os.makedirs(target, exist_ok=True)
+        for name in names:
+            with open(os.path.join(folder, name), "rb+") as f:
+                os.fchmod(f.fileno(), mode)
+                os.fsync(f.fileno())
+            os.replace(os.path.join(folder, name), os.path.join(target, name))
 
 
 def _masked_mean(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -177,38 +203,35 @@ class SimCSE(nn.Module):
         """Weights and tokenizer (transformers' save_pretrained), fastcl's pooler settings and MLP,
         and sentence-transformers module files. Everything is written to a temporary folder first
         and then renamed file by file into `path` (other files there, such as a run's metrics,
-        stay), so a crash never leaves a half-written file. Module files of an earlier save that
-        this one does not write (an MLP, sentence-transformers modules) are removed first, so
-        they cannot outlive the model they described."""
+        stay), so a crash never leaves a half-written file; the files get the mode the user's umask
+        gives. Module files of an earlier save that this one does not write (an MLP,
+        sentence-transformers modules) are removed first, so they cannot outlive the model they
+        described. A failed write (a full disk) raises files.WriteFailed."""
         os.makedirs(path, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=path)
         try:
-            self.backbone.save_pretrained(tmp)
-            self._write_mlp_as_pooler(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
-                json.dump(dict(pooler=self.pooler, mlp_only_train=self.mlp_only_train, max_length=self.max_length,
-                               encode_max_length=self.encode_max_length, base_model=self.name), f, indent=2)
-            if self.mlp is not None:
-                torch.save(self.mlp.state_dict(), os.path.join(tmp, HEAD_NAME))
-            self._write_sentence_transformers_files(tmp)
-            for stale in MODULE_FILES:
-                target = os.path.join(path, stale)
-                if os.path.exists(os.path.join(tmp, stale)) or not os.path.exists(target):
-                    continue
-                if os.path.isdir(target):
-                    shutil.rmtree(target)
-                else:
-                    os.remove(target)
-            for folder, _, files in os.walk(tmp):
-                target = os.path.join(path, os.path.relpath(folder, tmp))
-                os.makedirs(target, exist_ok=True)
-                for name in files:
-                    with open(os.path.join(folder, name), "rb+") as f:
-                        os.fsync(f.fileno())
-                    os.replace(os.path.join(folder, name), os.path.join(target, name))
+            self._write_files(tmp)
+            _remove_stale_modules(tmp, path)
+            _move_into(tmp, path)
+        except Exception as exc:  # noqa: BLE001 (only a failed write is re-raised as one)
+            cause = files.os_error(exc)
+            if cause is None:
+                raise
+            raise files.failure(os.path.join(path, os.path.basename(cause.filename or "")), cause,
+                                note="; the model saved there before, if any, is kept") from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_files(self, folder: str) -> None:
+        self.backbone.save_pretrained(folder)
+        self._write_mlp_as_pooler(folder)
+        self.tokenizer.save_pretrained(folder)
+        with open(os.path.join(folder, CONFIG_NAME), "w") as f:
+            json.dump(dict(pooler=self.pooler, mlp_only_train=self.mlp_only_train, max_length=self.max_length,
+                           encode_max_length=self.encode_max_length, base_model=self.name), f, indent=2)
+        if self.mlp is not None:
+            torch.save(self.mlp.state_dict(), os.path.join(folder, HEAD_NAME))
+        self._write_sentence_transformers_files(folder)
 
     def _write_mlp_as_pooler(self, folder: str) -> None:
         """BERT's and RoBERTa's pooler is the SimCSE MLP (Linear + Tanh on the first token), so an

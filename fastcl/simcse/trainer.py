@@ -18,7 +18,7 @@ from ..engine import Trainer, TrainingDiverged, progress_bar, resume
 from ..losses import InfoNCELoss
 from . import data, duplicates, sts
 from .config import SimCSEConfig
-from .model import SimCSE, native_pooler
+from .model import CONFIG_NAME, SimCSE, native_pooler
 
 
 class SimCSETrainer(Trainer):
@@ -38,6 +38,9 @@ class SimCSETrainer(Trainer):
         trainer.train()
         fastcl.SimCSE.from_pretrained("runs/minilm").encode(["A sentence."])
     """
+
+    kind = "simcse"
+    run_files = Trainer.run_files + (CONFIG_NAME,)
 
     def __init__(self, config: SimCSEConfig):
         config.validate()
@@ -204,7 +207,7 @@ class SimCSETrainer(Trainer):
                 bar.set_postfix_str(f"epoch {epoch + 1} loss {loss:.4f} lr {lr:.3g} {rate:,.0f} sent/s",
                                     refresh=False)
                 bar.update()
-                if self.global_step % cfg.log_every == 0:
+                if self.global_step % cfg.log_every == 0 or self.global_step >= self.total_steps:
                     self.metrics.log(kind="step", step=self.global_step, epoch=epoch, loss=loss, lr=lr,
                                      sentences_per_s=rate)
                 if self.global_step % cfg.eval_steps == 0:

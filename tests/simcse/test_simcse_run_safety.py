@@ -1,0 +1,44 @@
+"""Never lose a SimCSE run (issue 24): the last step logged however short the run, a run folder not
+replaced unasked, a SimCLR checkpoint refused by name, the saved model with the user's umask."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from fastcl.engine import checkpoint  # noqa: E402
+from fastcl.engine.metrics import read_records  # noqa: E402
+from fastcl.simcse import SimCSEConfig, SimCSETrainer  # noqa: E402
+
+
+def _config(tmp_path, **kw):
+    (tmp_path / "train.txt").write_text("\n".join(f"line {i} of a tiny corpus" for i in range(24)))
+    base = dict(model="tiny", train_file=str(tmp_path / "train.txt"), out=str(tmp_path / "run"), batch_size=8,
+                max_steps=2, progress=False, device="cpu")
+    return SimCSEConfig(**{**base, **kw})
+
+
+def test_a_run_shorter_than_log_every_logs_its_last_step_with_the_umask_and_is_not_replaced_unasked(tmp_path):
+    old = os.umask(0o027)
+    try:
+        SimCSETrainer(_config(tmp_path, log_every=10)).train()
+    finally:
+        os.umask(old)
+    out = tmp_path / "run"
+    assert [r["step"] for r in read_records(str(out / "metrics.jsonl")) if r["kind"] == "step"] == [2]
+    for name in ("model.safetensors", "fastcl_simcse.json", "metrics.jsonl"):
+        assert os.stat(out / name).st_mode & 0o777 == 0o640, name
+    with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
+        SimCSETrainer(_config(tmp_path, log_every=10))
+    summary = SimCSETrainer(_config(tmp_path, max_steps=1, overwrite=True)).train()
+    assert summary["steps"] == 1
+
+
+def test_a_simclr_checkpoint_is_refused_by_name(tmp_path):
+    checkpoint.save_atomic({"config": {"arch": "small_cnn", "data": "fake"}, "global_step": 3},
+                           str(tmp_path / "run" / "last.pt"))  # saved before checkpoints named their trainer
+    with pytest.raises(ValueError, match="checkpoint of the simclr trainer .*fastcl simclr --resume"):
+        SimCSETrainer(_config(tmp_path, resume="yes"))
