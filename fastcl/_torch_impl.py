@@ -11,31 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-NORM_EPS = 1e-12  # as F.normalize; csrc/common/contrastive_math.h uses the same
-POSITIVE_ONLY = -2  # a column id: never a negative (as kPositiveOnly in contrastive_math.h)
+from .problem import NORM_EPS, POSITIVE_ONLY, ContrastiveProblem, PairProblem
 
 
-def contrastive(
-    q: Tensor,
-    k: Tensor,
-    row_labels: Tensor,
-    col_labels: Tensor,
-    logit_scale: Tensor,
-    *,
-    col_bias: Optional[Tensor] = None,
-    col_bias_owner: Optional[Tensor] = None,
-    row_ids: Optional[Tensor] = None,
-    col_ids: Optional[Tensor] = None,
-    row_offset: int = 0,
-    exclude_self: bool = False,
-    normalize: bool = True,
-    constant_cols: int = 0,
-    hardness: float = 0.0,
-    hardness_mode: int = 0,
-    compute_dtype: Optional[torch.dtype] = None,
-) -> tuple[Tensor, Tensor]:
+def contrastive(problem: ContrastiveProblem, compute_dtype: Optional[torch.dtype] = None) -> tuple[Tensor, Tensor]:
     """(per-row loss, positive count) of the contrastive core, computed in the loss dtype
     (or in compute_dtype: the tests use the input's low-precision dtype as plain PyTorch would)."""
+    (q, k, row_labels, col_labels, logit_scale, col_bias, col_bias_owner, row_ids, col_ids, row_offset, exclude_self,
+     normalize, constant_cols, hardness, hardness_mode) = problem
     acc = compute_dtype or (torch.float64 if q.dtype == torch.float64 else torch.float32)
     if constant_cols:
         k = torch.cat([k[:k.shape[0] - constant_cols], k[k.shape[0] - constant_cols:].detach()])
@@ -68,11 +51,12 @@ def contrastive(
     return loss, num_pos
 
 
-def contrastive_pair(a: Tensor, b: Tensor, logit_scale: Tensor, *, normalize: bool = True) -> tuple[Tensor, Tensor]:
+def contrastive_pair(problem: PairProblem) -> tuple[Tensor, Tensor]:
     """Both directions' per-row losses of paired rows (the fallback of ops.contrastive_pair)."""
+    a, b, logit_scale, normalize = problem
     rows = torch.arange(a.shape[0], device=a.device)
-    forward, _ = contrastive(a, b, rows, rows, logit_scale, normalize=normalize)
-    backward, _ = contrastive(b, a, rows, rows, logit_scale, normalize=normalize)
+    forward, _ = contrastive(ContrastiveProblem(a, b, rows, rows, logit_scale, normalize=normalize))
+    backward, _ = contrastive(ContrastiveProblem(b, a, rows, rows, logit_scale, normalize=normalize))
     return forward, backward
 
 

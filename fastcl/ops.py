@@ -1,24 +1,19 @@
 """Typed wrappers over torch.ops.fastcl.*, with their fake (shape) and autograd registrations.
 
-`contrastive` is the one entry point the losses use; it runs the compiled kernel when it is
-available and the pure-PyTorch reference otherwise (or when asked with impl="torch")."""
+`solve` is the one entry point the losses use: it runs the problem a loss was translated into
+(fastcl.problem) with the compiled kernels when they are available and the pure-PyTorch path
+otherwise (or when asked with impl="torch")."""
 
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 from torch import Tensor
 
 from . import _extension, _torch_impl
+from .problem import POSITIVE_ONLY, ContrastiveProblem, LossProblem, PairProblem, loss_dtype
 
-
-# A column id that makes the column never a negative (csrc/common/contrastive_math.h).
-POSITIVE_ONLY = _torch_impl.POSITIVE_ONLY
-
-
-def loss_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["POSITIVE_ONLY", "ContrastiveProblem", "LossProblem", "PairProblem", "contrastive", "contrastive_pair",
+           "loss_dtype", "solve"]
 
 
 def _register() -> None:
@@ -35,24 +30,20 @@ def _register() -> None:
         return torch.empty_like(q), torch.empty_like(k), logit_scale.new_empty(())
 
     def _setup_context(ctx, inputs, output):
-        q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale, row_offset, \
-            exclude_self, normalize, constant_cols, hardness, hardness_mode = inputs
+        problem = ContrastiveProblem.from_op(inputs[:9], inputs[9:])
         _, lse, num_pos = output
-        ctx.save_for_backward(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
-                              logit_scale, lse, num_pos)
-        ctx.args = (row_offset, exclude_self, normalize)
-        ctx.constant_cols, ctx.hardness = constant_cols, (hardness, hardness_mode)
+        ctx.save_for_backward(*problem.op_tensors(), lse, num_pos)
+        ctx.scalars = problem.op_scalars()
         ctx.mark_non_differentiable(lse, num_pos)
 
     def _backward(ctx, grad_loss, _grad_lse, _grad_num_pos):
-        q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale, lse, num_pos = \
-            ctx.saved_tensors
+        *tensors, lse, num_pos = ctx.saved_tensors
+        problem = ContrastiveProblem.from_op(tuple(tensors), ctx.scalars)
         need = ctx.needs_input_grad
         # Columns without a gradient cost no work: all of k when it needs none, else the constants.
-        constant = k.shape[0] if not need[1] else ctx.constant_cols
+        problem = problem._replace(constant_cols=problem.k.shape[0] if not need[1] else problem.constant_cols)
         grad_q, grad_k, grad_scale = torch.ops.fastcl.contrastive_backward(
-            grad_loss.contiguous(), q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
-            logit_scale, lse, num_pos, *ctx.args, constant, *ctx.hardness)
+            grad_loss.contiguous(), *problem.op_tensors(), lse, num_pos, *problem.op_scalars())
         return (grad_q if need[0] else None, grad_k if need[1] else None, None, None, None, None, None, None,
                 grad_scale if need[8] else None, None, None, None, None, None, None)
 
@@ -97,68 +88,50 @@ if _extension.has_ops():
     _register()
 
 
-def contrastive(
-    q: Tensor,
-    k: Tensor,
-    row_labels: Tensor,
-    col_labels: Tensor,
-    logit_scale: Tensor,
-    *,
-    col_bias: Optional[Tensor] = None,
-    col_bias_owner: Optional[Tensor] = None,
-    row_ids: Optional[Tensor] = None,
-    col_ids: Optional[Tensor] = None,
-    row_offset: int = 0,
-    exclude_self: bool = False,
-    normalize: bool = True,
-    constant_cols: int = 0,
-    hardness: float = 0.0,
-    hardness_mode: int = 0,
-    impl: str = "auto",
-) -> tuple[Tensor, Tensor]:
-    """Per-row contrastive loss and positive count (semantics: csrc/README.md).
-
-    row_ids (M,) / col_ids (L,) int64, both or neither: a pair that is not a positive leaves the
-    denominator when the column id is POSITIVE_ONLY or equals the row's id >= 0.
-    constant_cols: the last columns of k are constants (a queue): no gradient flows to them and
-    the backward spends no work on theirs.
-    hardness, hardness_mode: sentence-transformers' hardness penalty, hardness * dot (a constant in
-    the backward) on the pairs the mode selects: 1 other rows' columns, 2 a row's own non-positive
-    columns, 3 both; a column's row is col_bias_owner (-1: none), which then needs no col_bias.
-
-    impl: "auto" (compiled kernel when available), "fastcl" (compiled kernel, error if
-    missing) or "torch" (the pure-PyTorch reference, which materialises the logits)."""
+def _use_torch(impl: str, like: Tensor, cuda_ops_warning: bool) -> bool:
+    """Whether impl asks for (or falls back to) the pure-PyTorch path."""
     if impl not in ("auto", "fastcl", "torch"):
         raise ValueError(f"impl must be 'auto', 'fastcl' or 'torch', got {impl!r}")
     if impl == "fastcl":
         _extension.assert_has_ops()
-    if impl == "auto" and q.is_cuda and not _extension.has_cuda_ops():
-        _extension.warn_once("fastcl was built without CUDA kernels; CUDA inputs use the pure-PyTorch path")
-        impl = "torch"
-    if impl == "torch" or not _extension.has_ops():
-        return _torch_impl.contrastive(q, k, row_labels, col_labels, logit_scale, col_bias=col_bias,
-                                     col_bias_owner=col_bias_owner, row_ids=row_ids, col_ids=col_ids,
-                                     row_offset=row_offset, constant_cols=constant_cols, hardness=hardness,
-                                     hardness_mode=hardness_mode,
-                                     exclude_self=exclude_self, normalize=normalize)
-    loss, _lse, num_pos = torch.ops.fastcl.contrastive_forward(
-        q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale, row_offset,
-        exclude_self, normalize, constant_cols, hardness, hardness_mode)
+    if impl == "auto" and like.is_cuda and not _extension.has_cuda_ops():
+        if cuda_ops_warning:
+            _extension.warn_once("fastcl was built without CUDA kernels; CUDA inputs use the pure-PyTorch path")
+        return True
+    return impl == "torch" or not _extension.has_ops()
+
+
+def contrastive(problem: ContrastiveProblem, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """(per-row loss, positive count) of a problem (semantics: csrc/README.md).
+
+    impl: "auto" (compiled kernel when available), "fastcl" (compiled kernel, error if
+    missing) or "torch" (the pure-PyTorch path, which materialises the logits)."""
+    if _use_torch(impl, problem.q, cuda_ops_warning=True):
+        return _torch_impl.contrastive(problem)
+    loss, _lse, num_pos = torch.ops.fastcl.contrastive_forward(*problem.op_tensors(), *problem.op_scalars())
     return loss, num_pos
 
 
-def contrastive_pair(a: Tensor, b: Tensor, logit_scale: Tensor, *, normalize: bool = True,
-                     impl: str = "auto") -> tuple[Tensor, Tensor]:
-    """Per-row losses of both directions of paired data (CLIP's symmetric loss): a_i against every
-    b_j and b_j against every a_i, the positive on the diagonal; a and b (M, D). One fused pass
+def contrastive_pair(problem: PairProblem, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """Per-row losses of both directions of paired rows (CLIP's symmetric loss). One fused pass
     forms each logit tile once for both directions (csrc/README.md, contrastive_pair)."""
-    if impl not in ("auto", "fastcl", "torch"):
-        raise ValueError(f"impl must be 'auto', 'fastcl' or 'torch', got {impl!r}")
-    if impl == "fastcl":
-        _extension.assert_has_ops()
-    if impl == "auto" and a.is_cuda and not _extension.has_cuda_ops():
-        impl = "torch"
-    if impl == "torch" or not _extension.has_ops():
-        return _torch_impl.contrastive_pair(a, b, logit_scale, normalize=normalize)
-    loss_a, _, loss_b, _ = torch.ops.fastcl.contrastive_pair_forward(a, b, logit_scale, normalize)
+    if _use_torch(impl, problem.a, cuda_ops_warning=False):
+        return _torch_impl.contrastive_pair(problem)
+    loss_a, _, loss_b, _ = torch.ops.fastcl.contrastive_pair_forward(*problem)
     return loss_a, loss_b
+
+
+def solve(problem: LossProblem, impl: str = "auto") -> tuple[Tensor, Tensor]:
+    """(per-row loss, positive count) of a loss's problem: the mean of its parts' per-row losses
+    (a pair problem counts its two directions), the positive count of the first part."""
+    losses, num_pos = [], None
+    for part in problem.parts:
+        if isinstance(part, PairProblem):
+            losses.extend(contrastive_pair(part, impl))
+            num_pos = torch.ones_like(losses[-1]) if num_pos is None else num_pos
+        else:
+            loss, counts = contrastive(part, impl)
+            losses.append(loss)
+            num_pos = counts if num_pos is None else num_pos
+    loss = losses[0] if len(losses) == 1 else sum(losses[1:], losses[0]) / len(losses)
+    return loss, num_pos

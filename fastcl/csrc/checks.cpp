@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <utility>
 
 #include "common/augment_math.h"
 
@@ -17,14 +18,54 @@ void check_same_device(const at::Tensor& t, const at::Tensor& ref, const char* n
                     " but q is on ", ref.device());
 }
 
+at::Tensor contiguous_or_undefined(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? t->contiguous() : at::Tensor();
+}
+
+// The checked arguments as one problem: contiguous tensors (k stays q when the op got one tensor)
+// and the features the kernels specialise on.
+ContrastiveArgs make_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
+                          const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
+                          const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
+                          const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
+                          bool exclude_self, bool normalize, int64_t constant_cols, double hardness,
+                          int64_t hardness_mode) {
+  ContrastiveArgs a;
+  a.q = q.contiguous();
+  a.k = k.is_same(q) ? a.q : k.contiguous();
+  a.row_labels = row_labels.contiguous();
+  a.col_labels = col_labels.is_same(row_labels) ? a.row_labels : col_labels.contiguous();
+  a.logit_scale = logit_scale.contiguous();
+  a.col_bias = contiguous_or_undefined(col_bias);
+  a.col_bias_owner = contiguous_or_undefined(col_bias_owner);
+  a.row_ids = contiguous_or_undefined(row_ids);
+  a.col_ids = contiguous_or_undefined(col_ids);
+  a.M = q.size(0);
+  a.L = k.size(0);
+  a.D = q.size(1);
+  a.row_offset = row_offset;
+  a.constant_cols = constant_cols;
+  a.hardness = hardness;
+  a.hardness_mode = static_cast<int>(hardness_mode);
+  a.exclude_self = exclude_self;
+  a.normalize = normalize;
+  const std::pair<bool, Feature> uses[] = {
+      {col_bias.has_value(), kColBias},  {hardness_mode != 0, kHardness},
+      {row_ids.has_value(), kSampleIds}, {exclude_self, kExcludeSelf},
+      {row_offset != 0, kRowOffset},     {constant_cols != 0, kConstantCols},
+      {normalize, kNormalize},           {k.is_same(q) && col_labels.is_same(row_labels), kSelfSimilarity}};
+  for (const auto& [used, feature] : uses) a.features |= used ? feature : 0u;
+  return a;
+}
+
 }  // namespace
 
-ContrastiveSizes check_contrastive_args(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
-    const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-    const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
-    const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
-    bool exclude_self, int64_t constant_cols, double hardness, int64_t hardness_mode) {
+ContrastiveArgs contrastive_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
+                                 const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
+                                 const c10::optional<at::Tensor>& col_bias_owner,
+                                 const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids,
+                                 const at::Tensor& logit_scale, int64_t row_offset, bool exclude_self,
+                                 bool normalize, int64_t constant_cols, double hardness, int64_t hardness_mode) {
   TORCH_CHECK_VALUE(q.dim() == 2, "fastcl: q must be 2-D (M, D), got shape ", q.sizes());
   TORCH_CHECK_VALUE(k.dim() == 2, "fastcl: k must be 2-D (L, D), got shape ", k.sizes());
   TORCH_CHECK_VALUE(q.size(1) == k.size(1), "fastcl: q and k must have the same feature size D, got ",
@@ -88,7 +129,8 @@ ContrastiveSizes check_contrastive_args(
     TORCH_CHECK_VALUE(row_offset + M <= L, "fastcl: with exclude_self, rows [row_offset, row_offset+M) = [",
                       row_offset, ", ", row_offset + M, ") must lie inside the ", L, " columns");
   }
-  return {M, L, D};
+  return make_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
+                   row_offset, exclude_self, normalize, constant_cols, hardness, hardness_mode);
 }
 
 void check_pair_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale) {
@@ -119,14 +161,14 @@ void check_pair_backward_args(const at::Tensor& a, const at::Tensor& grad_a, con
   }
 }
 
-void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss, const at::Tensor& lse,
-                         const at::Tensor& num_pos, const at::Tensor& q) {
+void check_backward_args(const ContrastiveArgs& a, const at::Tensor& grad_loss, const at::Tensor& lse,
+                         const at::Tensor& num_pos) {
   for (const at::Tensor* t : {&grad_loss, &lse, &num_pos}) {
-    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == s.M, "fastcl: backward expects per-row tensors of shape (",
-                      s.M, "), got ", t->sizes());
-    TORCH_CHECK_TYPE(t->scalar_type() == loss_dtype(q.scalar_type()),
-                     "fastcl: backward per-row tensors must be ", loss_dtype(q.scalar_type()));
-    check_same_device(*t, q, "a backward per-row tensor");
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == a.M, "fastcl: backward expects per-row tensors of shape (",
+                      a.M, "), got ", t->sizes());
+    TORCH_CHECK_TYPE(t->scalar_type() == loss_dtype(a.q.scalar_type()),
+                     "fastcl: backward per-row tensors must be ", loss_dtype(a.q.scalar_type()));
+    check_same_device(*t, a.q, "a backward per-row tensor");
   }
 }
 

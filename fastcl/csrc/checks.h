@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "contrastive_args.h"  // the contrastive core's checks: contrastive_args, check_backward_args
+
 namespace fastcl {
 
 // Loss, log-sum-exp, counts and the logit scale are fp64 for fp64 inputs, else fp32.
@@ -16,25 +18,10 @@ inline at::ScalarType loss_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-struct ContrastiveSizes {
-  int64_t M, L, D;
-};
-
-ContrastiveSizes check_contrastive_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
-                                        const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-                                        const c10::optional<at::Tensor>& col_bias_owner,
-                                        const c10::optional<at::Tensor>& row_ids,
-                                        const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
-                                        int64_t row_offset, bool exclude_self, int64_t constant_cols,
-                                        double hardness, int64_t hardness_mode);
-
 // The paired two-direction op: a and b (M, D), M >= 1, one dtype and device; logit_scale 0-dim.
 void check_pair_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale);
 void check_pair_backward_args(const at::Tensor& a, const at::Tensor& grad_a, const at::Tensor& grad_b,
                               const at::Tensor& lse_a, const at::Tensor& lse_b);
-
-void check_backward_args(const ContrastiveSizes& s, const at::Tensor& grad_loss, const at::Tensor& lse,
-                         const at::Tensor& num_pos, const at::Tensor& q);
 
 // The shape of an augment call: one (B, C, H, W) batch or a list of (C, H, W) images.
 struct AugmentSizes {

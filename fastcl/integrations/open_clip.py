@@ -14,21 +14,20 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import _validate, distributed, ops
+from .. import _validate, distributed, ops, translate
+from ..problem import PairProblem
 
 
 def _mean_ce(rows: Tensor, cols: Tensor, first_row: int, logit_scale: Tensor) -> Tensor:
     """Mean over rows i of cross-entropy(logit_scale * rows_i . cols, target first_row + i): the
     features are used as given, normalised by the model as open_clip expects."""
-    labels = torch.arange(first_row, first_row + rows.shape[0], device=rows.device)
-    loss, _ = ops.contrastive(rows, cols, labels, torch.arange(cols.shape[0], device=rows.device), logit_scale,
-                              normalize=False)
+    loss, _ = ops.contrastive(translate.cross_entropy_rows(rows, cols, first_row, logit_scale))
     return loss.mean()
 
 
 def _both_directions(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
     """(image -> text + text -> image) / 2 over paired rows, in one pass over the logit tiles."""
-    loss_i, loss_t = ops.contrastive_pair(image, text, logit_scale, normalize=False)
+    loss_i, loss_t = ops.contrastive_pair(PairProblem(image, text, logit_scale, normalize=False))
     return (loss_i.mean() + loss_t.mean()) / 2
 
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import distributed, ops
+from .. import distributed, ops, translate
+from ..problem import PairProblem
 from ..engine.grad_cache import GradCache
 
 try:
@@ -59,7 +60,7 @@ def ranking_loss(embeddings: list, scale: float, normalize: bool, gather: bool, 
     designated positive, so the joint softmax is logaddexp of the two rows' and per_direction
     their mean; gradients flow through both, as through sentence-transformers' matrices."""
     queries, docs = embeddings[0], list(embeddings[1:])
-    n, device = queries.shape[0], queries.device
+    n = queries.shape[0]
     offset = 0
     if gather and distributed.active():
         counts = [n] * torch.distributed.get_world_size()
@@ -67,72 +68,27 @@ def ranking_loss(embeddings: list, scale: float, normalize: bool, gather: bool, 
         all_queries, docs = distributed.gather(queries, counts), [distributed.gather(d, counts) for d in docs]
     else:
         all_queries = queries
-    total = all_queries.shape[0]
-    all_docs = torch.cat(docs)
-    local_docs = docs[0][offset:offset + n]
-    rows = torch.arange(offset, offset + n, device=device)
-    doc_owner = torch.arange(total, device=device).repeat(len(docs))
-    doc_labels = torch.cat([torch.arange(total, device=device),
-                            torch.full((all_docs.shape[0] - total,), -1, device=device)])
-    none = torch.full((total,), -1, device=device)
-    scale_t = torch.tensor(float(scale), dtype=ops.loss_dtype(queries.dtype), device=device)
-    penalty = dict(hardness=float(hardness_strength), hardness_mode=HARDNESS_MODES[hardness_mode]) \
-        if hardness_mode is not None and hardness_strength > 0 else {}
-    owner = dict(col_bias_owner=doc_owner) if penalty else {}
-
-    if set(directions) == {Q2D, D2Q} and len(docs) == 1 and total == n and not penalty:
+    scale_t = torch.tensor(float(scale), dtype=ops.loss_dtype(queries.dtype), device=queries.device)
+    batch = translate.Ranking(queries, docs[0][offset:offset + n], all_queries, torch.cat(docs), offset, scale_t,
+                              normalize)
+    penalised = hardness_mode is not None and hardness_strength > 0
+    if set(directions) == {Q2D, D2Q} and len(docs) == 1 and batch.all_queries.shape[0] == n \
+            and not penalised:
         # Pairs only, one process: both directions from one pass over the logit tiles.
-        loss_q, loss_d = ops.contrastive_pair(queries, all_docs, scale_t, normalize=normalize)
+        loss_q, loss_d = ops.contrastive_pair(PairProblem(queries, batch.all_docs, scale_t, normalize))
         both = torch.logaddexp(loss_q, loss_d) if partition_mode == "joint" else (loss_q + loss_d) / 2
         return both.mean()
-    if "query_to_query" in directions:  # queries after the docs: q_i's own column is the excluded self
-        cols = torch.cat([all_docs, all_queries])
-        labels = torch.cat([doc_labels, none])
-        if penalty:
-            owner = dict(col_bias_owner=torch.cat([doc_owner, none]))
-        loss_a, _ = ops.contrastive(queries, cols, rows, labels, scale_t, row_offset=all_docs.shape[0] + offset,
-                                    exclude_self=True, normalize=normalize, **owner, **penalty)
-    else:
-        loss_a, _ = ops.contrastive(queries, all_docs, rows, doc_labels, scale_t, normalize=normalize, **owner,
-                                    **penalty)
-    with_docs_as_rows = {"doc_to_query", "doc_to_doc"} & set(directions)
-    if not with_docs_as_rows:
+    rows_problem = translate.ranking_queries(batch, "query_to_query" in directions,
+                                             HARDNESS_MODES[hardness_mode] if penalised else 0, float(hardness_strength))
+    loss_a, _ = ops.contrastive(rows_problem)
+    if not {D2Q, "doc_to_doc"} & set(directions):
         return loss_a.mean()
-    positive = scale * _row_sim(queries, local_docs, normalize)
-    loss_b, anchor = _doc_rows(local_docs, all_queries, all_docs, rows, doc_owner, total, directions, scale_t,
-                               normalize)
-    lse_a, lse_b = loss_a + positive, loss_b + scale * _row_sim(local_docs, anchor, normalize)
+    positive = scale * _row_sim(queries, batch.local_docs, normalize)
+    docs_problem, anchor = translate.ranking_docs(batch, D2Q in directions, "doc_to_doc" in directions)
+    loss_b, _ = ops.contrastive(docs_problem)
+    lse_a, lse_b = loss_a + positive, loss_b + scale * _row_sim(batch.local_docs, anchor, normalize)
     log_z = torch.logaddexp(lse_a, lse_b) if partition_mode == "joint" else (lse_a + lse_b) / 2
     return (log_z - positive).mean()
-
-
-def _doc_rows(local_docs: Tensor, all_queries: Tensor, all_docs: Tensor, rows: Tensor, doc_owner: Tensor, total: int,
-              directions: tuple, scale_t: Tensor, normalize: bool) -> tuple:
-    """(kernel loss of the positive docs as rows, the column each takes as its designated positive):
-    columns [all queries] (doc_to_query) and [all docs] (doc_to_doc, the row's query's own docs
-    masked by sample ids). The positive is query i; without doc_to_query it is the positive doc of
-    query i + 1, a column of the softmax like any other (the log-partition needs one)."""
-    device = local_docs.device
-    none = torch.full((total,), -1, device=device)
-    cols, labels, ids = [], [], []
-    if "doc_to_query" in directions:
-        cols.append(all_queries)
-        labels.append(torch.arange(total, device=device))
-        ids.append(none)
-        anchor = all_queries[rows]
-    if "doc_to_doc" in directions:
-        if total < 2:
-            raise ValueError("doc_to_doc needs a batch of at least 2 queries")
-        doc_labels = torch.full((all_docs.shape[0],), -1, device=device)
-        if "doc_to_query" not in directions:  # positive doc j is the anchor of row j - 1
-            doc_labels[:total] = (torch.arange(total, device=device) - 1) % total
-            anchor = all_docs[(rows + 1) % total]
-        cols.append(all_docs)
-        labels.append(doc_labels)
-        ids.append(doc_owner)
-    loss, _ = ops.contrastive(local_docs, torch.cat(cols), rows, torch.cat(labels), scale_t, row_ids=rows,
-                              col_ids=torch.cat(ids), normalize=normalize)
-    return loss, anchor
 
 
 class _Fused:

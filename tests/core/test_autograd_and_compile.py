@@ -7,6 +7,7 @@ import torch
 
 import fastcl
 from fastcl import functional, ops
+from fastcl.problem import ContrastiveProblem
 
 from helpers import DEVICES, MODES, is_sim, make_case
 
@@ -16,10 +17,10 @@ def test_gradcheck_fp64(mode):
     q, k, lr, lc, scale, kw = make_case(mode, 5, 4, torch.float64, "cpu")
     scale = scale.clone().requires_grad_()
     if q is k:
-        fn = lambda z, s: ops.contrastive(z, z, lr, lc, s, impl="fastcl", **kw)[0]  # noqa: E731
+        fn = lambda z, s: ops.contrastive(ContrastiveProblem(z, z, lr, lc, s, **kw), impl="fastcl")[0]  # noqa: E731
         inputs = (q, scale)
     else:
-        fn = lambda a, b, s: ops.contrastive(a, b, lr, lc, s, impl="fastcl", **kw)[0]  # noqa: E731
+        fn = lambda a, b, s: ops.contrastive(ContrastiveProblem(a, b, lr, lc, s, **kw), impl="fastcl")[0]  # noqa: E731
         inputs = (q, k, scale)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
 
@@ -88,7 +89,7 @@ def test_bitwise_deterministic(device):
     q, k, lr, lc, scale, kw = make_case("supcon", 700, 64, torch.float32, device)
 
     def run():
-        loss, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
+        loss, _ = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")
         grad = torch.autograd.grad(loss.sum(), q)[0]
         return loss, grad
 

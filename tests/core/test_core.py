@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fastcl import ops, reference
+from fastcl.problem import ContrastiveProblem
 
 from helpers import DEVICES, MODES, assert_close_to_truth, dtypes_for, make_case
 
@@ -16,7 +17,7 @@ SHAPES = [(2, 1), (2, 3), (37, 3), (37, 127), (300, 16)]  # 2N = 600 crosses the
 def _loss_and_grads(fn, q, k, labels_r, labels_c, scale, kw, weights, **extra):
     leaves = [q] if q is k else [q, k]
     scale = scale.clone().requires_grad_()
-    loss, num_pos = fn(q, k, labels_r, labels_c, scale, **kw, **extra)
+    loss, num_pos = fn(ContrastiveProblem(q, k, labels_r, labels_c, scale, **kw), **extra)
     total = (loss * weights.to(loss.dtype)).sum()
     grads = torch.autograd.grad(total, leaves + [scale])
     return loss, num_pos, grads
@@ -64,8 +65,8 @@ def test_zero_vectors(device):
     q, k, lr, lc, scale, kw = make_case("ntxent", 5, 8, torch.float32, device)
     with torch.no_grad():
         q[2].zero_()
-    loss, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
-    ref, _ = reference.contrastive(q, k, lr, lc, scale, **kw)
+    loss, _ = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")
+    ref, _ = reference.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw))
     assert torch.isfinite(loss).all()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
 
@@ -84,8 +85,8 @@ def test_non_contiguous_inputs(device):
     k = base[:, 1].clone().requires_grad_()
     rows = torch.arange(40, device=device)
     scale = torch.tensor(5.0, device=device)
-    loss, _ = ops.contrastive(q, k, rows, rows, scale, impl="fastcl")
-    ref, _ = reference.contrastive(q, k, rows, rows, scale)
+    loss, _ = ops.contrastive(ContrastiveProblem(q, k, rows, rows, scale), impl="fastcl")
+    ref, _ = reference.contrastive(ContrastiveProblem(q, k, rows, rows, scale))
     torch.testing.assert_close(loss, ref)
 
 
@@ -145,9 +146,9 @@ def test_zero_columns_leave_the_other_gradients_intact(device):
         with torch.no_grad():
             k[7].zero_()
         q64, k64 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
-        ref, _ = reference.contrastive(q64, k64, lr, lc, scale.double(), **kw)
+        ref, _ = reference.contrastive(ContrastiveProblem(q64, k64, lr, lc, scale.double(), **kw))
         want = torch.autograd.grad(ref.sum(), q64)[0]
-        loss, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
+        loss, _ = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")
         got = torch.autograd.grad(loss.sum(), q)[0]
         tol = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}[dtype]
         torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol, msg=f"grad_q ({dtype})")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fastcl import ops, reference
+from fastcl.problem import ContrastiveProblem
 
 from helpers import DEVICES, assert_close_to_truth, dtypes_for
 
@@ -27,7 +28,7 @@ def _case(n, d, dtype, device, mode):
 
 def _loss_and_grads(fn, q, k, rows, labels, scale, kw, **extra):
     scale = scale.clone().requires_grad_()
-    loss, _ = fn(q, k, rows, labels, scale, **kw, **extra)
+    loss, _ = fn(ContrastiveProblem(q, k, rows, labels, scale, **kw), **extra)
     weights = torch.linspace(0.5, 1.5, loss.shape[0], dtype=loss.dtype, device=loss.device)
     return (loss, *torch.autograd.grad((loss * weights).sum(), (q, k, scale)))
 
@@ -49,12 +50,12 @@ def test_matches_reference(device, mode, n, d):
 
 def test_the_penalty_moves_the_loss_and_only_where_the_mode_says():
     q, k, rows, labels, scale, kw = _case(5, 8, torch.float64, "cpu", 2)
-    plain, _ = ops.contrastive(q, k, rows, labels, scale)
+    plain, _ = ops.contrastive(ContrastiveProblem(q, k, rows, labels, scale))
     for mode in (1, 2, 3):
-        penalised, _ = ops.contrastive(q, k, rows, labels, scale, **{**kw, "hardness_mode": mode})
+        penalised, _ = ops.contrastive(ContrastiveProblem(q, k, rows, labels, scale, **{**kw, "hardness_mode": mode}))
         assert not torch.allclose(penalised, plain)
     with torch.no_grad():  # a penalty of 0 is no penalty
-        zero, _ = ops.contrastive(q, k, rows, labels, scale, **{**kw, "hardness": 0.0})
+        zero, _ = ops.contrastive(ContrastiveProblem(q, k, rows, labels, scale, **{**kw, "hardness": 0.0}))
     torch.testing.assert_close(zero, plain, rtol=0, atol=0)
 
 
@@ -66,4 +67,4 @@ def test_the_penalty_moves_the_loss_and_only_where_the_mode_says():
 def test_bad_arguments(kw, match):
     q, rows = torch.randn(3, 4), torch.arange(3)
     with pytest.raises(ValueError, match=match):
-        ops.contrastive(q, torch.randn(6, 4), rows, torch.arange(6), torch.tensor(2.0), impl="fastcl", **kw)
+        ops.contrastive(ContrastiveProblem(q, torch.randn(6, 4), rows, torch.arange(6), torch.tensor(2.0), **kw), impl="fastcl")

@@ -8,6 +8,7 @@ import torch
 
 import fastcl
 from fastcl import reference
+from fastcl.problem import ContrastiveProblem
 
 from helpers import DEVICES, is_sim
 
@@ -215,9 +216,9 @@ def test_constant_columns_get_no_gradient_and_change_nothing_else(device, k_grad
         q, k, lr, lc, scale, kw = make_case("queue", 70, 33, dtype, device)
         k.requires_grad_(k_grad)
         leaves = (q, k) if k_grad else (q,)
-        full, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
+        full, _ = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")
         want = torch.autograd.grad(full.sum(), leaves)
-        cut, _ = ops.contrastive(q, k, lr, lc, scale, constant_cols=140, impl="fastcl", **kw)
+        cut, _ = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, constant_cols=140, **kw), impl="fastcl")
         got = torch.autograd.grad(cut.sum(), leaves)
         assert torch.equal(cut, full)
         torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
@@ -225,5 +226,5 @@ def test_constant_columns_get_no_gradient_and_change_nothing_else(device, k_grad
             torch.testing.assert_close(got[1][:70], want[1][:70], rtol=1e-6, atol=1e-6)
             assert not got[1][70:].any()
         if k_grad:  # the pure-PyTorch path treats them as constants too
-            ref, _ = reference.contrastive(q, k, lr, lc, scale, constant_cols=140, **kw)
+            ref, _ = reference.contrastive(ContrastiveProblem(q, k, lr, lc, scale, constant_cols=140, **kw))
             assert not torch.autograd.grad(ref.sum(), k)[0][70:].any()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fastcl import functional, ops, reference
+from fastcl.problem import ContrastiveProblem, PairProblem
 
 from helpers import DEVICES, assert_close_to_truth, dtypes_for, is_sim
 
@@ -20,9 +21,9 @@ def _case(m, d, dtype, device):
     return a, b, scale
 
 
-def _both(fn, a, b, scale, **kw):
+def _both(fn, a, b, scale, normalize, **extra):
     scale = scale.clone().requires_grad_()
-    loss_a, loss_b = fn(a, b, scale, **kw)
+    loss_a, loss_b = fn(PairProblem(a, b, scale, normalize), **extra)
     w = torch.linspace(0.5, 1.5, a.shape[0], dtype=loss_a.dtype, device=loss_a.device)
     total = (loss_a * w).sum() + (loss_b * w.flip(0)).sum()
     return (loss_a, loss_b, *torch.autograd.grad(total, (a, b, scale)))
@@ -40,22 +41,22 @@ def test_matches_the_general_core_twice(device, m, d, normalize):
         a64, b64 = (x.detach().double().requires_grad_() for x in (a, b))
         truth = _both(reference.contrastive_pair, a64, b64, scale.double(), normalize=normalize)
         compute = dtype if dtype in (torch.float16, torch.bfloat16) else None
-        plain = _both(lambda *x, **k: _plain(*x, compute=compute, **k), a, b, scale, normalize=normalize)
+        plain = _both(lambda p: _plain(p.a, p.b, p.logit_scale, compute, p.normalize), a, b, scale, normalize=normalize)
         for name, x, t, p in zip(["loss_a", "loss_b", "grad_a", "grad_b", "grad_scale"], got, truth, plain):
             assert_close_to_truth(x, t, p, dtype, name)
 
 
 def _plain(a, b, scale, compute, normalize):
     rows = torch.arange(a.shape[0], device=a.device)
-    one, _ = reference.contrastive(a, b, rows, rows, scale, normalize=normalize, compute_dtype=compute)
-    two, _ = reference.contrastive(b, a, rows, rows, scale, normalize=normalize, compute_dtype=compute)
+    one, _ = reference.contrastive(ContrastiveProblem(a, b, rows, rows, scale, normalize=normalize), compute_dtype=compute)
+    two, _ = reference.contrastive(ContrastiveProblem(b, a, rows, rows, scale, normalize=normalize), compute_dtype=compute)
     return one, two
 
 
 def test_gradcheck_opcheck_and_compile():
     a, b, scale = _case(5, 4, torch.float64, "cpu")
     scale = scale.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, y, s: ops.contrastive_pair(x, y, s, impl="fastcl"), (a, b, scale))
+    assert torch.autograd.gradcheck(lambda x, y, s: ops.contrastive_pair(PairProblem(x, y, s), impl="fastcl"), (a, b, scale))
     torch.library.opcheck(torch.ops.fastcl.contrastive_pair_forward.default, (a, b, scale, True))
     loss_a, lse_a, loss_b, lse_b = torch.ops.fastcl.contrastive_pair_forward(a, b, scale, True)
     torch.library.opcheck(torch.ops.fastcl.contrastive_pair_backward.default,

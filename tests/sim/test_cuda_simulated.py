@@ -11,6 +11,7 @@ import torch
 
 from fastcl import augment as A
 from fastcl import ops
+from fastcl.problem import ContrastiveProblem
 
 import sim_ops
 from helpers import make_case
@@ -77,7 +78,7 @@ def test_augmentation_equals_the_cpu_op(name, images, params):
 
 def _loss_and_grads(mode, dtype):
     q, k, lr, lc, scale, kw = make_case(mode, 150, 40, dtype, "cpu")
-    loss, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
+    loss, _ = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")
     leaves = [q] if q is k else [q, k]
     return (loss, *torch.autograd.grad(loss.sum(), leaves))
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from fastcl import ops
+from fastcl.problem import ContrastiveProblem
 
 import sim_ops
 from helpers import make_case
@@ -37,8 +38,8 @@ def _run(fn):
 def _forward(mode, n, d, dtype):
     q, k, lr, lc, scale, kw = make_case(mode, n, d, dtype, "cpu")
     with torch.no_grad():
-        want = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)[0]
-        got, counters = _run(lambda: ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)[0])
+        want = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")[0]
+        got, counters = _run(lambda: ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")[0])
     counts = {name: c for name, c in counters.items() if "forward_mma_kernel" in name}
     return got, want, counts, q.shape[0], k.shape[0]
 
@@ -49,7 +50,7 @@ def _loss_and_grads(mode, n, d, dtype):
     leaves = [q, scale] if q is k else [q, k, scale]
 
     def run():
-        loss, _ = ops.contrastive(q, k, lr, lc, scale, impl="fastcl", **kw)
+        loss, _ = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")
         weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype)  # unequal grad_loss per row
         return torch.autograd.grad((loss * weights).sum(), leaves)
 

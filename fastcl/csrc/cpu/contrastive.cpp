@@ -183,128 +183,85 @@ std::tuple<at::Tensor, at::Tensor, acc_t> backward_impl(const Problem<acc_t>& p,
   return {grad_qn.mul_(p.scale), grad_kn.mul_(p.scale), static_cast<acc_t>(total)};
 }
 
-at::Tensor contiguous_or_empty(const c10::optional<at::Tensor>& t) {
-  return t.has_value() ? t->contiguous() : at::Tensor();
-}
-
-// The inputs of either op, checked, made contiguous and normalised once.
+// The problem's rows normalised once (the kernels take unit rows), and which kernel runs it.
 struct Prepared {
-  ContrastiveSizes sz;
+  const ContrastiveArgs& a;
   at::ScalarType acc;
   Normalised qn, kn;
-  at::Tensor row_labels, col_labels, bias, owner, row_ids, col_ids;
-  int64_t constant_cols;
-  double hardness;
-  int64_t hardness_mode;
   bool self_path;
 };
 
-Prepared prepare(const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
-                 const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-                 const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
-                 const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
-                 bool exclude_self, bool normalize, int64_t constant_cols, double hardness, int64_t hardness_mode) {
-  Prepared pr;
-  pr.sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
-                                 logit_scale, row_offset, exclude_self, constant_cols, hardness, hardness_mode);
-  pr.constant_cols = constant_cols;
-  pr.hardness = hardness;
-  pr.hardness_mode = hardness_mode;
-  pr.acc = loss_dtype(q.scalar_type());
-  pr.qn = normalise_rows(q, pr.acc, normalize);
-  pr.kn = q.is_same(k) ? pr.qn : normalise_rows(k, pr.acc, normalize);
-  pr.row_labels = row_labels.contiguous();
-  pr.col_labels = col_labels.contiguous();
-  pr.bias = contiguous_or_empty(col_bias);
-  pr.owner = contiguous_or_empty(col_bias_owner);
-  pr.row_ids = contiguous_or_empty(row_ids);
-  pr.col_ids = contiguous_or_empty(col_ids);
-  pr.self_path = constant_cols == 0 && hardness_mode == 0 && self_similarity_applies(q, k, pr.row_labels, pr.col_labels, pr.row_ids, pr.col_ids,
-                                         pr.bias.defined(), row_offset, exclude_self, c10::elementSize(pr.acc));
-  return pr;
+Prepared prepare(const ContrastiveArgs& a) {
+  const at::ScalarType acc = loss_dtype(a.q.scalar_type());
+  Normalised qn = normalise_rows(a.q, acc, a.normalize);
+  Normalised kn = a.k.is_same(a.q) ? qn : normalise_rows(a.k, acc, a.normalize);
+  const bool self_path = !a.has(kConstantCols) && !a.has(kHardness) &&
+                         self_similarity_applies(a.q, a.k, a.row_labels, a.col_labels, a.row_ids, a.col_ids,
+                                                 a.has(kColBias), a.row_offset, a.exclude_self, c10::elementSize(acc));
+  return {a, acc, std::move(qn), std::move(kn), self_path};
 }
 
 template <typename acc_t>
-Problem<acc_t> make_problem(const Prepared& pr, const at::Tensor& logit_scale, int64_t row_offset,
-                            bool exclude_self) {
+Problem<acc_t> make_problem(const ContrastiveArgs& a) {
+  const auto ids = [](const at::Tensor& t) { return t.defined() ? t.data_ptr<int64_t>() : nullptr; };
   Problem<acc_t> p;
-  p.M = pr.sz.M;
-  p.L = pr.sz.L;
-  p.D = pr.sz.D;
-  p.row_offset = row_offset;
-  p.exclude_self = exclude_self;
-  p.row_labels = pr.row_labels.data_ptr<int64_t>();
-  p.col_labels = pr.col_labels.data_ptr<int64_t>();
-  p.bias = pr.bias.defined() ? pr.bias.data_ptr<acc_t>() : nullptr;
-  p.bias_owner = pr.owner.defined() ? pr.owner.data_ptr<int64_t>() : nullptr;
-  p.row_ids = pr.row_ids.defined() ? pr.row_ids.data_ptr<int64_t>() : nullptr;
-  p.col_ids = pr.col_ids.defined() ? pr.col_ids.data_ptr<int64_t>() : nullptr;
-  p.grad_cols = pr.sz.L - pr.constant_cols;
-  p.hardness = static_cast<acc_t>(pr.hardness);
-  p.hardness_mode = static_cast<int>(pr.hardness_mode);
-  p.scale = logit_scale.item<acc_t>();
+  p.M = a.M;
+  p.L = a.L;
+  p.D = a.D;
+  p.row_offset = a.row_offset;
+  p.exclude_self = a.exclude_self;
+  p.row_labels = a.row_labels.data_ptr<int64_t>();
+  p.col_labels = a.col_labels.data_ptr<int64_t>();
+  p.bias = a.col_bias.defined() ? a.col_bias.data_ptr<acc_t>() : nullptr;
+  p.bias_owner = ids(a.col_bias_owner);
+  p.row_ids = ids(a.row_ids);
+  p.col_ids = ids(a.col_ids);
+  p.grad_cols = a.L - a.constant_cols;
+  p.hardness = static_cast<acc_t>(a.hardness);
+  p.hardness_mode = a.hardness_mode;
+  p.scale = a.logit_scale.item<acc_t>();
   return p;
 }
 
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_typed(const Prepared& pr, const at::Tensor& logit_scale,
-                                                             int64_t row_offset, bool exclude_self) {
-  const Problem<acc_t> p = make_problem<acc_t>(pr, logit_scale, row_offset, exclude_self);
+Triple forward_typed(const Prepared& pr) {
+  const Problem<acc_t> p = make_problem<acc_t>(pr.a);
   return pr.self_path ? self_similarity_forward(p, pr.qn.rows) : forward_impl(p, pr.qn.rows, pr.kn.rows);
 }
 
 template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_typed(const Prepared& pr, const at::Tensor& q,
-                                                              const at::Tensor& k, const at::Tensor& grad,
-                                                              const at::Tensor& lse, const at::Tensor& num_pos,
-                                                              const at::Tensor& logit_scale, int64_t row_offset,
-                                                              bool exclude_self, bool normalize) {
-  const Problem<acc_t> p = make_problem<acc_t>(pr, logit_scale, row_offset, exclude_self);
-  const auto scalar = q.options().dtype(pr.acc);
+Triple backward_typed(const Prepared& pr, const at::Tensor& grad, const at::Tensor& lse, const at::Tensor& num_pos) {
+  const ContrastiveArgs& a = pr.a;
+  const Problem<acc_t> p = make_problem<acc_t>(a);
+  const auto scalar = a.q.options().dtype(pr.acc);
   if (pr.self_path) {
     // q and k are one tensor: grad_q carries its whole gradient (csrc/README.md).
     auto [grad_zn, grad_scale] = self_similarity_backward(p, pr.qn.rows, grad, lse, num_pos);
-    return {normalise_backward(grad_zn, pr.qn, normalize).to(q.scalar_type()), at::zeros_like(k),
+    return {normalise_backward(grad_zn, pr.qn, a.normalize).to(a.q.scalar_type()), at::zeros_like(a.k),
             at::scalar_tensor(grad_scale, scalar)};
   }
   auto [grad_qn, grad_kn, grad_scale] = backward_impl(p, pr.qn.rows, pr.kn.rows, grad, lse, num_pos);
-  return {normalise_backward(grad_qn, pr.qn, normalize).to(q.scalar_type()),
-          normalise_backward(grad_kn, pr.kn, normalize).to(k.scalar_type()), at::scalar_tensor(grad_scale, scalar)};
+  return {normalise_backward(grad_qn, pr.qn, a.normalize).to(a.q.scalar_type()),
+          normalise_backward(grad_kn, pr.kn, a.normalize).to(a.k.scalar_type()), at::scalar_tensor(grad_scale, scalar)};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cpu(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
-    const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
-    const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
-    int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols, double hardness,
-    int64_t hardness_mode) {
-  const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                              row_offset, exclude_self, normalize, constant_cols, hardness, hardness_mode);
-  return pr.acc == at::kDouble ? forward_typed<double>(pr, logit_scale, row_offset, exclude_self)
-                               : forward_typed<float>(pr, logit_scale, row_offset, exclude_self);
+Triple forward(const ContrastiveArgs& a) {
+  const Prepared pr = prepare(a);
+  return pr.acc == at::kDouble ? forward_typed<double>(pr) : forward_typed<float>(pr);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cpu(
-    const at::Tensor& grad_loss, const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
-    const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-    const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
-    const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, const at::Tensor& lse,
-    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols,
-    double hardness, int64_t hardness_mode) {
-  const Prepared pr = prepare(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                              row_offset, exclude_self, normalize, constant_cols, hardness, hardness_mode);
-  check_backward_args(pr.sz, grad_loss, lse, num_pos, q);
-  const at::Tensor grad = grad_loss.contiguous(), lse_c = lse.contiguous(), pos = num_pos.contiguous();
-  return pr.acc == at::kDouble
-             ? backward_typed<double>(pr, q, k, grad, lse_c, pos, logit_scale, row_offset, exclude_self, normalize)
-             : backward_typed<float>(pr, q, k, grad, lse_c, pos, logit_scale, row_offset, exclude_self, normalize);
+Triple backward(const ContrastiveArgs& a, const at::Tensor& grad_loss, const at::Tensor& lse,
+                const at::Tensor& num_pos) {
+  const Prepared pr = prepare(a);
+  return pr.acc == at::kDouble ? backward_typed<double>(pr, grad_loss, lse, num_pos)
+                               : backward_typed<float>(pr, grad_loss, lse, num_pos);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) {
-  m.impl("contrastive_forward", &contrastive_forward_cpu);
-  m.impl("contrastive_backward", &contrastive_backward_cpu);
+  m.impl("contrastive_forward", &contrastive_forward_op<&forward>);
+  m.impl("contrastive_backward", &contrastive_backward_op<&backward>);
 }
 
 }  // namespace fastcl::cpu

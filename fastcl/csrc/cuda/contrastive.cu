@@ -39,26 +39,11 @@ void dispatch_type(at::ScalarType t, F&& f) {
   }
 }
 
-Inputs prepare(const ContrastiveSizes& sz, const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
-               const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-               const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
-               const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, int64_t row_offset,
-               bool exclude_self) {
-  if (q.scalar_type() == at::kDouble) fail_unsupported_dtype("fastcl (float64 runs on the CPU only)", at::kDouble);
+Inputs prepare(const ContrastiveArgs& a) {
+  if (a.q.scalar_type() == at::kDouble) fail_unsupported_dtype("fastcl (float64 runs on the CPU only)", at::kDouble);
   const auto& prop = dev::properties();
   check_cuda_capability(prop.major, prop.minor);
-  Inputs in;
-  in.q = q.contiguous();
-  in.k = k.is_same(q) ? in.q : k.contiguous();
-  in.row_labels = row_labels.contiguous();
-  in.col_labels = col_labels.contiguous();
-  if (col_bias.has_value()) in.bias = col_bias->contiguous();
-  if (col_bias_owner.has_value()) in.owner = col_bias_owner->contiguous();
-  if (row_ids.has_value()) in.row_ids = row_ids->contiguous();
-  if (col_ids.has_value()) in.col_ids = col_ids->contiguous();
-  in.scale = logit_scale.contiguous();
-  std::tie(in.M, in.L, in.D, in.row_offset, in.exclude_self) = std::tie(sz.M, sz.L, sz.D, row_offset, exclude_self);
-  return in;
+  return Inputs(a);
 }
 
 // fp32 rows are normalised once in a pre-pass, as the CPU does, and the kernels run unnormalised.
@@ -117,77 +102,54 @@ at::Tensor side_info(const at::Tensor& x, bool normalize, const at::Tensor& a, c
 template <typename T>
 void pack_side_info(Inputs& in, bool normalize, dev::Stream stream) {
   in.row_info = side_info<T>(in.q, normalize, in.lse, in.grad, in.num_pos, stream);
-  in.col_info = side_info<T>(in.k, normalize, in.bias, at::Tensor(), at::Tensor(), stream);
+  in.col_info = side_info<T>(in.k, normalize, in.col_bias, at::Tensor(), at::Tensor(), stream);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_forward_cuda(
-    const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels, const at::Tensor& col_labels,
-    const c10::optional<at::Tensor>& col_bias, const c10::optional<at::Tensor>& col_bias_owner,
-    const c10::optional<at::Tensor>& row_ids, const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale,
-    int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols, double hardness,
-    int64_t hardness_mode) {
-  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids,
-                                                     col_ids, logit_scale, row_offset, exclude_self, constant_cols,
-                                                     hardness, hardness_mode);
-  dev::DeviceGuard guard(q.device());
-  Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                      row_offset, exclude_self);
-  in.hardness = static_cast<float>(hardness);
-  in.hardness_mode = static_cast<int>(hardness_mode);
-  const auto opts = q.options().dtype(at::kFloat);
-  at::Tensor loss = at::empty({sz.M}, opts), lse = at::empty({sz.M}, opts), num_pos = at::empty({sz.M}, opts);
-  if (sz.M == 0) return {loss, lse, num_pos};
-  if (sz.L == 0) {  // no columns: every row has an empty sum and no positives
+Triple forward(const ContrastiveArgs& a) {
+  dev::DeviceGuard guard(a.q.device());
+  Inputs in = prepare(a);
+  const auto opts = a.q.options().dtype(at::kFloat);
+  at::Tensor loss = at::empty({a.M}, opts), lse = at::empty({a.M}, opts), num_pos = at::empty({a.M}, opts);
+  if (a.M == 0) return {loss, lse, num_pos};
+  if (a.L == 0) {  // no columns: every row has an empty sum and no positives
     loss.zero_();
     lse.fill_(-std::numeric_limits<float>::infinity());
     num_pos.zero_();
     return {loss, lse, num_pos};
   }
-  const Prenormalised pre = prenormalise(in, normalize);
-  dispatch_type(q.scalar_type(), [&](auto tag) {
+  const Prenormalised pre = prenormalise(in, a.normalize);
+  dispatch_type(a.q.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     const dev::Stream stream = dev::current_stream();
-    pack_side_info<T>(in, normalize && !pre.active, stream);
+    pack_side_info<T>(in, a.normalize && !pre.active, stream);
     forward_impl<T>(in, stream, loss, lse, num_pos);
   });
   return {loss, lse, num_pos};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_backward_cuda(
-    const at::Tensor& grad_loss, const at::Tensor& q, const at::Tensor& k, const at::Tensor& row_labels,
-    const at::Tensor& col_labels, const c10::optional<at::Tensor>& col_bias,
-    const c10::optional<at::Tensor>& col_bias_owner, const c10::optional<at::Tensor>& row_ids,
-    const c10::optional<at::Tensor>& col_ids, const at::Tensor& logit_scale, const at::Tensor& lse,
-    const at::Tensor& num_pos, int64_t row_offset, bool exclude_self, bool normalize, int64_t constant_cols,
-    double hardness, int64_t hardness_mode) {
-  const ContrastiveSizes sz = check_contrastive_args(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids,
-                                                     col_ids, logit_scale, row_offset, exclude_self, constant_cols,
-                                                     hardness, hardness_mode);
-  check_backward_args(sz, grad_loss, lse, num_pos, q);
-  dev::DeviceGuard guard(q.device());
-  Inputs in = prepare(sz, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
-                      row_offset, exclude_self);
-  in.grad = grad_loss.contiguous();
-  in.lse = lse.contiguous();
-  in.num_pos = num_pos.contiguous();
-  in.grad_cols = sz.L - constant_cols;
-  in.hardness = static_cast<float>(hardness);
-  in.hardness_mode = static_cast<int>(hardness_mode);
-  at::Tensor grad_q = at::empty({sz.M, sz.D}, in.q.options());
-  at::Tensor grad_k = at::empty({sz.L, sz.D}, in.k.options());
-  at::Tensor grad_scale = at::empty({}, logit_scale.options());
-  if (sz.M == 0 || sz.L == 0 || sz.D == 0) {  // no pair contributes, or there is nothing to differentiate
+Triple backward(const ContrastiveArgs& a, const at::Tensor& grad_loss, const at::Tensor& lse,
+                const at::Tensor& num_pos) {
+  dev::DeviceGuard guard(a.q.device());
+  Inputs in = prepare(a);
+  in.grad = grad_loss;
+  in.lse = lse;
+  in.num_pos = num_pos;
+  in.grad_cols = a.L - a.constant_cols;
+  at::Tensor grad_q = at::empty({a.M, a.D}, in.q.options());
+  at::Tensor grad_k = at::empty({a.L, a.D}, in.k.options());
+  at::Tensor grad_scale = at::empty({}, a.logit_scale.options());
+  if (a.M == 0 || a.L == 0 || a.D == 0) {  // no pair contributes, or there is nothing to differentiate
     grad_q.zero_();
     grad_k.zero_();
     grad_scale.zero_();
     return {grad_q, grad_k, grad_scale};
   }
-  const Prenormalised pre = prenormalise(in, normalize);
-  dispatch_type(q.scalar_type(), [&](auto tag) {
+  const Prenormalised pre = prenormalise(in, a.normalize);
+  dispatch_type(a.q.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     const dev::Stream stream = dev::current_stream();
-    pack_side_info<T>(in, normalize && !pre.active, stream);
-    backward_impl<T>(in, normalize && !pre.active, stream, grad_q, grad_k, grad_scale);
+    pack_side_info<T>(in, a.normalize && !pre.active, stream);
+    backward_impl<T>(in, a.normalize && !pre.active, stream, grad_q, grad_k, grad_scale);
   });
   if (pre.active) {
     grad_q = normalise_backward(grad_q, pre.q, true);
@@ -206,9 +168,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_pair_forw
   check_pair_args(a, b, logit_scale);
   const at::Tensor labels = at::arange(a.size(0), a.options().dtype(at::kLong));
   const c10::optional<at::Tensor> none;
-  auto [loss_a, lse_a, pos_a] = contrastive_forward_cuda(a, b, labels, labels, none, none, none, none, logit_scale, 0,
+  auto [loss_a, lse_a, pos_a] = contrastive_forward_op<&forward>(a, b, labels, labels, none, none, none, none, logit_scale, 0,
                                                          false, normalize, 0, 0.0, 0);
-  auto [loss_b, lse_b, pos_b] = contrastive_forward_cuda(b, a, labels, labels, none, none, none, none, logit_scale, 0,
+  auto [loss_b, lse_b, pos_b] = contrastive_forward_op<&forward>(b, a, labels, labels, none, none, none, none, logit_scale, 0,
                                                          false, normalize, 0, 0.0, 0);
   return {loss_a, lse_a, loss_b, lse_b};
 }
@@ -221,9 +183,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_pair_backward_cuda(
   const at::Tensor labels = at::arange(a.size(0), a.options().dtype(at::kLong));
   const at::Tensor one_positive = at::ones_like(lse_a);
   const c10::optional<at::Tensor> none;
-  auto [ga, gb, gs] = contrastive_backward_cuda(grad_a, a, b, labels, labels, none, none, none, none, logit_scale,
+  auto [ga, gb, gs] = contrastive_backward_op<&backward>(grad_a, a, b, labels, labels, none, none, none, none, logit_scale,
                                                 lse_a, one_positive, 0, false, normalize, 0, 0.0, 0);
-  auto [gb2, ga2, gs2] = contrastive_backward_cuda(grad_b, b, a, labels, labels, none, none, none, none, logit_scale,
+  auto [gb2, ga2, gs2] = contrastive_backward_op<&backward>(grad_b, b, a, labels, labels, none, none, none, none, logit_scale,
                                                    lse_b, one_positive, 0, false, normalize, 0, 0.0, 0);
   return {ga.add_(ga2), gb.add_(gb2), gs.add_(gs2)};
 }
@@ -231,8 +193,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_pair_backward_cuda(
 }  // namespace
 
 FASTCL_CUDA_KERNELS(m) {
-  m.impl("contrastive_forward", &contrastive_forward_cuda);
-  m.impl("contrastive_backward", &contrastive_backward_cuda);
+  m.impl("contrastive_forward", &contrastive_forward_op<&forward>);
+  m.impl("contrastive_backward", &contrastive_backward_op<&backward>);
   m.impl("contrastive_pair_forward", &contrastive_pair_forward_cuda);
   m.impl("contrastive_pair_backward", &contrastive_pair_backward_cuda);
 }

@@ -290,8 +290,8 @@ bool backward_mma_applies(const Inputs& in, size_t element_size) {
 }
 
 bool backward_mma_symmetric(const Inputs& in, size_t element_size) {
-  return backward_mma_applies(in, element_size) && in.k.is_same(in.q) && in.row_labels.is_same(in.col_labels) &&
-         in.row_offset == 0 && in.grad_cols == in.L;
+  return backward_mma_applies(in, element_size) && in.has(kSelfSimilarity) && !in.has(kRowOffset) &&
+         !in.has(kConstantCols);
 }
 
 template <typename T, bool kRowOwner>

@@ -248,8 +248,7 @@ at::Tensor label_ranges(const at::Tensor& labels, int64_t n, int tile, bool nonn
 }
 
 bool forward_mma_applies(const Inputs& in, size_t element_size) {
-  if (element_size != 2 || in.bias.defined() || in.row_ids.defined() || in.hardness_mode != 0 || in.D > 256 ||
-      !in.vectorisable()) {
+  if (element_size != 2 || !in.only(kMmaFeatures) || in.D > 256 || !in.vectorisable()) {
     return false;
   }
   // kD = 256 needs 130 KiB: more than the 99 KiB a block may have on compute capability 8.6 / 8.9,
@@ -268,7 +267,7 @@ Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial
   tab.row_range = label_ranges(in.row_labels, in.M, kBM, false, stream);
   tab.col_range = label_ranges(in.col_labels, in.L, kBN, true, stream);
   tab.norm = at::zeros({tiles * kBN}, in.q.options().dtype(at::kFloat));
-  tab.norm.narrow(0, 0, in.L).copy_(in.col_info.select(1, 0) * at::sign(in.scale));
+  tab.norm.narrow(0, 0, in.L).copy_(in.col_info.select(1, 0) * at::sign(in.logit_scale));
   partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
   with_width<64, 128, 256>(in.D, [&](auto w) {
     launch_forward_mma<T, decltype(w)::value>(in, p, tab, split, partial, stream);

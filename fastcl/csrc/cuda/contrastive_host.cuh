@@ -33,20 +33,20 @@ const T* ptr(const at::Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
 }
 
-// Contiguous operands (kept alive here while the kernels run) and the packed per-row values.
-struct Inputs {
-  at::Tensor q, k, row_labels, col_labels, bias, owner, row_ids, col_ids, scale, grad, lse, num_pos, row_info, col_info;
-  int64_t M, L, D, row_offset;
+// The checked problem (contiguous operands, kept alive here while the kernels run) and the packed
+// per-row values.
+struct Inputs : ContrastiveArgs {
+  at::Tensor grad, lse, num_pos, row_info, col_info;
   int64_t grad_cols = 0;  // backward: columns [0, grad_cols) get a gradient, the rest are constants
-  float hardness = 0.f;
-  int hardness_mode = 0;
-  bool exclude_self;
+
+  explicit Inputs(const ContrastiveArgs& a) : ContrastiveArgs(a) {}
 
   Problem problem() const {
     // clang-format off
-    return {ptr<int64_t>(row_labels), ptr<int64_t>(col_labels), ptr<int64_t>(owner), ptr<int64_t>(row_ids),
-            ptr<int64_t>(col_ids), ptr<float4>(row_info), ptr<float4>(col_info), ptr<float>(scale), M, L, D,
-            row_offset, grad_cols, hardness, hardness_mode, exclude_self, bias.defined(), row_ids.defined()};
+    return {ptr<int64_t>(row_labels), ptr<int64_t>(col_labels), ptr<int64_t>(col_bias_owner), ptr<int64_t>(row_ids),
+            ptr<int64_t>(col_ids), ptr<float4>(row_info), ptr<float4>(col_info), ptr<float>(logit_scale), M, L, D,
+            row_offset, grad_cols, static_cast<float>(hardness), hardness_mode, exclude_self, has(kColBias),
+            has(kSampleIds)};
     // clang-format on
   }
   // 16-byte copies need every row of both operands to start on a 16-byte boundary.
@@ -67,6 +67,10 @@ inline Split split_stream(int64_t blocks, int64_t tiles) {
   const int64_t per = ceil_div(tiles, want);
   return {ceil_div(tiles, per), per};
 }
+
+// The features the mma kernels implement (contrastive_args.h); a problem with any other runs the
+// general kernels.
+constexpr uint32_t kMmaFeatures = kExcludeSelf | kRowOffset | kConstantCols | kNormalize | kSelfSimilarity;
 
 // Whether forward_mma_impl takes this problem (fp16/bf16, no bias, ids or hardness, D <= 256, 16-byte
 // rows): the FlashAttention-2 style kernel of contrastive_forward_mma.cu.

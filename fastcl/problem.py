@@ -1,0 +1,86 @@
+"""The contrastive core's problem: what the fused ops take, as one object.
+
+A `ContrastiveProblem` is everything the general op takes (rows q against columns k, which pairs
+are positives, which are masked, bias, hardness, ...), in the order of the op's schema
+(csrc/schemas.h); C++ receives the same problem as `ContrastiveArgs` (csrc/contrastive_args.h).
+fastcl.translate is the one place where a loss becomes a problem; fastcl.ops runs it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+NORM_EPS = 1e-12  # as F.normalize; csrc/common/contrastive_math.h uses the same
+POSITIVE_ONLY = -2  # a column id: never a negative (as kPositiveOnly in contrastive_math.h)
+
+
+def loss_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The loss, log-sum-exp, counts and logit scale are fp64 for fp64 inputs, else fp32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class ContrastiveProblem(NamedTuple):
+    """Per-row loss lse_i - mean over positives j of logit_ij (semantics: csrc/README.md).
+
+    row_ids (M,) / col_ids (L,) int64, both or neither: a pair that is not a positive leaves the
+    denominator when the column id is POSITIVE_ONLY or equals the row's id >= 0.
+    constant_cols: the last columns of k are constants (a queue): no gradient flows to them and
+    the backward spends no work on theirs.
+    hardness, hardness_mode: sentence-transformers' hardness penalty, hardness * dot (a constant in
+    the backward) on the pairs the mode selects: 1 other rows' columns, 2 a row's own non-positive
+    columns, 3 both; a column's row is col_bias_owner (-1: none), which then needs no col_bias."""
+
+    q: Tensor
+    k: Tensor
+    row_labels: Tensor
+    col_labels: Tensor
+    logit_scale: Tensor
+    col_bias: Optional[Tensor] = None
+    col_bias_owner: Optional[Tensor] = None
+    row_ids: Optional[Tensor] = None
+    col_ids: Optional[Tensor] = None
+    row_offset: int = 0
+    exclude_self: bool = False
+    normalize: bool = True
+    constant_cols: int = 0
+    hardness: float = 0.0
+    hardness_mode: int = 0
+
+    def op_tensors(self) -> tuple:
+        """The op's tensor arguments, in schema order."""
+        return tuple(getattr(self, name) for name in OP_TENSORS)
+
+    def op_scalars(self) -> tuple:
+        """The op's scalar arguments, in schema order (after the tensors; the backward puts lse and
+        num_pos between the two)."""
+        return tuple(getattr(self, name) for name in OP_SCALARS)
+
+    @classmethod
+    def from_op(cls, tensors: tuple, scalars: tuple) -> ContrastiveProblem:
+        return cls(**dict(zip(OP_TENSORS, tensors)), **dict(zip(OP_SCALARS, scalars)))
+
+
+# The fields in the order of the op's schema (csrc/schemas.h; tests/core/test_problem.py holds them equal).
+OP_TENSORS = ("q", "k", "row_labels", "col_labels", "col_bias", "col_bias_owner", "row_ids", "col_ids", "logit_scale")
+OP_SCALARS = ("row_offset", "exclude_self", "normalize", "constant_cols", "hardness", "hardness_mode")
+
+
+class PairProblem(NamedTuple):
+    """Paired rows a, b (M, D), both directions (CLIP): a_i against every b_j and b_j against
+    every a_i, the positive on the diagonal; one pass over the logit tiles serves both."""
+
+    a: Tensor
+    b: Tensor
+    logit_scale: Tensor
+    normalize: bool = True
+
+
+class LossProblem(NamedTuple):
+    """What one loss asks of the core: the per-row loss is the mean of its parts' (a pair counts
+    its two directions), the positive counts the first part's. global_batch: the columns span
+    every rank (fastcl.distributed), so the loss is reduced as this rank's share."""
+
+    parts: tuple
+    global_batch: bool = False
