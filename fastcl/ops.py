@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _extension, _torch_impl
-from .problem import POSITIVE_ONLY, ContrastiveProblem, LossProblem, PairProblem, loss_dtype
+from .problem import POSITIVE_ONLY, ContrastiveProblem, LossProblem, PairProblem, check_meta, loss_dtype
 
 __all__ = ["POSITIVE_ONLY", "ContrastiveProblem", "LossProblem", "PairProblem", "contrastive", "contrastive_pair",
            "loss_dtype", "solve"]
@@ -20,6 +20,8 @@ def _register() -> None:
     @torch.library.register_fake("fastcl::contrastive_forward")
     def _forward_fake(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
                       row_offset, exclude_self, normalize, constant_cols=0, hardness=0.0, hardness_mode=0):
+        check_meta(ContrastiveProblem(q, k, row_labels, col_labels, logit_scale, col_bias, col_bias_owner, row_ids,
+                                      col_ids))
         rows = q.new_empty((q.shape[0],), dtype=loss_dtype(q.dtype))
         return rows, torch.empty_like(rows), torch.empty_like(rows)
 
@@ -27,6 +29,11 @@ def _register() -> None:
     def _backward_fake(grad_loss, q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids,
                        logit_scale, lse, num_pos, row_offset, exclude_self, normalize, constant_cols=0, hardness=0.0,
                        hardness_mode=0):
+        check_meta(ContrastiveProblem(q, k, row_labels, col_labels, logit_scale, col_bias, col_bias_owner, row_ids,
+                                      col_ids))
+        for t in (grad_loss, lse, num_pos):
+            torch._check(t.dim() == 1 and t.shape[0] == q.shape[0],
+                         lambda: f"fastcl: backward expects per-row tensors of shape ({q.shape[0]},)")
         return torch.empty_like(q), torch.empty_like(k), logit_scale.new_empty(())
 
     def _setup_context(ctx, inputs, output):

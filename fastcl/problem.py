@@ -84,3 +84,21 @@ class LossProblem(NamedTuple):
 
     parts: tuple
     global_batch: bool = False
+
+
+def check_meta(problem: ContrastiveProblem) -> None:
+    """The checks of csrc/checks.cpp that need no values (ranks, sizes, dtypes), as torch._check, so
+    that the ops' fake kernels refuse under torch.compile and FakeTensorMode what the kernels refuse."""
+    q, k = problem.q, problem.k
+    torch._check(q.dim() == 2 and k.dim() == 2, lambda: f"fastcl: q and k must be 2-D, got {q.shape} and {k.shape}")
+    m, length = q.shape[0], k.shape[0]
+    torch._check(q.shape[1] == k.shape[1], lambda: f"fastcl: q and k must have the same D, got {q.shape}, {k.shape}")
+    torch._check(q.dtype == k.dtype, lambda: f"fastcl: q and k must have the same dtype, got {q.dtype}, {k.dtype}")
+    torch._check(problem.logit_scale.dim() == 0 and problem.logit_scale.dtype == loss_dtype(q.dtype),
+                 lambda: f"fastcl: logit_scale must be a 0-dim {loss_dtype(q.dtype)} tensor")
+    for name, n in (("row_labels", m), ("col_labels", length), ("col_bias", length), ("col_bias_owner", length),
+                    ("row_ids", m), ("col_ids", length)):
+        t = getattr(problem, name)
+        if t is not None:
+            torch._check(t.dim() == 1 and t.shape[0] == n, lambda: f"fastcl: {name} must have shape ({n},)")
+

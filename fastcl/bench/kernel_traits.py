@@ -62,10 +62,21 @@ def _template_int(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+SAMPLE_IDS = 1 << 2  # kSampleIds of csrc/contrastive_args.h
+
+
+def _features(name: str) -> int:
+    """The feature flags (csrc/contrastive_args.h) of an mma kernel, its last template argument."""
+    m = re.search(r"_mma_kernel<[^<>]*, (\d+)u?>", name)
+    return int(m.group(1)) if m else 0
+
+
 def _smem_forward_mma(dtype: str, name: str) -> int:
-    """MmaLayout<kD>: q (128 x kD), two k stages (64 x kD), per stage 64 norms and 64 labels."""
+    """MmaLayout<kD, kIds>: q (128 x kD), two k stages (64 x kD), per stage 64 norms and 64 labels
+    (and 64 ids)."""
     d = _template_int(name)
-    return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 4 + 2 * 64 * 8
+    ids = 2 * 64 * 8 if _features(name) & SAMPLE_IDS else 0
+    return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 4 + 2 * 64 * 8 + ids
 
 
 def _mma_width(D: int) -> int:
@@ -74,17 +85,20 @@ def _mma_width(D: int) -> int:
 
 
 def _smem_grad_mma(dtype: str, name: str) -> int:
-    """GradLayout<kD>: owner rows (128 x kD), two stream stages (64 x kD), per stage 64 float4 + 64 labels."""
+    """GradLayout<kD, kIds>: owner rows (128 x kD), two stream stages (64 x kD), per stage 64 float4 + 64
+    labels (+ 64 ids)."""
     d = _template_int(name)
-    return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 16 + 2 * 64 * 8
+    ids = 2 * 64 * 8 if _features(name) & SAMPLE_IDS else 0
+    return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 16 + 2 * 64 * 8 + ids
 
 
 def _grad_mma_used(D: int, dtype: str, name: str) -> bool:
-    return _template_int(name) == next((w for w in (64, 128) if D <= w), 0)
+    return _template_int(name) == next((w for w in (64, 128) if D <= w), 0) and _features(name) == 0
 
 
 LOSS_KERNELS = [
-    # forward_mma_kernel<T, kD>: 128 rows x 64 columns a trip, all of kD unrolled (no D loop).
+    # forward_mma_kernel<T, kD, kFeatures>: 128 rows x 64 columns a trip, all of kD unrolled (no D loop);
+    # the report's problem is plain NT-Xent, so the instantiation without features runs it.
     KernelTraits(
         r"\bforward_mma_kernel<",
         "forward",
@@ -94,15 +108,15 @@ LOSS_KERNELS = [
         lambda t: 1 << 30,
         lambda D, t: 1,
         _smem_forward_mma,
-        lambda D, t, name: _template_int(name) == _mma_width(D),
+        lambda D, t, name: _template_int(name) == _mma_width(D) and _features(name) == 0,
         priority=1,
     ),
     KernelTraits(r"\bforward_kernel<", "forward", 256, 64, 64, chunk, lambda D, t: 1, _smem_forward),
-    # grad_mma_kernel<T, kD, true, true>: q = k (NT-Xent, SupCon), the whole gradient from one pass, which
-    # the op prefers; <T, kD, true, false> (dq) and <T, kD, false, false> (dk) otherwise. 128 owner
-    # rows x 64 stream rows a trip.
+    # grad_mma_kernel<T, kD, true, true, kFeatures>: q = k (NT-Xent, SupCon), the whole gradient from
+    # one pass, which the op prefers; <T, kD, true, false, .> (dq) and <T, kD, false, false, .> (dk)
+    # otherwise. 128 owner rows x 64 stream rows a trip.
     KernelTraits(
-        r"\bgrad_mma_kernel<[^>]*, true, true>",
+        r"\bgrad_mma_kernel<[^>]*, true, true, \d+u?>",
         "backward",
         256,
         128,

@@ -49,11 +49,12 @@ ContrastiveArgs make_args(const at::Tensor& q, const at::Tensor& k, const at::Te
   a.hardness_mode = static_cast<int>(hardness_mode);
   a.exclude_self = exclude_self;
   a.normalize = normalize;
+  const bool same_ids = !row_ids.has_value() || row_ids->is_same(*col_ids);
   const std::pair<bool, Feature> uses[] = {
       {col_bias.has_value(), kColBias},  {hardness_mode != 0, kHardness},
       {row_ids.has_value(), kSampleIds}, {exclude_self, kExcludeSelf},
       {row_offset != 0, kRowOffset},     {constant_cols != 0, kConstantCols},
-      {normalize, kNormalize},           {k.is_same(q) && col_labels.is_same(row_labels), kSelfSimilarity}};
+      {normalize, kNormalize},           {k.is_same(q) && col_labels.is_same(row_labels) && same_ids, kSelfSimilarity}};
   for (const auto& [used, feature] : uses) a.features |= used ? feature : 0u;
   return a;
 }

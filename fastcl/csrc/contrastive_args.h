@@ -22,7 +22,7 @@ enum Feature : uint32_t {
   kRowOffset = 1u << 4,     // row_offset != 0: this rank's rows inside a gathered batch
   kConstantCols = 1u << 5,  // the last constant_cols columns take no gradient (a queue)
   kNormalize = 1u << 6,     // cosine similarity, not raw dot products
-  kSelfSimilarity = 1u << 7,  // q and k are one tensor and so are the two label vectors
+  kSelfSimilarity = 1u << 7,  // q and k are one tensor, and so are the label vectors and the id vectors
 };
 
 struct ContrastiveArgs {

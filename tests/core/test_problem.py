@@ -96,3 +96,19 @@ def test_solve_averages_the_parts():
     b = ContrastiveProblem(k, q, rows, rows, scale)
     loss, _ = ops.solve(LossProblem((a, b)))
     torch.testing.assert_close(loss, (ops.contrastive(a)[0] + ops.contrastive(b)[0]) / 2)
+
+
+@pytest.mark.parametrize("bad", ["k_width", "labels", "ids", "scale"])
+def test_the_fake_kernel_refuses_what_the_kernels_refuse(bad):
+    """Under FakeTensorMode (torch.compile's tracing) the op's fake kernel checks ranks, sizes and
+    dtypes as csrc/checks.cpp does, instead of returning shapes for arguments the kernel refuses."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q, k = torch.randn(6, 4), torch.randn(5, 3 if bad == "k_width" else 4)
+        rows, cols = torch.arange(6), torch.arange(4 if bad == "labels" else 5)
+        ids = dict(row_ids=torch.arange(6), col_ids=torch.arange(7)) if bad == "ids" else {}
+        scale = torch.tensor(2.0, dtype=torch.float64 if bad == "scale" else torch.float32)
+        problem = ContrastiveProblem(q, k, rows, cols, scale, **ids)
+        with pytest.raises(RuntimeError, match="fastcl: "):
+            torch.ops.fastcl.contrastive_forward(*problem.op_tensors(), *problem.op_scalars())

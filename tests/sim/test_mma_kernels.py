@@ -9,6 +9,7 @@ The accuracy against fp64 and plain PyTorch (temperature 0.01 included) is tests
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import pytest
@@ -61,7 +62,11 @@ def _loss_and_grads(mode, n, d, dtype):
 SHAPES = [(150, 40), (130, 128), (70, 200)]
 
 
-@pytest.mark.parametrize("mode", ["ntxent", "supcon", "row_offset", "infonce", "unnormalized"])
+SAMPLE_IDS = 4  # kSampleIds (csrc/contrastive_args.h): the modes with ids run that instantiation
+
+
+@pytest.mark.parametrize("mode", ["ntxent", "supcon", "row_offset", "infonce", "unnormalized", "duplicates",
+                                  "queue"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("n,d", SHAPES, ids=[f"n{n}-d{d}" for n, d in SHAPES])
 def test_mma_forward_equals_the_cpu_op(mode, dtype, n, d):
@@ -71,14 +76,34 @@ def test_mma_forward_equals_the_cpu_op(mode, dtype, n, d):
     assert len(counts) == 1, f"expected one forward_mma_kernel instantiation to run, got {list(counts)}"
     ((name, c),) = counts.items()
     kd = next(w for w in (64, 128, 256) if d <= w)
-    assert f", {kd}>" in name
+    features = SAMPLE_IDS if mode in ("duplicates", "queue") else 0
+    assert re.search(rf", {kd}, {features}u?>", name), name
     # Every block runs 8 warps x (kD / 16) x (64 / 8) mma per column tile it owns.
     blocks, tiles = math.ceil(rows / BM), math.ceil(cols / BN)
     assert c["mma"] == blocks * tiles * 8 * (kd // 16) * (BN // 8)
     assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], "bank conflicts in the swizzled tiles"
 
 
-@pytest.mark.parametrize("mode", ["hard_negative", "column_bias", "duplicates", "queue"])
+def test_a_duplicate_in_a_far_tile_is_masked():
+    """Unique sample ids but one, shared by samples 3 and 140: only the id ranges of the tiles that
+    hold them overlap (rows 3 and 153 against columns 140 and 290), so the mask must come from the
+    ranges, not from the labels or the diagonal."""
+    n, d = 150, 64
+    z = torch.randn(2 * n, d, dtype=torch.float64).to(torch.bfloat16)
+    labels = torch.arange(n).repeat(2)
+    ids = torch.arange(n)
+    ids[140] = 3
+    problem = ContrastiveProblem(z, z, labels, labels, torch.tensor(5.0), row_ids=ids.repeat(2),
+                                 col_ids=ids.repeat(2), exclude_self=True)
+    want = ops.contrastive(problem, impl="fastcl")[0]
+    got, counters = _run(lambda: ops.contrastive(problem, impl="fastcl")[0])
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+    unmasked = ops.contrastive(problem._replace(row_ids=None, col_ids=None), impl="fastcl")[0]
+    assert not torch.allclose(unmasked[3], want[3]), "the duplicate must change row 3's loss"
+    assert any("forward_mma_kernel" in name for name in counters)
+
+
+@pytest.mark.parametrize("mode", ["hard_negative", "column_bias"])
 def test_problems_the_mma_forward_does_not_cover_take_the_general_kernel(mode):
     got, want, counts, _, _ = _forward(mode, 70, 40, torch.bfloat16)
     torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
@@ -96,7 +121,8 @@ def test_unaligned_rows_take_the_general_kernel():
 GRAD_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
 
 
-@pytest.mark.parametrize("mode", ["ntxent", "supcon", "row_offset", "infonce", "unnormalized"])
+@pytest.mark.parametrize("mode", ["ntxent", "supcon", "row_offset", "infonce", "unnormalized", "duplicates",
+                                  "queue"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("n,d", [(150, 40), (70, 128)], ids=["n150-d40", "n70-d128"])
 def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
@@ -109,11 +135,12 @@ def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
         assert err < GRAD_TOL[dtype], f"grad_{name}: {err:.2e} of its largest entry"
     kd = 64 if d <= 64 else 128
     grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
-    symmetric = mode in ("ntxent", "supcon", "unnormalized")  # q = k, one label vector
-    want_kernels = (
-        [f", {kd}, true, true>"] if symmetric else [f", {kd}, true, false>", f", {kd}, false, false>"]
-    )
-    assert sorted(grads) == sorted(next(n for n in grads if n.endswith(w)) for w in want_kernels), list(grads)
+    features = SAMPLE_IDS if mode in ("duplicates", "queue") else 0
+    # q = k, one label vector (one id vector): one pass, except with ids past kD = 64 (registers).
+    symmetric = mode in ("ntxent", "supcon", "unnormalized") or (mode == "duplicates" and kd == 64)
+    want_kernels = ["true, true"] if symmetric else ["true, false", "false, false"]
+    patterns = [re.compile(rf", {kd}, {w}, {features}u?>") for w in want_kernels]
+    assert len(grads) == len(patterns) and all(any(p.search(n) for n in grads) for p in patterns), list(grads)
     for c in grads.values():
         assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], (
             "bank conflicts in the swizzled tiles"

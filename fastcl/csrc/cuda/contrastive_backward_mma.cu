@@ -1,5 +1,6 @@
-// The fp16/bf16 backward of the contrastive core in the FlashAttention-2 shape, for the plain
-// problems of contrastive_forward_mma.cu with D <= 128 (others take grad_kernel).
+// The fp16/bf16 backward of the contrastive core in the FlashAttention-2 shape, for the problems of
+// contrastive_forward_mma.cu with D <= 128 (others take grad_kernel), sample ids as its compile-time
+// feature too.
 //
 // grad_mma_kernel<T, kD, kRowOwner> owns 128 rows of one side (q rows: grad_q and the scale
 // partials; or k columns: grad_k) and streams 64-row tiles of the other through a two-stage
@@ -33,18 +34,22 @@ using namespace math;
 namespace {
 
 constexpr int kGThreads = 256, kGBM = 128, kGBN = 64;
+// The q = k kernel with sample ids fits 255 registers up to kD = 64 only: at kD = 128 it spilled 76-92
+// bytes in its main loop (make sass), so such problems take the dq and dk kernels instead.
+constexpr int kSymmetricIdsMaxD = 64;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Shared memory: owner rows (kGBM x kD) and two stages of stream rows (kGBN x kD) as swizzled rows
-// (swizzled_tile.cuh), and per stage the stream rows' info (float4) and labels.
-template <int kD>
+// (swizzled_tile.cuh), and per stage the stream rows' info (float4), labels (and sample ids).
+template <int kD, bool kIds>
 struct GradLayout {
   static constexpr size_t kOwn = 0;
   static constexpr size_t kStr = kOwn + size_t(kGBM) * kD * 2;
   static constexpr size_t kStageStr = size_t(kGBN) * kD * 2;
-  static constexpr size_t kInfo = kStr + 2 * kStageStr;                // float4 [2][kGBN]
-  static constexpr size_t kLabel = kInfo + 2 * kGBN * sizeof(float4);  // int64 [2][kGBN]
-  static constexpr size_t kBytes = kLabel + 2 * kGBN * sizeof(int64_t);
+  static constexpr size_t kInfo = kStr + 2 * kStageStr;                 // float4 [2][kGBN]
+  static constexpr size_t kLabel = kInfo + 2 * kGBN * sizeof(float4);   // int64 [2][kGBN]
+  static constexpr size_t kId = kLabel + 2 * kGBN * sizeof(int64_t);    // int64 [2][kGBN], with ids
+  static constexpr size_t kBytes = kId + (kIds ? 2 * kGBN * sizeof(int64_t) : 0);
 };
 
 // One side of the problem as the kernel sees it: its rows, per-row info and labels.
@@ -55,16 +60,19 @@ struct Side {
   const int64_t* labels;
   int64_t n;
   const int64_t* range;  // {min, max} label per tile of this side's tiling (columns: labels >= 0)
+  const int64_t* ids;    // with sample ids: this side's ids and their ranges (tile_ranges, RangeOf::kIds)
+  const int64_t* id_range;
 };
 
 // tile_may_mask (contrastive_device.cuh) of stream tile `tile` against the block's owner rows, in
 // q/k roles: owners are q rows or k columns.
-template <typename T, bool kRowOwner>
+template <typename T, bool kRowOwner, bool kIds>
 __device__ __forceinline__ bool tile_masked(const Side<T>& own, const Side<T>& str, const Problem& p, int64_t own0,
                                             int64_t s0, int tile) {
   const int64_t q0 = kRowOwner ? own0 : s0, k0 = kRowOwner ? s0 : own0;
   const int64_t qn = kRowOwner ? kGBM : kGBN, kn = kRowOwner ? kGBN : kGBM;
-  return tile_may_mask(p, q0, qn, k0, kn, s0 + kGBN > str.n, own.range + 2 * (own0 / kGBM), str.range + 2 * tile);
+  return tile_may_mask(p, q0, qn, k0, kn, s0 + kGBN > str.n, own.range + 2 * (own0 / kGBM), str.range + 2 * tile,
+                       kIds ? own.id_range + 2 * (own0 / kGBM) : nullptr, kIds ? str.id_range + 2 * tile : nullptr);
 }
 
 // acc (16 owner rows x kD per warp) += G' (16 x 64, fp32 fragments) . stream tile (64 x kD at sa),
@@ -93,17 +101,19 @@ __device__ __forceinline__ void product(float (&acc)[kD / 8][4], const float (&g
   }
 }
 
-template <typename T, int kD, bool kRowOwner, bool kBoth>
+template <typename T, int kD, bool kRowOwner, bool kBoth, uint32_t kFeatures>
 __global__ void __launch_bounds__(kGThreads, 1)
     grad_mma_kernel(Side<T> own, Side<T> str, Problem p, const float* __restrict__ g_scale, int tiles_per_split,
                     float* __restrict__ part, double* __restrict__ scale_part) {
-  using L = GradLayout<kD>;
+  constexpr bool kIds = (kFeatures & kSampleIds) != 0;
+  using L = GradLayout<kD, kIds>;
   constexpr int kSteps = kD / 16, kSFrags = kGBN / 8, kDFrags = kD / 8;
   FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
   T* sOwn = reinterpret_cast<T*>(smem + L::kOwn);
   T* sStr = reinterpret_cast<T*>(smem + L::kStr);
   float4* sInfo = reinterpret_cast<float4*>(smem + L::kInfo);
   int64_t* sLabel = reinterpret_cast<int64_t*>(smem + L::kLabel);
+  int64_t* sId = reinterpret_cast<int64_t*>(smem + L::kId);
   __shared__ double s_red[kGThreads / 32];
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
@@ -140,6 +150,10 @@ __global__ void __launch_bounds__(kGThreads, 1)
       const int c = t - kGBN;
       const bool ok = s0 + c < str.n;
       cp_async8(&sLabel[stage * kGBN + c], ok ? str.labels + s0 + c : str.labels, ok);
+    } else if (kIds && t < 3 * kGBN) {
+      const int c = t - 2 * kGBN;
+      const bool ok = s0 + c < str.n;
+      cp_async8(&sId[stage * kGBN + c], ok ? str.ids + s0 + c : str.ids, ok);
     }
   };
   load_swizzled<T, kD, kGBM, kGThreads>(sOwn, own.x, own.n, p.D, own0);
@@ -165,7 +179,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
     cp_async_wait_prev();
     __syncthreads();
     if (tile == t_begin) load_warp_rows<kD>(oa, smem_addr(sOwn), warp, lane);
-    const SmemAddr sa = smem_addr(sStr) + stage * GradLayout<kD>::kStageStr;
+    const SmemAddr sa = smem_addr(sStr) + stage * L::kStageStr;
     const float4* info = sInfo + stage * kGBN;
 
     // S (16 owner rows x 64 stream rows per warp) = own . str^T.
@@ -176,7 +190,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
     // stream row c = f * 8 + 2 t4 + e % 2 of the tile. The q row's lse, grad and 1/num_pos come from
     // the owner side when it is q (registers), else from the stream side (shared memory).
     const int64_t s0 = int64_t(tile) * kGBN;
-    const bool masked = tile_masked<T, kRowOwner>(own, str, p, own0, s0, tile);
+    const bool masked = tile_masked<T, kRowOwner, kIds>(own, str, p, own0, s0, tile);
     float tile_dscale = 0.f;
     if (!masked) {
       // Per element: t = raw * (1 / |stream|), P = exp2(t * (1 / |own|) * scale * log2(e) - lse2),
@@ -205,6 +219,10 @@ __global__ void __launch_bounds__(kGThreads, 1)
       tile_dscale = row_dscale[0] * orn[0] + row_dscale[1] * orn[1];
     } else {  // sass: rare
       const int64_t* lab = sLabel + stage * kGBN;
+      const int64_t* sid = sId + stage * kGBN;
+      int64_t oid[2];  // the owner rows' sample ids (read here: no register holds them through the loop)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) oid[h] = kIds && oi[h] < own.n ? own.ids[oi[h]] : -1;
 #pragma unroll
       for (int f = 0; f < kSFrags; ++f) {
 #pragma unroll
@@ -212,8 +230,14 @@ __global__ void __launch_bounds__(kGThreads, 1)
           const int h = e >> 1, c = f * 8 + 2 * t4 + (e & 1);
           const float4 si = info[c];
           const int64_t sr = s0 + c, i = kRowOwner ? oi[h] : sr, j = kRowOwner ? sr : oi[h];
-          const bool valid = sr < str.n && oi[h] < own.n && !is_self(i, j, p.row_offset, p.exclude_self);
+          const bool in_pair = sr < str.n && oi[h] < own.n && !is_self(i, j, p.row_offset, p.exclude_self);
           const bool pos = is_positive(kRowOwner ? olabel[h] : lab[c], kRowOwner ? lab[c] : olabel[h]);
+          // Sample ids take a non-positive pair out (is_masked_negative, row id first); for G_ji the
+          // rows swap, and a POSITIVE_ONLY id makes the rule one-sided.
+          const int64_t row_id = kIds ? (kRowOwner ? oid[h] : sid[c]) : -1;
+          const int64_t col_id = kIds ? (kRowOwner ? sid[c] : oid[h]) : -1;
+          const bool valid = in_pair && !(kIds && !pos && is_masked_negative(row_id, col_id));
+          const bool valid_t = in_pair && !(kIds && !pos && is_masked_negative(col_id, row_id));
           const float dot = g[f][e] * orn[h] * si.x;
           const float grad = kRowOwner ? ograd[h] : si.z;
           const float lse2 = kRowOwner ? olse[h] : si.y * kLog2e;
@@ -221,7 +245,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
           float gp = 0.f;
           if (valid && grad != 0.f) gp = grad * (ex2_approx(fmaf(dot, c2, -lse2)) - (pos ? inv : 0.f));
           if (kRowOwner) tile_dscale = fmaf(gp, dot, tile_dscale);
-          if (kBoth && valid && si.z != 0.f) {  // + G_ji (q = k, one label vector: the pair rules are symmetric)
+          if (kBoth && valid_t && si.z != 0.f) {  // + G_ji (q = k, one label vector: the pair rules are symmetric)
             gp += si.z * (ex2_approx(fmaf(dot, c2, -si.y * kLog2e)) - (pos ? si.w : 0.f));
           }
           g[f][e] = gp * si.x * gs;
@@ -265,21 +289,30 @@ __global__ void __launch_bounds__(kGThreads, 1)
   }
 }
 
-template <typename T, int kD, bool kRowOwner, bool kBoth>
+template <typename T, int kD, bool kRowOwner, bool kBoth, uint32_t kFeatures>
 void launch_grad_mma(const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale, int64_t per,
                      dim3 grid, float* part, double* scale_part, dev::Stream stream) {
-  constexpr size_t smem = GradLayout<kD>::kBytes;
-  dev::allow_dynamic_smem<grad_mma_kernel<T, kD, kRowOwner, kBoth>>("fastcl", smem);
-  dev::launch<grad_mma_kernel<T, kD, kRowOwner, kBoth>>(grid, kGThreads, smem, stream, own, str, p, g_scale,
-                                                        static_cast<int>(per), part, scale_part);
+  constexpr auto kernel = grad_mma_kernel<T, kD, kRowOwner, kBoth, kFeatures>;
+  constexpr size_t smem = GradLayout<kD, (kFeatures & kSampleIds) != 0>::kBytes;
+  dev::allow_dynamic_smem<kernel>("fastcl", smem);
+  dev::launch<kernel>(grid, kGThreads, smem, stream, own, str, p, g_scale, static_cast<int>(per), part, scale_part);
 }
 
+// The instantiation for D and the problem's features.
 template <typename T, bool kRowOwner, bool kBoth>
-void launch_grad_mma(int64_t D, const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale,
-                     int64_t per, dim3 grid, float* part, double* scale_part, dev::Stream stream) {
+void launch_grad_mma(int64_t D, bool ids, const Side<T>& own, const Side<T>& str, const Problem& p,
+                     const float* g_scale, int64_t per, dim3 grid, float* part, double* scale_part,
+                     dev::Stream stream) {
   with_width<64, 128>(D, [&](auto w) {
-    launch_grad_mma<T, decltype(w)::value, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part,
-                                                             stream);
+    constexpr int kD = decltype(w)::value;
+    if constexpr (kBoth && kD > kSymmetricIdsMaxD) {  // never instantiated with ids (backward_mma_symmetric)
+      TORCH_INTERNAL_ASSERT(!ids, "fastcl: no symmetric mma backward with sample ids for D > ", kSymmetricIdsMaxD);
+      launch_grad_mma<T, kD, kRowOwner, kBoth, 0>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+    } else if (ids) {
+      launch_grad_mma<T, kD, kRowOwner, kBoth, kSampleIds>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+    } else {
+      launch_grad_mma<T, kD, kRowOwner, kBoth, 0>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+    }
   });
 }
 
@@ -291,7 +324,7 @@ bool backward_mma_applies(const Inputs& in, size_t element_size) {
 
 bool backward_mma_symmetric(const Inputs& in, size_t element_size) {
   return backward_mma_applies(in, element_size) && in.has(kSelfSimilarity) && !in.has(kRowOffset) &&
-         !in.has(kConstantCols);
+         !in.has(kConstantCols) && (!in.has(kSampleIds) || in.D <= kSymmetricIdsMaxD);
 }
 
 template <typename T, bool kRowOwner>
@@ -307,9 +340,19 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   // Both: q = k, so the stream rows are q rows too, with the lse, grad and 1/num_pos of G_ji.
   const at::Tensor& str_info = kRowOwner && !both ? in.col_info : in.row_info;
   // Column labels below zero are never positives: their side's ranges leave them out.
-  const at::Tensor own_range = label_ranges(own_labels, n_own, kGBM, !kRowOwner, stream);
-  const at::Tensor str_range = label_ranges(str_labels, n_str, kGBN, kRowOwner, stream);
-  const Side<T> own{ptr<T>(own_x), ptr<float4>(own_info), ptr<int64_t>(own_labels), n_own, ptr<int64_t>(own_range)};
+  const auto kind = [](bool columns) { return columns ? RangeOf::kNonNegativeLabels : RangeOf::kLabels; };
+  const at::Tensor own_range = tile_ranges(own_labels, n_own, kGBM, kind(!kRowOwner), stream);
+  const at::Tensor str_range = tile_ranges(str_labels, n_str, kGBN, kind(kRowOwner), stream);
+  const at::Tensor& own_ids = kRowOwner ? in.row_ids : in.col_ids;
+  const at::Tensor& str_ids = kRowOwner ? in.col_ids : in.row_ids;
+  at::Tensor own_id_range, str_id_range;
+  if (in.has(kSampleIds)) {
+    own_id_range = tile_ranges(own_ids, n_own, kGBM, RangeOf::kIds, stream);
+    str_id_range = tile_ranges(str_ids, n_str, kGBN, RangeOf::kIds, stream);
+  }
+  const Side<T> own{ptr<T>(own_x),           ptr<float4>(own_info),  ptr<int64_t>(own_labels),
+                    n_own,                   ptr<int64_t>(own_range), ptr<int64_t>(own_ids),
+                    ptr<int64_t>(own_id_range)};
 
   // fp16 holds G' scaled by a power of two that puts the largest possible |G'| (max grad times the
   // largest stream 1/norm) just under 2^15; bf16 has fp32's range. An all-zero stream row has
@@ -324,21 +367,23 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
     const double top = both ? 13.0 : 14.0;  // G_ij + G_ji is at most twice either
     g_scale = at::exp2(at::clamp(top - at::floor(at::log2(bound)), -100.0, 100.0)).to(at::kFloat);
   }
-  const Side<T> str{ptr<T>(str_x), ptr<float4>(str_info_used), ptr<int64_t>(str_labels), n_str,
-                    ptr<int64_t>(str_range)};
+  const Side<T> str{ptr<T>(str_x),           ptr<float4>(str_info_used), ptr<int64_t>(str_labels),
+                    n_str,                   ptr<int64_t>(str_range),    ptr<int64_t>(str_ids),
+                    ptr<int64_t>(str_id_range)};
   part = at::empty({split.count, n_own, in.D}, own_x.options().dtype(at::kFloat));
   if (kRowOwner) *scale_part = at::empty({blocks * split.count}, own_x.options().dtype(at::kDouble));
   const dim3 grid = grid_of(blocks, split.count);
   float* part_ptr = part.data_ptr<float>();
   double* scale_ptr = kRowOwner ? scale_part->data_ptr<double>() : nullptr;
   const float* gs = g_scale.defined() ? g_scale.data_ptr<float>() : nullptr;
+  const bool ids = in.has(kSampleIds);
   if constexpr (kRowOwner) {
     if (both) {
-      launch_grad_mma<T, true, true>(in.D, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+      launch_grad_mma<T, true, true>(in.D, ids, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
       return split.count;
     }
   }
-  launch_grad_mma<T, kRowOwner, false>(in.D, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+  launch_grad_mma<T, kRowOwner, false>(in.D, ids, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
   return split.count;
 }
 

@@ -81,10 +81,16 @@ __device__ __forceinline__ ColView col_view(const Problem& p, const MetaSlot& s,
 // (`partial`: its streamed side runs past the end; or the diagonal) or a positive (the {min, max}
 // label ranges of its two sides overlap; column ranges leave negative labels out). The mma kernels
 // run their masks only on such tiles.
+// With sample ids (ids_a, ids_b: the two sides' id ranges, id_ranges in contrastive_host.cuh), also
+// a tile whose id ranges overlap, or whose columns hold a POSITIVE_ONLY id (its range is the whole
+// line, which overlaps every range, an empty one too); kernels without ids pass null, and the
+// check compiles away.
 __device__ __forceinline__ bool tile_may_mask(const Problem& p, int64_t q0, int64_t qn, int64_t k0, int64_t kn,
-                                              bool partial, const int64_t* range_a, const int64_t* range_b) {
+                                              bool partial, const int64_t* range_a, const int64_t* range_b,
+                                              const int64_t* ids_a = nullptr, const int64_t* ids_b = nullptr) {
   if (partial) return true;
   if (p.exclude_self && q0 + p.row_offset < k0 + kn && k0 < q0 + p.row_offset + qn) return true;
+  if (ids_a != nullptr && ids_a[0] <= ids_b[1] && ids_b[0] <= ids_a[1]) return true;
   return range_a[0] <= range_b[1] && range_b[0] <= range_a[1];
 }
 

@@ -1,6 +1,7 @@
 // The fp16/bf16 forward of the contrastive core in the FlashAttention-2 shape (semantics:
-// csrc/README.md), for plain problems: no column bias, no sample ids, no hardness penalty, and
-// D <= 256 with 16-byte rows. Other problems take forward_kernel (contrastive_forward.cu).
+// csrc/README.md), for problems without column bias or hardness penalty (sample ids are a
+// compile-time feature, kFeatures & kSampleIds), D <= 256 with 16-byte rows. Other problems take
+// forward_kernel (contrastive_forward.cu).
 //
 // A block owns 128 rows (8 warps x 16) and streams 64-column tiles through a two-stage cp.async
 // pipeline into XOR-swizzled shared memory. Each warp keeps its 16 x D slice of q in registers
@@ -9,7 +10,7 @@
 // base 2 (logit_scale * log2(e) / |q_i| per row, 1 / |k_j| per column), exp2 on the MUFU, row
 // maxima over the quad with two shuffles. Masks run only on tiles that can hold an excluded pair
 // (the diagonal, the last partial tile) or a positive (row and column label ranges overlap, read
-// from a pre-pass): the other tiles run no per-pair rule at all.
+// from a pre-pass; with sample ids, or id ranges overlap): the other tiles run no per-pair rule.
 #include <ATen/ATen.h>
 
 #include "common/contrastive_math.h"
@@ -31,21 +32,24 @@ namespace {
 constexpr int kMmaThreads = 256, kBM = 128, kBN = 64;
 constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
-// Shared memory of forward_mma_kernel<T, kD>: q (kBM x kD) and two stages of k (kBN x kD) as
-// swizzled rows (swizzled_tile.cuh), and per stage the columns' inverse norms and labels.
-template <int kD>
+// Shared memory of forward_mma_kernel<T, kD, kIds>: q (kBM x kD) and two stages of k (kBN x kD) as
+// swizzled rows (swizzled_tile.cuh), and per stage the columns' inverse norms, labels (and ids).
+template <int kD, bool kIds>
 struct MmaLayout {
   static constexpr size_t kQ = 0;
   static constexpr size_t kK = kQ + size_t(kBM) * kD * 2;
   static constexpr size_t kStageK = size_t(kBN) * kD * 2;
   static constexpr size_t kColNorm = kK + 2 * kStageK;                      // float [2][kBN]
   static constexpr size_t kColLabel = kColNorm + 2 * kBN * sizeof(float);  // int64 [2][kBN]
-  static constexpr size_t kBytes = kColLabel + 2 * kBN * sizeof(int64_t);
+  static constexpr size_t kColId = kColLabel + 2 * kBN * sizeof(int64_t);  // int64 [2][kBN], with ids
+  static constexpr size_t kBytes = kColId + (kIds ? 2 * kBN * sizeof(int64_t) : 0);
 };
 
-// Column side values of one stage: labels (threads 0-63) and inverse norms (threads 64-79, four a
-// copy from col_norm, which is padded to whole tiles), for columns [col0, col0 + kBN).
-__device__ __forceinline__ void load_col_values(float* norm, int64_t* label, const Problem& p,
+// Column side values of one stage: labels (threads 0-63), inverse norms (threads 64-79, four a
+// copy from col_norm, which is padded to whole tiles) and with kIds sample ids (threads 80-143),
+// for columns [col0, col0 + kBN).
+template <bool kIds>
+__device__ __forceinline__ void load_col_values(float* norm, int64_t* label, int64_t* id, const Problem& p,
                                                 const float* __restrict__ col_norm, int64_t col0) {
   const int t = threadIdx.x;
   if (t < kBN) {
@@ -55,22 +59,30 @@ __device__ __forceinline__ void load_col_values(float* norm, int64_t* label, con
   } else if (t < kBN + kBN / 4) {
     const int c = 4 * (t - kBN);
     cp_async16(&norm[c], col_norm + col0 + c, true);
+  } else if (kIds && t < 2 * kBN + kBN / 4) {
+    const int c = t - kBN - kBN / 4;
+    const int64_t j = col0 + c;
+    const bool ok = j < p.L;
+    cp_async8(&id[c], ok ? p.col_ids + j : p.col_ids, ok);
   }
 }
 
 // partial[split][row] = (running max, sum of exp, positive logit sum, positive count), natural log.
-template <typename T, int kD>
+template <typename T, int kD, uint32_t kFeatures>
 __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     forward_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, Problem p,
                        const float* __restrict__ col_norm, const int64_t* __restrict__ row_range,
-                       const int64_t* __restrict__ col_range, int tiles_per_split, float4* __restrict__ partial) {
-  using L = MmaLayout<kD>;
+                       const int64_t* __restrict__ col_range, const int64_t* __restrict__ row_id_range,
+                       const int64_t* __restrict__ col_id_range, int tiles_per_split, float4* __restrict__ partial) {
+  constexpr bool kIds = (kFeatures & kSampleIds) != 0;
+  using L = MmaLayout<kD, kIds>;
   constexpr int kSteps = kD / 16, kFrags = kBN / 8;
   FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
   T* sQ = reinterpret_cast<T*>(smem + L::kQ);
   T* sK = reinterpret_cast<T*>(smem + L::kK);
   float* sNorm = reinterpret_cast<float*>(smem + L::kColNorm);
   int64_t* sLabel = reinterpret_cast<int64_t*>(smem + L::kColLabel);
+  int64_t* sId = reinterpret_cast<int64_t*>(smem + L::kColId);
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int64_t row0 = int64_t(blockIdx.x) * kBM;
@@ -92,7 +104,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
   auto issue = [&](int tile, int stage) {
     const int64_t col0 = int64_t(tile) * kBN;
     load_swizzled<T, kD, kBN, kMmaThreads>(sK + stage * (kBN * kD), k, p.L, p.D, col0);
-    load_col_values(sNorm + stage * kBN, sLabel + stage * kBN, p, col_norm, col0);
+    load_col_values<kIds>(sNorm + stage * kBN, sLabel + stage * kBN, sId + stage * kBN, p, col_norm, col0);
   };
   load_swizzled<T, kD, kBM, kMmaThreads>(sQ, q, p.M, p.D, row0);
   if (t_begin < t_end) issue(t_begin, 0);
@@ -113,7 +125,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
 
     // S (16 x 64 per warp) = q_w . k_tile^T.
     float acc[kFrags][4];
-    warp_logits<T, kD, kBN>(acc, qa, smem_addr(sK) + stage * MmaLayout<kD>::kStageK, krow);
+    warp_logits<T, kD, kBN>(acc, qa, smem_addr(sK) + stage * L::kStageK, krow);
 
     // x = acc * sign(scale) / |k_j|; the base-2 logit is y = x * a_i with a_i >= 0, so a row's
     // largest y is a_i times its largest x. Element e of fragment f sits at row h = e / 2, column
@@ -128,36 +140,39 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
       acc[f][3] *= rk.y;
     }
     const int64_t col0 = int64_t(tile) * kBN;
-    const bool masked =
-        tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * blockIdx.x, col_range + 2 * tile);
+    const bool masked = tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * blockIdx.x,
+                                      col_range + 2 * tile, kIds ? row_id_range + 2 * blockIdx.x : nullptr,
+                                      kIds ? col_id_range + 2 * tile : nullptr);
     if (masked) {  // sass: rare
       // In tile coordinates: columns c < width exist; column self[h] is row h's own (or none);
-      // is_self and is_positive of common/contrastive_math.h, on 32-bit offsets.
+      // is_self, is_positive and is_masked_negative of common/contrastive_math.h, on 32-bit offsets.
       const int64_t* lab = sLabel + stage * kBN;
+      const int64_t* ids = sId + stage * kBN;
       const int width = static_cast<int>(min(int64_t(kBN), p.L - col0));
       int self[2];
-      int64_t label[2];
+      int64_t label[2], id[2];
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t i = my_row + 8 * h, at = i + p.row_offset - col0;
         self[h] = p.exclude_self && at >= 0 && at < kBN ? static_cast<int>(at) : -1;
         label[h] = i < p.M ? p.row_labels[i] : -1;
+        id[h] = kIds && i < p.M ? p.row_ids[i] : -1;
       }
 #pragma unroll
       for (int f = 0; f < kFrags; ++f) {
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
           const int c = f * 8 + 2 * t4 + b;
-          const int64_t col_label = lab[c];
+          const int64_t col_label = lab[c], col_id = kIds ? ids[c] : -1;
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             float& x = acc[f][2 * h + b];
-            const bool valid = c < width && c != self[h];
-            if (valid && is_positive(label[h], col_label)) {
+            const bool valid = c < width && c != self[h], positive = valid && is_positive(label[h], col_label);
+            if (positive) {
               pos_sum[h] = fmaf(x, a[h], pos_sum[h]);
               pos_cnt[h] += 1.f;
             }
-            if (!valid) x = neg_inf<float>();
+            if (!valid || (kIds && !positive && is_masked_negative(id[h], col_id))) x = neg_inf<float>();
           }
         }
       }
@@ -202,16 +217,20 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
   }
 }
 
-// {min, max} of labels[tile * size, +size) (column tiles: non-negative labels only; an empty set
-// gives min > max).
-__global__ void label_range_kernel(const int64_t* __restrict__ labels, int64_t n, int size, bool nonneg,
-                                   int64_t* __restrict__ out) {
+// {min, max} of values[tile * size, +size) as RangeOf `what` says (an empty set gives min > max).
+__global__ void range_kernel(const int64_t* __restrict__ values, int64_t n, int size, RangeOf what,
+                             int64_t* __restrict__ out) {
   const int64_t tile = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (tile * size >= n) return;
   int64_t lo = INT64_MAX, hi = INT64_MIN;
   for (int64_t i = tile * size; i < min(n, (tile + 1) * size); ++i) {
-    const int64_t v = labels[i];
-    if (nonneg && v < 0) continue;
+    const int64_t v = values[i];
+    if (what == RangeOf::kIds && v == kPositiveOnly) {  // masks every row: the whole line
+      lo = INT64_MIN;
+      hi = INT64_MAX;
+      break;
+    }
+    if (what != RangeOf::kLabels && v < 0) continue;
     lo = min(lo, v);
     hi = max(hi, v);
   }
@@ -219,30 +238,32 @@ __global__ void label_range_kernel(const int64_t* __restrict__ labels, int64_t n
   out[2 * tile + 1] = hi;
 }
 
+// Padded inverse norms; label (and id) ranges per row block / column tile.
 struct ColumnTables {
-  at::Tensor norm, row_range, col_range;  // padded inverse norms; label ranges per row block / column tile
+  at::Tensor norm, row_range, col_range, row_id_range, col_id_range;
 };
 
-template <typename T, int kD>
+template <typename T, int kD, uint32_t kFeatures>
 void launch_forward_mma(const Inputs& in, const Problem& p, const ColumnTables& tab, const Split& split,
                         at::Tensor& partial, dev::Stream stream) {
-  constexpr size_t smem = MmaLayout<kD>::kBytes;
-  dev::allow_dynamic_smem<forward_mma_kernel<T, kD>>("fastcl", smem);
-  dev::launch<forward_mma_kernel<T, kD>>(grid_of(ceil_div(in.M, kBM), split.count), kMmaThreads, smem, stream,
-                                         ptr<T>(in.q), ptr<T>(in.k), p, tab.norm.data_ptr<float>(),
-                                         tab.row_range.data_ptr<int64_t>(), tab.col_range.data_ptr<int64_t>(),
-                                         static_cast<int>(split.per),
-                                         reinterpret_cast<float4*>(partial.data_ptr<float>()));
+  constexpr auto kernel = forward_mma_kernel<T, kD, kFeatures>;
+  constexpr size_t smem = MmaLayout<kD, (kFeatures & kSampleIds) != 0>::kBytes;
+  dev::allow_dynamic_smem<kernel>("fastcl", smem);
+  dev::launch<kernel>(grid_of(ceil_div(in.M, kBM), split.count), kMmaThreads, smem, stream, ptr<T>(in.q),
+                      ptr<T>(in.k), p, tab.norm.data_ptr<float>(), ptr<int64_t>(tab.row_range),
+                      ptr<int64_t>(tab.col_range), ptr<int64_t>(tab.row_id_range), ptr<int64_t>(tab.col_id_range),
+                      static_cast<int>(split.per),
+                      reinterpret_cast<float4*>(partial.data_ptr<float>()));
 }
 
 }  // namespace
 
-at::Tensor label_ranges(const at::Tensor& labels, int64_t n, int tile, bool nonneg, dev::Stream stream) {
+at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf what, dev::Stream stream) {
   const int64_t tiles = ceil_div(n, tile);
-  at::Tensor out = at::empty({std::max<int64_t>(tiles, 1) * 2}, labels.options());
+  at::Tensor out = at::empty({std::max<int64_t>(tiles, 1) * 2}, values.options());
   if (tiles > 0) {
-    dev::launch<label_range_kernel>(grid_of(ceil_div(tiles, kMmaThreads)), kMmaThreads, 0, stream,
-                                    ptr<int64_t>(labels), n, tile, nonneg, out.data_ptr<int64_t>());
+    dev::launch<range_kernel>(grid_of(ceil_div(tiles, kMmaThreads)), kMmaThreads, 0, stream, ptr<int64_t>(values),
+                              n, tile, what, out.data_ptr<int64_t>());
   }
   return out;
 }
@@ -254,7 +275,10 @@ bool forward_mma_applies(const Inputs& in, size_t element_size) {
   // kD = 256 needs 130 KiB: more than the 99 KiB a block may have on compute capability 8.6 / 8.9,
   // where those widths keep forward_kernel (the 1 KiB a resident block reserves counts too).
   size_t smem = 0;
-  with_width<64, 128, 256>(in.D, [&](auto w) { smem = MmaLayout<decltype(w)::value>::kBytes; });
+  with_width<64, 128, 256>(in.D, [&](auto w) {
+    constexpr int kD = decltype(w)::value;
+    smem = in.has(kSampleIds) ? MmaLayout<kD, true>::kBytes : MmaLayout<kD, false>::kBytes;
+  });
   return smem + 1024 <= static_cast<size_t>(dev::properties().sharedMemPerBlockOptin);
 }
 
@@ -264,13 +288,21 @@ Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial
   const int64_t blocks = ceil_div(in.M, kBM), tiles = ceil_div(in.L, kBN);
   const Split split = split_stream(blocks, tiles);
   ColumnTables tab;
-  tab.row_range = label_ranges(in.row_labels, in.M, kBM, false, stream);
-  tab.col_range = label_ranges(in.col_labels, in.L, kBN, true, stream);
+  tab.row_range = tile_ranges(in.row_labels, in.M, kBM, RangeOf::kLabels, stream);
+  tab.col_range = tile_ranges(in.col_labels, in.L, kBN, RangeOf::kNonNegativeLabels, stream);
+  if (in.has(kSampleIds)) {
+    tab.row_id_range = tile_ranges(in.row_ids, in.M, kBM, RangeOf::kIds, stream);
+    tab.col_id_range = tile_ranges(in.col_ids, in.L, kBN, RangeOf::kIds, stream);
+  }
   tab.norm = at::zeros({tiles * kBN}, in.q.options().dtype(at::kFloat));
   tab.norm.narrow(0, 0, in.L).copy_(in.col_info.select(1, 0) * at::sign(in.logit_scale));
   partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
   with_width<64, 128, 256>(in.D, [&](auto w) {
-    launch_forward_mma<T, decltype(w)::value>(in, p, tab, split, partial, stream);
+    if (in.has(kSampleIds)) {
+      launch_forward_mma<T, decltype(w)::value, kSampleIds>(in, p, tab, split, partial, stream);
+    } else {
+      launch_forward_mma<T, decltype(w)::value, 0>(in, p, tab, split, partial, stream);
+    }
   });
   return split;
 }

@@ -68,27 +68,33 @@ inline Split split_stream(int64_t blocks, int64_t tiles) {
   return {ceil_div(tiles, per), per};
 }
 
-// The features the mma kernels implement (contrastive_args.h); a problem with any other runs the
-// general kernels.
-constexpr uint32_t kMmaFeatures = kExcludeSelf | kRowOffset | kConstantCols | kNormalize | kSelfSimilarity;
+// The features the mma kernels implement (contrastive_args.h), kSampleIds as a compile-time flag of
+// their instantiations; a problem with any other runs the general kernels.
+constexpr uint32_t kMmaFeatures =
+    kExcludeSelf | kRowOffset | kConstantCols | kNormalize | kSelfSimilarity | kSampleIds;
 
-// Whether forward_mma_impl takes this problem (fp16/bf16, no bias, ids or hardness, D <= 256, 16-byte
-// rows): the FlashAttention-2 style kernel of contrastive_forward_mma.cu.
+// Whether forward_mma_impl takes this problem (fp16/bf16, only kMmaFeatures, D <= 256, 16-byte rows):
+// the FlashAttention-2 style kernel of contrastive_forward_mma.cu.
 bool forward_mma_applies(const Inputs& in, size_t element_size);
 // Fills partial (split.count x M float4: max, sum of exp, positive sum, positive count) with the
 // mma kernel; returns the split of the columns it used.
 template <typename T>
 Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial);
 
-// {min, max} of labels[t * tile, (t + 1) * tile) for each tile t of the first n labels, only the
-// non-negative ones with `nonneg` (max < min when none): the mma kernels mask only tiles whose
-// row and column label ranges overlap.
-at::Tensor label_ranges(const at::Tensor& labels, int64_t n, int tile, bool nonneg, dev::Stream stream);
+// Which values of a tile its {min, max} range covers (range_kernel, contrastive_forward_mma.cu).
+enum class RangeOf : int {
+  kLabels = 0,             // every label (rows)
+  kNonNegativeLabels = 1,  // columns: a negative label is never a positive
+  kIds = 2,                // sample ids >= 0; a tile holding POSITIVE_ONLY gets {INT64_MIN, INT64_MAX}
+};
+// {min, max} of values[t * tile, (t + 1) * tile) for each tile t of the first n values (max < min
+// when none counts): the mma kernels mask only tiles whose row and column ranges overlap.
+at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf what, dev::Stream stream);
 
 // Whether grad_mma_partials takes this problem: forward_mma_applies and D <= 128.
 bool backward_mma_applies(const Inputs& in, size_t element_size);
-// And whether one pass over q's rows can give the whole gradient (q = k, one label vector, no
-// row offset or constant columns): G + G^T from each recomputed tile, 3 matmul units in all.
+// And whether one pass over q's rows can give the whole gradient (kSelfSimilarity, no row offset or
+// constant columns; with sample ids D <= 64): G + G^T from each recomputed tile, 3 matmul units in all.
 bool backward_mma_symmetric(const Inputs& in, size_t element_size);
 // The mma backward of one side (kRowOwner: q rows, else the k columns own_x holds) into
 // part (splits x n_own x D fp32, the sum over splits is G' . stream rows) and, for q rows,
