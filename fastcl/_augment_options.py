@@ -4,6 +4,7 @@ degrees and fill, each raising a ValueError that names the argument."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 
 def check_probability(name: str, p) -> tuple[float, ...]:
@@ -38,3 +39,26 @@ def check_range(name: str, r, low: float, high: float) -> tuple[float, float]:
     if not (low <= a <= b <= high) or not (math.isfinite(a) and math.isfinite(b)):
         raise ValueError(f"{name} must satisfy {low} <= min <= max <= {high}, got {r!r}")
     return a, b
+
+
+def check_mean_std(mean, std) -> tuple[Optional[tuple[float, ...]], Optional[tuple[float, ...]]]:
+    """Per-channel normalisation: both or neither, each one number or one per channel (images have 1
+    or 3), of equal lengths, finite, std > 0; returned as tuples of floats (None, None for neither)."""
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std go together: pass both or neither")
+    if mean is None:
+        return None, None
+    values = {}
+    for name, given in (("mean", mean), ("std", std)):
+        seq = given.reshape(-1).tolist() if hasattr(given, "reshape") else given
+        seq = tuple(seq) if isinstance(seq, (tuple, list)) else (seq,)
+        if len(seq) not in (1, 3) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             and math.isfinite(v) for v in seq):
+            raise ValueError(f"{name} must be one finite number or one per channel (1 or 3), got {given!r}")
+        values[name] = tuple(float(v) for v in seq)
+    if len(values["mean"]) != len(values["std"]):
+        raise ValueError(f"mean and std need the same length (one per channel), got {len(values['mean'])} and "
+                         f"{len(values['std'])}")
+    if any(s <= 0 for s in values["std"]):
+        raise ValueError(f"std must be positive, got {std!r}")
+    return values["mean"], values["std"]

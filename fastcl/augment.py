@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _extension
-from ._augment_options import check_degrees, check_fill, check_probability, check_range
+from ._augment_options import check_degrees, check_fill, check_mean_std, check_probability, check_range
 
 # Columns of a parameter row; the same layout as csrc/common/augment_math.h (ParamColumn).
 TOP, LEFT, HEIGHT, WIDTH, FLIP, JITTER, BRIGHTNESS, CONTRAST, SATURATION, HUE = range(10)
@@ -141,12 +141,7 @@ class SimCLRAugment(nn.Module):
         self.rotate_p = check_probability("rotate_p", rotate_p)
         self.degrees = check_degrees(degrees)
         self.fill = check_fill(fill)
-        if (mean is None) != (std is None):
-            raise ValueError("mean and std go together: pass both or neither")
-        if std is not None and any(float(s) <= 0 for s in std):
-            raise ValueError(f"std must be positive, got {std!r}")
-        self.mean = None if mean is None else tuple(float(m) for m in mean)
-        self.std = None if std is None else tuple(float(s) for s in std)
+        self.mean, self.std = check_mean_std(mean, std)
         if dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise TypeError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         self.dtype = dtype
@@ -352,10 +347,7 @@ def apply(images: Images, params: AugmentParams, *, mean: Optional[Sequence[floa
         heights = torch.tensor([float(img.shape[1]) for img in listed])
         widths = torch.tensor([float(img.shape[2]) for img in listed])
     _check_rows(rows, heights[src], widths[src])
-    if (mean is None) != (std is None):
-        raise ValueError("mean and std go together: pass both or neither")
-    if std is not None and any(float(v) <= 0 for v in (std if isinstance(std, (list, tuple)) else [std])):
-        raise ValueError(f"std must be positive, got {std!r}")
+    mean, std = check_mean_std(mean, std)
     channels = listed[0].shape[-3]
     mean_t = std_t = None
     if mean is not None:

@@ -228,6 +228,10 @@ def _edited(**cols):
     (lambda: A.SimCLRAugment(32, hue=0.7), ValueError, "hue"),
     (lambda: A.SimCLRAugment(32, blur_kernel=4), ValueError, "blur_kernel"),
     (lambda: A.SimCLRAugment(32, mean=(0.5,)), ValueError, "mean and std"),
+    (lambda: A.SimCLRAugment(32, mean=(0.5, 0.5), std=(0.2, 0.2)), ValueError, "one per channel"),  # at construction
+    (lambda: A.SimCLRAugment(32, mean=(0.5, 0.5, 0.5), std=(0.2,)), ValueError, "same length"),
+    (lambda: A.SimCLRAugment(32, mean=(0.5,) * 4, std=(0.2,) * 4), ValueError, "one per channel"),
+    (lambda: A.SimCLRAugment(32, mean=(float("nan"),), std=(0.2,)), ValueError, "finite"),
     (lambda: A.SimCLRAugment(32, dtype=torch.int32), TypeError, "dtype"),
     (lambda: A.SimCLRAugment(32)(torch.zeros(3, 32, 32, dtype=torch.uint8)), ValueError, r"\(B, C, H, W\)"),
     (lambda: A.SimCLRAugment(32)(torch.zeros(2, 4, 32, 32, dtype=torch.uint8)), ValueError, "1 or 3 channels"),
