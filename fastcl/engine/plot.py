@@ -21,23 +21,42 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     except ImportError as exc:
         raise ImportError("fastcl plot needs matplotlib (pip install matplotlib)") from exc
     records = read_records(path)
-    steps = [r for r in records if r["kind"] == "step"]
-    epochs = [r for r in records if r["kind"] == "epoch" and r.get("knn_top1") is not None]
-    if not steps:
+    if not any(r["kind"] == "step" for r in records):
         raise ValueError(f"{path} holds no step records yet")
-    fig, (ax_loss, ax_knn) = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps])
-    ax_loss.set(xlabel="step", ylabel="NT-Xent loss", title="training loss")
-    ax_knn.plot([r["epoch"] + 1 for r in epochs], [100 * r["knn_top1"] for r in epochs], marker="o")
-    ax_knn.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
-    fig.tight_layout()
     out = out or os.path.join(run_dir, "curves.png")
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    plt.close(curves_figure(records, out))
     table = os.path.join(run_dir, "label_efficiency.json")
     if os.path.exists(table):
         plot_label_efficiency(table, os.path.join(os.path.dirname(out), "label_efficiency.png"))
     return out
+
+
+def curves_figure(records: list, out: str):
+    """The loss panel and the evaluation panel (SimCLR: kNN top-1 per epoch; SimCSE: dev Spearman),
+    saved to `out`; a panel with no data says why in its middle. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in records if r["kind"] == "step"]
+    simcse = any("sentences_per_s" in r or r["kind"] == "eval" for r in records)
+    fig, (ax_loss, ax_eval) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps])
+    ax_loss.set(xlabel="step", ylabel="contrastive loss" if simcse else "NT-Xent loss", title="training loss")
+    if simcse:
+        evals = [r for r in records if r["kind"] == "eval" and r.get("dev_spearman") is not None]
+        ax_eval.plot([r["step"] for r in evals], [r["dev_spearman"] for r in evals], marker="o")
+        ax_eval.set(xlabel="step", ylabel="dev Spearman x 100", title="dev evaluation")
+        empty = "no dev evaluation yet:\nnone of its --eval-steps reached"
+    else:
+        evals = [r for r in records if r["kind"] == "epoch" and r.get("knn_top1") is not None]
+        ax_eval.plot([r["epoch"] + 1 for r in evals], [100 * r["knn_top1"] for r in evals], marker="o")
+        ax_eval.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN monitor")
+        empty = "no kNN evaluation yet:\nno epoch finished"
+    for ax, has_data, note in ((ax_loss, bool(steps), "no step logged yet"), (ax_eval, bool(evals), empty)):
+        if not has_data:
+            ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="0.4")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    return fig
 
 
 def plot_label_efficiency(path: str, out: str) -> str:

@@ -160,6 +160,27 @@ def test_plot_writes_the_curves(tmp_path):
         plot_run(str(tmp_path / "nowhere"))
 
 
+def test_plot_says_when_a_panel_has_no_data(tmp_path):
+    """A run stopped before its first epoch ended has no kNN point: the panel says so instead of
+    being an empty frame (a SimCSE run without dev evaluations likewise)."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    from fastcl.engine.plot import curves_figure
+
+    simclr = [dict(kind="step", step=s, epoch=0, loss=5.0 - s, lr=0.1, images_per_s=100.0) for s in (1, 2)]
+    simcse = [dict(kind="step", step=1, epoch=0, loss=2.0, lr=3e-5, sentences_per_s=50.0)]
+    for records, note in ((simclr, "no kNN evaluation yet"), (simcse, "no dev evaluation yet")):
+        fig = curves_figure(records, str(tmp_path / "curves.png"))
+        loss_panel, eval_panel = fig.axes
+        assert not loss_panel.texts and note in eval_panel.texts[0].get_text()
+        plt.close(fig)
+    done = simclr + [dict(kind="epoch", epoch=0, loss=3.0, knn_top1=0.5)]
+    fig = curves_figure(done, str(tmp_path / "curves.png"))
+    assert not fig.axes[1].texts
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("chunk_size", [None, 64], ids=["one-shot", "grad-cache"])
 def test_digits_recipe_trains(tmp_path, chunk_size):
     """The built-in digits with the settings `make demo` uses: one epoch lowers the loss, also with
