@@ -245,12 +245,14 @@ def _add_simclr(sub) -> None:
     le.add_argument("--steps", type=at_least(int, 1), default=1000,
                     help="the fewest training steps of the supervised and "
                     "fine-tuned models (and at least 30 epochs of the labelled images); early stopping picks the point")
-    le.add_argument("--out", help="JSON path (default: label_efficiency.json next to the checkpoint)")
+    le.add_argument("--out", help="JSON path (default: label_efficiency.json next to the checkpoint; with another "
+                                   "--data, label_efficiency-<data name>.json)")
     le.set_defaults(func=_label_efficiency)
     n = sub.add_parser("neighbours", help="picture: held-out images and their nearest training images under the "
                                           "random-init and the trained encoder")
     _checkpoint_options(n)
-    n.add_argument("--out", help="PNG path (default: neighbours.png next to the checkpoint)")
+    n.add_argument("--out", help="PNG path (default: neighbours.png next to the checkpoint; with another --data, "
+                                  "neighbours-<data name>.png)")
     n.set_defaults(func=_neighbours)
     emb = sub.add_parser("embed", help="embeddings of a dataset (SimCLR checkpoint) or a text file (SimCSE model) "
                                        "to a float32 .npy and an ids .jsonl, for any vector index")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Sequence
 
 import torch
@@ -147,14 +146,15 @@ def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, pe
 def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, steps: int = 1000,
         spec: str | None = None, device: str = "auto", out: str | None = None, echo=print) -> dict:
     """Every budget x draw; prints the table (mean and spread over draws) and writes it as JSON
-    (default: label_efficiency.json next to the checkpoint)."""
+    (default: label_efficiency.json next to the checkpoint; for another dataset
+    label_efficiency-<data name>.json)."""
     if draws < 1 or steps < 1:
         raise ValueError(f"draws and steps must be >= 1, got {draws} and {steps}")
     state, train, test = retrieval.load_run_data(checkpoint, spec)
     for b in budgets:  # refuse a budget before any training
         if b != "all":
             draw_subset(train.labels, b, torch.Generator().manual_seed(0))
-    out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "label_efficiency.json")
+    out = out or retrieval.derived_output(checkpoint, "label_efficiency.json", state["config"]["data"], spec)
     check_folder(out)
     dev = distributed.device(device)
     rows = []

@@ -4,7 +4,6 @@ trained one; a green frame marks a neighbour of the query's class, red one of an
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -30,15 +29,16 @@ def _queries(labels: torch.Tensor, count: int, seed: int) -> list:
 
 def write_neighbours(path: str, out: str | None = None, queries: int = 8, k: int = 5, spec: str | None = None,
                      device: str = "auto", seed: int = 0) -> str:
-    """Writes the picture for a SimCLR checkpoint (default OUT: next to it, neighbours.png)."""
+    """Writes the picture for a SimCLR checkpoint (default OUT: next to it, neighbours.png, or for
+    another dataset neighbours-<data name>.png) and returns its path."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out = out or os.path.join(os.path.dirname(os.path.abspath(path)), "neighbours.png")
-    check_folder(out)
     state, train, test = retrieval.load_run_data(path, spec)
+    out = out or retrieval.derived_output(path, "neighbours.png", state["config"]["data"], spec)
+    check_folder(out)
     config = state["config"]
     if k > len(train):
         raise ValueError(f"k={k} is larger than the {len(train)} training images")

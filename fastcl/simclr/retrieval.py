@@ -5,6 +5,7 @@ embed`), precision@k of same-class neighbours for held-out queries against the t
 from __future__ import annotations
 
 import os
+import re
 from typing import Sequence
 
 import torch
@@ -34,6 +35,20 @@ def load_run_data(path: str, spec: str | None = None) -> tuple[dict, data.ImageD
     config = state["config"]
     spec = spec or config["data"]
     return state, data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
+
+
+def derived_output(checkpoint_path: str, name: str, run_spec: str, spec: str | None) -> str:
+    """Where a derived output of a run goes by default: `name` next to its checkpoint for the run's
+    own dataset, and for another (--data) `stem-<data name>.ext` beside it, so that the run's own
+    picture or table is never overwritten unless its path is given."""
+    folder = os.path.dirname(os.path.abspath(checkpoint_path))
+    if not spec or spec == run_spec:
+        return os.path.join(folder, name)
+    kind, _, where = spec.partition(":")
+    label = kind + ("-" + os.path.basename(os.path.normpath(where)) if where else "")
+    label = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "data"
+    stem, ext = os.path.splitext(name)
+    return os.path.join(folder, f"{stem}-{label}{ext}")
 
 
 def build_model(config: dict, state: dict | None = None, in_channels: int = 3) -> torch.nn.Module:

@@ -4,6 +4,7 @@ precision@k before and after training in `fastcl knn`, and the neighbours pictur
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -88,6 +89,39 @@ def test_neighbours_picture(run, tmp_path):
     assert (tmp_path / "n.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = _cli("neighbours", "--checkpoint", str(run / "last.pt"), "--out", "/no/such/dir/n.png", "--device", "cpu")
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_neighbours_of_other_data_keep_the_runs_picture(run, tmp_path):
+    """`neighbours --data X` writes neighbours-<X>.png beside the checkpoint and prints its path; the
+    run's own neighbours.png stays as it was (it used to be overwritten)."""
+    from PIL import Image
+
+    shutil.copy(run / "last.pt", tmp_path / "last.pt")
+    (tmp_path / "neighbours.png").write_bytes(b"the run's own picture")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in range(2):
+            (tmp_path / "pics" / split / f"c{cls}").mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "pics" / split / f"c{cls}" / f"{i}.png")
+    done = _cli("neighbours", "--checkpoint", str(tmp_path / "last.pt"), "--data", f"folder:{tmp_path / 'pics'}",
+                "--device", "cpu")
+    assert done.returncode == 0, done.stderr[-2000:]
+    picture = tmp_path / "neighbours-folder-pics.png"
+    assert str(picture) in done.stdout and picture.read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "neighbours.png").read_bytes() == b"the run's own picture"
+
+
+def test_derived_outputs_are_named_after_other_data(tmp_path):
+    from fastcl.simclr.retrieval import derived_output
+
+    ckpt = str(tmp_path / "last.pt")
+    assert derived_output(ckpt, "neighbours.png", "digits", None) == str(tmp_path / "neighbours.png")
+    assert derived_output(ckpt, "neighbours.png", "digits", "digits") == str(tmp_path / "neighbours.png")
+    assert derived_output(ckpt, "neighbours.png", "digits", "fake") == str(tmp_path / "neighbours-fake.png")
+    assert derived_output(ckpt, "label_efficiency.json", "fake", "cifar10:/data/c10/") == \
+        str(tmp_path / "label_efficiency-cifar10-c10.json")
 
 
 def test_precision_at_k():
