@@ -87,3 +87,15 @@ def finite_weight(name: str, w: float) -> None:
 def sample_ids(name: str, ids, n: int, ref: Tensor) -> Tensor:
     """Per-sample ids (n,) for duplicate masking: integers >= 0, or -1 for a sample without one."""
     return _integer_vector(name, ids, n, ref, "sample ids", "id", -1, ">= 0 (or -1 for a sample without an id)")
+
+
+def some_sample_apart(name: str, ids: Tensor) -> None:
+    """Sample ids that leave every sample a negative-free batch (all >= 0 and equal: each sample is
+    a duplicate of every other) are refused rather than giving a loss of 0. Skipped while compiling
+    (it reads the values)."""
+    if torch.compiler.is_compiling() or ids.numel() < 2:
+        return
+    if bool((ids[0] >= 0) & (ids == ids[0]).all()):
+        raise ValueError(f"{name}: every sample carries the id {int(ids[0])}, so every other sample is a duplicate "
+                         "and no anchor has a negative; give distinct samples distinct ids (-1: no id)")
+

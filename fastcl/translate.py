@@ -56,9 +56,12 @@ def nt_xent(z1: Tensor, z2: Optional[Tensor], labels: Optional[Tensor], sample_i
         if row_ids is not None:  # ids are not offset: a sample on two ranks is one sample
             col_ids = distributed.gather(row_ids, counts)
         row_offset = distributed.offset(counts)
-    elif n < 2:
-        raise ValueError(f"NT-Xent needs a batch of at least 2 samples so that every anchor has a negative, "
-                         f"got N={n}")
+    else:
+        if n < 2:
+            raise ValueError(f"NT-Xent needs a batch of at least 2 samples so that every anchor has a negative, "
+                             f"got N={n}")
+        if sample_ids is not None:
+            _validate.some_sample_apart("sample_ids", row_ids)
     problem = ContrastiveProblem(rows, columns, row_labels, col_labels, logit_scale(temperature, rows),
                                  row_ids=row_ids, col_ids=col_ids, row_offset=row_offset, exclude_self=True,
                                  normalize=normalize)
@@ -127,6 +130,8 @@ def info_nce(pairs: Pairs, symmetric: bool, queue: Optional[MemoryQueue], temper
         keys, col_labels, col_ids, col_bias, owner = _with_queue(queue, query, keys, col_labels, col_ids, col_bias,
                                                                  owner)
         queued = len(queue)
+    if ids is not None and not global_batch and keys.shape[0] == positive_key.shape[0]:  # negatives: the batch
+        _validate.some_sample_apart("sample_ids", ids)
     if not pairs.in_batch_negatives and keys.shape[0] == positive_key.shape[0]:
         raise ValueError("in_batch_negatives=False leaves no negatives: pass negative_keys or a non-empty queue")
     if symmetric and not global_batch and ids is None:  # paired rows: one pass serves both directions

@@ -22,6 +22,11 @@ def z(*shape, **kw):
     (lambda: functional.nt_xent(z(4, 8), z(4, 8, dtype=torch.float64)), TypeError, "dtype"),
     (lambda: functional.nt_xent(torch.ones(4, 8, dtype=torch.int64), z(4, 8)), TypeError, "z1 must be float"),
     (lambda: functional.nt_xent(z(1, 8), z(1, 8)), ValueError, "at least 2 samples"),
+    # One id on every sample: each is a duplicate of every other, so no anchor keeps a negative.
+    (lambda: functional.nt_xent(z(4, 8), z(4, 8), sample_ids=torch.full((4,), 7)), ValueError,
+     "no anchor has a negative"),
+    (lambda: functional.info_nce(z(4, 8), z(4, 8), sample_ids=torch.zeros(4, dtype=torch.long)), ValueError,
+     "no anchor has a negative"),
     (lambda: functional.nt_xent(z(4, 8)), ValueError, "needs labels"),
     (lambda: functional.nt_xent(z(4, 1, 8)), ValueError, "at least 2 views"),
     (lambda: functional.nt_xent(z(4, 8), labels=torch.zeros(5, dtype=torch.long)), ValueError,
@@ -83,3 +88,13 @@ def test_ops_reject_bad_arguments_without_crashing():
 def test_device_mix_is_rejected():
     with pytest.raises(ValueError, match="device"):
         functional.nt_xent(z(4, 8), z(4, 8, device="cuda"))
+
+
+def test_ids_that_leave_negatives_are_accepted():
+    """Only a batch whose every sample shares one id is refused: -1 (no id), a partial duplicate, or
+    hard negatives with the same id keep negatives."""
+    a, b = z(4, 8), z(4, 8)
+    assert torch.isfinite(functional.nt_xent(a, b, sample_ids=torch.full((4,), -1)))
+    assert functional.nt_xent(a, b, sample_ids=torch.tensor([3, 3, 3, 5])) > 0
+    same = torch.zeros(4, dtype=torch.long)
+    assert functional.info_nce(a, b, z(4, 8), sample_ids=same) > 0

@@ -37,7 +37,7 @@ def _run(fn):
 
 
 def _forward(mode, n, d, dtype):
-    q, k, lr, lc, scale, kw = make_case(mode, n, d, dtype, "cpu")
+    q, k, lr, lc, scale, kw = _case(mode, n, d, dtype)
     with torch.no_grad():
         want = ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")[0]
         got, counters = _run(lambda: ops.contrastive(ContrastiveProblem(q, k, lr, lc, scale, **kw), impl="fastcl")[0])
@@ -46,7 +46,7 @@ def _forward(mode, n, d, dtype):
 
 
 def _loss_and_grads(mode, n, d, dtype):
-    q, k, lr, lc, scale, kw = make_case(mode, n, d, dtype, "cpu")
+    q, k, lr, lc, scale, kw = _case(mode, n, d, dtype)
     scale = scale.clone().requires_grad_()
     leaves = [q, scale] if q is k else [q, k, scale]
 
@@ -62,11 +62,25 @@ def _loss_and_grads(mode, n, d, dtype):
 SHAPES = [(150, 40), (130, 128), (70, 200)]
 
 
-SAMPLE_IDS = 4  # kSampleIds (csrc/contrastive_args.h): the modes with ids run that instantiation
+# The Feature flags of csrc/contrastive_args.h the mma kernels are instantiated for, by make_case mode.
+COL_BIAS, SAMPLE_IDS = 1, 4
+FEATURES = {"duplicates": SAMPLE_IDS, "queue": SAMPLE_IDS, "hard_negative": COL_BIAS,
+            "hard_negative_ids": COL_BIAS | SAMPLE_IDS}
+
+
+def _case(mode, n, d, dtype):
+    """make_case, and "hard_negative_ids": SimCSE's hard negatives (an owned bias) with sample ids, some
+    shared by a pair and a negative."""
+    if mode != "hard_negative_ids":
+        return make_case(mode, n, d, dtype, "cpu")
+    q, k, lr, lc, scale, kw = make_case("hard_negative", n, d, dtype, "cpu")
+    ids = torch.arange(n) % max(1, n - 3)  # the last pairs share ids with the first
+    kw.update(row_ids=ids, col_ids=torch.cat([ids, ids.flip(0)]))
+    return q, k, lr, lc, scale, kw
 
 
 @pytest.mark.parametrize("mode", ["ntxent", "supcon", "row_offset", "infonce", "unnormalized", "duplicates",
-                                  "queue"])
+                                  "queue", "hard_negative", "hard_negative_ids"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("n,d", SHAPES, ids=[f"n{n}-d{d}" for n, d in SHAPES])
 def test_mma_forward_equals_the_cpu_op(mode, dtype, n, d):
@@ -76,8 +90,7 @@ def test_mma_forward_equals_the_cpu_op(mode, dtype, n, d):
     assert len(counts) == 1, f"expected one forward_mma_kernel instantiation to run, got {list(counts)}"
     ((name, c),) = counts.items()
     kd = next(w for w in (64, 128, 256) if d <= w)
-    features = SAMPLE_IDS if mode in ("duplicates", "queue") else 0
-    assert re.search(rf", {kd}, {features}u?>", name), name
+    assert re.search(rf", {kd}, {FEATURES.get(mode, 0)}u?>", name), name
     # Every block runs 8 warps x (kD / 16) x (64 / 8) mma per column tile it owns.
     blocks, tiles = math.ceil(rows / BM), math.ceil(cols / BN)
     assert c["mma"] == blocks * tiles * 8 * (kd // 16) * (BN // 8)
@@ -103,7 +116,7 @@ def test_a_duplicate_in_a_far_tile_is_masked():
     assert any("forward_mma_kernel" in name for name in counters)
 
 
-@pytest.mark.parametrize("mode", ["hard_negative", "column_bias"])
+@pytest.mark.parametrize("mode", ["column_bias"])  # a bias without owners applies to every row
 def test_problems_the_mma_forward_does_not_cover_take_the_general_kernel(mode):
     got, want, counts, _, _ = _forward(mode, 70, 40, torch.bfloat16)
     torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
@@ -122,7 +135,7 @@ GRAD_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
 
 
 @pytest.mark.parametrize("mode", ["ntxent", "supcon", "row_offset", "infonce", "unnormalized", "duplicates",
-                                  "queue"])
+                                  "queue", "hard_negative", "hard_negative_ids"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("n,d", [(150, 40), (70, 128)], ids=["n150-d40", "n70-d128"])
 def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
@@ -135,7 +148,7 @@ def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
         assert err < GRAD_TOL[dtype], f"grad_{name}: {err:.2e} of its largest entry"
     kd = 64 if d <= 64 else 128
     grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
-    features = SAMPLE_IDS if mode in ("duplicates", "queue") else 0
+    features = FEATURES.get(mode, 0)
     # q = k, one label vector (one id vector): one pass, except with ids past kD = 64 (registers).
     symmetric = mode in ("ntxent", "supcon", "unnormalized") or (mode == "duplicates" and kd == 64)
     want_kernels = ["true, true"] if symmetric else ["true, false", "false, false"]

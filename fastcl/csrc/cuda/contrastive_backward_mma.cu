@@ -1,6 +1,6 @@
 // The fp16/bf16 backward of the contrastive core in the FlashAttention-2 shape, for the problems of
-// contrastive_forward_mma.cu with D <= 128 (others take grad_kernel), sample ids as its compile-time
-// feature too.
+// contrastive_forward_mma.cu with D <= 128 (others take grad_kernel), with the same compile-time
+// features (sample ids, an owned column bias).
 //
 // grad_mma_kernel<T, kD, kRowOwner> owns 128 rows of one side (q rows: grad_q and the scale
 // partials; or k columns: grad_k) and streams 64-row tiles of the other through a two-stage
@@ -62,17 +62,21 @@ struct Side {
   const int64_t* range;  // {min, max} label per tile of this side's tiling (columns: labels >= 0)
   const int64_t* ids;    // with sample ids: this side's ids and their ranges (tile_ranges, RangeOf::kIds)
   const int64_t* id_range;
+  const int64_t* owner_range;  // the column side with an owned bias: col_bias_owner's ranges
 };
 
 // tile_may_mask (contrastive_device.cuh) of stream tile `tile` against the block's owner rows, in
 // q/k roles: owners are q rows or k columns.
-template <typename T, bool kRowOwner, bool kIds>
+template <typename T, bool kRowOwner, bool kIds, bool kBias>
 __device__ __forceinline__ bool tile_masked(const Side<T>& own, const Side<T>& str, const Problem& p, int64_t own0,
                                             int64_t s0, int tile) {
   const int64_t q0 = kRowOwner ? own0 : s0, k0 = kRowOwner ? s0 : own0;
   const int64_t qn = kRowOwner ? kGBM : kGBN, kn = kRowOwner ? kGBN : kGBM;
-  return tile_may_mask(p, q0, qn, k0, kn, s0 + kGBN > str.n, own.range + 2 * (own0 / kGBM), str.range + 2 * tile,
-                       kIds ? own.id_range + 2 * (own0 / kGBM) : nullptr, kIds ? str.id_range + 2 * tile : nullptr);
+  const int64_t *own_at = own.range + 2 * (own0 / kGBM), *str_at = str.range + 2 * tile;
+  const int64_t* owners = kRowOwner ? str.owner_range + 2 * tile : own.owner_range + 2 * (own0 / kGBM);
+  return tile_may_mask(p, q0, qn, k0, kn, s0 + kGBN > str.n, own_at, str_at,
+                       kIds ? own.id_range + 2 * (own0 / kGBM) : nullptr, kIds ? str.id_range + 2 * tile : nullptr,
+                       kBias ? (kRowOwner ? own_at : str_at) : nullptr, kBias ? owners : nullptr);
 }
 
 // acc (16 owner rows x kD per warp) += G' (16 x 64, fp32 fragments) . stream tile (64 x kD at sa),
@@ -105,7 +109,8 @@ template <typename T, int kD, bool kRowOwner, bool kBoth, uint32_t kFeatures>
 __global__ void __launch_bounds__(kGThreads, 1)
     grad_mma_kernel(Side<T> own, Side<T> str, Problem p, const float* __restrict__ g_scale, int tiles_per_split,
                     float* __restrict__ part, double* __restrict__ scale_part) {
-  constexpr bool kIds = (kFeatures & kSampleIds) != 0;
+  constexpr bool kIds = (kFeatures & kSampleIds) != 0, kBias = (kFeatures & kColBias) != 0;
+  static_assert(!(kBoth && kBias), "an owned bias is not symmetric: q = k with a bias takes the dq and dk kernels");
   using L = GradLayout<kD, kIds>;
   constexpr int kSteps = kD / 16, kSFrags = kGBN / 8, kDFrags = kD / 8;
   FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
@@ -190,7 +195,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
     // stream row c = f * 8 + 2 t4 + e % 2 of the tile. The q row's lse, grad and 1/num_pos come from
     // the owner side when it is q (registers), else from the stream side (shared memory).
     const int64_t s0 = int64_t(tile) * kGBN;
-    const bool masked = tile_masked<T, kRowOwner, kIds>(own, str, p, own0, s0, tile);
+    const bool masked = tile_masked<T, kRowOwner, kIds, kBias>(own, str, p, own0, s0, tile);
     float tile_dscale = 0.f;
     if (!masked) {
       // Per element: t = raw * (1 / |stream|), P = exp2(t * (1 / |own|) * scale * log2(e) - lse2),
@@ -242,8 +247,13 @@ __global__ void __launch_bounds__(kGThreads, 1)
           const float grad = kRowOwner ? ograd[h] : si.z;
           const float lse2 = kRowOwner ? olse[h] : si.y * kLog2e;
           const float inv = kRowOwner ? oinv[h] : si.w;
+          float bias2 = 0.f;  // an owned bias (bias_applies), base 2, read from global memory on these tiles
+          if (kBias && in_pair) {
+            const int64_t col = kRowOwner ? sr : oi[h];
+            if (p.col_bias_owner[col] == (kRowOwner ? olabel[h] : lab[c])) bias2 = p.col_info[col].y * kLog2e;
+          }
           float gp = 0.f;
-          if (valid && grad != 0.f) gp = grad * (ex2_approx(fmaf(dot, c2, -lse2)) - (pos ? inv : 0.f));
+          if (valid && grad != 0.f) gp = grad * (ex2_approx(fmaf(dot, c2, bias2 - lse2)) - (pos ? inv : 0.f));
           if (kRowOwner) tile_dscale = fmaf(gp, dot, tile_dscale);
           if (kBoth && valid_t && si.z != 0.f) {  // + G_ji (q = k, one label vector: the pair rules are symmetric)
             gp += si.z * (ex2_approx(fmaf(dot, c2, -si.y * kLog2e)) - (pos ? si.w : 0.f));
@@ -298,20 +308,34 @@ void launch_grad_mma(const Side<T>& own, const Side<T>& str, const Problem& p, c
   dev::launch<kernel>(grid, kGThreads, smem, stream, own, str, p, g_scale, static_cast<int>(per), part, scale_part);
 }
 
-// The instantiation for D and the problem's features.
+// The instantiation for D and the problem's features (kSampleIds, kColBias); the symmetric kernel
+// is instantiated without a bias, and with ids up to kSymmetricIdsMaxD (backward_mma_symmetric).
 template <typename T, bool kRowOwner, bool kBoth>
-void launch_grad_mma(int64_t D, bool ids, const Side<T>& own, const Side<T>& str, const Problem& p,
+void launch_grad_mma(int64_t D, uint32_t features, const Side<T>& own, const Side<T>& str, const Problem& p,
                      const float* g_scale, int64_t per, dim3 grid, float* part, double* scale_part,
                      dev::Stream stream) {
   with_width<64, 128>(D, [&](auto w) {
     constexpr int kD = decltype(w)::value;
-    if constexpr (kBoth && kD > kSymmetricIdsMaxD) {  // never instantiated with ids (backward_mma_symmetric)
-      TORCH_INTERNAL_ASSERT(!ids, "fastcl: no symmetric mma backward with sample ids for D > ", kSymmetricIdsMaxD);
-      launch_grad_mma<T, kD, kRowOwner, kBoth, 0>(own, str, p, g_scale, per, grid, part, scale_part, stream);
-    } else if (ids) {
-      launch_grad_mma<T, kD, kRowOwner, kBoth, kSampleIds>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+    const auto run = [&](auto f) {
+      launch_grad_mma<T, kD, kRowOwner, kBoth, decltype(f)::value>(own, str, p, g_scale, per, grid, part, scale_part,
+                                                                   stream);
+    };
+    using std::integral_constant;
+    const uint32_t used = features & (kSampleIds | kColBias);
+    if constexpr (kBoth) {
+      TORCH_INTERNAL_ASSERT(used == 0 || (used == kSampleIds && kD <= kSymmetricIdsMaxD),
+                            "fastcl: no symmetric mma backward for these features");
+      if constexpr (kD <= kSymmetricIdsMaxD) {
+        if (used == kSampleIds) return run(integral_constant<uint32_t, kSampleIds>{});
+      }
+      run(integral_constant<uint32_t, 0>{});
     } else {
-      launch_grad_mma<T, kD, kRowOwner, kBoth, 0>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+      switch (used) {
+        case 0: run(integral_constant<uint32_t, 0>{}); break;
+        case kSampleIds: run(integral_constant<uint32_t, kSampleIds>{}); break;
+        case kColBias: run(integral_constant<uint32_t, kColBias>{}); break;
+        default: run(integral_constant<uint32_t, kColBias | kSampleIds>{});
+      }
     }
   });
 }
@@ -324,7 +348,7 @@ bool backward_mma_applies(const Inputs& in, size_t element_size) {
 
 bool backward_mma_symmetric(const Inputs& in, size_t element_size) {
   return backward_mma_applies(in, element_size) && in.has(kSelfSimilarity) && !in.has(kRowOffset) &&
-         !in.has(kConstantCols) && (!in.has(kSampleIds) || in.D <= kSymmetricIdsMaxD);
+         !in.has(kConstantCols) && !in.has(kColBias) && (!in.has(kSampleIds) || in.D <= kSymmetricIdsMaxD);
 }
 
 template <typename T, bool kRowOwner>
@@ -350,9 +374,14 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
     own_id_range = tile_ranges(own_ids, n_own, kGBM, RangeOf::kIds, stream);
     str_id_range = tile_ranges(str_ids, n_str, kGBN, RangeOf::kIds, stream);
   }
+  // With an owned bias, the column side's owner ranges (kLabels: an owner -1 may meet a row label -1).
+  at::Tensor owner_range;
+  if (in.has(kColBias)) {
+    owner_range = tile_ranges(in.col_bias_owner, in.L, kRowOwner ? kGBN : kGBM, RangeOf::kLabels, stream);
+  }
   const Side<T> own{ptr<T>(own_x),           ptr<float4>(own_info),  ptr<int64_t>(own_labels),
                     n_own,                   ptr<int64_t>(own_range), ptr<int64_t>(own_ids),
-                    ptr<int64_t>(own_id_range)};
+                    ptr<int64_t>(own_id_range), kRowOwner ? nullptr : ptr<int64_t>(owner_range)};
 
   // fp16 holds G' scaled by a power of two that puts the largest possible |G'| (max grad times the
   // largest stream 1/norm) just under 2^15; bf16 has fp32's range. An all-zero stream row has
@@ -369,21 +398,23 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   }
   const Side<T> str{ptr<T>(str_x),           ptr<float4>(str_info_used), ptr<int64_t>(str_labels),
                     n_str,                   ptr<int64_t>(str_range),    ptr<int64_t>(str_ids),
-                    ptr<int64_t>(str_id_range)};
+                    ptr<int64_t>(str_id_range), kRowOwner ? ptr<int64_t>(owner_range) : nullptr};
   part = at::empty({split.count, n_own, in.D}, own_x.options().dtype(at::kFloat));
   if (kRowOwner) *scale_part = at::empty({blocks * split.count}, own_x.options().dtype(at::kDouble));
   const dim3 grid = grid_of(blocks, split.count);
   float* part_ptr = part.data_ptr<float>();
   double* scale_ptr = kRowOwner ? scale_part->data_ptr<double>() : nullptr;
   const float* gs = g_scale.defined() ? g_scale.data_ptr<float>() : nullptr;
-  const bool ids = in.has(kSampleIds);
+
   if constexpr (kRowOwner) {
     if (both) {
-      launch_grad_mma<T, true, true>(in.D, ids, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+      launch_grad_mma<T, true, true>(in.D, in.features, own, str, p, gs, split.per, grid, part_ptr, scale_ptr,
+                                     stream);
       return split.count;
     }
   }
-  launch_grad_mma<T, kRowOwner, false>(in.D, ids, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+  launch_grad_mma<T, kRowOwner, false>(in.D, in.features, own, str, p, gs, split.per, grid, part_ptr, scale_ptr,
+                                       stream);
   return split.count;
 }
 

@@ -83,14 +83,17 @@ __device__ __forceinline__ ColView col_view(const Problem& p, const MetaSlot& s,
 // run their masks only on such tiles.
 // With sample ids (ids_a, ids_b: the two sides' id ranges, id_ranges in contrastive_host.cuh), also
 // a tile whose id ranges overlap, or whose columns hold a POSITIVE_ONLY id (its range is the whole
-// line, which overlaps every range, an empty one too); kernels without ids pass null, and the
-// check compiles away.
+// line, which overlaps every range, an empty one too); with an owned column bias, a tile whose
+// rows' label range meets its columns' owner range (where the bias may apply). Kernels without the
+// feature pass null, and its check compiles away.
 __device__ __forceinline__ bool tile_may_mask(const Problem& p, int64_t q0, int64_t qn, int64_t k0, int64_t kn,
                                               bool partial, const int64_t* range_a, const int64_t* range_b,
-                                              const int64_t* ids_a = nullptr, const int64_t* ids_b = nullptr) {
+                                              const int64_t* ids_a = nullptr, const int64_t* ids_b = nullptr,
+                                              const int64_t* row_labels = nullptr, const int64_t* owners = nullptr) {
   if (partial) return true;
   if (p.exclude_self && q0 + p.row_offset < k0 + kn && k0 < q0 + p.row_offset + qn) return true;
   if (ids_a != nullptr && ids_a[0] <= ids_b[1] && ids_b[0] <= ids_a[1]) return true;
+  if (row_labels != nullptr && row_labels[0] <= owners[1] && owners[0] <= row_labels[1]) return true;
   return range_a[0] <= range_b[1] && range_b[0] <= range_a[1];
 }
 

@@ -1,7 +1,7 @@
 // The fp16/bf16 forward of the contrastive core in the FlashAttention-2 shape (semantics:
-// csrc/README.md), for problems without column bias or hardness penalty (sample ids are a
-// compile-time feature, kFeatures & kSampleIds), D <= 256 with 16-byte rows. Other problems take
-// forward_kernel (contrastive_forward.cu).
+// csrc/README.md), for problems without a hardness penalty or an ownerless column bias, D <= 256
+// with 16-byte rows; sample ids and an owned column bias (SimCSE's hard-negative weight) are
+// compile-time features (kFeatures). Other problems take forward_kernel (contrastive_forward.cu).
 //
 // A block owns 128 rows (8 warps x 16) and streams 64-column tiles through a two-stage cp.async
 // pipeline into XOR-swizzled shared memory. Each warp keeps its 16 x D slice of q in registers
@@ -10,7 +10,8 @@
 // base 2 (logit_scale * log2(e) / |q_i| per row, 1 / |k_j| per column), exp2 on the MUFU, row
 // maxima over the quad with two shuffles. Masks run only on tiles that can hold an excluded pair
 // (the diagonal, the last partial tile) or a positive (row and column label ranges overlap, read
-// from a pre-pass; with sample ids, or id ranges overlap): the other tiles run no per-pair rule.
+// from a pre-pass; or id ranges, or row label and column owner ranges): the other tiles run no
+// per-pair rule.
 #include <ATen/ATen.h>
 
 #include "common/contrastive_math.h"
@@ -73,8 +74,9 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     forward_mma_kernel(const T* __restrict__ q, const T* __restrict__ k, Problem p,
                        const float* __restrict__ col_norm, const int64_t* __restrict__ row_range,
                        const int64_t* __restrict__ col_range, const int64_t* __restrict__ row_id_range,
-                       const int64_t* __restrict__ col_id_range, int tiles_per_split, float4* __restrict__ partial) {
-  constexpr bool kIds = (kFeatures & kSampleIds) != 0;
+                       const int64_t* __restrict__ col_id_range, const int64_t* __restrict__ owner_range,
+                       int tiles_per_split, float4* __restrict__ partial) {
+  constexpr bool kIds = (kFeatures & kSampleIds) != 0, kBias = (kFeatures & kColBias) != 0;
   using L = MmaLayout<kD, kIds>;
   constexpr int kSteps = kD / 16, kFrags = kBN / 8;
   FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
@@ -142,7 +144,9 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     const int64_t col0 = int64_t(tile) * kBN;
     const bool masked = tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * blockIdx.x,
                                       col_range + 2 * tile, kIds ? row_id_range + 2 * blockIdx.x : nullptr,
-                                      kIds ? col_id_range + 2 * tile : nullptr);
+                                      kIds ? col_id_range + 2 * tile : nullptr,
+                                      kBias ? row_range + 2 * blockIdx.x : nullptr,
+                                      kBias ? owner_range + 2 * tile : nullptr);
     if (masked) {  // sass: rare
       // In tile coordinates: columns c < width exist; column self[h] is row h's own (or none);
       // is_self, is_positive and is_masked_negative of common/contrastive_math.h, on 32-bit offsets.
@@ -157,6 +161,25 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
         self[h] = p.exclude_self && at >= 0 && at < kBN ? static_cast<int>(at) : -1;
         label[h] = i < p.M ? p.row_labels[i] : -1;
         id[h] = kIds && i < p.M ? p.row_ids[i] : -1;
+      }
+      if constexpr (kBias) {
+        // An owned bias (bias_applies): + bias_j log2(e) on the base-2 logit y = x a_i, so x gains
+        // bias_j log2(e) / a_i; owners and biases read from global memory, on these tiles only.
+        const float inv_a[2] = {1.f / a[0], 1.f / a[1]};
+#pragma unroll
+        for (int f = 0; f < kFrags; ++f) {
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const int c = f * 8 + 2 * t4 + b;
+            if (c >= width) continue;
+            const int64_t owner = p.col_bias_owner[col0 + c];
+            const float bias2 = p.col_info[col0 + c].y * kLog2e;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              if (owner == label[h]) acc[f][2 * h + b] = fmaf(bias2, inv_a[h], acc[f][2 * h + b]);
+            }
+          }
+        }
       }
 #pragma unroll
       for (int f = 0; f < kFrags; ++f) {
@@ -240,7 +263,7 @@ __global__ void range_kernel(const int64_t* __restrict__ values, int64_t n, int 
 
 // Padded inverse norms; label (and id) ranges per row block / column tile.
 struct ColumnTables {
-  at::Tensor norm, row_range, col_range, row_id_range, col_id_range;
+  at::Tensor norm, row_range, col_range, row_id_range, col_id_range, owner_range;
 };
 
 template <typename T, int kD, uint32_t kFeatures>
@@ -252,7 +275,7 @@ void launch_forward_mma(const Inputs& in, const Problem& p, const ColumnTables& 
   dev::launch<kernel>(grid_of(ceil_div(in.M, kBM), split.count), kMmaThreads, smem, stream, ptr<T>(in.q),
                       ptr<T>(in.k), p, tab.norm.data_ptr<float>(), ptr<int64_t>(tab.row_range),
                       ptr<int64_t>(tab.col_range), ptr<int64_t>(tab.row_id_range), ptr<int64_t>(tab.col_id_range),
-                      static_cast<int>(split.per),
+                      ptr<int64_t>(tab.owner_range), static_cast<int>(split.per),
                       reinterpret_cast<float4*>(partial.data_ptr<float>()));
 }
 
@@ -269,7 +292,8 @@ at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf wh
 }
 
 bool forward_mma_applies(const Inputs& in, size_t element_size) {
-  if (element_size != 2 || !in.only(kMmaFeatures) || in.D > 256 || !in.vectorisable()) {
+  if (element_size != 2 || !in.only(kMmaFeatures) || (in.has(kColBias) && !in.col_bias_owner.defined()) ||
+      in.D > 256 || !in.vectorisable()) {
     return false;
   }
   // kD = 256 needs 130 KiB: more than the 99 KiB a block may have on compute capability 8.6 / 8.9,
@@ -294,14 +318,17 @@ Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial
     tab.row_id_range = tile_ranges(in.row_ids, in.M, kBM, RangeOf::kIds, stream);
     tab.col_id_range = tile_ranges(in.col_ids, in.L, kBN, RangeOf::kIds, stream);
   }
+  if (in.has(kColBias)) tab.owner_range = tile_ranges(in.col_bias_owner, in.L, kBN, RangeOf::kLabels, stream);
   tab.norm = at::zeros({tiles * kBN}, in.q.options().dtype(at::kFloat));
   tab.norm.narrow(0, 0, in.L).copy_(in.col_info.select(1, 0) * at::sign(in.logit_scale));
   partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
   with_width<64, 128, 256>(in.D, [&](auto w) {
-    if (in.has(kSampleIds)) {
-      launch_forward_mma<T, decltype(w)::value, kSampleIds>(in, p, tab, split, partial, stream);
-    } else {
-      launch_forward_mma<T, decltype(w)::value, 0>(in, p, tab, split, partial, stream);
+    constexpr int kD = decltype(w)::value;
+    switch (in.features & (kSampleIds | kColBias)) {
+      case 0: launch_forward_mma<T, kD, 0>(in, p, tab, split, partial, stream); break;
+      case kSampleIds: launch_forward_mma<T, kD, kSampleIds>(in, p, tab, split, partial, stream); break;
+      case kColBias: launch_forward_mma<T, kD, kColBias>(in, p, tab, split, partial, stream); break;
+      default: launch_forward_mma<T, kD, kColBias | kSampleIds>(in, p, tab, split, partial, stream);
     }
   });
   return split;

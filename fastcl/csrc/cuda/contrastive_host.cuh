@@ -68,10 +68,11 @@ inline Split split_stream(int64_t blocks, int64_t tiles) {
   return {ceil_div(tiles, per), per};
 }
 
-// The features the mma kernels implement (contrastive_args.h), kSampleIds as a compile-time flag of
-// their instantiations; a problem with any other runs the general kernels.
+// The features the mma kernels implement (contrastive_args.h), kSampleIds and kColBias (with owners
+// only) as compile-time flags of their instantiations; a problem with any other runs the general
+// kernels.
 constexpr uint32_t kMmaFeatures =
-    kExcludeSelf | kRowOffset | kConstantCols | kNormalize | kSelfSimilarity | kSampleIds;
+    kExcludeSelf | kRowOffset | kConstantCols | kNormalize | kSelfSimilarity | kSampleIds | kColBias;
 
 // Whether forward_mma_impl takes this problem (fp16/bf16, only kMmaFeatures, D <= 256, 16-byte rows):
 // the FlashAttention-2 style kernel of contrastive_forward_mma.cu.
@@ -94,7 +95,7 @@ at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf wh
 // Whether grad_mma_partials takes this problem: forward_mma_applies and D <= 128.
 bool backward_mma_applies(const Inputs& in, size_t element_size);
 // And whether one pass over q's rows can give the whole gradient (kSelfSimilarity, no row offset or
-// constant columns; with sample ids D <= 64): G + G^T from each recomputed tile, 3 matmul units in all.
+// constant columns, no column bias; with sample ids D <= 64): G + G^T from each recomputed tile, 3U in all.
 bool backward_mma_symmetric(const Inputs& in, size_t element_size);
 // The mma backward of one side (kRowOwner: q rows, else the k columns own_x holds) into
 // part (splits x n_own x D fp32, the sum over splits is G' . stream rows) and, for q rows,
