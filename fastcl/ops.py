@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from . import _extension, _torch_impl
-from .problem import POSITIVE_ONLY, ContrastiveProblem, LossProblem, PairProblem, check_meta, loss_dtype
+from .problem import POSITIVE_ONLY, ContrastiveProblem, LossProblem, PairProblem, check_meta, check_pair_meta, loss_dtype
 
 __all__ = ["POSITIVE_ONLY", "ContrastiveProblem", "LossProblem", "PairProblem", "contrastive", "contrastive_pair",
            "loss_dtype", "solve"]
@@ -58,6 +58,7 @@ def _register() -> None:
 
     @torch.library.register_fake("fastcl::contrastive_pair_forward")
     def _pair_forward_fake(a, b, logit_scale, normalize):
+        check_pair_meta(PairProblem(a, b, logit_scale, normalize))
         rows = a.new_empty((a.shape[0],), dtype=loss_dtype(a.dtype))
         return rows, torch.empty_like(rows), torch.empty_like(rows), torch.empty_like(rows)
 

@@ -102,3 +102,13 @@ def check_meta(problem: ContrastiveProblem) -> None:
         if t is not None:
             torch._check(t.dim() == 1 and t.shape[0] == n, lambda: f"fastcl: {name} must have shape ({n},)")
 
+
+def check_pair_meta(problem: PairProblem) -> None:
+    """check_meta for the paired op: a and b (M, D) alike, one dtype, a 0-dim logit scale."""
+    a, b = problem.a, problem.b
+    torch._check(a.dim() == 2 and a.shape == b.shape,
+                 lambda: f"fastcl: a and b must be (M, D) alike, got {a.shape}, {b.shape}")
+    torch._check(a.dtype == b.dtype, lambda: f"fastcl: a and b must have the same dtype, got {a.dtype}, {b.dtype}")
+    torch._check(problem.logit_scale.dim() == 0 and problem.logit_scale.dtype == loss_dtype(a.dtype),
+                 lambda: f"fastcl: logit_scale must be a 0-dim {loss_dtype(a.dtype)} tensor")
+

@@ -112,3 +112,12 @@ def test_the_fake_kernel_refuses_what_the_kernels_refuse(bad):
         problem = ContrastiveProblem(q, k, rows, cols, scale, **ids)
         with pytest.raises(RuntimeError, match="fastcl: "):
             torch.ops.fastcl.contrastive_forward(*problem.op_tensors(), *problem.op_scalars())
+
+
+def test_the_pair_fake_kernel_refuses_mismatched_rows():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        a, b, scale = torch.randn(6, 4), torch.randn(5, 4), torch.tensor(2.0)
+        with pytest.raises(RuntimeError, match="fastcl: a and b"):
+            torch.ops.fastcl.contrastive_pair_forward(a, b, scale, True)
