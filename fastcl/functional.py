@@ -161,6 +161,19 @@ def info_nce(
         loss = fastcl.info_nce(z1, z2, temperature=0.05)                   # unsupervised SimCSE
         loss = fastcl.info_nce(img, txt, temperature=0.07, symmetric=True)  # CLIP"""
     _validate.reduction(reduction)
+    if symmetric and (queue is not None or not in_batch_negatives):
+        raise ValueError("symmetric=True takes its negatives from the batch: it does not combine with a queue or "
+                         "in_batch_negatives=False")
+    pairs = _pairs(query, positive_key, negative_keys, sample_ids, negative_ids, hard_negative_weight,
+                   in_batch_negatives)
+    lp = translate.info_nce(pairs, symmetric, queue, temperature, normalize, gather_distributed)
+    loss, num_pos = ops.solve(lp, impl)
+    return _reduce_problem(loss, num_pos, lp, reduction, allow_no_positive=False)
+
+
+def _pairs(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], sample_ids: Optional[Tensor],
+           negative_ids: Optional[Tensor], hard_negative_weight: float, in_batch_negatives: bool) -> translate.Pairs:
+    """info_nce's inputs, checked."""
     _validate.finite_weight("hard_negative_weight", hard_negative_weight)
     query = _validate.embeddings("query", query)
     positive_key = _validate.embeddings("positive_key", positive_key)
@@ -171,16 +184,11 @@ def info_nce(
                          f"{positive_key.shape[0]}")
     if m < 1:
         raise ValueError("query must hold at least one row")
-    if symmetric and (queue is not None or not in_batch_negatives):
-        raise ValueError("symmetric=True takes its negatives from the batch: it does not combine with a queue or "
-                         "in_batch_negatives=False")
     ids = None if sample_ids is None else _validate.sample_ids("sample_ids", sample_ids, m, query)
     if negative_ids is not None:
         if negative_keys is None or ids is None:
             raise ValueError("negative_ids needs negative_keys and sample_ids (they are matched against the pairs' ids)")
         negative_ids = _validate.sample_ids("negative_ids", negative_ids, negative_keys.shape[0], query)
-    pairs = translate.Pairs(query, positive_key, negative_keys, ids, negative_ids, hard_negative_weight,
-                          in_batch_negatives)
-    lp = translate.info_nce(pairs, symmetric, queue, temperature, normalize, gather_distributed)
-    loss, num_pos = ops.solve(lp, impl)
-    return _reduce_problem(loss, num_pos, lp, reduction, allow_no_positive=False)
+    return translate.Pairs(query, positive_key, negative_keys, ids, negative_ids, hard_negative_weight,
+                           in_batch_negatives)
+

@@ -16,7 +16,7 @@ __all__ = ["POSITIVE_ONLY", "ContrastiveProblem", "LossProblem", "PairProblem", 
            "loss_dtype", "solve"]
 
 
-def _register() -> None:
+def _register_contrastive() -> None:
     @torch.library.register_fake("fastcl::contrastive_forward")
     def _forward_fake(q, k, row_labels, col_labels, col_bias, col_bias_owner, row_ids, col_ids, logit_scale,
                       row_offset, exclude_self, normalize, constant_cols=0, hardness=0.0, hardness_mode=0):
@@ -56,6 +56,8 @@ def _register() -> None:
 
     torch.library.register_autograd("fastcl::contrastive_forward", _backward, setup_context=_setup_context)
 
+
+def _register_pair() -> None:
     @torch.library.register_fake("fastcl::contrastive_pair_forward")
     def _pair_forward_fake(a, b, logit_scale, normalize):
         check_pair_meta(PairProblem(a, b, logit_scale, normalize))
@@ -85,6 +87,8 @@ def _register() -> None:
     torch.library.register_autograd("fastcl::contrastive_pair_forward", _pair_backward,
                                     setup_context=_pair_setup_context)
 
+
+def _register_augment() -> None:
     @torch.library.register_fake("fastcl::augment")
     def _augment_fake(images, source_index, params, size, blur_kernel, mean, std, out_dtype, channels_last):
         channels = images[0].shape[1] if images[0].dim() == 4 else images[0].shape[0]
@@ -93,7 +97,9 @@ def _register() -> None:
 
 
 if _extension.has_ops():
-    _register()
+    _register_contrastive()
+    _register_pair()
+    _register_augment()
 
 
 def _use_torch(impl: str, like: Tensor, cuda_ops_warning: bool) -> bool:

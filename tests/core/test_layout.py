@@ -1,5 +1,5 @@
 """The package's shape: no import cycles, sibling methods independent, test oracles out of the
-product path, modules of a readable size."""
+product path, modules and functions of a readable size."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fastcl"
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 60  # docstring included
 
 
 def _module_name(path: Path) -> str:
@@ -95,6 +96,16 @@ def test_the_product_path_never_imports_the_test_oracles():
 def test_modules_stay_readable():
     long = {name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_functions_stay_readable():
+    long = {}
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+                    long[f"{name}.{node.name}"] = n
+    assert long == {}, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
 def test_importing_fastcl_imports_no_library_it_integrates_with():
