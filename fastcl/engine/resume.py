@@ -79,6 +79,29 @@ def check_trainer(path: str, state, kind: str) -> None:
                          f"continue it with `fastcl {saved} --resume`, or give this run another --out")
 
 
+def check_data(path: str, saved: Optional[dict], current: dict) -> None:
+    """A ValueError, saying what changed, when the checkpoint at `path` was trained on other data than
+    this run's (fingerprints: a "source" description and the entries compared: size, sha256, file
+    count, version, ...). A checkpoint from before fingerprints were saved is not checked."""
+    if not saved or not current:
+        return
+    keys = [k for k in dict.fromkeys([*current, *saved]) if k != "source" and saved.get(k) != current.get(k)]
+    if not keys:
+        return
+
+    def shown(key, value):
+        if value is None:
+            return "none"
+        if key == "sha256":
+            return value[:12] + "..."
+        return f"{value:,}" if isinstance(value, int) else repr(value)
+
+    what = "; ".join(f"{k} {shown(k, saved.get(k))} then, {shown(k, current.get(k))} now" for k in keys)
+    raise ValueError(f"{path} was trained on other data than {current.get('source', 'this run')} has now "
+                     f"({what}): continue it on the data it was trained on, or start over with --overwrite "
+                     "or another --out")
+
+
 def check_save_options(every_steps: Optional[int], every_minutes: Optional[float], keep: int) -> None:
     if every_steps is not None and every_steps < 1:
         raise ValueError(f"save_every_steps must be >= 1 (unset: at epoch ends only), got {every_steps}")

@@ -39,6 +39,7 @@ class Trainer:
 
     kind = "trainer"
     run_files = ("last.pt", "metrics.jsonl", "summary.json")
+    data_fingerprint: dict = {}  # what the run trains on (set by the trainer before start_or_resume)
 
     def __init__(self, *, out: str, device: str, seed: int, amp: str):
         amp_lib.check(amp)
@@ -56,8 +57,8 @@ class Trainer:
         """The end of a trainer's set-up. Where and when this run saves (OUT/last.pt, at the steps or
         minutes `config` asks for, the last `keep_checkpoints` kept under OUT/checkpoints); then
         the saved state it continues from (config.resume: auto, yes or no), given to the trainer's
-        `_restore`, or a fresh start. A checkpoint whose settings differ outside `may_differ` is
-        refused with their names."""
+        `_restore`, or a fresh start. A checkpoint whose settings differ outside `may_differ`, or
+        that was trained on other data (`data_fingerprint`), is refused, saying what differs."""
         self.checkpoint_path = os.path.join(config.out, "last.pt")
         self.schedule = resume.SaveSchedule(config.save_every_steps, config.save_every_minutes)
         self.keep = config.keep_checkpoints
@@ -68,6 +69,7 @@ class Trainer:
             resume.check_trainer(path, state, self.kind)
             defaults = {f.name: f.default for f in dataclasses.fields(config)}
             resume.check_compatible(path, state["config"], dataclasses.asdict(config), defaults, may_differ)
+            resume.check_data(path, state.get("data"), self.data_fingerprint)
             self._restore(state)
             if self.is_main:
                 print(f"resumed from step {self.global_step} (epoch {self.epoch}) of {path}", file=sys.stderr)
@@ -87,11 +89,11 @@ class Trainer:
 
     def training_state(self, **extra) -> dict:
         """What every trainer saves: model, optimiser, schedule, AMP scaler, its data/augmentation
-        generator and config, plus the trainer's own `extra` entries."""
+        generator, config, kind and data fingerprint, plus the trainer's own `extra` entries."""
         return dict(model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                     generator=self.generator.get_state(), config=dataclasses.asdict(self.cfg),
-                    trainer=self.kind, **extra)
+                    trainer=self.kind, data=self.data_fingerprint, **extra)
 
     def load_training_state(self, state: dict) -> None:
         """The inverse of training_state for its common entries, and every rank's random state."""

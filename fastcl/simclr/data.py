@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -27,6 +27,9 @@ class ImageData:
     labels: Tensor  # int64 (N,)
     num_classes: int
     _sample_ids: Optional[Tensor] = field(default=None, repr=False)
+    # What the images were made from, for resume to check (name and version of a built-in set; the
+    # files' count, bytes and listing hash of a folder or CIFAR copy)
+    fingerprint: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -73,7 +76,16 @@ def _cifar10(root: str, train: bool) -> ImageData:
         raise FileNotFoundError(f"cifar10: {root!r} holds no CIFAR-10 python batches (cifar-10-batches-py): {exc}") \
             from exc
     images = torch.from_numpy(data.data).permute(0, 3, 1, 2).contiguous()
-    return ImageData(images, torch.tensor(data.targets, dtype=torch.int64), 10)
+    batches_dir = os.path.join(root, CIFAR10.base_folder)
+    return ImageData(images, torch.tensor(data.targets, dtype=torch.int64), 10,
+                     fingerprint=dict(data="cifar10", **_stats(batches_dir, sorted(os.listdir(batches_dir)))))
+
+
+def _stats(folder: str, names: list) -> dict:
+    """Count, bytes and a sha256 of the (name, size, mtime) lines of `names` in `folder`."""
+    lines = [(name, os.stat(os.path.join(folder, name))) for name in names]
+    digest = hashlib.sha256("\n".join(f"{n}\t{st.st_size}\t{st.st_mtime_ns}" for n, st in lines).encode())
+    return dict(files=len(lines), bytes=sum(st.st_size for _, st in lines), sha256=digest.hexdigest())
 
 
 def _folder(root: str, train: bool, size: int) -> ImageData:
@@ -90,21 +102,46 @@ def _folder(root: str, train: bool, size: int) -> ImageData:
     else:
         source, split = root, "all"  # one flat ImageFolder: train and evaluation both use it
     target = image_cache.cache_dir(root, split, size)
-    cached = image_cache.open_cache(target)
-    if cached is None:
-        print(f"folder: decoding {source} into {target} (once)", flush=True)
-        image_cache.build(source, target, size)
+    images, labels, meta = _cached_folder(source, target, size)
+    return ImageData(images, labels, len(meta["classes"]),
+                     fingerprint=dict(data="folder", **meta.get("listing", {})))
+
+
+def _cached_folder(source: str, target: str, size: int) -> tuple:
+    """The cache of `source`: as found when its folder has not changed since it was built (or holds
+    no images any more: the cache is all there is), else built again."""
+    files = image_cache.listing(source)
+    try:
         cached = image_cache.open_cache(target)
-    return ImageData(*cached)
+    except image_cache.CacheDamaged as exc:
+        if files["files"] == 0:
+            raise ValueError(f"{exc}, and {source!r} holds no images to rebuild it from: restore them, or "
+                             f"delete {target!r} and give a folder of images") from None
+        cached, why = None, f"folder: {exc}; rebuilding it"
+    else:
+        why = f"folder: decoding {source} into {target} (once)"
+    if cached is not None:
+        changed = image_cache.changes(cached[2].get("listing"), files)
+        if not changed or files["files"] == 0:
+            if changed:
+                print(f"folder: {source} holds no images any more; using its cache {target}", flush=True)
+            return cached
+        why = f"folder: {source} changed since its cache was built ({changed}); rebuilding {target}"
+    print(why, flush=True)
+    image_cache.build(source, target, size, files=files)
+    return image_cache.open_cache(target)
 
 
 def load(spec: str, train: bool = True, size: int = 32) -> ImageData:
     """The dataset a spec names (see DATASETS), train or held-out split."""
     kind, _, path = spec.partition(":")
     if kind == "digits" and not path:
-        return ImageData(*digits.load(train, size), num_classes=10)
+        return ImageData(*digits.load(train, size), num_classes=10,
+                         fingerprint=dict(data="digits", version=digits.VERSION))
     if kind == "fake" and not path:
-        return _fake(train, size)
+        from torchvision import __version__ as version
+
+        return replace(_fake(train, size), fingerprint=dict(data="fake", version=f"torchvision {version}"))
     if kind == "cifar10" and path:
         return _cifar10(path, train)
     if kind == "folder" and path:

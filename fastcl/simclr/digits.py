@@ -27,6 +27,7 @@ LEVELS = (64.0, 192.0)  # the two grey levels; polarity picks which is the digit
 NOISE_STD = 48.0  # pixel noise, in uint8 levels
 SCALE = (0.375, 0.75)  # digit side as a fraction of the scene side (12-24 px at 32)
 SEED = 20_26
+VERSION = "1"  # of the scenes: bump whenever a change here renders other images (resume checks it)
 
 
 def _sklearn_digits() -> tuple[Tensor, Tensor]:

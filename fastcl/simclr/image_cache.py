@@ -4,11 +4,15 @@ the first read no JPEGs and a dataset larger than RAM pages in from disk as batc
 
 Layout: DIR/.fastcl-cache/<split>-<size>/{images.npy, labels.npy, meta.json}. meta.json is
 written last, after the arrays are complete and renamed into place, so an interrupted build
-leaves no cache that looks finished; the next run builds it again.
+leaves no cache that looks finished; the next run builds it again. meta.json also holds a listing
+of the folder (file count, bytes, and a hash of every image's path, size and mtime): a folder whose
+images were added, removed or changed since gets its cache rebuilt, and so does a cache whose
+arrays are truncated (refused, naming what to delete, when no images are left to rebuild from).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -18,8 +22,49 @@ import torch
 from torch import Tensor
 
 
+# torchvision's IMG_EXTENSIONS, the files ImageFolder reads
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class CacheDamaged(ValueError):
+    """A finished cache whose arrays cannot be read back (truncated, overwritten)."""
+
+
 def cache_dir(root: str, split: str, size: int) -> str:
     return os.path.join(root, ".fastcl-cache", f"{split}-{size}")
+
+
+def listing(source: str) -> dict:
+    """What the cache of `source` was built from: the number of images in its visible class
+    folders, their bytes, and a sha256 of every (path, size, mtime) line in sorted order. Costs one
+    stat per image, no reads."""
+    lines, total = [], 0
+    for entry in sorted(os.scandir(source), key=lambda e: e.name):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        for folder, dirs, names in os.walk(entry.path, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            for name in sorted(names):
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    st = os.stat(os.path.join(folder, name))
+                    lines.append(f"{os.path.relpath(os.path.join(folder, name), source)}\t{st.st_size}\t"
+                                 f"{st.st_mtime_ns}")
+                    total += st.st_size
+    digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+    return dict(files=len(lines), bytes=total, sha256=digest)
+
+
+def changes(old: dict | None, new: dict) -> str:
+    """How a folder's listing changed, in words ("" when it did not)."""
+    if old == new:
+        return ""
+    if old is None:
+        return "the cache records no listing of its folder (built by an older fastcl)"
+    if old["files"] != new["files"]:
+        return f"{old['files']} images then, {new['files']} now"
+    if old["bytes"] != new["bytes"]:
+        return f"{old['bytes']:,} bytes of images then, {new['bytes']:,} now"
+    return "images were renamed, replaced or modified (same count and bytes, other names or times)"
 
 
 def _decode_batches(source: str, size: int, workers: int, batch_size: int = 256):
@@ -43,7 +88,9 @@ def _decode_batches(source: str, size: int, workers: int, batch_size: int = 256)
     return len(folder), folder.classes, loader
 
 
-def build(source: str, target: str, size: int, workers: int | None = None) -> None:
+def build(source: str, target: str, size: int, workers: int | None = None, files: dict | None = None) -> None:
+    """Decodes `source` into `target`; `files` is its listing (taken now when not given)."""
+    files = files or listing(source)
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if os.cpu_count() and os.cpu_count() > 1 else 0
     count, classes, loader = _decode_batches(source, size, workers)
@@ -61,7 +108,7 @@ def build(source: str, target: str, size: int, workers: int | None = None) -> No
     del images
     os.replace(tmp_images, os.path.join(target, "images.npy"))
     np.save(os.path.join(target, "labels.npy"), labels)
-    meta = dict(count=count, size=size, classes=classes, source=os.path.abspath(source))
+    meta = dict(count=count, size=size, classes=classes, source=os.path.abspath(source), listing=files)
     tmp_meta = os.path.join(target, ".meta.json.tmp")
     with open(tmp_meta, "w") as f:
         json.dump(meta, f)
@@ -70,20 +117,28 @@ def build(source: str, target: str, size: int, workers: int | None = None) -> No
     os.replace(tmp_meta, os.path.join(target, "meta.json"))
 
 
-def open_cache(target: str) -> tuple[Tensor, Tensor, int] | None:
-    """(memory-mapped images, labels, number of classes), or None when no finished cache exists."""
+def open_cache(target: str) -> tuple[Tensor, Tensor, dict] | None:
+    """(memory-mapped images, labels, meta), or None when no finished cache exists; CacheDamaged
+    (naming the file) when a finished one cannot be read back."""
     meta_path = os.path.join(target, "meta.json")
     if not os.path.exists(meta_path):
         return None
-    with open(meta_path) as f:
-        meta = json.load(f)
-    images = np.load(os.path.join(target, "images.npy"), mmap_mode="r")
-    labels = np.load(os.path.join(target, "labels.npy"))
+    name = "meta.json"
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        name = "images.npy"
+        images = np.load(os.path.join(target, name), mmap_mode="r")
+        name = "labels.npy"
+        labels = np.load(os.path.join(target, name))
+    except (ValueError, OSError, EOFError) as exc:  # truncated: "mmap length is greater than file size"
+        raise CacheDamaged(f"the image cache {target!r} is damaged ({name}: {exc})") from None
     if images.shape[0] != meta["count"] or labels.shape[0] != meta["count"]:
-        return None
+        raise CacheDamaged(f"the image cache {target!r} is damaged ({images.shape[0]} images and "
+                           f"{labels.shape[0]} labels, meta.json says {meta['count']})")
     with warnings.catch_warnings():
         # The map is read-only and fastcl never writes into dataset images; torch warns because
         # it cannot express read-only tensors.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         image_tensor = torch.from_numpy(images)
-    return image_tensor, torch.from_numpy(labels), len(meta["classes"])
+    return image_tensor, torch.from_numpy(labels), meta

@@ -48,6 +48,7 @@ class SimCLRTrainer(Trainer):
                              f"{self.world} processes")
         self.train_data = data.load(cfg.data, train=True, size=cfg.size)
         self.test_data = data.load(cfg.data, train=False, size=cfg.size)
+        self.data_fingerprint = dict(source=f"--data {cfg.data}", **self.train_data.fingerprint)
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(self.train_data)} training images")
         self.model = models.simclr_model(cfg.arch, cfg.cifar_stem, cfg.proj_hidden, cfg.proj_dim,

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib.util
 import os
 import re
@@ -48,6 +49,32 @@ def gensim_test_file(name: str) -> str:
 def not_utf8(what: str, path: str, exc: UnicodeDecodeError) -> ValueError:
     """The error for a data file that is not UTF-8 text, naming it and where decoding failed."""
     return ValueError(f"{what} {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+
+
+BUILTIN_VERSION = "1"  # of builtin_corpus: bump when it splits or filters the articles otherwise
+
+
+def fingerprint(spec: str, chunk: int = 1 << 20) -> dict:
+    """What a run trains on, for resume to check: the built-in corpus's version (and gensim's, whose
+    file it reads), or a train file's size and sha256 (read in 1 MiB chunks)."""
+    if spec == "builtin":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            gensim = version("gensim")
+        except PackageNotFoundError:
+            gensim = "unknown"
+        return dict(source="the built-in corpus", data="builtin",
+                    version=f"{BUILTIN_VERSION}, gensim {gensim}")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with open(spec, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                digest.update(block)
+                size += len(block)
+    except OSError as exc:
+        raise FileNotFoundError(f"train file {spec!r} cannot be read ({exc.strerror})") from None
+    return dict(source=f"train file {spec!r}", size=size, sha256=digest.hexdigest())
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'])")

@@ -45,6 +45,7 @@ class SimCSETrainer(Trainer):
     def __init__(self, config: SimCSEConfig):
         config.validate()
         self.data = data.load_train_file(config.train_file)
+        self.data_fingerprint = data.fingerprint(config.train_file)
         # Read now: a bad dev file should stop the run before training, not at the first evaluation.
         self.dev = sts.load_sts(config.dev_file) if config.dev_file is not None else None
         self.cfg = cfg = config.resolved(self.data.supervised)

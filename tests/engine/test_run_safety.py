@@ -218,3 +218,30 @@ def test_outputs_get_the_mode_of_the_umask(tmp_path):
     for name in ("last.pt", "e.npy", "e.ids.jsonl"):
         assert os.stat(tmp_path / name).st_mode & 0o777 == 0o640, name
     assert json.loads((tmp_path / "e.ids.jsonl").read_text().splitlines()[1]) == {"id": 1}
+
+
+# -- resume checks the data it trains on ----------------------------------------------------------
+def test_resume_refuses_other_data_saying_what_changed(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    from fastcl.simclr import digits
+
+    config = _config(tmp_path, data="digits", max_steps=1, batch_size=64)
+    SimCLRTrainer(config).train()
+    state = checkpoint.load(os.path.join(config.out, "last.pt"))
+    assert state["trainer"] == "simclr" and state["data"] == dict(source="--data digits", data="digits",
+                                                                  version=digits.VERSION)
+    monkeypatch.setattr(digits, "VERSION", "2")  # the built-in scenes rendered otherwise
+    with pytest.raises(ValueError, match=r"last.pt was trained on other data than --data digits has now "
+                                         r"\(version '1' then, '2' now\)"):
+        SimCLRTrainer(_config(tmp_path, data="digits", max_steps=2, batch_size=64, resume="yes"))
+
+
+def test_check_data_names_each_change_and_skips_older_checkpoints():
+    from fastcl.engine.resume import check_data
+
+    old = dict(source="--data folder:x", data="folder", files=10, bytes=4000, sha256="a" * 64)
+    check_data("last.pt", None, old)  # a checkpoint from before fingerprints: not checked
+    check_data("last.pt", old, dict(old, source="--data folder:y"))  # the same files elsewhere
+    with pytest.raises(ValueError, match=r"files 10 then, 12 now; bytes 4,000 then, 5,000 now; "
+                                         r"sha256 aaaaaaaaaaaa\.\.\. then, bbbbbbbbbbbb\.\.\. now"):
+        check_data("last.pt", old, dict(old, files=12, bytes=5000, sha256="b" * 64))

@@ -101,6 +101,46 @@ def test_an_unfinished_folder_cache_is_rebuilt(tmp_path):
     assert again.images.shape == (6, 3, 8, 8) and (cache / "meta.json").exists()
 
 
+def test_a_folder_cache_is_rebuilt_when_its_folder_changed(tmp_path, capsys):
+    """Images and a class added after the cache was built, or one removed or rewritten, are seen by
+    the next load (they used to be ignored without a word)."""
+    from PIL import Image
+
+    _image_folder(tmp_path, [(24, 24), (24, 24)])
+    first = data.load(f"folder:{tmp_path}", train=True, size=8)
+    assert len(first) == 6 and first.num_classes == 2
+    again = data.load(f"folder:{tmp_path}", train=True, size=8)  # unchanged: used as is
+    assert "rebuilding" not in capsys.readouterr().out and again.fingerprint == first.fingerprint
+    (tmp_path / "class2").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((24, 24, 3), 40 * i, dtype=np.uint8)).save(tmp_path / "class2" / f"{i}.png")
+    added = data.load(f"folder:{tmp_path}", train=True, size=8)
+    assert len(added) == 8 and added.num_classes == 3 and added.labels.tolist()[-2:] == [2, 2]
+    assert "6 images then, 8 now" in capsys.readouterr().out
+    (tmp_path / "class0" / "0.png").unlink()
+    assert len(data.load(f"folder:{tmp_path}", train=True, size=8)) == 7
+    Image.fromarray(np.zeros((30, 30, 3), dtype=np.uint8)).save(tmp_path / "class1" / "0.png")  # resized
+    rewritten = data.load(f"folder:{tmp_path}", train=True, size=8)
+    assert "rebuilding" in capsys.readouterr().out and rewritten.images[2].sum() == 0
+    assert rewritten.fingerprint != added.fingerprint and rewritten.fingerprint["files"] == 7
+
+
+def test_a_truncated_folder_cache_is_rebuilt_or_named(tmp_path, capsys):
+    _image_folder(tmp_path, [(24, 24), (24, 24)])
+    first = data.load(f"folder:{tmp_path}", train=True, size=8).images.clone()  # not a view of the cut file
+    cache = tmp_path / ".fastcl-cache" / "all-8"
+    images = cache / "images.npy"
+    images.write_bytes(images.read_bytes()[:200])  # a disk that filled up, a copy cut short
+    again = data.load(f"folder:{tmp_path}", train=True, size=8)
+    assert torch.equal(again.images, first)
+    assert f"{str(cache)!r} is damaged (images.npy" in capsys.readouterr().out
+    images.write_bytes(images.read_bytes()[:200])
+    for png in tmp_path.rglob("*.png"):
+        png.unlink()  # nothing left to rebuild from: refused, naming the cache and what to delete
+    with pytest.raises(ValueError, match=r"images\.npy.*delete .*all-8"):
+        data.load(f"folder:{tmp_path}", train=True, size=8)
+
+
 def test_folder_with_train_but_no_val(tmp_path):
     _image_folder(tmp_path / "train", [(8, 8)])
     with pytest.raises(FileNotFoundError, match="no val/"):

@@ -42,3 +42,20 @@ def test_a_simclr_checkpoint_is_refused_by_name(tmp_path):
                            str(tmp_path / "run" / "last.pt"))  # saved before checkpoints named their trainer
     with pytest.raises(ValueError, match="checkpoint of the simclr trainer .*fastcl simclr --resume"):
         SimCSETrainer(_config(tmp_path, resume="yes"))
+
+
+def test_resume_refuses_a_train_file_that_changed(tmp_path):
+    """The issue's case: a train file shrunk from 24 to 5 lines before --resume used to go on (and
+    export a "finished" model); now the resume is refused with the old and new size and hash."""
+    config = _config(tmp_path, max_steps=1, save_every_steps=1)
+    SimCSETrainer(config).train()
+    state = checkpoint.load(str(tmp_path / "run" / "last.pt"))
+    assert state["data"]["size"] == os.path.getsize(tmp_path / "train.txt")
+    assert len(state["data"]["sha256"]) == 64
+    SimCSETrainer(SimCSEConfig(**{**config.__dict__, "resume": "yes"}))  # unchanged: resumes
+    (tmp_path / "train.txt").write_text("\n".join(f"line {i} of a tiny corpus" for i in range(5)))
+    size = os.path.getsize(tmp_path / "train.txt")
+    with pytest.raises(ValueError, match=rf"trained on other data than train file .*train.txt.*size "
+                                         rf"{state['data']['size']:,} then, {size:,} now; sha256 "
+                                         rf"{state['data']['sha256'][:12]}\.\.\. then, .* now.*--overwrite"):
+        SimCSETrainer(SimCSEConfig(**{**config.__dict__, "resume": "yes"}))
