@@ -130,8 +130,9 @@ def _embed_text(args) -> tuple:
     from .engine.metrics import progress_bar
     from .simcse import SimCSE
 
-    with open(args.text_file, encoding="utf-8") as f:
-        lines = [line.rstrip("\n") for line in f if line.strip()]
+    from .engine.files import read_text
+
+    lines = [line for line in read_text(args.text_file, "--text-file").split("\n") if line.strip()]
     if not lines:
         raise ValueError(f"--text-file {args.text_file!r} has no non-empty lines")
     model = SimCSE.from_pretrained(args.model).to(distributed.device(args.device))
@@ -300,8 +301,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as exc:  # bad arguments or data: a message, not a traceback
-        print(f"fastcl {args.command}: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, ImportError) as exc:  # bad arguments or data: a message, not a traceback
+        print(f"fastcl {args.command}: error: {exc}", file=sys.stderr)  # an OSError says its file
         return 2
     except RuntimeError as exc:  # a full disk: one message, not the chained tracebacks of the writer
         from .engine.files import WriteFailed

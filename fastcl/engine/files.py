@@ -4,10 +4,12 @@ left, instead of as the chained tracebacks of the library that was writing.
 
 `replace(path, write)` writes a temporary file in the same folder, flushes it to disk and renames
 it over `path` (atomic on POSIX): a crash or a full disk leaves the previous file. `append` adds
-bytes to a file or, failing, cuts it back to where it was."""
+bytes to a file or, failing, cuts it back to where it was. Reading: `read_text` and `read_json`
+name the file (and what it is to the command) in every error they raise."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -142,3 +144,39 @@ def make_folder(path: str, option: str = "--out") -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {path!r} cannot be written to (a read-only file system, or no "
                          "permission)")
+
+
+def read_error(what: str, path: str, exc: Exception) -> Exception:
+    """The error for a file that could not be read, naming it: `what` says what it is ("--text-file")."""
+    if isinstance(exc, UnicodeDecodeError):
+        return ValueError(f"{what} {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})")
+    if isinstance(exc, json.JSONDecodeError):
+        return ValueError(f"{what} {path!r} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                          f"{exc.msg})")
+    if isinstance(exc, FileNotFoundError):
+        return FileNotFoundError(f"{what} {path!r} does not exist")
+    if isinstance(exc, IsADirectoryError):
+        return ValueError(f"{what} {path!r} is a folder, not a file")
+    if isinstance(exc, OSError):
+        return ValueError(f"{what} {path!r} cannot be read ({exc.strerror or exc})")
+    return ValueError(f"{what} {path!r}: {exc}")
+
+
+def read_text(path: str, what: str = "file", encoding: str = "utf-8") -> str:
+    """The whole text of `path`; every failure (missing, a folder, not readable, not UTF-8) a
+    ValueError or FileNotFoundError naming it."""
+    try:
+        with open(path, encoding=encoding) as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise read_error(what, path, exc) from None
+
+
+def read_json(path: str, what: str = "file"):
+    """The JSON value in `path`, with read_text's errors and a ValueError naming the file, line and
+    column of bad JSON."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise read_error(what, path, exc) from None

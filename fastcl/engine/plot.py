@@ -3,9 +3,9 @@ as RUN/curves.png."""
 
 from __future__ import annotations
 
-import json
 import os
 
+from . import files
 from .metrics import read_records
 
 
@@ -66,8 +66,11 @@ def plot_label_efficiency(path: str, out: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    with open(path) as f:
-        rows = json.load(f)["rows"]
+    table = files.read_json(path, "label-efficiency table")
+    if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
+        raise ValueError(f"label-efficiency table {path!r} has no list of rows (not written by fastcl "
+                         "label-efficiency?)")
+    rows = table["rows"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = list(range(len(rows)))
     for method in ("supervised", "linear_probe", "fine_tune"):

@@ -46,11 +46,16 @@ def _tiny(seed: int):
 
 
 def read_json(path: str) -> dict:
-    """A JSON file's object, or {} when the file does not exist."""
+    """A JSON file's object, or {} when the file does not exist; a file that cannot be read or is not
+    a JSON object is a ValueError naming it."""
     if not os.path.isfile(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    from ..engine import files
+
+    value = files.read_json(path, "model file")
+    if not isinstance(value, dict):
+        raise ValueError(f"model file {path!r} holds a JSON {type(value).__name__}, not an object")
+    return value
 
 
 # sentence-transformers pooling modes and the SimCSE pooler that computes the same vector.
