@@ -78,13 +78,16 @@ def _simclr(args) -> int:
 
 def _evaluate(method):
     def run(args) -> int:
+        from .engine.progress import heartbeat
         from .simclr import evaluate_checkpoint, retrieval
 
         if method == "linear":
-            top1 = evaluate_checkpoint(args.checkpoint, args.data, method=method, device=args.device)
+            with heartbeat(args.command, args.progress):
+                top1 = evaluate_checkpoint(args.checkpoint, args.data, method=method, device=args.device)
             print(f"linear probe top-1: {100 * top1:.2f}%")
         else:  # kNN and retrieval from one encoding of the splits
-            report = retrieval.retrieval_report(args.checkpoint, args.data, device=args.device)
+            with heartbeat(args.command, args.progress):
+                report = retrieval.retrieval_report(args.checkpoint, args.data, device=args.device)
             print(f"kNN top-1: {100 * report['knn_top1']:.2f}%")
             print("retrieval, held-out queries against the training images, precision@k of same-class neighbours:")
             for name, label in (("random_init", "random-init"), ("trained", "trained")):
@@ -148,19 +151,24 @@ def _embed_text(args) -> tuple:
 
 
 def _label_efficiency(args) -> int:
+    from .engine.progress import heartbeat
     from .simclr import label_efficiency as le
 
     print(le.header())
-    result = le.run(args.checkpoint, le.parse_budgets(args.labels_per_class), args.draws, args.steps, args.data,
-                    args.device, args.out, echo=lambda line: print(line, flush=True))
+    with heartbeat(args.command, args.progress):
+        result = le.run(args.checkpoint, le.parse_budgets(args.labels_per_class), args.draws, args.steps,
+                        args.data, args.device, args.out, echo=lambda line: print(line, flush=True))
     print(f"wrote {result['path']} (fastcl plot RUN draws it)")
     return 0
 
 
 def _neighbours(args) -> int:
+    from .engine.progress import heartbeat
     from .simclr.neighbours import write_neighbours
 
-    print(f"wrote {write_neighbours(args.checkpoint, args.out, spec=args.data, device=args.device)}")
+    with heartbeat(args.command, args.progress):
+        path = write_neighbours(args.checkpoint, args.out, spec=args.data, device=args.device)
+    print(f"wrote {path}")
     return 0
 
 
@@ -171,19 +179,28 @@ def _simcse(args) -> int:
 
 
 def _sts_eval(args) -> int:
+    from .engine.progress import heartbeat
+
+    with heartbeat(args.command, args.progress):
+        results = _sts_results(args)
+    for name, r in results.items():
+        print(f"{name}: Spearman {r['spearman']:.2f}  Pearson {r['pearson']:.2f}  ({r['pairs']} pairs)")
+    return 0
+
+
+def _sts_results(args) -> dict:
+    """{benchmark or file: {spearman, pearson, pairs}} of --model on --sts-file or the built-in sets."""
     from . import distributed
+    from .engine.progress import note
     from .simcse import SimCSE, sts
 
-    device = distributed.device(args.device)
+    note(f"loading {args.model}")
     model = SimCSE.from_pretrained(args.model, pooler=args.pooler, encode_max_length=args.max_length)
     if model.head_at_inference and not model.head_trained:
         raise ValueError(f"pooler 'cls' embeds through the MLP that SimCSE training learns, and {args.model!r} "
                          "has none; use --pooler cls_before_pooler (the CLS vector) or avg")
-    model.to(device)
-    results = {args.sts_file: sts.evaluate_file(model, args.sts_file)} if args.sts_file else sts.builtin(model)
-    for name, r in results.items():
-        print(f"{name}: Spearman {r['spearman']:.2f}  Pearson {r['pearson']:.2f}  ({r['pairs']} pairs)")
-    return 0
+    model.to(distributed.device(args.device))
+    return {args.sts_file: sts.evaluate_file(model, args.sts_file)} if args.sts_file else sts.builtin(model)
 
 
 def _add_simcse(sub) -> None:
@@ -205,6 +222,7 @@ def _add_simcse(sub) -> None:
                    help="tokens per sentence, the model's encode_max_length (default: the most the model takes; "
                    "Lee documents: 256)")
     e.add_argument("--device", default="auto")
+    _progress_option(e)
     e.set_defaults(func=_sts_eval)
 
 
@@ -220,6 +238,12 @@ def _checkpoint_options(parser) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--data", help="default: the dataset the checkpoint was trained on")
     parser.add_argument("--device", default="auto")
+    _progress_option(parser)
+
+
+def _progress_option(parser) -> None:
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress line on stderr every few seconds")
 
 
 def _add_simclr(sub) -> None:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..engine import checkpoint
+from ..engine import progress as heartbeat
 from ..engine.metrics import progress_bar
 from . import data, models
 from .config import SimCLRConfig
@@ -71,14 +72,17 @@ def linear_probe(train_features: Tensor, train_labels: Tensor, test_features: Te
 
 @torch.no_grad()
 def encode(encoder: torch.nn.Module, images: Tensor, device: torch.device, batch_size: int = 512,
-           progress: bool = False) -> Tensor:
-    """Encoder features of uint8 images scaled to [0, 1], in eval mode (float32, on the CPU)."""
+           progress: bool = False, what: str = "images") -> Tensor:
+    """Encoder features of uint8 images scaled to [0, 1], in eval mode (float32, on the CPU);
+    `what` names them in the command's progress lines."""
     was_training = encoder.training
     encoder.eval()
     feats = []
+    heartbeat.note(f"encoding {what}")
     with progress_bar(-(-images.shape[0] // batch_size), progress, desc="embedding") as bar:
         for i in range(0, images.shape[0], batch_size):
             feats.append(encoder(images[i:i + batch_size].to(device).float().div_(255)).float().cpu())
+            heartbeat.count(min(i + batch_size, images.shape[0]), images.shape[0])
             bar.update()
     encoder.train(was_training)
     return torch.cat(feats)
@@ -98,11 +102,14 @@ def evaluate_checkpoint(path: str, spec: Optional[str] = None, method: str = "kn
     (default: the dataset it was trained on)."""
     if method not in ("knn", "linear"):
         raise ValueError(f"method must be 'knn' or 'linear', got {method!r}")
+    heartbeat.note("loading the checkpoint and its data")
     encoder, config = load_encoder(path, device)
     spec = spec or config["data"]
     train, test = data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
     dev = next(encoder.parameters()).device
-    f_train, f_test = encode(encoder, train.images, dev), encode(encoder, test.images, dev)
+    f_train, f_test = encode(encoder, train.images, dev, what="the training images"), \
+        encode(encoder, test.images, dev, what="the held-out images")
+    heartbeat.note("kNN classification" if method == "knn" else "fitting the linear probe")
     if method == "knn":
         return knn_accuracy(f_train, train.labels, f_test, test.labels, config["knn_k"], config["knn_t"])
     return linear_probe(f_train, train.labels, f_test, test.labels)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from .. import distributed
 from ..augment import SimCLRAugment
+from ..engine import progress as heartbeat
 from ..engine.export import check_folder
 from . import data, evaluate, retrieval
 from .config import augmentation
@@ -109,6 +110,7 @@ def train_classifier(model: Classifier, images: Tensor, labels: Tensor, fit: Ten
         loss.backward()
         optimizer.step()
         schedule.step()
+        heartbeat.count(step + 1, steps, "steps")
         if held.numel() and ((step + 1) % max(1, steps // 10) == 0 or step + 1 == steps):
             score = accuracy(model, images[held], labels[held], device)
             if score > best:
@@ -129,14 +131,18 @@ def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, pe
     augment = augmentation(config)
     channels, classes = train.images.shape[1], train.num_classes
     out = {}
+    where = f"{per_class} labels/class, draw {draw + 1}"
+    heartbeat.note(f"{where}: training a supervised model from scratch")
     scratch = Classifier(retrieval.build_model({**config, "seed": config["seed"] + draw + 1}, None, channels).encoder,
                          classes)
     out["supervised"] = accuracy(train_classifier(scratch, train.images, train.labels, fit, held, augment, device,
                                                   steps, 3e-3, draw), test.images, test.labels, device)
     encoder = retrieval.build_model(config, state, channels).encoder.to(device)
-    f_train = evaluate.encode(encoder, train.images[subset], device)
-    f_test = evaluate.encode(encoder, test.images, device)
+    f_train = evaluate.encode(encoder, train.images[subset], device, what=f"the labelled images ({where})")
+    f_test = evaluate.encode(encoder, test.images, device, what=f"the held-out images ({where})")
+    heartbeat.note(f"{where}: fitting the linear probe")
     out["linear_probe"] = evaluate.linear_probe(f_train, train.labels[subset], f_test, test.labels)
+    heartbeat.note(f"{where}: fine-tuning the SimCLR encoder")
     tuned = Classifier(encoder, classes)  # encoding left the weights as loaded: fine-tuning starts from them
     out["fine_tune"] = accuracy(train_classifier(tuned, train.images, train.labels, fit, held, augment, device, steps,
                                                  1e-3, draw), test.images, test.labels, device)
@@ -150,6 +156,7 @@ def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, 
     label_efficiency-<data name>.json)."""
     if draws < 1 or steps < 1:
         raise ValueError(f"draws and steps must be >= 1, got {draws} and {steps}")
+    heartbeat.note("loading the checkpoint and its data")
     state, train, test = retrieval.load_run_data(checkpoint, spec)
     for b in budgets:  # refuse a budget before any training
         if b != "all":

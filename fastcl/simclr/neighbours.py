@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import distributed
+from ..engine import progress as heartbeat
 from ..engine.export import check_folder
 from . import evaluate, retrieval
 
@@ -36,6 +37,7 @@ def write_neighbours(path: str, out: str | None = None, queries: int = 8, k: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    heartbeat.note("loading the checkpoint and its data")
     state, train, test = retrieval.load_run_data(path, spec)
     out = out or retrieval.derived_output(path, "neighbours.png", state["config"]["data"], spec)
     check_folder(out)
@@ -49,9 +51,11 @@ def write_neighbours(path: str, out: str | None = None, queries: int = 8, k: int
     for name, model in (("random-init", retrieval.build_model(config, in_channels=channels)),
                         ("trained", retrieval.build_model(config, state, channels))):
         encoder = model.encoder.to(dev)
-        bank = torch.nn.functional.normalize(evaluate.encode(encoder, train.images, dev), dim=1)
+        bank = torch.nn.functional.normalize(
+            evaluate.encode(encoder, train.images, dev, what=f"the training images ({name} encoder)"), dim=1)
         query = torch.nn.functional.normalize(evaluate.encode(encoder, test.images[chosen], dev), dim=1)
         rows[name] = (query @ bank.T).topk(k, dim=1).indices
+    heartbeat.note("drawing the picture")
     cols = 1 + 2 * k + 1
     fig, axes = plt.subplots(len(chosen), cols, figsize=(cols * 0.9, len(chosen) * 0.95), squeeze=False)
 

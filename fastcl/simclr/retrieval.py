@@ -14,6 +14,7 @@ from torch import Tensor
 
 from .. import distributed
 from ..engine import checkpoint
+from ..engine import progress as heartbeat
 from . import data, evaluate, models
 
 SPACES = ("encoder", "projection")
@@ -106,6 +107,7 @@ def retrieval_report(path: str, spec: str | None = None, device: str = "auto", k
     """precision@k of held-out queries against the training images, for the random-init and the
     trained encoder of a checkpoint, and the trained encoder's kNN top-1 (the run's k and t) from
     the same features: {"random_init": {k: p}, "trained": {k: p}, "knn_top1": float}."""
+    heartbeat.note("loading the checkpoint and its data")
     state, train, test = load_run_data(path, spec)
     config = state["config"]
     dev = distributed.device(device)
@@ -114,10 +116,13 @@ def retrieval_report(path: str, spec: str | None = None, device: str = "auto", k
     for name, model in (("random_init", build_model(config, in_channels=channels)),
                         ("trained", build_model(config, state, channels))):
         encoder = model.encoder.to(dev)
-        bank, queries = evaluate.encode(encoder, train.images, dev), evaluate.encode(encoder, test.images, dev)
+        bank = evaluate.encode(encoder, train.images, dev, what=f"the training images ({name} encoder)")
+        queries = evaluate.encode(encoder, test.images, dev, what=f"the held-out images ({name} encoder)")
+        heartbeat.note(f"precision@k ({name} encoder)")
         report[name] = precision_at_k(queries, test.labels, bank, train.labels, ks)
         features[name] = bank, queries
     bank, queries = features["trained"]
+    heartbeat.note("kNN classification")
     report["knn_top1"] = evaluate.knn_accuracy(bank, train.labels, queries, test.labels, config["knn_k"],
                                                config["knn_t"])
     return report

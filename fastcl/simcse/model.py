@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine import checkpoint, files
+from ..engine import progress as heartbeat
 from . import backbones
 
 POOLERS = ("cls", "cls_before_pooler", "avg", "avg_first_last", "avg_top2")
@@ -191,6 +192,7 @@ class SimCSE(nn.Module):
                 batch = {k: v.to(device) for k, v in self.tokenize(sentences[start:start + batch_size],
                                                                    max_length or self.encode_max_length).items()}
                 chunks.append(self(**batch).float().cpu())
+                heartbeat.count(min(start + batch_size, len(sentences)), len(sentences))
         finally:
             self.train(was_training)
         if not chunks:

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from ..engine import progress as heartbeat
 from .data import gensim_test_file, not_utf8
 
 
@@ -136,6 +137,7 @@ def evaluate_pairs(model, pairs: tuple, batch_size: int = 64, max_length: Option
 
 
 def evaluate_file(model, path: str, batch_size: int = 64, max_length: Optional[int] = None) -> dict:
+    heartbeat.note(f"encoding the pairs of {path}")
     return evaluate_pairs(model, load_sts(path), batch_size, max_length)
 
 
@@ -178,4 +180,8 @@ BUILTIN_BENCHMARKS = {"lee": lee, "simlex": simlex, "wordsim": wordsim}
 
 def builtin(model) -> dict:
     """{benchmark: {spearman, pearson, pairs}} for Lee, SimLex-999 and WordSim-353."""
-    return {name: run(model) for name, run in BUILTIN_BENCHMARKS.items()}
+    results = {}
+    for name, run in BUILTIN_BENCHMARKS.items():
+        heartbeat.note(f"the {name} benchmark")
+        results[name] = run(model)
+    return results
