@@ -76,3 +76,14 @@ def test_a_few_steps_of_an_open_clip_model():
         got = _train(ClipLoss)
     assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
     assert got[-1] < got[0]
+
+
+def test_a_batch_of_one_matches_open_clip():
+    """A loader with drop_last=False meets a last batch of one: one logit a direction, loss 0."""
+    image, text, scale = _features(1, 8, torch.float32)
+    got = ClipLoss()(image, text, scale)
+    leaves = [x.detach().clone().requires_grad_() for x in (image, text, scale)]
+    want = open_clip.ClipLoss()(*leaves)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(torch.autograd.grad(got, (image, text, scale)), torch.autograd.grad(want, leaves)):
+        torch.testing.assert_close(g, w)

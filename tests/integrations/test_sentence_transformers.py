@@ -119,3 +119,17 @@ def test_a_sentence_transformers_trainer_run_has_the_same_loss_curve(minilm, tmp
     got = _train(minilm, tmp_path / "fastcl", lambda m: getattr(fused, name)(m, **kw))
     assert len(got) == len(want) == 4
     assert got == pytest.approx(want, rel=2e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("directions", [(Q2D,), (Q2D, D2Q)], ids=["q2d", "q2d+d2q"])
+@pytest.mark.parametrize("columns", [2, 3], ids=["pairs", "1-negative"])
+def test_a_batch_of_one_matches_sentence_transformers(directions, columns):
+    """A last batch of one: the query's positive (and its own hard negative) are its only columns."""
+    kw = dict(scale=20.0, directions=directions)
+    embeddings = _embeddings(1, 11, columns, torch.float32)
+    want, want_grads = _loss_and_grads(st_losses.MultipleNegativesRankingLoss(None, **kw),
+                                       [e.detach().clone().requires_grad_() for e in embeddings])
+    got, got_grads = _loss_and_grads(fused.MultipleNegativesRankingLoss(None, **kw), embeddings)
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
