@@ -125,6 +125,19 @@ def _read_csv(path: str) -> TextData:
     return TextData(column("sent0"), column("sent1"), column("hard_neg"))
 
 
+def _check_not_all_one_row(path: str, data: TextData) -> None:
+    """A file whose rows are all the same (sentences compared as read: stripped) leaves no batch a
+    negative: every other row is a copy. Refused here, before any model is loaded or step taken."""
+    columns = [c for c in (data.anchors, data.positives, data.hard_negatives) if c is not None]
+    first = tuple(column[0] for column in columns)
+    if len(data) > 1 and all(tuple(column[i] for column in columns) == first for i in range(1, len(data))):
+        shown = ", ".join(repr(s if len(s) <= 60 else s[:57] + "...") for s in first)  # repr: one line
+        what = f"sentence {shown}" if len(columns) == 1 else f"row ({shown})"
+        raise ValueError(f"train file {path!r}: all {len(data):,} rows are the same {what}, so every other "
+                         "row of a batch is a copy and no sentence has an in-batch negative; it needs at least 2 "
+                         "different rows")
+
+
 def load_train_file(spec: str) -> TextData:
     """`builtin`, a .csv (see the module doc) or any other file as one sentence per line."""
     if spec == "builtin":
@@ -132,6 +145,8 @@ def load_train_file(spec: str) -> TextData:
     if not os.path.isfile(spec):
         raise FileNotFoundError(f"train file {spec!r} does not exist or is not a file")
     try:
-        return _read_csv(spec) if spec.endswith(".csv") else _read_lines(spec)
+        data = _read_csv(spec) if spec.endswith(".csv") else _read_lines(spec)
     except UnicodeDecodeError as exc:
         raise not_utf8("train file", spec, exc) from exc
+    _check_not_all_one_row(spec, data)
+    return data

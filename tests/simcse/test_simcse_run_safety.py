@@ -1,5 +1,6 @@
 """Never lose a SimCSE run (issue 24): the last step logged however short the run, a run folder not
-replaced unasked, a SimCLR checkpoint refused by name, the saved model with the user's umask."""
+replaced unasked, a SimCLR checkpoint refused by name, the saved model with the user's umask, a train
+file of one repeated sentence refused before training."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from fastcl.__main__ import main  # noqa: E402
 from fastcl.engine import checkpoint  # noqa: E402
 from fastcl.engine.metrics import read_records  # noqa: E402
 from fastcl.simcse import SimCSEConfig, SimCSETrainer  # noqa: E402
+from fastcl.simcse.data import load_train_file  # noqa: E402
 
 
 def _config(tmp_path, **kw):
@@ -59,3 +62,32 @@ def test_resume_refuses_a_train_file_that_changed(tmp_path):
                                          rf"{state['data']['size']:,} then, {size:,} now; sha256 "
                                          rf"{state['data']['sha256'][:12]}\.\.\. then, .* now.*--overwrite"):
         SimCSETrainer(SimCSEConfig(**{**config.__dict__, "resume": "yes"}))
+
+
+@pytest.mark.parametrize("masking", [[], ["--no-mask-duplicates"]])
+def test_a_train_file_of_one_repeated_sentence_is_refused_before_training(tmp_path, capsys, masking):
+    """The issue's case: such a file trained (to loss 0, or with duplicate masking failed at the
+    first batch with an error that named no file); now the data load refuses it, in one line that
+    names the file, before a model is loaded or a run folder made."""
+    train = tmp_path / "same.txt"
+    train.write_text("the same sentence\n  the same sentence \n\n" + "the same sentence\n" * 30)
+    out = tmp_path / "run"
+    assert main(["simcse", "--model", "tiny", "--train-file", str(train), "--out", str(out), "--batch-size", "8",
+                 "--max-steps", "2", "--no-progress", *masking]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"fastcl simcse: error: train file {str(train)!r}: all 32 rows are the same sentence 'the same "
+                   "sentence', so every other row of a batch is a copy and no sentence has an in-batch negative; "
+                   "it needs at least 2 different rows")
+    assert not out.exists()
+
+
+def test_a_csv_of_one_repeated_row_is_refused_and_two_different_rows_are_not(tmp_path):
+    nli = tmp_path / "nli.csv"
+    nli.write_text("sent0,sent1,hard_neg\n" + "a cat sits,a cat is sitting,a dog runs\n" * 3)
+    with pytest.raises(ValueError, match=r"nli.csv': all 3 rows are the same row \('a cat sits', 'a cat is "
+                                         r"sitting', 'a dog runs'\)"):
+        load_train_file(str(nli))
+    nli.write_text("sent0,sent1\n" + "a cat sits,a cat is sitting\n" * 3 + "a cat sits,a cat rests\n")
+    assert len(load_train_file(str(nli))) == 4
+    (tmp_path / "two.txt").write_text("one sentence\n" * 5 + "another sentence\n")
+    assert len(load_train_file(str(tmp_path / "two.txt"))) == 6
