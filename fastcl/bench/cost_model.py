@@ -52,15 +52,17 @@ def core_seconds(per_logit: dict[str, float], rows: int, gpu: Gpu = H200) -> tup
 def pass_core(
     counts: dict[str, dict[str, dict]], dtype: str, pass_: str, rows: int
 ) -> tuple[float, list[str]]:
-    """Sum over the kernels of a pass ("fwd" or "fwd+bwd"); counts[dtype][role] = per-logit dict."""
-    roles = ["forward"] + (["backward"] if pass_ == "fwd+bwd" else [])
+    """Sum over the kernels of a pass ("fwd", "fwd+bwd", or "clip": CLIP's two directions over
+    rows x rows pairs, two forwards and two passes of the q = k backward kernel, which adds G's
+    transposed term the same way); counts[dtype][role] = per-logit dict."""
+    roles = ["forward"] + (["backward"] if pass_ != "fwd" else [])
     total, bounds = 0.0, []
     for role in roles:
         for per_logit in counts[dtype][role]:
             t, b = core_seconds(per_logit, rows)
             total += t
             bounds.append(b)
-    return total, bounds
+    return (2 * total if pass_ == "clip" else total), bounds
 
 
 @dataclass
@@ -72,7 +74,8 @@ class Calibration:
 
     def predict(self, counts, dtype: str, pass_: str, rows: int) -> tuple[float, list[str]]:
         core, bounds = pass_core(counts, dtype, pass_, rows)
-        return core / self.efficiency + self.overhead_s.get(pass_, 0.0), bounds
+        overhead = 2 * self.overhead_s.get("fwd+bwd", 0.0) if pass_ == "clip" else self.overhead_s.get(pass_, 0.0)
+        return core / self.efficiency + overhead, bounds
 
 
 def load_runs(path: Path = RUNS) -> list[dict]:
@@ -169,10 +172,11 @@ def report(reports, D: int) -> dict:
     )
     lines.append("|---|---|---:|---:|---:|---:|---|---:|---|")
     for dtype in sorted(counts):
-        for pass_ in ("fwd", "fwd+bwd"):
-            kernels = counts[dtype]["forward"] + (counts[dtype]["backward"] if pass_ == "fwd+bwd" else [])
-            instr = sum(k["all"] for k in kernels)
-            units = sum(k["matmul_units"] for k in kernels)
+        for pass_ in ("fwd", "fwd+bwd", "clip"):
+            kernels = counts[dtype]["forward"] + (counts[dtype]["backward"] if pass_ != "fwd" else [])
+            twice = 2 if pass_ == "clip" else 1
+            instr = twice * sum(k["all"] for k in kernels)
+            units = twice * sum(k["matmul_units"] for k in kernels)
             for n in SIZES:
                 t, bounds = cal.predict(counts, dtype, pass_, n)
                 m = measured.get((dtype, pass_, n, D))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fastcl import ops
-from fastcl.problem import ContrastiveProblem
+from fastcl.problem import ContrastiveProblem, PairProblem
 
 import sim_ops
 from helpers import make_case
@@ -180,3 +180,28 @@ def test_mma_backward_is_bitwise_repeatable():
     first, _ = _run(run)
     second, _ = _run(run)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("n,d", [(150, 40), (70, 128)])
+def test_clip_pair_backward_is_two_passes_of_the_transposed_kernel(dtype, n, d):
+    """CLIP's two directions: grad_a from a's rows with both directions' G, grad_b the same with the
+    sides swapped: two launches of the kernel that adds G's transposed term, no dk pass (4U, not 8U)."""
+    g = torch.Generator().manual_seed(n + d)
+    a, b = (torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype).requires_grad_() for _ in range(2))
+    scale = torch.tensor(1 / 0.07).requires_grad_()
+
+    def run():
+        loss_a, loss_b = ops.contrastive_pair(PairProblem(a, b, scale), impl="fastcl")
+        w = torch.linspace(0.5, 1.5, n)
+        return torch.autograd.grad((loss_a * w).sum() + (loss_b * w.flip(0)).sum(), (a, b, scale))
+
+    want = run()
+    got, counters = _run(run)
+    for name, x, y in zip(["a", "b", "scale"], got, want):
+        err = float((x.float() - y.float()).abs().max() / y.float().abs().max())
+        assert err < GRAD_TOL[dtype], f"grad_{name}: {err:.2e} of its largest entry"
+    kd = 64 if d <= 64 else 128
+    grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
+    assert list(grads) == [next(n for n in grads if re.search(rf", {kd}, true, true, 0u?>", n))], list(grads)
+    assert next(iter(grads.values()))["launches"] == 2

@@ -14,6 +14,8 @@
 
 #include <limits>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 
 #include "checks.h"
 #include "cuda/contrastive_device.cuh"
@@ -158,35 +160,65 @@ Triple backward(const ContrastiveArgs& a, const at::Tensor& grad_loss, const at:
   return {grad_q, grad_k, grad_scale};
 }
 
-// The paired two-direction op (CLIP's symmetric loss) as two calls of the general kernels: correct,
-// and as fast as the two directions were before it; one pass that takes both directions from each
-// logit tile, as the CPU kernel does (cpu/contrastive_pair.cpp), is yet to be written and measured on a GPU.
+// The paired two-direction op (CLIP's symmetric loss). The forward is two calls of the general
+// kernels (2U); a one-pass forward needs each column's log-sum-exp over every row block, which is
+// yet to be written and measured on a GPU. The fp16/bf16 backward takes both directions' G from
+// each recomputed logit tile (pair_backward_impl: 4U where two general backwards run 8U); fp32,
+// D > 128 and unaligned rows run the general backward twice.
+ContrastiveArgs pair_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale, bool normalize) {
+  check_pair_args(a, b, logit_scale);
+  const at::Tensor labels = at::arange(a.size(0), a.options().dtype(at::kLong));
+  const c10::optional<at::Tensor> none;
+  return contrastive_args(a, b, labels, labels, none, none, none, none, logit_scale, 0, false, normalize, 0, 0.0, 0);
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> contrastive_pair_forward_cuda(const at::Tensor& a,
                                                                                          const at::Tensor& b,
                                                                                          const at::Tensor& logit_scale,
                                                                                          bool normalize) {
-  check_pair_args(a, b, logit_scale);
-  const at::Tensor labels = at::arange(a.size(0), a.options().dtype(at::kLong));
-  const c10::optional<at::Tensor> none;
-  auto [loss_a, lse_a, pos_a] = contrastive_forward_op<&forward>(a, b, labels, labels, none, none, none, none, logit_scale, 0,
-                                                         false, normalize, 0, 0.0, 0);
-  auto [loss_b, lse_b, pos_b] = contrastive_forward_op<&forward>(b, a, labels, labels, none, none, none, none, logit_scale, 0,
-                                                         false, normalize, 0, 0.0, 0);
+  ContrastiveArgs args = pair_args(a, b, logit_scale, normalize);
+  auto [loss_a, lse_a, pos_a] = forward(args);
+  std::swap(args.q, args.k);
+  auto [loss_b, lse_b, pos_b] = forward(args);
   return {loss_a, lse_a, loss_b, lse_b};
+}
+
+// Both directions at once: row_info = {1/|a|, lse_a, grad_a, 1}, col_info = {1/|b|, lse_b, grad_b, 1}.
+// Returns false (nothing launched) where pair_backward_fused does not take the problem.
+bool pair_backward_fused_run(const ContrastiveArgs& args, const at::Tensor& grad_a, const at::Tensor& grad_b,
+                             const at::Tensor& lse_a, const at::Tensor& lse_b, Triple& out) {
+  dev::DeviceGuard guard(args.q.device());
+  if (args.q.scalar_type() == at::kFloat || args.q.scalar_type() == at::kDouble) return false;
+  Inputs in = prepare(args);
+  if (!pair_backward_fused(in, in.q.element_size())) return false;
+  const at::Tensor one = at::ones_like(lse_a);
+  at::Tensor ga = at::empty_like(in.q), gb = at::empty_like(in.k), gs = at::empty({}, args.logit_scale.options());
+  dispatch_type(args.q.scalar_type(), [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!std::is_same<T, float>::value) {
+      const dev::Stream stream = dev::current_stream();
+      in.row_info = side_info<T>(in.q, args.normalize, lse_a, grad_a, one, stream);
+      in.col_info = side_info<T>(in.k, args.normalize, lse_b, grad_b, one, stream);
+      pair_backward_impl<T>(in, args.normalize, stream, ga, gb, gs);
+    }
+  });
+  out = {ga, gb, gs};
+  return true;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_pair_backward_cuda(
     const at::Tensor& grad_a, const at::Tensor& grad_b, const at::Tensor& a, const at::Tensor& b,
     const at::Tensor& logit_scale, const at::Tensor& lse_a, const at::Tensor& lse_b, bool normalize) {
-  check_pair_args(a, b, logit_scale);
+  ContrastiveArgs args = pair_args(a, b, logit_scale, normalize);
   check_pair_backward_args(a, grad_a, grad_b, lse_a, lse_b);
-  const at::Tensor labels = at::arange(a.size(0), a.options().dtype(at::kLong));
+  const at::Tensor ga_in = grad_a.contiguous(), gb_in = grad_b.contiguous();
+  const at::Tensor la = lse_a.contiguous(), lb = lse_b.contiguous();
+  Triple fused;
+  if (pair_backward_fused_run(args, ga_in, gb_in, la, lb, fused)) return fused;
   const at::Tensor one_positive = at::ones_like(lse_a);
-  const c10::optional<at::Tensor> none;
-  auto [ga, gb, gs] = contrastive_backward_op<&backward>(grad_a, a, b, labels, labels, none, none, none, none, logit_scale,
-                                                lse_a, one_positive, 0, false, normalize, 0, 0.0, 0);
-  auto [gb2, ga2, gs2] = contrastive_backward_op<&backward>(grad_b, b, a, labels, labels, none, none, none, none, logit_scale,
-                                                   lse_b, one_positive, 0, false, normalize, 0, 0.0, 0);
+  auto [ga, gb, gs] = backward(args, ga_in, la, one_positive);
+  std::swap(args.q, args.k);
+  auto [gb2, ga2, gs2] = backward(args, gb_in, lb, one_positive);
   return {ga.add_(ga2), gb.add_(gb2), gs.add_(gs2)};
 }
 

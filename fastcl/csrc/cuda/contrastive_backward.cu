@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <type_traits>
+#include <utility>
 
 #include "common/contrastive_math.h"
 #include "common/online_lse.h"
@@ -369,16 +370,18 @@ __global__ void sum_partials_kernel(const double* __restrict__ part, int64_t n, 
 }
 
 // grad_kernel (or the mma kernel) for one side, then the finishing pass into `out`; the row side also
-// fills scale_part. `both`: the row side's partials are the whole gradient of q = k (mma kernel only).
+// fills scale_part. `transposed` (mma kernel only): the row side's partials also carry G's transposed
+// term, the whole gradient of q = k or of one side of a paired loss.
 template <typename T, bool kRowOwner>
 void grad_side(const Inputs& in, const Problem& p, bool normalize, const at::Tensor& own_x, const at::Tensor& str_x,
-               at::Tensor& out, at::Tensor* scale_part, dev::Stream stream, bool both = false) {
+               at::Tensor& out, at::Tensor* scale_part, dev::Stream stream,
+               Transposed transposed = Transposed::kNone) {
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
   at::Tensor part;
   int64_t splits = 0;
   if constexpr (!std::is_same<T, float>::value) {
     if (backward_mma_applies(in, sizeof(T))) {
-      splits = grad_mma_partials<T, kRowOwner>(in, own_x, str_x, part, scale_part, stream, both);
+      splits = grad_mma_partials<T, kRowOwner>(in, own_x, str_x, part, scale_part, stream, transposed);
     }
   }
   if (splits == 0) {
@@ -409,7 +412,8 @@ void backward_impl(const Inputs& in, bool normalize, dev::Stream stream, at::Ten
   // q = k with one label vector (NT-Xent, SupCon): one pass gives the whole gradient in grad_q and
   // grad_k is zero, which autograd adds (csrc/README.md).
   const bool both = !std::is_same<T, float>::value && backward_mma_symmetric(in, sizeof(T));
-  grad_side<T, true>(in, p, normalize, in.q, in.k, grad_q, &scale_part, stream, both);
+  grad_side<T, true>(in, p, normalize, in.q, in.k, grad_q, &scale_part, stream,
+                     both ? Transposed::kSelf : Transposed::kNone);
   // Only the leading grad_cols columns are differentiated (the rest, a queue, are constants).
   if (both) {
     grad_k.zero_();
@@ -424,6 +428,26 @@ void backward_impl(const Inputs& in, bool normalize, dev::Stream stream, at::Ten
                                    grad_scale.data_ptr<float>());
 }
 
+template <typename T>
+void pair_backward_impl(const Inputs& in, bool normalize, dev::Stream stream, at::Tensor& grad_a, at::Tensor& grad_b,
+                        at::Tensor& grad_scale) {
+  TORCH_INTERNAL_ASSERT(pair_backward_fused(in, sizeof(T)), "fastcl: no fused paired backward for this problem");
+  Inputs swapped = in;  // b's rows against a: the same logits transposed, each side's statistics kept
+  std::swap(swapped.q, swapped.k);
+  std::swap(swapped.row_info, swapped.col_info);
+  at::Tensor scale_a, scale_b;
+  grad_side<T, true>(in, in.problem(), normalize, in.q, in.k, grad_a, &scale_a, stream, Transposed::kPair);
+  grad_side<T, true>(swapped, swapped.problem(), normalize, swapped.q, swapped.k, grad_b, &scale_b, stream,
+                     Transposed::kPair);
+  // Each pass holds its own direction's share of the scale gradient.
+  const at::Tensor scale_part = at::cat({scale_a, scale_b});
+  dev::launch<sum_partials_kernel>(1, kThreads, 0, stream, scale_part.data_ptr<double>(), scale_part.numel(),
+                                   grad_scale.data_ptr<float>());
+}
+
+template void pair_backward_impl<__half>(const Inputs&, bool, dev::Stream, at::Tensor&, at::Tensor&, at::Tensor&);
+template void pair_backward_impl<__nv_bfloat16>(const Inputs&, bool, dev::Stream, at::Tensor&, at::Tensor&,
+                                                at::Tensor&);
 template void backward_impl<float>(const Inputs&, bool, dev::Stream, at::Tensor&, at::Tensor&, at::Tensor&);
 template void backward_impl<__half>(const Inputs&, bool, dev::Stream, at::Tensor&, at::Tensor&, at::Tensor&);
 template void backward_impl<__nv_bfloat16>(const Inputs&, bool, dev::Stream, at::Tensor&, at::Tensor&, at::Tensor&);

@@ -6,7 +6,8 @@
 // partials; or k columns: grad_k) and streams 64-row tiles of the other through a two-stage
 // cp.async pipeline into swizzled shared memory. Each warp recomputes its 16 x 64 logits with
 // mma.sync from its owner rows held in registers, turns them into G' = G / |stream row| on the
-// fragments (G = grad_i (exp(s - lse_i) - [positive] / num_pos_i)), and multiplies G' (the
+// fragments (G = grad_i (exp(s - lse_i) - [positive] / num_pos_i), plus the same term under the
+// stream row's statistics for q = k and for CLIP's column direction: Transposed), and multiplies G' (the
 // accumulator fragments re-packed as the next product's A operand, as FlashAttention-2 does with
 // P) by the stream tile, read transposed through ldmatrix.trans, into fp32 accumulators. The
 // tiles that can hold a positive or an excluded pair take masks and a second, low-part product
@@ -346,6 +347,10 @@ bool backward_mma_applies(const Inputs& in, size_t element_size) {
   return forward_mma_applies(in, element_size) && in.D <= 128;
 }
 
+bool pair_backward_fused(const Inputs& in, size_t element_size) {
+  return element_size == 2 && backward_mma_applies(in, element_size);
+}
+
 bool backward_mma_symmetric(const Inputs& in, size_t element_size) {
   return backward_mma_applies(in, element_size) && in.has(kSelfSimilarity) && !in.has(kRowOffset) &&
          !in.has(kConstantCols) && !in.has(kColBias) && (!in.has(kSampleIds) || in.D <= kSymmetricIdsMaxD);
@@ -353,7 +358,8 @@ bool backward_mma_symmetric(const Inputs& in, size_t element_size) {
 
 template <typename T, bool kRowOwner>
 int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::Tensor& str_x, at::Tensor& part,
-                          at::Tensor* scale_part, dev::Stream stream, bool both) {
+                          at::Tensor* scale_part, dev::Stream stream, Transposed transposed) {
+  const bool both = transposed != Transposed::kNone;
   const Problem p = in.problem();
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
   const int64_t blocks = ceil_div(n_own, kGBM), tiles = ceil_div(n_str, kGBN);
@@ -361,8 +367,8 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   const at::Tensor& own_labels = kRowOwner ? in.row_labels : in.col_labels;
   const at::Tensor& str_labels = kRowOwner ? in.col_labels : in.row_labels;
   const at::Tensor& own_info = kRowOwner ? in.row_info : in.col_info;
-  // Both: q = k, so the stream rows are q rows too, with the lse, grad and 1/num_pos of G_ji.
-  const at::Tensor& str_info = kRowOwner && !both ? in.col_info : in.row_info;
+  // q = k: the stream rows are q rows too, with the lse, grad and 1/num_pos of G_ji.
+  const at::Tensor& str_info = !kRowOwner || transposed == Transposed::kSelf ? in.row_info : in.col_info;
   // Column labels below zero are never positives: their side's ranges leave them out.
   const auto kind = [](bool columns) { return columns ? RangeOf::kNonNegativeLabels : RangeOf::kLabels; };
   const at::Tensor own_range = tile_ranges(own_labels, n_own, kGBM, kind(!kRowOwner), stream);
@@ -392,8 +398,10 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
     str_info_used = str_info.narrow(0, 0, n_str).clone();
     at::Tensor inv_norm = str_info_used.select(1, 0);
     inv_norm.masked_fill_(inv_norm >= 0.5 / kNormEps, 0.0);
-    const at::Tensor bound = in.row_info.select(1, 2).abs().max() * inv_norm.max();
-    const double top = both ? 13.0 : 14.0;  // G_ij + G_ji is at most twice either
+    at::Tensor top_grad = in.row_info.select(1, 2).abs().max();
+    if (transposed == Transposed::kPair) top_grad = at::maximum(top_grad, str_info.select(1, 2).abs().max());
+    const at::Tensor bound = top_grad * inv_norm.max();
+    const double top = both ? 13.0 : 14.0;  // G_ij plus its transposed term is at most twice either
     g_scale = at::exp2(at::clamp(top - at::floor(at::log2(bound)), -100.0, 100.0)).to(at::kFloat);
   }
   const Side<T> str{ptr<T>(str_x),           ptr<float4>(str_info_used), ptr<int64_t>(str_labels),
@@ -419,12 +427,12 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
 }
 
 template int64_t grad_mma_partials<__half, true>(const Inputs&, const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                                 at::Tensor*, dev::Stream, bool);
+                                                 at::Tensor*, dev::Stream, Transposed);
 template int64_t grad_mma_partials<__half, false>(const Inputs&, const at::Tensor&, const at::Tensor&, at::Tensor&,
-                                                  at::Tensor*, dev::Stream, bool);
+                                                  at::Tensor*, dev::Stream, Transposed);
 template int64_t grad_mma_partials<__nv_bfloat16, true>(const Inputs&, const at::Tensor&, const at::Tensor&,
-                                                        at::Tensor&, at::Tensor*, dev::Stream, bool);
+                                                        at::Tensor&, at::Tensor*, dev::Stream, Transposed);
 template int64_t grad_mma_partials<__nv_bfloat16, false>(const Inputs&, const at::Tensor&, const at::Tensor&,
-                                                         at::Tensor&, at::Tensor*, dev::Stream, bool);
+                                                         at::Tensor&, at::Tensor*, dev::Stream, Transposed);
 
 }  // namespace fastcl::gpu

@@ -97,13 +97,21 @@ bool backward_mma_applies(const Inputs& in, size_t element_size);
 // And whether one pass over q's rows can give the whole gradient (kSelfSimilarity, no row offset or
 // constant columns, no column bias; with sample ids D <= 64): G + G^T from each recomputed tile, 3U in all.
 bool backward_mma_symmetric(const Inputs& in, size_t element_size);
+
+// Which transposed term the row owners' pass adds to G_ij from the same logit: none (q != k), G_ji of
+// q = k (the stream rows are q rows: their lse, grad and 1/num_pos are row_info's), or the column
+// direction of a paired loss (CLIP: col_info holds the columns' own lse, grad and 1/num_pos, so
+// G_ij + G^col_ij is the whole gradient of the row side, and the same pass with the sides swapped
+// gives the other side's).
+enum class Transposed { kNone, kSelf, kPair };
+
 // The mma backward of one side (kRowOwner: q rows, else the k columns own_x holds) into
 // part (splits x n_own x D fp32, the sum over splits is G' . stream rows) and, for q rows,
-// scale_part; returns the number of splits (contrastive_backward_mma.cu). `both` (q rows only,
-// backward_mma_symmetric): the partials hold the gradient of q and k together.
+// scale_part (the row direction's share of the scale gradient only); returns the number of
+// splits (contrastive_backward_mma.cu).
 template <typename T, bool kRowOwner>
 int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::Tensor& str_x, at::Tensor& part,
-                          at::Tensor* scale_part, dev::Stream stream, bool both);
+                          at::Tensor* scale_part, dev::Stream stream, Transposed transposed);
 
 // loss, lse, num_pos (M,) fp32 from inputs whose row_info / col_info are packed (M, L > 0).
 template <typename T>
@@ -114,5 +122,14 @@ void forward_impl(const Inputs& in, dev::Stream stream, at::Tensor& loss, at::Te
 template <typename T>
 void backward_impl(const Inputs& in, bool normalize, dev::Stream stream, at::Tensor& grad_q, at::Tensor& grad_k,
                    at::Tensor& grad_scale);
+
+// Whether pair_backward_impl takes this problem (a paired loss: a as q, b as k, labels 0..M-1 on
+// both sides; row_info and col_info {1/|x|, lse, grad, 1}): fp16/bf16 on the mma kernels.
+bool pair_backward_fused(const Inputs& in, size_t element_size);
+// CLIP's backward from one recomputed logit tile per pass: grad_a from a's rows against b with both
+// directions' G, then grad_b with the sides swapped; 4U where two calls of backward_impl run 8U.
+template <typename T>
+void pair_backward_impl(const Inputs& in, bool normalize, dev::Stream stream, at::Tensor& grad_a, at::Tensor& grad_b,
+                        at::Tensor& grad_scale);
 
 }  // namespace fastcl::gpu
