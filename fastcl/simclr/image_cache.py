@@ -84,7 +84,10 @@ def _decode_batches(source: str, size: int, workers: int, batch_size: int = 256)
     folder = VisibleFolders(source, transform=transform)
     if len(folder) == 0:
         raise FileNotFoundError(f"folder: {source!r} holds no images in class subfolders")
-    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=False, num_workers=workers)
+    # Its own generator: the workers' base seed, drawn from the global one, would change the model's
+    # initialisation after a build (a run that builds the cache and its rerun would differ).
+    loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         generator=torch.Generator())
     return len(folder), folder.classes, loader
 
 

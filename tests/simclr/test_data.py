@@ -76,7 +76,11 @@ def _image_folder(root, sizes):
 
 def test_folder_is_decoded_once_into_a_memory_mapped_cache(tmp_path):
     _image_folder(tmp_path / "train", [(40, 30), (20, 50)])
+    rng = torch.get_rng_state()
     first = data.load(f"folder:{tmp_path}", train=True, size=16)
+    # the build leaves the global random state alone: a run that builds the cache initialises its
+    # model as its rerun does (DataLoader workers drew their base seed from it)
+    assert torch.equal(torch.get_rng_state(), rng)
     assert first.images.shape == (6, 3, 16, 16) and first.images.dtype == torch.uint8
     assert first.labels.tolist() == [0, 0, 0, 1, 1, 1] and first.num_classes == 2
     cache = tmp_path / ".fastcl-cache" / "train-16"
