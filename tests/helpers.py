@@ -1,17 +1,25 @@
 """What the tests share: the devices every device test runs on (CPU, GPU, and the CUDA kernels
-through the CPU simulator), the per-dtype accuracy criterion, and the argument sets of the
-contrastive core (make_case). Test modules import it; conftest.py holds only fixtures."""
+through the CPU simulator), the per-dtype accuracy criterion, the argument sets of the contrastive
+core (make_case), and a run's logged records. Test modules import it; conftest.py holds only fixtures."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 import fastcl
+from fastcl.engine.metrics import read_records
 from fastcl.ops import POSITIVE_ONLY
 
 HAS_CUDA = torch.cuda.is_available() and fastcl.has_cuda_ops()
 cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and fastcl's CUDA kernels")
+
+
+def logged_records(out, kind: str = "step") -> list:
+    """The records of one kind in OUT/metrics.jsonl, read as resume and `fastcl plot` read them."""
+    return [r for r in read_records(os.path.join(out, "metrics.jsonl")) if r["kind"] == kind]
 
 
 class SimDevice(str):

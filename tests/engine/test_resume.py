@@ -3,7 +3,6 @@ settings, step and timed checkpoints kept K deep, a save killed half-way, finish
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import torch
 
 from fastcl.engine import checkpoint, resume
 from fastcl.simclr import SimCLRConfig, SimCLRTrainer
+from helpers import logged_records
 
 pytest.importorskip("torchvision")
 
@@ -25,8 +25,7 @@ def _config(tmp_path, name="run", **kw):
 
 
 def _losses(out):
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [r["loss"] for r in map(json.loads, f) if r["kind"] == "step"]
+    return [r["loss"] for r in logged_records(out)]
 
 
 def test_resume_modes(monkeypatch):

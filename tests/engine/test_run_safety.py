@@ -19,6 +19,7 @@ from fastcl.engine import checkpoint, files
 from fastcl.engine.export import write_embeddings
 from fastcl.engine.metrics import MetricsLog, read_records
 from fastcl.simclr import SimCLRConfig, SimCLRTrainer
+from helpers import logged_records
 
 pytest.importorskip("torchvision")
 
@@ -35,7 +36,7 @@ def _config(tmp_path, name="run", **kw):
 
 
 def _steps(out):
-    return [r["step"] for r in read_records(os.path.join(out, "metrics.jsonl")) if r["kind"] == "step"]
+    return [r["step"] for r in logged_records(out)]
 
 
 # -- metrics.jsonl: a torn last line, a corrupt line, a resume that truncates -------------------------
@@ -74,8 +75,7 @@ def test_a_resume_truncates_the_log_to_its_checkpoint_past_a_torn_line(tmp_path)
     with pytest.warns(UserWarning, match="incomplete last record"):
         SimCLRTrainer(_config(tmp_path, "cut", max_steps=8, resume="yes")).train()
     assert _steps(cut) == list(range(1, 9))
-    losses = [[r["loss"] for r in read_records(str(p / "metrics.jsonl")) if r["kind"] == "step"]
-              for p in (tmp_path / "full", cut)]
+    losses = [[r["loss"] for r in logged_records(p)] for p in (tmp_path / "full", cut)]
     assert losses[1] == pytest.approx(losses[0], rel=1e-6)
 
 

@@ -12,9 +12,9 @@ pytest.importorskip("transformers")
 
 from fastcl.__main__ import main  # noqa: E402
 from fastcl.engine import checkpoint  # noqa: E402
-from fastcl.engine.metrics import read_records  # noqa: E402
 from fastcl.simcse import SimCSEConfig, SimCSETrainer  # noqa: E402
 from fastcl.simcse.data import load_train_file  # noqa: E402
+from helpers import logged_records  # noqa: E402
 
 
 def _config(tmp_path, **kw):
@@ -31,7 +31,7 @@ def test_a_run_shorter_than_log_every_logs_its_last_step_with_the_umask_and_is_n
     finally:
         os.umask(old)
     out = tmp_path / "run"
-    assert [r["step"] for r in read_records(str(out / "metrics.jsonl")) if r["kind"] == "step"] == [2]
+    assert [r["step"] for r in logged_records(out)] == [2]
     for name in ("model.safetensors", "fastcl_simcse.json", "metrics.jsonl"):
         assert os.stat(out / name).st_mode & 0o777 == 0o640, name
     with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
