@@ -7,8 +7,10 @@ report how often the loop runs per trip of the kernel's main loop:
   // sass: cold         a fallback that the common case never takes (weight 0)
 A loop without a mark counts once (D/BK if it holds the math). A mark on an `if` line,
   // sass: rare         a branch the common case skips (masks on the few tiles that need them)
-(or on the `} else {` line of such a branch) leaves out every instruction of its braces' lines, or inlined from a call on one of them, from the
-common-case counts; the report gives their number apart. Sources of an older commit, which
+  // sass: share=1/8    a branch one warp of eight takes (work done once per block, not per warp)
+(or on the `} else {` line of such a branch) applies to every instruction of its braces' lines, or
+inlined from a call on one of them: a rare one is left out of the common-case counts (the report
+gives their number apart), a shared one counts at its share. Sources of an older commit, which
 carry no marks, borrow them from the line with the same code in this checkout's file of the same
 name, so a calibration on old kernels counts them the same way."""
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from .cubins import CSRC
 
-_MARK = re.compile(r"//\s*sass:\s*(cold|rare|trips=(\d+|D/BK))")
+_MARK = re.compile(r"//\s*sass:\s*(cold|rare|share=1/\d+|trips=(\d+|D/BK))")
 
 
 def _code(line: str) -> str:
@@ -74,12 +76,14 @@ def weight(mark: str | None, holds_math: bool) -> tuple[float, int]:
 
 
 @cache
-def _rare_ranges(path: str) -> tuple[tuple[int, int], ...]:
-    """(first, last) line of each `// sass: rare` branch of a file: its line to its closing brace."""
+def _branch_ranges(path: str) -> tuple[tuple[int, int, float], ...]:
+    """(first, last, factor) of each `// sass: rare` (factor 0) or `// sass: share=1/n` (1/n) branch
+    of a file: its line to its closing brace."""
     lines, out = _lines(path), []
     for n, line in enumerate(lines):
-        if not (m := _MARK.search(line)) or m.group(1) != "rare":
+        if not (m := _MARK.search(line)) or not (m.group(1) == "rare" or m.group(1).startswith("share=")):
             continue
+        factor = 0.0 if m.group(1) == "rare" else 1.0 / int(m.group(1).split("/")[1])
         # From the marked line (less a leading "}" of "} else {") to the brace that closes it; a
         # marked line without "{" (a one-line if) is its own range.
         depth, end = 0, n
@@ -90,14 +94,26 @@ def _rare_ranges(path: str) -> tuple[tuple[int, int], ...]:
                 depth += code.count("{") - code.count("}")
                 if depth <= 0:
                     break
-        out.append((n + 1, end + 1))
+        out.append((n + 1, end + 1, factor))
     return tuple(out)
+
+
+def branch_factor(*sources: str) -> float:
+    """How often an instruction at these "path:line" locations (its line and the call sites it was
+    inlined at) runs in the common case, relative to its loop: 0 in a rare branch, the product of
+    the shares of the shared branches around it, else 1."""
+    factor, seen = 1.0, set()
+    for source in sources:
+        path, _, line_no = source.rpartition(":")
+        if not (path and line_no.isdigit()):
+            continue
+        for first, last, f in _branch_ranges(path):
+            if first <= int(line_no) <= last and (path, first) not in seen:
+                seen.add((path, first))
+                factor *= f
+    return factor
 
 
 def in_rare_branch(*sources: str) -> bool:
     """Whether any of these "path:line" locations lies in a `// sass: rare` branch."""
-    for source in sources:
-        path, _, line_no = source.rpartition(":")
-        if path and line_no.isdigit() and any(a <= int(line_no) <= b for a, b in _rare_ranges(path)):
-            return True
-    return False
+    return branch_factor(*sources) == 0.0

@@ -117,10 +117,11 @@ def main_loop(fn: Function) -> MainLoop | None:
     cold = rare = 0
     for i in range(main.head, main.tail + 1):
         ins = fn.instrs[i]
-        if loop_marks.in_rare_branch(*ins.chain):
+        share = loop_marks.branch_factor(*ins.chain)
+        if share == 0.0:
             rare += 1
             continue
-        factor, power = 1.0, 0
+        factor, power = share, 0
         for lp, (f, p) in nested:
             if lp.contains(i):
                 factor, power = factor * f, power + p

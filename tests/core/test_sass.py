@@ -87,6 +87,29 @@ def test_loop_marks_are_read_and_borrowed_by_code(tmp_path):
     assert loop_marks.weight(None, False) == (1.0, 0)
 
 
+def test_branch_marks_weight_what_they_enclose(tmp_path):
+    src = tmp_path / "kernel.cu"
+    src.write_text(
+        "if (t == 255) {  // sass: share=1/8\n"
+        "  a = 1;\n"
+        "  if (m) {  // sass: share=1/4\n"
+        "    b = 2;\n"
+        "  }\n"
+        "}\n"
+        "if (!masked) {\n"
+        "  d = 4;\n"
+        "} else {  // sass: rare\n"
+        "  c = 3;\n"
+        "}\n"
+    )
+    at = lambda n: f"{src}:{n}"  # noqa: E731
+    assert loop_marks.branch_factor(at(2)) == 1 / 8
+    assert loop_marks.branch_factor(at(4)) == 1 / 32  # nested shares multiply
+    assert loop_marks.branch_factor(at(4), at(2)) == 1 / 32  # an inlining chain counts each branch once
+    assert loop_marks.branch_factor(at(10)) == 0.0 and loop_marks.in_rare_branch(at(10))
+    assert loop_marks.branch_factor(at(8)) == 1.0 and not loop_marks.in_rare_branch(at(8))
+
+
 def test_blocks_per_sm_limits():
     assert sass.blocks_per_sm("90", 128, 256, 80 * 1024) == 2  # registers: 65536 / (128 * 256)
     assert sass.blocks_per_sm("90", 64, 256, 0) == 4

@@ -96,7 +96,10 @@ def _wrapper(cu: Path, build_dir: Path, include_paths) -> Path:
     )
     out = build_dir / f"{cu.parent.name}_{cu.stem}.sim.cpp"
     if not out.exists() or out.read_text() != text:  # keep the mtime when nothing changed
-        out.write_text(text)
+        # Atomic: a concurrent pytest worker may be compiling the old text right now.
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
     return out
 
 

@@ -145,10 +145,16 @@ __global__ void __launch_bounds__(kGThreads, 1)
     oinv[h] = v.w;
   }
 
+  // Whether each stage's tile can need masks (tile_masked): decided once per block, by a thread that
+  // copies nothing, as the tile's copies are issued, instead of by every thread after them.
+  __shared__ int s_masked[2];
   auto issue = [&](int tile, int stage) {
     const int64_t s0 = int64_t(tile) * kGBN;
     load_swizzled<T, kD, kGBN, kGThreads>(sStr + stage * (kGBN * kD), str.x, str.n, p.D, s0);
     const int t = threadIdx.x;
+    if (t == kGThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
+      s_masked[stage] = tile_masked<T, kRowOwner, kIds, kBias>(own, str, p, own0, s0, tile);
+    }
     if (t < kGBN) {
       const bool ok = s0 + t < str.n;
       cp_async16(&sInfo[stage * kGBN + t], ok ? str.info + s0 + t : str.info, ok);
@@ -162,15 +168,20 @@ __global__ void __launch_bounds__(kGThreads, 1)
       cp_async8(&sId[stage * kGBN + c], ok ? str.ids + s0 + c : str.ids, ok);
     }
   };
+  // The owner rows first, in a group of their own, so the warps take their fragments before the loop.
   load_swizzled<T, kD, kGBM, kGThreads>(sOwn, own.x, own.n, p.D, own0);
+  cp_async_commit();
   if (t_begin < t_end) issue(t_begin, 0);
   cp_async_commit();
+  cp_async_wait_prev();
+  __syncthreads();
+  uint32_t oa[kSteps][4];
+  load_warp_rows<kD>(oa, smem_addr(sOwn), warp, lane);
 
   // Stream rows of the ldmatrix x4 for S fragments f, f + 1: (rows 8f | 8f + 8) x (chunk 2s | 2s + 1);
   // transposed, for chunk c of G' and D fragments n, n + 1: (rows 16c | 16c + 8) x (chunk n | n + 1).
   const LaneRows<kD> srow = logit_rows<kD>(lane);
   const LaneRows<kD> trow((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
-  uint32_t oa[kSteps][4];
   float acc[kDFrags][4];
 #pragma unroll
   for (int f = 0; f < kDFrags; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.f;
@@ -184,7 +195,6 @@ __global__ void __launch_bounds__(kGThreads, 1)
     cp_async_commit();
     cp_async_wait_prev();
     __syncthreads();
-    if (tile == t_begin) load_warp_rows<kD>(oa, smem_addr(sOwn), warp, lane);
     const SmemAddr sa = smem_addr(sStr) + stage * L::kStageStr;
     const float4* info = sInfo + stage * kGBN;
 
@@ -196,7 +206,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
     // stream row c = f * 8 + 2 t4 + e % 2 of the tile. The q row's lse, grad and 1/num_pos come from
     // the owner side when it is q (registers), else from the stream side (shared memory).
     const int64_t s0 = int64_t(tile) * kGBN;
-    const bool masked = tile_masked<T, kRowOwner, kIds, kBias>(own, str, p, own0, s0, tile);
+    const bool masked = s_masked[stage];
     float tile_dscale = 0.f;
     if (!masked) {
       // Per element: t = raw * (1 / |stream|), P = exp2(t * (1 / |own|) * scale * log2(e) - lse2),

@@ -103,17 +103,32 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     a[h] = i < p.M ? fmaxf(fabsf(scale) * kLog2e * p.row_info[i].x, 1e-30f) : 1.f;
   }
 
+  // Whether each stage's tile can need masks (tile_may_mask): decided once per block, by a thread
+  // that copies nothing, as the tile's copies are issued, instead of by every thread after them.
+  __shared__ int s_masked[2];
   auto issue = [&](int tile, int stage) {
     const int64_t col0 = int64_t(tile) * kBN;
     load_swizzled<T, kD, kBN, kMmaThreads>(sK + stage * (kBN * kD), k, p.L, p.D, col0);
     load_col_values<kIds>(sNorm + stage * kBN, sLabel + stage * kBN, sId + stage * kBN, p, col_norm, col0);
+    if (threadIdx.x == kMmaThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
+      s_masked[stage] = tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * blockIdx.x,
+                                      col_range + 2 * tile, kIds ? row_id_range + 2 * blockIdx.x : nullptr,
+                                      kIds ? col_id_range + 2 * tile : nullptr,
+                                      kBias ? row_range + 2 * blockIdx.x : nullptr,
+                                      kBias ? owner_range + 2 * tile : nullptr);
+    }
   };
+  // The q rows first, in a group of their own, so the warps take their fragments before the loop.
   load_swizzled<T, kD, kBM, kMmaThreads>(sQ, q, p.M, p.D, row0);
+  cp_async_commit();
   if (t_begin < t_end) issue(t_begin, 0);
   cp_async_commit();
+  cp_async_wait_prev();
+  __syncthreads();
+  uint32_t qa[kSteps][4];
+  load_warp_rows<kD>(qa, smem_addr(sQ), warp, lane);
 
   const LaneRows<kD> krow = logit_rows<kD>(lane);
-  uint32_t qa[kSteps][4];
   float m_run[2] = {neg_inf<float>(), neg_inf<float>()}, l_run[2] = {0.f, 0.f};
   float pos_sum[2] = {0.f, 0.f}, pos_cnt[2] = {0.f, 0.f};
 
@@ -123,7 +138,6 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     cp_async_commit();
     cp_async_wait_prev();
     __syncthreads();
-    if (tile == t_begin) load_warp_rows<kD>(qa, smem_addr(sQ), warp, lane);
 
     // S (16 x 64 per warp) = q_w . k_tile^T.
     float acc[kFrags][4];
@@ -142,12 +156,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
       acc[f][3] *= rk.y;
     }
     const int64_t col0 = int64_t(tile) * kBN;
-    const bool masked = tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * blockIdx.x,
-                                      col_range + 2 * tile, kIds ? row_id_range + 2 * blockIdx.x : nullptr,
-                                      kIds ? col_id_range + 2 * tile : nullptr,
-                                      kBias ? row_range + 2 * blockIdx.x : nullptr,
-                                      kBias ? owner_range + 2 * tile : nullptr);
-    if (masked) {  // sass: rare
+    if (s_masked[stage]) {  // sass: rare
       // In tile coordinates: columns c < width exist; column self[h] is row h's own (or none);
       // is_self, is_positive and is_masked_negative of common/contrastive_math.h, on 32-bit offsets.
       const int64_t* lab = sLabel + stage * kBN;
