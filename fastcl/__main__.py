@@ -47,13 +47,13 @@ def _demo(args) -> int:
 def _train(make_config, config_class, make_trainer, args) -> int:
     """Build the config from the options given, join torchrun's process group if there is one,
     train, and print the summary once (rank 0)."""
-    from . import distributed
-    from .engine import TrainingDiverged
+    from .distributed import rank_world
+    from .engine import TrainingDiverged, runtime
     from .engine.options import given
 
     config = make_config(**given(args, config_class))
-    distributed.init_from_env()
-    rank, finished = distributed.rank_world()[0], False
+    runtime.init_from_env()
+    rank, finished = rank_world()[0], False
     try:
         summary = make_trainer(config).train()
         finished = True
@@ -63,7 +63,7 @@ def _train(make_config, config_class, make_trainer, args) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
-        distributed.leave(wait=finished)  # after a failure the others may be gone: no barrier
+        runtime.leave(wait=finished)  # after a failure the others may be gone: no barrier
     summary.pop("config", None)
     if rank == 0:
         print(json.dumps(summary, indent=2))
@@ -129,7 +129,7 @@ def _embed(args) -> int:
 def _embed_text(args) -> tuple:
     import torch
 
-    from . import distributed
+    from .engine import runtime
     from .engine.metrics import progress_bar
     from .simcse import SimCSE
 
@@ -138,7 +138,7 @@ def _embed_text(args) -> tuple:
     lines = [line for line in read_text(args.text_file, "--text-file").split("\n") if line.strip()]
     if not lines:
         raise ValueError(f"--text-file {args.text_file!r} has no non-empty lines")
-    model = SimCSE.from_pretrained(args.model).to(distributed.device(args.device))
+    model = SimCSE.from_pretrained(args.model).to(runtime.device(args.device))
     if model.head_at_inference and not model.head_trained:
         raise ValueError(f"{args.model!r} has no trained SimCSE MLP for its cls pooler")
     parts = []
@@ -190,7 +190,7 @@ def _sts_eval(args) -> int:
 
 def _sts_results(args) -> dict:
     """{benchmark or file: {spearman, pearson, pairs}} of --model on --sts-file or the built-in sets."""
-    from . import distributed
+    from .engine import runtime
     from .engine.progress import note
     from .simcse import SimCSE, sts
 
@@ -199,7 +199,7 @@ def _sts_results(args) -> dict:
     if model.head_at_inference and not model.head_trained:
         raise ValueError(f"pooler 'cls' embeds through the MLP that SimCSE training learns, and {args.model!r} "
                          "has none; use --pooler cls_before_pooler (the CLS vector) or avg")
-    model.to(distributed.device(args.device))
+    model.to(runtime.device(args.device))
     return {args.sts_file: sts.evaluate_file(model, args.sts_file)} if args.sts_file else sts.builtin(model)
 
 

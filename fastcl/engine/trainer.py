@@ -16,7 +16,7 @@ import torch
 
 from .. import distributed
 from . import amp as amp_lib
-from . import checkpoint, files, resume
+from . import checkpoint, files, resume, runtime
 from .grad_cache import GradCache, call_forward
 from .metrics import MetricsLog, write_summary
 
@@ -45,7 +45,7 @@ class Trainer:
         amp_lib.check(amp)
         self.rank, self.world = distributed.rank_world()
         self.is_main = self.rank == 0
-        self.device = distributed.device(device)
+        self.device = runtime.device(device)
         torch.manual_seed(seed)
         self.amp = amp
         self.scaler = amp_lib.grad_scaler(self.device, amp)

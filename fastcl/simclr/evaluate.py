@@ -10,12 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import distributed
-from ..engine import checkpoint
 from ..engine import progress as heartbeat
+from ..engine import runtime
 from ..engine.metrics import progress_bar
-from . import data, models
-from .config import SimCLRConfig
+from . import data, restore
 
 
 @torch.no_grad()
@@ -89,12 +87,11 @@ def encode(encoder: torch.nn.Module, images: Tensor, device: torch.device, batch
 
 
 def load_encoder(path: str, device: str = "auto") -> tuple[torch.nn.Module, dict]:
-    """The encoder of a SimCLR checkpoint (loaded without unpickling code) and its config dict."""
-    state = checkpoint.load(path)
-    cfg = SimCLRConfig(**state["config"])
-    model = models.simclr_model(cfg.arch, cfg.cifar_stem, cfg.proj_hidden, cfg.proj_dim)
-    model.load_state_dict(state["model"])
-    return model.encoder.to(distributed.device(device)), state["config"]
+    """The encoder of a SimCLR checkpoint (checked and loaded without unpickling code, as every
+    command on a run reads it: fastcl.simclr.restore) and its config dict."""
+    state = restore.load_run(path)
+    model = restore.build_model(state["config"], state)
+    return model.encoder.to(runtime.device(device)), state["config"]
 
 
 def evaluate_checkpoint(path: str, spec: Optional[str] = None, method: str = "knn", device: str = "auto") -> float:

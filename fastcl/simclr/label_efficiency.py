@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import distributed
 from ..augment import SimCLRAugment
 from ..engine import progress as heartbeat
+from ..engine import runtime
 from ..engine.export import check_folder
-from . import data, evaluate, retrieval
+from . import data, evaluate, restore, retrieval
 from .config import augmentation
 
 METHODS = ("supervised", "linear_probe", "fine_tune")
@@ -133,11 +133,11 @@ def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, pe
     out = {}
     where = f"{per_class} labels/class, draw {draw + 1}"
     heartbeat.note(f"{where}: training a supervised model from scratch")
-    scratch = Classifier(retrieval.build_model({**config, "seed": config["seed"] + draw + 1}, None, channels).encoder,
+    scratch = Classifier(restore.build_model({**config, "seed": config["seed"] + draw + 1}, None, channels).encoder,
                          classes)
     out["supervised"] = accuracy(train_classifier(scratch, train.images, train.labels, fit, held, augment, device,
                                                   steps, 3e-3, draw), test.images, test.labels, device)
-    encoder = retrieval.build_model(config, state, channels).encoder.to(device)
+    encoder = restore.build_model(config, state, channels).encoder.to(device)
     f_train = evaluate.encode(encoder, train.images[subset], device, what=f"the labelled images ({where})")
     f_test = evaluate.encode(encoder, test.images, device, what=f"the held-out images ({where})")
     heartbeat.note(f"{where}: fitting the linear probe")
@@ -157,13 +157,13 @@ def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, 
     if draws < 1 or steps < 1:
         raise ValueError(f"draws and steps must be >= 1, got {draws} and {steps}")
     heartbeat.note("loading the checkpoint and its data")
-    state, train, test = retrieval.load_run_data(checkpoint, spec)
+    state, train, test = restore.load_run_data(checkpoint, spec)
     for b in budgets:  # refuse a budget before any training
         if b != "all":
             draw_subset(train.labels, b, torch.Generator().manual_seed(0))
     out = out or retrieval.derived_output(checkpoint, "label_efficiency.json", state["config"]["data"], spec)
     check_folder(out)
-    dev = distributed.device(device)
+    dev = runtime.device(device)
     rows = []
     for b in budgets:
         runs = [evaluate_budget(state, train, test, b, d, dev, steps) for d in range(draws)]

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed
 from ..engine import progress as heartbeat
+from ..engine import runtime
 from ..engine.export import check_folder
-from . import evaluate, retrieval
+from . import evaluate, restore, retrieval
 
 
 def _queries(labels: torch.Tensor, count: int, seed: int) -> list:
@@ -38,18 +38,18 @@ def write_neighbours(path: str, out: str | None = None, queries: int = 8, k: int
     import matplotlib.pyplot as plt
 
     heartbeat.note("loading the checkpoint and its data")
-    state, train, test = retrieval.load_run_data(path, spec)
+    state, train, test = restore.load_run_data(path, spec)
     out = out or retrieval.derived_output(path, "neighbours.png", state["config"]["data"], spec)
     check_folder(out)
     config = state["config"]
     if k > len(train):
         raise ValueError(f"k={k} is larger than the {len(train)} training images")
-    dev = distributed.device(device)
+    dev = runtime.device(device)
     chosen = _queries(test.labels, min(queries, len(test)), seed)
     rows = {}
     channels = train.images.shape[1]
-    for name, model in (("random-init", retrieval.build_model(config, in_channels=channels)),
-                        ("trained", retrieval.build_model(config, state, channels))):
+    for name, model in (("random-init", restore.build_model(config, in_channels=channels)),
+                        ("trained", restore.build_model(config, state, channels))):
         encoder = model.encoder.to(dev)
         bank = torch.nn.functional.normalize(
             evaluate.encode(encoder, train.images, dev, what=f"the training images ({name} encoder)"), dim=1)

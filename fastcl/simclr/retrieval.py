@@ -12,30 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import distributed
-from ..engine import checkpoint
 from ..engine import progress as heartbeat
-from . import data, evaluate, models
+from ..engine import runtime
+from . import data, evaluate, restore
 
 SPACES = ("encoder", "projection")
-
-
-def load_run(path: str) -> dict:
-    """A SimCLR checkpoint's state, with a clear error for anything else."""
-    if os.path.isdir(path):
-        raise ValueError(f"{path!r} is a folder, not a SimCLR checkpoint (a SimCSE model? use --model)")
-    state = checkpoint.load(path)
-    if not isinstance(state, dict) or "model" not in state or "arch" not in state.get("config", {}):
-        raise ValueError(f"{path!r} is not a SimCLR checkpoint (no model and SimCLR config in it)")
-    return state
-
-
-def load_run_data(path: str, spec: str | None = None) -> tuple[dict, data.ImageData, data.ImageData]:
-    """(checkpoint state, training split, held-out split) of a SimCLR run, on `spec` or its own dataset."""
-    state = load_run(path)
-    config = state["config"]
-    spec = spec or config["data"]
-    return state, data.load(spec, True, config["size"]), data.load(spec, False, config["size"])
 
 
 def derived_output(checkpoint_path: str, name: str, run_spec: str, spec: str | None) -> str:
@@ -50,17 +31,6 @@ def derived_output(checkpoint_path: str, name: str, run_spec: str, spec: str | N
     label = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._") or "data"
     stem, ext = os.path.splitext(name)
     return os.path.join(folder, f"{stem}-{label}{ext}")
-
-
-def build_model(config: dict, state: dict | None = None, in_channels: int = 3) -> torch.nn.Module:
-    """The run's SimCLR model: its weights, or (state None) a random initialisation seeded by the run."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config["seed"])
-        model = models.simclr_model(config["arch"], config["cifar_stem"], config["proj_hidden"], config["proj_dim"],
-                                    in_channels=in_channels)
-    if state is not None:
-        model.load_state_dict(state["model"])
-    return model
 
 
 @torch.no_grad()
@@ -80,11 +50,11 @@ def embed_checkpoint(path: str, spec: str | None = None, split: str = "test", sp
     """Embeddings of a dataset (default: the run's, held-out split) under a checkpoint's model."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    state = load_run(path)
+    state = restore.load_run(path)
     config = state["config"]
     images = data.load(spec or config["data"], split == "train", config["size"])
-    model = build_model(config, state, images.images.shape[1])
-    return embed(model, images.images, distributed.device(device), space, progress=progress), images
+    model = restore.build_model(config, state, images.images.shape[1])
+    return embed(model, images.images, runtime.device(device), space, progress=progress), images
 
 
 def precision_at_k(queries: Tensor, query_labels: Tensor, bank: Tensor, bank_labels: Tensor,
@@ -108,13 +78,13 @@ def retrieval_report(path: str, spec: str | None = None, device: str = "auto", k
     trained encoder of a checkpoint, and the trained encoder's kNN top-1 (the run's k and t) from
     the same features: {"random_init": {k: p}, "trained": {k: p}, "knn_top1": float}."""
     heartbeat.note("loading the checkpoint and its data")
-    state, train, test = load_run_data(path, spec)
+    state, train, test = restore.load_run_data(path, spec)
     config = state["config"]
-    dev = distributed.device(device)
+    dev = runtime.device(device)
     report, features = {}, {}
     channels = train.images.shape[1]
-    for name, model in (("random_init", build_model(config, in_channels=channels)),
-                        ("trained", build_model(config, state, channels))):
+    for name, model in (("random_init", restore.build_model(config, in_channels=channels)),
+                        ("trained", restore.build_model(config, state, channels))):
         encoder = model.encoder.to(dev)
         bank = evaluate.encode(encoder, train.images, dev, what=f"the training images ({name} encoder)")
         queries = evaluate.encode(encoder, test.images, dev, what=f"the held-out images ({name} encoder)")

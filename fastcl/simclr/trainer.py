@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from .. import distributed
-from ..engine import Trainer, TrainingDiverged, progress_bar
+from ..engine import Trainer, TrainingDiverged, progress_bar, runtime
 from ..losses import NTXentLoss
 from ..queue import MemoryQueue
 from . import data, evaluate, models, optim
@@ -54,7 +54,7 @@ class SimCLRTrainer(Trainer):
         self.model = models.simclr_model(cfg.arch, cfg.cifar_stem, cfg.proj_hidden, cfg.proj_dim,
                                          in_channels=self.train_data.images.shape[1])
         if self.world > 1 and cfg.sync_bn:
-            self.model = distributed.to_global_batch_norm(self.model, cuda=self.device.type == "cuda")
+            self.model = runtime.to_global_batch_norm(self.model, cuda=self.device.type == "cuda")
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
