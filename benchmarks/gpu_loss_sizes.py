@@ -1,4 +1,5 @@
-"""The NT-Xent loss on one GPU at growing sizes, and the cost model's prediction beside each fastcl time.
+"""The NT-Xent and CLIP losses on one GPU at growing sizes, and the cost model's prediction beside
+each fastcl time.
 
     python benchmarks/gpu_loss_sizes.py --out DIR           # DIR/loss-sizes.json, DIR/loss-sizes.csv
     python benchmarks/gpu_loss_sizes.py --million-only --json F  # 2N = 1,048,576 alone
@@ -16,13 +17,24 @@ forward + backward of
           in its denominator and its loss value differs from NT-Xent's (its time is the comparable part);
           skipped when inf_cl is not importable;
 at 2N = 4096, 16384, 65536, 262144, and fastcl alone at 2N = 1,048,576 (forward + backward once).
+CLIP rows (pass "clip", the cost model's name: forward + backward of CLIP's symmetric loss over two
+(B, D) towers, B x B logits in each direction; `rows` is B), logit scale 100 (temperature 0.01), of
+  naive   open_clip's ClipLoss math in plain PyTorch on normalised features (fastcl.reference.clip_loss:
+          logits = a @ b.T * scale, the mean of cross_entropy(logits) and cross_entropy(logits.T)),
+          skipped where its B x B logits would not fit, and on an out-of-memory error;
+  fastcl  fastcl.functional.info_nce(a, b, symmetric=True, temperature=1 / scale) (the fused pair op,
+          and the loss behind fastcl.integrations.open_clip.ClipLoss);
+at B = 4096, 16384, 65536 with D = 128 and B = 16384 with D = 512 (`--clip`; 'none' leaves them out;
+on the CPU dry run each of --sizes at --dim and the smallest at D = 512); a few seconds of GPU time.
 Times are CUDA-event medians of a few repeats after warm-up (the first, warm-up call also measures
 the peak: torch.cuda.max_memory_allocated beyond the inputs). Every fastcl row carries the cost
 model's predicted ms (fastcl.bench.cost_model on fastcl.bench.sass.analyse of the built fastcl._C's
-cubins, as `python -m fastcl.bench.sass --from-build` prints it). The CSV has the columns of
-benchmarks/data/cuda_runs.csv (append its rows there, without the header, to recalibrate); the JSON
-also holds `sass_counts`, the built kernels' per-logit counts in the format of
-benchmarks/data/sass_counts_<commit>.json, so the fit needs no recompilation of this tree.
+cubins, as `python -m fastcl.bench.sass --from-build` prints it; a CLIP row's at its own D). The CSV
+has the columns of benchmarks/data/cuda_runs.csv (append its rows there, without the header, to
+recalibrate; the fit uses the fwd and fwd+bwd rows and leaves the clip rows out, which check the
+clip prediction instead); the JSON also holds `sass_counts`, the built kernels' per-logit counts
+in the format of benchmarks/data/sass_counts_<commit>.json, so the fit needs no recompilation of
+this tree.
 
 The commit is FASTCL_COMMIT, else `git rev-parse --short HEAD` (+"-dirty" when fastcl/csrc differs
 from it), else "unknown"; csrc_sha (a hash of fastcl/csrc) names the measured kernels in any case.
@@ -64,6 +76,10 @@ MILLION = 1 << 20
 DIM = 128
 TEMPERATURE = 0.5
 NCU_ROWS = 16384
+# CLIP (B, D) cases on the GPU, forward + backward: open_clip's ViT-B widths are 512 (the last one).
+CLIP_CASES = ((4096, DIM), (16384, DIM), (65536, DIM), (16384, 512))
+CLIP_WIDE_DIM = 512  # the CPU dry run's wide case
+CLIP_SCALE = 100.0  # open_clip's logit_scale at its clamp (trained CLIP): temperature 1 / 100
 CSV_COLUMNS = ["date", "gpu", "commit", "torch", "dtype", "pass", "rows", "D", "naive_ms", "fastcl_ms"]
 KERNEL_REGEX = "forward_mma_kernel|forward_kernel|grad_mma_kernel|grad_kernel"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -128,11 +144,12 @@ class Predictor:
     def __init__(self, D: int, commit: str):
         self.error = None
         self.reports, self.counts, self.cal = [], {}, None
+        self._counts_at: dict[int, dict] = {}
         try:
             from fastcl.bench import cost_model, sass
 
             self.reports = sass.analyse_build()
-            self.counts = cost_model.counts_from_reports(self.reports, D)
+            self.counts = self._counts_at[D] = cost_model.counts_from_reports(self.reports, D)
             if not self.counts:
                 raise RuntimeError("no sm_90 loss kernels in the built fastcl._C (built for another arch?)")
             self.cal = cost_model.fit()
@@ -142,10 +159,29 @@ class Predictor:
             self.error = f"{type(e).__name__}: {e}"
         self.D, self.commit = D, commit
 
-    def predict(self, dtype: str, pass_: str, rows: int) -> tuple[float | None, str | None]:
-        if self.error or dtype not in self.counts:
+    def counts_at(self, D: int) -> dict:
+        """counts[dtype][role] for the kernels the op runs at feature size D (D's own instantiations)."""
+        if D not in self._counts_at:
+            from fastcl.bench import cost_model
+
+            try:
+                self._counts_at[D] = cost_model.counts_from_reports(self.reports, D)
+            except Exception as e:  # noqa: BLE001 (a kernel the traits cannot size at D: no prediction)
+                print(f"cost model at D = {D}: {type(e).__name__}: {e}", file=sys.stderr)
+                self._counts_at[D] = {}
+        return self._counts_at[D]
+
+    def predict(
+        self, dtype: str, pass_: str, rows: int, D: int | None = None
+    ) -> tuple[float | None, str | None]:
+        """pass_ "fwd", "fwd+bwd" (rows = 2N) or "clip" (rows = B: two B x B directions); D: the
+        feature size (default the one the predictor was made for)."""
+        if self.error:
             return None, None
-        seconds, bounds = self.cal.predict(self.counts, dtype, pass_, rows)
+        counts = self.counts_at(self.D if D is None else D)
+        if dtype not in counts:
+            return None, None
+        seconds, bounds = self.cal.predict(counts, dtype, pass_, rows)
         return seconds * 1e3, "/".join(sorted(set(bounds)))
 
     def calibration(self) -> dict | None:
@@ -193,6 +229,20 @@ def fastcl_loss(z1, z2):
     return functional.nt_xent(z1, z2, temperature=TEMPERATURE)
 
 
+def naive_clip_loss(a, b):
+    """open_clip's ClipLoss math in plain PyTorch on normalised features (fastcl.reference.clip_loss:
+    logits = a_n @ b_n.T / t, the mean of the row-wise and the column-wise cross-entropy)."""
+    from fastcl import reference
+
+    return reference.clip_loss(a, b, temperature=1 / CLIP_SCALE)
+
+
+def fastcl_clip_loss(a, b):
+    from fastcl import functional
+
+    return functional.info_nce(a, b, symmetric=True, temperature=1 / CLIP_SCALE)
+
+
 def load_infcl():
     """(loss function, version, None) or (None, None, why not)."""
     try:
@@ -218,10 +268,13 @@ def load_infcl():
 
 def naive_fits(rows: int, pass_: str, device: str) -> str | None:
     """Why the naive loss is not tried at this size, or None. The first H200 run measured 5 bytes a
-    logit forward (bf16 logits, the mask, the masked copy) and 7 with the backward; a margin on top."""
+    logit forward (bf16 logits, the mask, the masked copy) and 7 with the backward; a margin on top.
+    CLIP (rows = B, B x B logits): the logits and both directions' log-softmax forward, their
+    gradients and the logits' gradient backward, about 10 bytes a logit in bf16 (estimated, not yet
+    measured), 12 with the margin."""
     if device != "cuda":
         return None
-    need = rows * rows * (6 if pass_ == "fwd" else 9)
+    need = rows * rows * {"fwd": 6, "fwd+bwd": 9, "clip": 12}[pass_]
     free, _ = torch.cuda.mem_get_info()
     if need > 0.9 * free:
         return f"skipped: needs about {need / 2**30:,.0f} GiB, {free / 2**30:,.0f} GiB free"
@@ -248,7 +301,8 @@ def _is_oom(e: BaseException) -> bool:
 
 
 def measure(loss_fn, z1, z2, pass_: str, device: str, warmup: int, repeats: int) -> dict:
-    """Peak (on the first call), then the median of `repeats` timed calls after `warmup` in all."""
+    """Peak (on the first call), then the median of `repeats` timed calls after `warmup` in all.
+    pass_ "fwd" runs under no_grad; "fwd+bwd" and "clip" (CLIP's loss) run forward + backward."""
 
     def step():
         if pass_ == "fwd":
@@ -271,7 +325,7 @@ def measure(loss_fn, z1, z2, pass_: str, device: str, warmup: int, repeats: int)
     value = float(loss.detach().float())
     del loss
     finite = None
-    if pass_ == "fwd+bwd":
+    if pass_ != "fwd":
         finite = bool(torch.isfinite(z1.grad).all() and torch.isfinite(z2.grad).all())
     for _ in range(max(0, warmup - 1)):
         step()
@@ -308,21 +362,22 @@ def schedule(rows: int) -> tuple[int, int]:
     return 3, 10
 
 
-def run_case(name, loss_fn, rows, pass_, args, gen) -> dict:
+def run_case(name, loss_fn, rows, pass_, args, gen, dim: int | None = None) -> dict:
+    """One (implementation, pass, size): NT-Xent on two (rows / 2, D) views, or for pass "clip"
+    CLIP's loss on two (rows, D) towers (rows = B)."""
     device, dtype = args.device, DTYPES[args.dtype]
-    row = {"impl": name, "pass": pass_, "rows": rows, "D": args.dim, "dtype": args.dtype}
+    dim = args.dim if dim is None else dim
+    row = {"impl": name, "pass": pass_, "rows": rows, "D": dim, "dtype": args.dtype}
     if name == "naive":
         why = naive_fits(rows, pass_, device)
         if why:
             return {**row, "status": why}
-    n = rows // 2
+    n = rows if pass_ == "clip" else rows // 2
     z1 = z2 = None
     gen.manual_seed(rows)  # every implementation and pass sees the same embeddings at a size
     try:
         z1, z2 = (
-            torch.randn(n, args.dim, generator=gen, device=device, dtype=torch.float32)
-            .to(dtype)
-            .requires_grad_()
+            torch.randn(n, dim, generator=gen, device=device, dtype=torch.float32).to(dtype).requires_grad_()
             for _ in range(2)
         )
         warmup, repeats = (1, 0) if rows >= MILLION else schedule(rows)
@@ -344,16 +399,20 @@ def _fmt(v, spec=",.2f", none="-"):
     return none if v is None else format(v, spec)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], size: str = "2N") -> str:
+    """NT-Xent rows (size "2N"), or CLIP rows (size "B", with their D)."""
+    clip = size == "B"
+    head = f"| impl | pass | {size} |{' D |' if clip else ''} ms | peak MiB | loss | predicted ms | "
     lines = [
-        "| impl | pass | 2N | ms | peak MiB | loss | predicted ms | predicted / measured | status |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|",
+        head + "predicted / measured | status |",
+        f"|---|---|---:|{'---:|' if clip else ''}---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         ratio = r["predicted_ms"] / r["ms"] if r.get("predicted_ms") and r.get("ms") else None
         peak = r["peak_bytes"] / 2**20 if r.get("peak_bytes") is not None else None
+        dim = f" {r['D']} |" if clip else ""
         lines.append(
-            f"| {r['impl']} | {r['pass']} | {r['rows']:,} | {_fmt(r.get('ms'), ',.3f')} | "
+            f"| {r['impl']} | {r['pass']} | {r['rows']:,} |{dim} {_fmt(r.get('ms'), ',.3f')} | "
             f"{_fmt(peak, ',.1f')} | {_fmt(r.get('loss'), '.4f')} | {_fmt(r.get('predicted_ms'), ',.3f')} | "
             f"{_fmt(ratio, '.2f')} | {r['status'] if r['status'] != 'ok' else ''} |"
         )
@@ -361,15 +420,18 @@ def table(rows: list[dict]) -> str:
 
 
 def csv_rows(result: dict) -> list[dict]:
-    """cuda_runs.csv rows: one per (pass, size) with a measured fastcl time."""
+    """cuda_runs.csv rows: one per (pass, size, D) with a measured fastcl time; pass "clip" is CLIP's
+    loss forward + backward at rows = B (the cost model's name; its fit leaves these rows out)."""
     prov, out = result["provenance"], []
     naive = {
-        (r["pass"], r["rows"]): r for r in result["rows"] if r["impl"] == "naive" and r["status"] == "ok"
+        (r["pass"], r["rows"], r["D"]): r
+        for r in result["rows"]
+        if r["impl"] == "naive" and r["status"] == "ok"
     }
     for r in result["rows"]:
         if r["impl"] != "fastcl" or r["status"] != "ok":
             continue
-        nv = naive.get((r["pass"], r["rows"]))
+        nv = naive.get((r["pass"], r["rows"], r["D"]))
         out.append(
             {
                 "date": prov["date"],
@@ -399,6 +461,29 @@ def write_outputs(result: dict, json_path: Path | None, csv_path: Path | None) -
         csv_path.write_text(buf.getvalue())
 
 
+def clip_schedule(args) -> list[tuple[int, int]]:
+    """The CLIP (B, D) cases: --clip, else CLIP_CASES on the GPU, and on the CPU dry run each of
+    --sizes as B at --dim plus the smallest at D = 512."""
+    if args.clip is not None:
+        return [(b, args.dim if d is None else d) for b, d in args.clip]
+    if args.device == "cuda":
+        return list(CLIP_CASES)
+    if not args.sizes:
+        return []
+    return [(b, args.dim) for b in args.sizes] + [(min(args.sizes), CLIP_WIDE_DIM)]
+
+
+def _clip_cases(text: str) -> list[tuple[int, int | None]]:
+    """--clip's value: B or BxD, comma-separated; "" or none: no CLIP rows."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    out = []
+    for item in text.split(","):
+        b, _, d = item.strip().lower().partition("x")
+        out.append((int(b), int(d) if d else None))
+    return out
+
+
 def time_main(args) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
@@ -420,32 +505,37 @@ def time_main(args) -> int:
     impls = [i for i in args.impls]
     infcl, infcl_version, infcl_why = load_infcl() if "infcl" in impls else (None, None, "not asked for")
     losses = {"naive": naive_loss, "fastcl": fastcl_loss, "infcl": infcl}
+    clip_losses = {"naive": naive_clip_loss, "fastcl": fastcl_clip_loss}
+    clip_cases = [] if args.million_only else clip_schedule(args)
     t0 = time.perf_counter()
     predictor = Predictor(args.dim, prov["commit"])
     print(f"cost model: {predictor.error or 'ok'} ({time.perf_counter() - t0:.1f} s)", flush=True)
     gen = torch.Generator(device=args.device).manual_seed(0)
     rows = []
     # Inf-CL last: a Triton kernel that faults would poison the CUDA context for every later case.
-    cases = [(impl, n, p) for n in sizes for impl in impls if impl != "infcl" for p in args.passes]
+    # (impl, rows, pass, D): NT-Xent's rows are 2N; CLIP's (pass "clip", fwd+bwd) are B.
+    cases = [(impl, n, p, args.dim) for n in sizes for impl in impls if impl != "infcl" for p in args.passes]
     if args.million or args.million_only:
-        cases.append(("fastcl", args.million_rows, "fwd+bwd"))
-    cases += [("infcl", n, p) for n in sizes if "infcl" in impls for p in args.passes]
-    for impl, n, pass_ in cases:
+        cases.append(("fastcl", args.million_rows, "fwd+bwd", args.dim))
+    cases += [(impl, b, "clip", d) for b, d in clip_cases for impl in impls if impl in clip_losses]
+    cases += [("infcl", n, p, args.dim) for n in sizes if "infcl" in impls for p in args.passes]
+    for impl, n, pass_, dim in cases:
         if impl == "infcl" and infcl is None:
             row = {
                 "impl": impl,
                 "pass": pass_,
                 "rows": n,
-                "D": args.dim,
+                "D": dim,
                 "dtype": args.dtype,
                 "status": f"skipped: {infcl_why}",
             }
         else:
+            loss_fn = clip_losses[impl] if pass_ == "clip" else losses[impl]
             t = time.perf_counter()
-            row = run_case(impl, losses[impl], n, pass_, args, gen)
+            row = run_case(impl, loss_fn, n, pass_, args, gen, dim)
             row["wall_s"] = time.perf_counter() - t
         if impl == "fastcl":
-            row["predicted_ms"], row["predicted_bound"] = predictor.predict(args.dtype, pass_, n)
+            row["predicted_ms"], row["predicted_bound"] = predictor.predict(args.dtype, pass_, n, dim)
         rows.append(row)
         extra = ""
         if row.get("ms") is not None:
@@ -455,7 +545,8 @@ def time_main(args) -> int:
                 extra += f", predicted {row['predicted_ms']:,.3f} ms"
             if row.get("finite_grads") is False:
                 extra += ", NON-FINITE GRADIENTS"
-        print(f"{impl:6s} {pass_:7s} 2N={n:>9,}: {extra or row['status']}", flush=True)
+        size = f"B={n:>9,} D={dim}" if pass_ == "clip" else f"2N={n:>9,}"
+        print(f"{impl:6s} {pass_:7s} {size}: {extra or row['status']}", flush=True)
     if args.merge:
         for path in args.merge:
             try:
@@ -463,13 +554,20 @@ def time_main(args) -> int:
             except (OSError, ValueError, KeyError) as e:
                 print(f"--merge {path}: {e}", file=sys.stderr)
     order = ["naive", "fastcl", "infcl"]
-    rows.sort(key=lambda r: (r["rows"], order.index(r["impl"]), r["pass"]))
+    rows.sort(key=lambda r: (r["pass"] == "clip", r["D"], r["rows"], order.index(r["impl"]), r["pass"]))
     result = {
         "provenance": prov,
         "device": args.device,
         "dtype": args.dtype,
         "D": args.dim,
         "temperature": TEMPERATURE,
+        "clip": {
+            "pass": "clip: forward + backward of CLIP's symmetric loss; rows = B, the batch of each tower",
+            "scale": CLIP_SCALE,
+            "naive": "fastcl.reference.clip_loss(a, b, 1 / scale) (open_clip ClipLoss math on normalised a, b)",
+            "fastcl": "fastcl.functional.info_nce(a, b, symmetric=True, temperature=1 / scale)",
+            "cases": [list(c) for c in clip_cases],
+        },
         "timing": (
             "CUDA events: median of the timed repeats after warm-up; peak: max_memory_allocated beyond "
             "the inputs, on the first call"
@@ -494,7 +592,15 @@ def time_main(args) -> int:
         f"NT-Xent, {args.dtype}, D = {args.dim}, on {prov['gpu']} (commit {prov['commit']}, csrc {prov['csrc_sha']}, "
         f"torch {prov['torch']})"
     )
-    print(table(rows))
+    print(table([r for r in rows if r["pass"] != "clip"]))
+    clip_rows = [r for r in rows if r["pass"] == "clip"]
+    if clip_rows:
+        print()
+        print(
+            f"CLIP (symmetric InfoNCE, logit scale {CLIP_SCALE:g}), {args.dtype}, forward + backward, "
+            "B x B logits each way; naive: open_clip's ClipLoss math in PyTorch"
+        )
+        print(table(clip_rows, size="B"))
     if csv_path:
         print(f"\nwrote {csv_path} (cuda_runs.csv rows) and {json_path}")
     bad = [
@@ -896,6 +1002,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--impls", type=lambda s: s.split(","), default=["naive", "fastcl", "infcl"])
     p.add_argument("--passes", type=lambda s: s.split(","), default=["fwd", "fwd+bwd"])
     p.add_argument("--repeats", type=int, help="timed repeats per case (default by size)")
+    p.add_argument(
+        "--clip",
+        type=_clip_cases,
+        help="CLIP cases, B or BxD comma-separated ('none': no CLIP rows; default "
+        + ",".join(f"{b}" if d == DIM else f"{b}x{d}" for b, d in CLIP_CASES)
+        + " on the GPU, --sizes and the smallest x 512 on the CPU)",
+    )
     p.add_argument("--million", action="store_true", help="also fastcl fwd+bwd once at 2N = 1,048,576")
     p.add_argument("--million-only", action="store_true", help="only that")
     p.add_argument("--million-rows", type=int, default=MILLION, help=argparse.SUPPRESS)

@@ -2,7 +2,8 @@
 # One call that verifies fastcl's CUDA path on a GPU machine, from the repository root:
 # build in place for the local GPU (sm_90 on Hopper), run the CUDA-marked tests, compute-sanitizer
 # over one small forward+backward, the CUDA benchmarks, the trainers, then the loss at growing sizes
-# against the naive loss and Inf-CL with the cost model's prediction beside each fastcl time
+# against the naive loss and Inf-CL (NT-Xent) and the naive loss (CLIP) with the cost model's
+# prediction beside each fastcl time
 # (benchmarks/gpu_loss_sizes.py), Nsight Compute counters of one forward+backward, and the SASS
 # report of the build it made.
 #
@@ -215,7 +216,7 @@ fi
 fi
 
 if want loss; then
-step "the loss at 2N = 4096..262144 (bf16, D=128, fwd and fwd+bwd): naive, fastcl, Inf-CL; cost model beside fastcl"
+step "the loss at 2N = 4096..262144 (bf16, D=128, fwd and fwd+bwd): naive, fastcl, Inf-CL; CLIP at B = 4096..65536: naive, fastcl; cost model beside fastcl"
 MERGE=""
 [ -s "$LOG/million.json" ] && MERGE="--merge $LOG/million.json"
 timeout 240 "$PY" benchmarks/gpu_loss_sizes.py --out "$OUT" $MERGE > "$LOG/loss-sizes.log" 2>&1
