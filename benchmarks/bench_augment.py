@@ -13,7 +13,7 @@ import torch
 
 from fastcl import augment as A
 
-from conftest import HAS_CUDA
+from common import HAS_CUDA
 
 tv2 = pytest.importorskip("torchvision.transforms.v2")
 

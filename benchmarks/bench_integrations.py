@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fastcl.bench.profiling import peak_memory_bytes
 
-from conftest import HAS_CUDA
+from common import HAS_CUDA
 
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 

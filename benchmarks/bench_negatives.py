@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import fastcl
-from fastcl import reference
+from fastcl.bench.baselines import moco_loss, nt_xent_deduplicated
 from fastcl.bench.profiling import peak_memory_bytes
 
-from conftest import HAS_CUDA
+from common import HAS_CUDA
 
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 DIM = 128
@@ -36,7 +36,7 @@ def _moco(impl, size, device):
     keys = queue.keys.clone()
     if impl == "fastcl":
         return lambda: criterion(q, k.detach().requires_grad_()).backward(), (q, k)
-    return lambda: reference.moco_loss(q, k, keys, 0.2).backward(), (q, k)
+    return lambda: moco_loss(q, k, keys, 0.2).backward(), (q, k)
 
 
 def _dedup(impl, size, device):
@@ -49,7 +49,7 @@ def _dedup(impl, size, device):
         return lambda: fastcl.nt_xent(z1, z2, sample_ids=ids, temperature=0.5).backward(), (z1, z2)
     if impl == "fastcl_no_ids":
         return lambda: fastcl.nt_xent(z1, z2, temperature=0.5).backward(), (z1, z2)
-    return lambda: reference.nt_xent_deduplicated(z1, z2, ids, 0.5).backward(), (z1, z2)
+    return lambda: nt_xent_deduplicated(z1, z2, ids, 0.5).backward(), (z1, z2)
 
 
 CASES = [("moco", (256, 16384)), ("moco", (256, 65536)), ("moco", (4096, 65536)), ("dedup", (8192,))]

@@ -1,33 +1,15 @@
-"""Benchmark settings: which devices to run on, and a row of provenance for every result."""
+"""Benchmark fixtures: a row of provenance for every result (the shared helpers are in common.py)."""
 
 from __future__ import annotations
 
 import datetime
-import platform
 
 import pytest
 import torch
 
 import fastcl
 
-HAS_CUDA = torch.cuda.is_available() and fastcl.has_cuda_ops()
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    return f"{_cpu_model()} ({torch.get_num_threads()} threads, {torch.backends.cpu.get_cpu_capability()})"
+from common import device_name
 
 
 @pytest.fixture

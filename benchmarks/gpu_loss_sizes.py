@@ -8,7 +8,7 @@ each fastcl time.
 
 Timing mode: bf16, D = 128, temperature 0.5 (bench_ntxent.py's), forward (under no_grad) and
 forward + backward of
-  naive   fastcl._torch_impl.nt_xent_naive (normalize, matmul, mask, cross-entropy; bench_ntxent.py's
+  naive   fastcl.bench.baselines.nt_xent_naive (normalize, matmul, mask, cross-entropy; bench_ntxent.py's
           baseline), skipped where its (2N)^2 logits would not fit, and on an out-of-memory error;
   fastcl  fastcl.functional.nt_xent;
   infcl   Inf-CL 1.2.1 (pip inf-cl; `scripts/fetch_gpu_wheels.sh` fetches the wheel for the offline GPU
@@ -19,8 +19,9 @@ forward + backward of
 at 2N = 4096, 16384, 65536, 262144, and fastcl alone at 2N = 1,048,576 (forward + backward once).
 CLIP rows (pass "clip", the cost model's name: forward + backward of CLIP's symmetric loss over two
 (B, D) towers, B x B logits in each direction; `rows` is B), logit scale 100 (temperature 0.01), of
-  naive   open_clip's ClipLoss math in plain PyTorch on normalised features (fastcl.reference.clip_loss:
-          logits = a @ b.T * scale, the mean of cross_entropy(logits) and cross_entropy(logits.T)),
+  naive   open_clip's ClipLoss math in plain PyTorch on normalised features
+          (fastcl.bench.baselines.clip_loss: logits = a @ b.T * scale, the mean of cross_entropy(logits)
+          and cross_entropy(logits.T)),
           skipped where its B x B logits would not fit, and on an out-of-memory error;
   fastcl  fastcl.functional.info_nce(a, b, symmetric=True, temperature=1 / scale) (the fused pair op,
           and the loss behind fastcl.integrations.open_clip.ClipLoss);
@@ -218,9 +219,9 @@ class Predictor:
 
 
 def naive_loss(z1, z2):
-    from fastcl import _torch_impl
+    from fastcl.bench.baselines import nt_xent_naive
 
-    return _torch_impl.nt_xent_naive(z1, z2, TEMPERATURE)
+    return nt_xent_naive(z1, z2, TEMPERATURE)
 
 
 def fastcl_loss(z1, z2):
@@ -230,11 +231,12 @@ def fastcl_loss(z1, z2):
 
 
 def naive_clip_loss(a, b):
-    """open_clip's ClipLoss math in plain PyTorch on normalised features (fastcl.reference.clip_loss:
-    logits = a_n @ b_n.T / t, the mean of the row-wise and the column-wise cross-entropy)."""
-    from fastcl import reference
+    """open_clip's ClipLoss math in plain PyTorch on normalised features
+    (fastcl.bench.baselines.clip_loss: logits = a_n @ b_n.T / t, the mean of the row-wise and the
+    column-wise cross-entropy)."""
+    from fastcl.bench.baselines import clip_loss
 
-    return reference.clip_loss(a, b, temperature=1 / CLIP_SCALE)
+    return clip_loss(a, b, temperature=1 / CLIP_SCALE)
 
 
 def fastcl_clip_loss(a, b):
@@ -564,7 +566,8 @@ def time_main(args) -> int:
         "clip": {
             "pass": "clip: forward + backward of CLIP's symmetric loss; rows = B, the batch of each tower",
             "scale": CLIP_SCALE,
-            "naive": "fastcl.reference.clip_loss(a, b, 1 / scale) (open_clip ClipLoss math on normalised a, b)",
+            "naive": "fastcl.bench.baselines.clip_loss(a, b, 1 / scale) "
+                     "(open_clip ClipLoss math on normalised a, b)",
             "fastcl": "fastcl.functional.info_nce(a, b, symmetric=True, temperature=1 / scale)",
             "cases": [list(c) for c in clip_cases],
         },

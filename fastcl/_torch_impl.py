@@ -1,7 +1,7 @@
 """The pure-PyTorch path of the contrastive core: the fallback when no compiled kernel is
-available (or impl="torch"), and the baseline the benchmarks and `fastcl speed` compare with.
-
-Both materialise the full logit matrix, which is exactly what the fused kernels avoid."""
+available (or impl="torch"), and the tests' oracle of the fused op. It materialises the full
+logit matrix, which is exactly what the fused kernels avoid. (The losses as users write them,
+which the benchmarks and `fastcl speed` compare with, are fastcl.bench.baselines.)"""
 
 from __future__ import annotations
 
@@ -66,13 +66,3 @@ def _penalised(mode: int, owner: Tensor, row_labels: Tensor, col_labels: Tensor)
     own = owner[None, :] == row_labels[:, None]
     positive = (col_labels[None, :] == row_labels[:, None]) & (col_labels[None, :] >= 0)
     return has_owner & ((bool(mode & 1) & ~own) | (bool(mode & 2) & own & ~positive))
-
-
-def nt_xent_naive(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
-    """The NT-Xent loss as users write it: normalize, matmul, mask the diagonal, cross-entropy."""
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    n = z1.shape[0]
-    logits = (z @ z.T) / temperature
-    logits = logits.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(logits, targets)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fastcl import augment as A
-from fastcl import reference
 
+import reference
 from helpers import DEVICES, FLOAT_TOL, U8_TOL, random_images
 
 pytest.importorskip("torchvision")

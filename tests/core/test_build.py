@@ -60,11 +60,11 @@ def test_failed_jit_build_falls_back_or_fails_strictly(tmp_path):
     code = ("import warnings, torch\n"
             "with warnings.catch_warnings(record=True) as caught:\n"
             "    warnings.simplefilter('always')\n"
-            "    import fastcl, fastcl.reference\n"
+            "    import fastcl, fastcl.bench.baselines\n"
             "    a, b = torch.randn(2, 6, 4).unbind()\n"
             "    loss = fastcl.NTXentLoss(0.3)(a, b)\n"
             "print(fastcl.build_info()['source'], sum('pure-PyTorch path' in str(w.message) for w in caught),"
-            " float(loss - fastcl.reference.nt_xent_naive(a, b, 0.3)))\n")
+            " float(loss - fastcl.bench.baselines.nt_xent_naive(a, b, 0.3)))\n")
     fallback = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert fallback.returncode == 0, fallback.stderr[-3000:]
     source, warnings_seen, diff = fallback.stdout.split()

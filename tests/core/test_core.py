@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastcl import ops, reference
+from fastcl import ops
 from fastcl.problem import ContrastiveProblem
 
+import reference
 from helpers import DEVICES, MODES, assert_close_to_truth, dtypes_for, make_case
 
 SHAPES = [(2, 1), (2, 3), (37, 3), (37, 127), (300, 16)]  # 2N = 600 crosses the 256-wide tiles

@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastcl import ops, reference
+from fastcl import ops
 from fastcl.problem import ContrastiveProblem
 
+import reference
 from helpers import DEVICES, assert_close_to_truth, dtypes_for
 
 

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 import fastcl
-from fastcl import functional, reference
+from fastcl import functional
 from fastcl.problem import ContrastiveProblem
 
+import reference
 from helpers import DEVICES
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import fastcl
-from fastcl import reference
 from fastcl.problem import ContrastiveProblem
 
+import reference
 from helpers import DEVICES, is_sim
 
 

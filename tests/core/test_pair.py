@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastcl import functional, ops, reference
+from fastcl import functional, ops
 from fastcl.problem import ContrastiveProblem, PairProblem
 
+import reference
 from helpers import DEVICES, assert_close_to_truth, dtypes_for, is_sim
 
 

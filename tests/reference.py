@@ -1,8 +1,9 @@
 """Test oracles: the losses as their papers' code writes them, and the augmentation one sample
-at a time with torchvision. Nothing in fastcl's product path imports this module.
+at a time with torchvision. It lives with the tests (importable as `reference`), outside the package.
 
-The oracle of the fused core itself is its pure-PyTorch path (fastcl._torch_impl), re-exported
-here so that tests name one module."""
+The oracle of the fused core itself is its pure-PyTorch path (fastcl._torch_impl), and the naive
+losses the benchmarks time are fastcl.bench.baselines; both are re-exported here so that tests
+name one module."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import augment as A
-from ._torch_impl import contrastive, contrastive_pair, nt_xent_naive
+from fastcl import augment as A
+from fastcl._torch_impl import contrastive, contrastive_pair
+from fastcl.bench.baselines import clip_loss, moco_loss, nt_xent_deduplicated, nt_xent_naive
 
 __all__ = ["contrastive", "contrastive_pair", "nt_xent_naive", "simcse_loss", "supcon_loss", "clip_loss",
            "nt_xent_deduplicated", "info_nce_deduplicated", "memory_bank_loss", "memory_bank_push", "moco_loss", "augment"]
@@ -48,27 +50,6 @@ def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1) -> T
     return per_anchor.mean()
 
 
-def clip_loss(image: Tensor, text: Tensor, temperature: float = 0.07) -> Tensor:
-    """CLIP's symmetric loss: cross-entropy over texts for each image and over images for each text."""
-    logits = F.normalize(image, dim=1) @ F.normalize(text, dim=1).T / temperature
-    labels = torch.arange(image.shape[0], device=image.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-def nt_xent_deduplicated(z1: Tensor, z2: Tensor, sample_ids: Tensor, temperature: float = 0.5) -> Tensor:
-    """NT-Xent whose rows with equal sample ids (>= 0) are not each other's negatives: the logit
-    matrix with those pairs (and the diagonal) masked, each row's positive (its other view) kept."""
-    n = z1.shape[0]
-    z = F.normalize(torch.cat([z1, z2]), dim=1)
-    logits = (z @ z.T) / temperature
-    ids = sample_ids.repeat(2)
-    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    masked = (ids[:, None] == ids[None, :]) & (ids[:, None] >= 0)
-    masked |= torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    masked[torch.arange(2 * n), targets] = False
-    return F.cross_entropy(logits.masked_fill(masked, float("-inf")), targets)
-
-
 def info_nce_deduplicated(query: Tensor, key: Tensor, negatives: Tensor, sample_ids: Tensor, negative_ids: Tensor,
                           temperature: float = 0.05) -> Tensor:
     """SimCSE's loss over keys [key; negatives] with the keys that carry query i's sample id,
@@ -101,16 +82,6 @@ def memory_bank_push(bank: Tensor, ptr: int, batch: Tensor) -> int:
         return 0
     bank[ptr:ptr + batch.shape[0]] = batch.detach()
     return ptr + batch.shape[0]
-
-
-def moco_loss(q: Tensor, k: Tensor, queue: Tensor, temperature: float = 0.2) -> Tensor:
-    """MoCo v2 (moco/builder.py): normalised q against its key (l_pos) and the queue (l_neg),
-    cross-entropy with the positive at index 0; the queue is (K, D) here (MoCo stores it (D, K))."""
-    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
-    l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
-    l_neg = torch.einsum("nc,kc->nk", q, queue.detach())
-    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
 def augment(images, params, *, mean=None, std=None, dtype=torch.float32) -> Tensor:
