@@ -93,7 +93,13 @@ def _smem_grad_mma(dtype: str, name: str) -> int:
 
 
 def _grad_mma_used(D: int, dtype: str, name: str) -> bool:
-    return _template_int(name) == next((w for w in (64, 128) if D <= w), 0) and _features(name) == 0
+    return _template_int(name) == next((w for w in (64, 128, 256) if D <= w), 0) and _features(name) == 0
+
+
+def _grad_mma_slices(D: int, dtype: str) -> int:
+    """Blocks per owner tile: kD = 256 splits the gradient's columns into two slices of 128, each
+    recomputing the logits (kMaxSlice, contrastive_backward_mma.cu)."""
+    return max(1, math.ceil(D / 128))
 
 
 LOSS_KERNELS = [
@@ -122,7 +128,7 @@ LOSS_KERNELS = [
         128,
         64,
         lambda t: 1 << 30,
-        lambda D, t: 1,
+        _grad_mma_slices,
         _smem_grad_mma,
         _grad_mma_used,
         priority=2,
@@ -134,7 +140,7 @@ LOSS_KERNELS = [
         128,
         64,
         lambda t: 1 << 30,
-        lambda D, t: 1,
+        _grad_mma_slices,
         _smem_grad_mma,
         _grad_mma_used,
         priority=1,

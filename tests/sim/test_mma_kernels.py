@@ -135,10 +135,22 @@ def test_problems_the_mma_forward_does_not_cover_take_the_general_kernel(mode):
     assert counts == {}
 
 
-def test_unaligned_rows_take_the_general_kernel():
-    got, want, counts, _, _ = _forward("ntxent", 70, 36, torch.bfloat16)  # 72-byte rows
+def test_unaligned_rows_are_padded_for_the_mma_kernels():
+    """72-byte rows (D = 36), and rows whose base address is off 16 bytes, are copied once zero-padded
+    to a multiple of 8 columns: the mma kernels take them, and the gradient keeps its width."""
+    got, want, counts, _, _ = _forward("ntxent", 70, 36, torch.bfloat16)
     torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
-    assert counts == {}
+    assert len(counts) == 1 and re.search(r", 64, 0u?>", next(iter(counts)))
+    storage = torch.randn(2 * 70 * 64 + 1, dtype=torch.float64).to(torch.bfloat16)
+    z = storage[1:].view(2 * 70, 64).requires_grad_()  # 2 bytes past an aligned address
+    labels = torch.arange(70).repeat(2)
+    problem = ContrastiveProblem(z, z, labels, labels, torch.tensor(5.0), exclude_self=True)
+    run = lambda: torch.autograd.grad(ops.contrastive(problem, impl="fastcl")[0].sum(), z)[0]  # noqa: E731
+    want_grad = run()
+    got_grad, counters = _run(run)
+    assert got_grad.shape == z.shape
+    _assert_grads_close([got_grad], [want_grad], torch.bfloat16, ["z"])
+    assert any("forward_mma_kernel" in n for n in counters) and any("grad_mma_kernel" in n for n in counters)
 
 
 # Relative to the largest entry: G' is rounded to the input type once (twice, hi + lo, on tiles
@@ -146,15 +158,19 @@ def test_unaligned_rows_take_the_general_kernel():
 GRAD_TOL = {torch.bfloat16: 2e-2, torch.float16: 3e-3}
 
 
+def _assert_grads_close(got, want, dtype, names=None):
+    names = names or (["q", "scale"] if len(want) == 2 else ["q", "k", "scale"])
+    for name, a, b in zip(names, got, want):
+        err = float((a.float() - b.float()).abs().max() / b.float().abs().max())
+        assert err < GRAD_TOL[dtype], f"grad_{name}: {err:.2e} of its largest entry"
+
+
 @pytest.mark.parametrize("mode,dtype,n,d", _cases([(150, 40), (70, 128)]))
 def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
     run, rows, cols = _loss_and_grads(mode, n, d, dtype)
     want = run()
     got, counters = _run(run)
-    names = ["q", "scale"] if len(want) == 2 else ["q", "k", "scale"]
-    for name, a, b in zip(names, got, want):
-        err = float((a.float() - b.float()).abs().max() / b.float().abs().max())
-        assert err < GRAD_TOL[dtype], f"grad_{name}: {err:.2e} of its largest entry"
+    _assert_grads_close(got, want, dtype)
     kd = 64 if d <= 64 else 128
     grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
     features = FEATURES.get(mode, 0)
@@ -172,6 +188,25 @@ def test_mma_backward_matches_the_cpu_op(mode, dtype, n, d):
     per_tile = 8 * (kd // 16 * 8 + 4 * kd // 8)
     dq = next(c for name, c in grads.items() if ", true, " in name)
     tiles = math.ceil(rows / BM) * math.ceil(cols / BN)
+    assert tiles * per_tile <= dq["mma"] <= tiles * per_tile * 3 // 2
+
+
+@pytest.mark.parametrize("mode,dtype", [("ntxent", torch.bfloat16), ("infonce", torch.bfloat16),
+                                        ("supcon", torch.float16)])
+def test_wide_mma_backward_splits_the_gradient_into_slices(mode, dtype):
+    """D in (128, 256]: kD = 256 blocks each accumulate one 128-column slice of the gradient (grid z)
+    and recompute the logits over all of D, reading their owner rows' fragments from shared memory."""
+    n, d = 70, 200
+    run, rows, cols = _loss_and_grads(mode, n, d, dtype)
+    want = run()
+    got, counters = _run(run)
+    _assert_grads_close(got, want, dtype)
+    grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
+    assert grads and all(", 256, " in name for name in grads), list(grads)
+    # Per block, slice and stream tile: 8 warps x (S: 16 x 8 over all of kD, G'.k: 4 x 16 for its slice).
+    per_tile = 8 * (256 // 16 * 8 + 4 * 128 // 8)
+    dq = next(c for name, c in grads.items() if ", true, " in name)
+    tiles = math.ceil(rows / BM) * math.ceil(cols / BN) * 2
     assert tiles * per_tile <= dq["mma"] <= tiles * per_tile * 3 // 2
 
 
@@ -198,9 +233,7 @@ def test_clip_pair_backward_is_two_passes_of_the_transposed_kernel(dtype, n, d):
 
     want = run()
     got, counters = _run(run)
-    for name, x, y in zip(["a", "b", "scale"], got, want):
-        err = float((x.float() - y.float()).abs().max() / y.float().abs().max())
-        assert err < GRAD_TOL[dtype], f"grad_{name}: {err:.2e} of its largest entry"
+    _assert_grads_close(got, want, dtype, ["a", "b", "scale"])
     kd = 64 if d <= 64 else 128
     grads = {name: c for name, c in counters.items() if "grad_mma_kernel" in name}
     assert list(grads) == [next(n for n in grads if re.search(rf", {kd}, true, true, 0u?>", n))], list(grads)

@@ -107,6 +107,9 @@ void pack_side_info(Inputs& in, bool normalize, dev::Stream stream) {
   in.col_info = side_info<T>(in.k, normalize, in.col_bias, at::Tensor(), at::Tensor(), stream);
 }
 
+// The first D columns of a gradient computed on padded rows (pad_rows_for_mma), as its own tensor.
+at::Tensor unpad(const at::Tensor& grad, int64_t D) { return grad.narrow(1, 0, D).contiguous(); }
+
 Triple forward(const ContrastiveArgs& a) {
   dev::DeviceGuard guard(a.q.device());
   Inputs in = prepare(a);
@@ -119,6 +122,7 @@ Triple forward(const ContrastiveArgs& a) {
     num_pos.zero_();
     return {loss, lse, num_pos};
   }
+  pad_rows_for_mma(in);
   const Prenormalised pre = prenormalise(in, a.normalize);
   dispatch_type(a.q.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -146,6 +150,11 @@ Triple backward(const ContrastiveArgs& a, const at::Tensor& grad_loss, const at:
     grad_scale.zero_();
     return {grad_q, grad_k, grad_scale};
   }
+  pad_rows_for_mma(in);
+  if (in.D != a.D) {  // padded rows: gradients as wide, narrowed below
+    grad_q = at::empty({a.M, in.D}, in.q.options());
+    grad_k = at::empty({a.L, in.D}, in.k.options());
+  }
   const Prenormalised pre = prenormalise(in, a.normalize);
   dispatch_type(a.q.scalar_type(), [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -157,6 +166,7 @@ Triple backward(const ContrastiveArgs& a, const at::Tensor& grad_loss, const at:
     grad_q = normalise_backward(grad_q, pre.q, true);
     grad_k = normalise_backward(grad_k, pre.k, true);
   }
+  if (in.D != a.D) return {unpad(grad_q, a.D), unpad(grad_k, a.D), grad_scale};
   return {grad_q, grad_k, grad_scale};
 }
 
@@ -164,7 +174,7 @@ Triple backward(const ContrastiveArgs& a, const at::Tensor& grad_loss, const at:
 // kernels (2U); a one-pass forward needs each column's log-sum-exp over every row block, which is
 // yet to be written and measured on a GPU. The fp16/bf16 backward takes both directions' G from
 // each recomputed logit tile (pair_backward_impl: 4U where two general backwards run 8U); fp32,
-// D > 128 and unaligned rows run the general backward twice.
+// D > 256 and unaligned rows run the general backward twice.
 ContrastiveArgs pair_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale, bool normalize) {
   check_pair_args(a, b, logit_scale);
   const at::Tensor labels = at::arange(a.size(0), a.options().dtype(at::kLong));
@@ -190,6 +200,7 @@ bool pair_backward_fused_run(const ContrastiveArgs& args, const at::Tensor& grad
   dev::DeviceGuard guard(args.q.device());
   if (args.q.scalar_type() == at::kFloat || args.q.scalar_type() == at::kDouble) return false;
   Inputs in = prepare(args);
+  pad_rows_for_mma(in);
   if (!pair_backward_fused(in, in.q.element_size())) return false;
   const at::Tensor one = at::ones_like(lse_a);
   at::Tensor ga = at::empty_like(in.q), gb = at::empty_like(in.k), gs = at::empty({}, args.logit_scale.options());
@@ -202,7 +213,7 @@ bool pair_backward_fused_run(const ContrastiveArgs& args, const at::Tensor& grad
       pair_backward_impl<T>(in, args.normalize, stream, ga, gb, gs);
     }
   });
-  out = {ga, gb, gs};
+  out = in.D != args.D ? Triple{unpad(ga, args.D), unpad(gb, args.D), gs} : Triple{ga, gb, gs};
   return true;
 }
 

@@ -1,6 +1,6 @@
 // The fp16/bf16 backward of the contrastive core in the FlashAttention-2 shape, for the problems of
-// contrastive_forward_mma.cu with D <= 128 (others take grad_kernel), with the same compile-time
-// features (sample ids, an owned column bias).
+// contrastive_forward_mma.cu with D <= 128 (D <= 256 without features; others take grad_kernel), with
+// the same compile-time features (sample ids, an owned column bias).
 //
 // grad_mma_kernel<T, kD, kRowOwner> owns 128 rows of one side (q rows: grad_q and the scale
 // partials; or k columns: grad_k) and streams 64-row tiles of the other through a two-stage
@@ -35,6 +35,11 @@ using namespace math;
 namespace {
 
 constexpr int kGThreads = 256, kGBM = 128, kGBN = 64;
+// The D columns of the gradient one block accumulates: a block of a kD = 256 problem owns one of
+// its two slices (blockIdx.z) and recomputes the logits over all of D for it (3U a side, not 2U),
+// since 16 rows x 256 fp32 accumulators a warp would not fit beside the rest; its owner rows' A
+// fragments are read from shared memory at each step instead of being held in registers.
+constexpr int kMaxSlice = 128;
 // The q = k kernel with sample ids fits 255 registers up to kD = 64 only: at kD = 128 it spilled 76-92
 // bytes in its main loop (make sass), so such problems take the dq and dk kernels instead.
 constexpr int kSymmetricIdsMaxD = 64;
@@ -80,12 +85,13 @@ __device__ __forceinline__ bool tile_masked(const Side<T>& own, const Side<T>& s
                        kBias ? (kRowOwner ? own_at : str_at) : nullptr, kBias ? owners : nullptr);
 }
 
-// acc (16 owner rows x kD per warp) += G' (16 x 64, fp32 fragments) . stream tile (64 x kD at sa),
+// acc (16 owner rows x the kOut columns from 16-byte chunk chunk0 on, per warp) += G' (16 x 64, fp32
+// fragments) . stream tile (64 x kD at sa),
 // with G' rounded to T, or with `low` its rounding error: hi + lo carries G' to about twice T's
 // precision on the tiles whose positives need it.
-template <typename T, int kD>
-__device__ __forceinline__ void product(float (&acc)[kD / 8][4], const float (&g)[kGBN / 8][4], SmemAddr sa,
-                                        const LaneRows<kD>& trow, bool low) {
+template <typename T, int kD, int kOut>
+__device__ __forceinline__ void product(float (&acc)[kOut / 8][4], const float (&g)[kGBN / 8][4], SmemAddr sa,
+                                        const LaneRows<kD>& trow, int chunk0, bool low) {
 #pragma unroll
   for (int c = 0; c < kGBN / 16; ++c) {
     const float* v[4] = {&g[2 * c][0], &g[2 * c][2], &g[2 * c + 1][0], &g[2 * c + 1][2]};
@@ -96,9 +102,9 @@ __device__ __forceinline__ void product(float (&acc)[kD / 8][4], const float (&g
       a[r] = low ? pack2<T>(x - to_float(from_float<T>(x)), y - to_float(from_float<T>(y))) : pack2<T>(x, y);
     }
 #pragma unroll
-    for (int n = 0; n < kD / 8; n += 2) {
+    for (int n = 0; n < kOut / 8; n += 2) {
       uint32_t b[4];
-      ldmatrix_x4_trans(b, trow(sa, 2 * c, n));
+      ldmatrix_x4_trans(b, trow(sa, 2 * c, chunk0 + n));
       const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
       mma_m16n8k16<T>(acc[n], a, b0, acc[n]);
       mma_m16n8k16<T>(acc[n + 1], a, b1, acc[n + 1]);
@@ -113,7 +119,8 @@ __global__ void __launch_bounds__(kGThreads, 1)
   constexpr bool kIds = (kFeatures & kSampleIds) != 0, kBias = (kFeatures & kColBias) != 0;
   static_assert(!(kBoth && kBias), "an owned bias is not symmetric: q = k with a bias takes the dq and dk kernels");
   using L = GradLayout<kD, kIds>;
-  constexpr int kSteps = kD / 16, kSFrags = kGBN / 8, kDFrags = kD / 8;
+  constexpr int kOut = kD < kMaxSlice ? kD : kMaxSlice, kSFrags = kGBN / 8, kDFrags = kOut / 8;
+  constexpr bool kOwnInRegisters = kD <= kMaxSlice;
   FASTCL_EXTERN_SHARED(unsigned char, smem, 128);
   T* sOwn = reinterpret_cast<T*>(smem + L::kOwn);
   T* sStr = reinterpret_cast<T*>(smem + L::kStr);
@@ -124,6 +131,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
   const int64_t own0 = int64_t(blockIdx.x) * kGBM;
+  const int slice = kOwnInRegisters ? 0 : static_cast<int>(blockIdx.z), chunk0 = slice * (kOut / 8);
   const int n_tiles = static_cast<int>((str.n + kGBN - 1) / kGBN);
   const int t_begin = blockIdx.y * tiles_per_split, t_end = min(n_tiles, t_begin + tiles_per_split);
   const float scale = *p.logit_scale;
@@ -175,8 +183,9 @@ __global__ void __launch_bounds__(kGThreads, 1)
   cp_async_commit();
   cp_async_wait_prev();
   __syncthreads();
-  uint32_t oa[kSteps][4];
-  load_warp_rows<kD>(oa, smem_addr(sOwn), warp, lane);
+  uint32_t oa[kOwnInRegisters ? kD / 16 : 1][4];
+  if constexpr (kOwnInRegisters) load_warp_rows<kD>(oa, smem_addr(sOwn), warp, lane);
+  const LaneRows<kD> orow = warp_rows<kD>(warp, lane);
 
   // Stream rows of the ldmatrix x4 for S fragments f, f + 1: (rows 8f | 8f + 8) x (chunk 2s | 2s + 1);
   // transposed, for chunk c of G' and D fragments n, n + 1: (rows 16c | 16c + 8) x (chunk n | n + 1).
@@ -200,7 +209,11 @@ __global__ void __launch_bounds__(kGThreads, 1)
 
     // S (16 owner rows x 64 stream rows per warp) = own . str^T.
     float g[kSFrags][4];
-    warp_logits<T, kD, kGBN>(g, oa, sa, srow);
+    if constexpr (kOwnInRegisters) {
+      warp_logits<T, kD, kGBN>(g, oa, sa, srow);
+    } else {
+      warp_logits_from_smem<T, kD, kGBN>(g, smem_addr(sOwn), orow, sa, srow);
+    }
 
     // G' = G / |stream row| (times gs) in place: element e of fragment f is owner row h = e / 2 and
     // stream row c = f * 8 + 2 t4 + e % 2 of the tile. The q row's lse, grad and 1/num_pos come from
@@ -277,8 +290,8 @@ __global__ void __launch_bounds__(kGThreads, 1)
 
     // acc += G' . str: the G' fragments of stream rows [16 c, 16 c + 16) are the A operand of chunk c;
     // the stream tile, (stream row, d) in shared memory, is read transposed as B.
-    product<T, kD>(acc, g, sa, trow, false);
-    if (masked) product<T, kD>(acc, g, sa, trow, true);  // sass: rare (the low part of G')
+    product<T, kD, kOut>(acc, g, sa, trow, chunk0, false);
+    if (masked) product<T, kD, kOut>(acc, g, sa, trow, chunk0, true);  // sass: rare (the low part of G')
     __syncthreads();  // the stage is free for the prefetch two tiles on
   }
   cp_async_wait_all();
@@ -288,7 +301,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
   float* out = part + int64_t(blockIdx.y) * own.n * p.D;
 #pragma unroll
   for (int n = 0; n < kDFrags; ++n) {
-    const int64_t d = int64_t(n) * 8 + 2 * t4;
+    const int64_t d = int64_t(slice) * kOut + int64_t(n) * 8 + 2 * t4;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if (oi[h] < own.n && d < p.D) {
@@ -297,7 +310,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
       }
     }
   }
-  if constexpr (kRowOwner) {
+  if (kRowOwner && slice == 0) {  // every slice forms the same G; the first one sums the scale gradient
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) dscale += __shfl_xor_sync(0xffffffffu, dscale, off);
     if (lane == 0) s_red[warp] = dscale;
@@ -320,12 +333,13 @@ void launch_grad_mma(const Side<T>& own, const Side<T>& str, const Problem& p, c
 }
 
 // The instantiation for D and the problem's features (kSampleIds, kColBias); the symmetric kernel
-// is instantiated without a bias, and with ids up to kSymmetricIdsMaxD (backward_mma_symmetric).
+// is instantiated without a bias, and with ids up to kSymmetricIdsMaxD (backward_mma_symmetric);
+// kD = 256 without features (kWideFeatures).
 template <typename T, bool kRowOwner, bool kBoth>
 void launch_grad_mma(int64_t D, uint32_t features, const Side<T>& own, const Side<T>& str, const Problem& p,
                      const float* g_scale, int64_t per, dim3 grid, float* part, double* scale_part,
                      dev::Stream stream) {
-  with_width<64, 128>(D, [&](auto w) {
+  with_width<64, 128, 256>(D, [&](auto w) {
     constexpr int kD = decltype(w)::value;
     const auto run = [&](auto f) {
       launch_grad_mma<T, kD, kRowOwner, kBoth, decltype(f)::value>(own, str, p, g_scale, per, grid, part, scale_part,
@@ -333,7 +347,10 @@ void launch_grad_mma(int64_t D, uint32_t features, const Side<T>& own, const Sid
     };
     using std::integral_constant;
     const uint32_t used = features & (kSampleIds | kColBias);
-    if constexpr (kBoth) {
+    if constexpr (kD > kMaxSlice) {
+      TORCH_INTERNAL_ASSERT(used == 0, "fastcl: the kD = 256 mma backward has no features");
+      run(integral_constant<uint32_t, 0>{});
+    } else if constexpr (kBoth) {
       TORCH_INTERNAL_ASSERT(used == 0 || (used == kSampleIds && kD <= kSymmetricIdsMaxD),
                             "fastcl: no symmetric mma backward for these features");
       if constexpr (kD <= kSymmetricIdsMaxD) {
@@ -354,7 +371,8 @@ void launch_grad_mma(int64_t D, uint32_t features, const Side<T>& own, const Sid
 }  // namespace
 
 bool backward_mma_applies(const Inputs& in, size_t element_size) {
-  return forward_mma_applies(in, element_size) && in.D <= 128;
+  return forward_mma_applies(in, element_size) &&
+         (in.D <= kMaxSlice || (in.D <= 2 * kMaxSlice && !in.has(kSampleIds) && !in.has(kColBias)));
 }
 
 bool pair_backward_fused(const Inputs& in, size_t element_size) {
@@ -373,7 +391,8 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   const Problem p = in.problem();
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
   const int64_t blocks = ceil_div(n_own, kGBM), tiles = ceil_div(n_str, kGBN);
-  const Split split = split_stream(blocks, tiles);
+  const int64_t slices = ceil_div(in.D, kMaxSlice);
+  const Split split = split_stream(blocks * slices, tiles);
   const at::Tensor& own_labels = kRowOwner ? in.row_labels : in.col_labels;
   const at::Tensor& str_labels = kRowOwner ? in.col_labels : in.row_labels;
   const at::Tensor& own_info = kRowOwner ? in.row_info : in.col_info;
@@ -419,7 +438,7 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
                     ptr<int64_t>(str_id_range), kRowOwner ? ptr<int64_t>(owner_range) : nullptr};
   part = at::empty({split.count, n_own, in.D}, own_x.options().dtype(at::kFloat));
   if (kRowOwner) *scale_part = at::empty({blocks * split.count}, own_x.options().dtype(at::kDouble));
-  const dim3 grid = grid_of(blocks, split.count);
+  const dim3 grid = grid_of(blocks, split.count, slices);
   float* part_ptr = part.data_ptr<float>();
   double* scale_ptr = kRowOwner ? scale_part->data_ptr<double>() : nullptr;
   const float* gs = g_scale.defined() ? g_scale.data_ptr<float>() : nullptr;

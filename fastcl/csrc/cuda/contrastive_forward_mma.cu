@@ -1,7 +1,7 @@
 // The fp16/bf16 forward of the contrastive core in the FlashAttention-2 shape (semantics:
 // csrc/README.md), for problems without a hardness penalty or an ownerless column bias, D <= 256
-// with 16-byte rows; sample ids and an owned column bias (SimCSE's hard-negative weight) are
-// compile-time features (kFeatures). Other problems take forward_kernel (contrastive_forward.cu).
+// with 16-byte rows (pad_rows_for_mma pads others); sample ids and an owned column bias (SimCSE's
+// hard-negative weight) are compile-time features (kFeatures). Other problems take forward_kernel (contrastive_forward.cu).
 //
 // A block owns 128 rows (8 warps x 16) and streams 64-column tiles through a two-stage cp.async
 // pipeline into XOR-swizzled shared memory. Each warp keeps its 16 x D slice of q in registers
@@ -298,6 +298,20 @@ at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf wh
                               n, tile, what, out.data_ptr<int64_t>());
   }
   return out;
+}
+
+void pad_rows_for_mma(Inputs& in) {
+  const int64_t pad = (8 - in.D % 8) % 8;
+  if (in.q.element_size() != 2 || in.D == 0 || in.D + pad > 256 || in.vectorisable() || !in.only(kMmaFeatures) ||
+      (in.has(kColBias) && !in.col_bias_owner.defined())) {
+    return;
+  }
+  Inputs padded = in;
+  const auto copy = [&](const at::Tensor& x) { return pad > 0 ? at::constant_pad_nd(x, {0, pad}) : x.clone(); };
+  padded.q = copy(in.q);
+  padded.k = in.k.is_same(in.q) ? padded.q : copy(in.k);
+  padded.D = in.D + pad;
+  if (forward_mma_applies(padded, 2)) in = padded;
 }
 
 bool forward_mma_applies(const Inputs& in, size_t element_size) {

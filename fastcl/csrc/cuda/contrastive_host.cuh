@@ -77,6 +77,11 @@ constexpr uint32_t kMmaFeatures =
 // Whether forward_mma_impl takes this problem (fp16/bf16, only kMmaFeatures, D <= 256, 16-byte rows):
 // the FlashAttention-2 style kernel of contrastive_forward_mma.cu.
 bool forward_mma_applies(const Inputs& in, size_t element_size);
+// Rows the mma kernels cannot copy in 16-byte chunks (D not a multiple of 8, or a base address off
+// 16 bytes) are copied once into fresh rows zero-padded to the next multiple of 8, when that makes
+// forward_mma_applies hold: an O((M + L) D) pass, and zero columns change no dot product or norm.
+// in.D becomes the padded width (the backward's gradients are computed that wide and narrowed).
+void pad_rows_for_mma(Inputs& in);
 // Fills partial (split.count x M float4: max, sum of exp, positive sum, positive count) with the
 // mma kernel; returns the split of the columns it used.
 template <typename T>
@@ -92,7 +97,8 @@ enum class RangeOf : int {
 // when none counts): the mma kernels mask only tiles whose row and column ranges overlap.
 at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf what, dev::Stream stream);
 
-// Whether grad_mma_partials takes this problem: forward_mma_applies and D <= 128.
+// Whether grad_mma_partials takes this problem: forward_mma_applies and D <= 128, or D <= 256 without
+// sample ids or a column bias.
 bool backward_mma_applies(const Inputs& in, size_t element_size);
 // And whether one pass over q's rows can give the whole gradient (kSelfSimilarity, no row offset or
 // constant columns, no column bias; with sample ids D <= 64): G + G^T from each recomputed tile, 3U in all.

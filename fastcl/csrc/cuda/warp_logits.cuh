@@ -9,11 +9,17 @@
 
 namespace fastcl::gpu {
 
+// The lane's rows of a warp's 16 A rows in a swizzled tile (lanes 8i..8i+7 give the rows of matrix i).
+template <int kD>
+__device__ __forceinline__ LaneRows<kD> warp_rows(int warp, int lane) {
+  return LaneRows<kD>(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+}
+
 // Rows [16 warp, 16 warp + 16) of a swizzled (rows x kD) tile as A fragments, one per 16 columns:
 // lanes 8i..8i+7 give the rows of matrix i, (rows 0-7 | 8-15) x (chunk 2s | 2s + 1).
 template <int kD>
 __device__ __forceinline__ void load_warp_rows(uint32_t (&a)[kD / 16][4], SmemAddr tile, int warp, int lane) {
-  const LaneRows<kD> rows(warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
+  const LaneRows<kD> rows = warp_rows<kD>(warp, lane);
 #pragma unroll
   for (int s = 0; s < kD / 16; ++s) ldmatrix_x4(a[s], rows(tile, 0, 2 * s));
 }
@@ -39,6 +45,30 @@ __device__ __forceinline__ void warp_logits(float (&s)[kCols / 8][4], const uint
       const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
       mma_m16n8k16<T>(s[f], a[k], b0, s[f]);
       mma_m16n8k16<T>(s[f + 1], a[k], b1, s[f + 1]);
+    }
+  }
+}
+
+// As warp_logits, with the A fragments read from the swizzled tile `a_tile` (the lane's rows
+// `a_rows`: warp_rows) at each step: for kD whose fragments would not stay in
+// registers beside a backward's accumulators.
+template <typename T, int kD, int kCols>
+__device__ __forceinline__ void warp_logits_from_smem(float (&s)[kCols / 8][4], SmemAddr a_tile,
+                                                      const LaneRows<kD>& a_rows, SmemAddr tile,
+                                                      const LaneRows<kD>& rows) {
+#pragma unroll
+  for (int f = 0; f < kCols / 8; ++f) s[f][0] = s[f][1] = s[f][2] = s[f][3] = 0.f;
+#pragma unroll
+  for (int k = 0; k < kD / 16; ++k) {
+    uint32_t a[4];
+    ldmatrix_x4(a, a_rows(a_tile, 0, 2 * k));
+#pragma unroll
+    for (int f = 0; f < kCols / 8; f += 2) {
+      uint32_t b[4];
+      ldmatrix_x4(b, rows(tile, f, 2 * k));
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_m16n8k16<T>(s[f], a, b0, s[f]);
+      mma_m16n8k16<T>(s[f + 1], a, b1, s[f + 1]);
     }
   }
 }
