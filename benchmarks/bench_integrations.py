@@ -30,6 +30,22 @@ def _clip(impl, rows, dim, device):
     return lambda: criterion(image, text, scale).backward(), (image, text, scale)
 
 
+def _siglip(impl, rows, dim, device):
+    """open_clip's SigLipLoss (the whole logit matrix) against the fused drop-in; the CPU kernel only
+    for now (CUDA inputs run fastcl's chunked PyTorch path until its CUDA kernel lands)."""
+    if impl == "original":
+        from open_clip.loss import SigLipLoss
+    else:
+        from fastcl.integrations.open_clip import SigLipLoss
+    g = torch.Generator().manual_seed(rows)
+    image, text = (F.normalize(torch.randn(rows, dim, generator=g), dim=1).to(device).requires_grad_()
+                   for _ in range(2))
+    scale = torch.tensor(10.0, device=device, requires_grad=True)
+    bias = torch.tensor(-10.0, device=device, requires_grad=True)
+    criterion = SigLipLoss()
+    return lambda: criterion(image, text, scale, bias).backward(), (image, text, scale, bias)
+
+
 def _lightly(impl, rows, dim, device):
     if impl == "original":
         from lightly.loss import NTXentLoss
@@ -54,7 +70,8 @@ def _mnrl(impl, rows, dim, device):
 
 
 CASES = [("sentence_transformers.MNRL", _mnrl, 4096, 384), ("sentence_transformers.MNRL", _mnrl, 16384, 384),
-         ("open_clip.ClipLoss", _clip, 16384, 512), ("lightly.NTXentLoss", _lightly, 16384, 128)]
+         ("open_clip.ClipLoss", _clip, 16384, 512), ("open_clip.SigLipLoss", _siglip, 4096, 512),
+         ("lightly.NTXentLoss", _lightly, 16384, 128)]
 
 
 @pytest.mark.parametrize("device", DEVICES)

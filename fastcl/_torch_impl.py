@@ -60,6 +60,54 @@ def contrastive_pair(problem: PairProblem) -> tuple[Tensor, Tensor]:
     return forward, backward
 
 
+SIGLIP_CHUNK = 1024  # rows of the sigmoid loss's logits formed at a time by the pure-PyTorch path
+
+
+def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool) -> Tensor:
+    """The sigmoid loss (SigLIP; ops.siglip) in the loss dtype, SIGLIP_CHUNK rows of logits at a
+    time: the forward keeps no logits and the backward recomputes them, so memory is
+    O(SIGLIP_CHUNK x M), not M x M (the path CUDA inputs take until the CUDA kernel lands)."""
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    an, bn = a.to(acc), b.to(acc)
+    if normalize:
+        an, bn = F.normalize(an, dim=1, eps=NORM_EPS), F.normalize(bn, dim=1, eps=NORM_EPS)
+    return _SigmoidLoss.apply(an, bn, logit_scale.to(acc), logit_bias.to(acc))
+
+
+def _siglip_chunk(an: Tensor, bn: Tensor, scale: Tensor, bias: Tensor, i0: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(dots, logits, positive mask) of rows [i0, i0 + SIGLIP_CHUNK) against every column."""
+    dots = an[i0:i0 + SIGLIP_CHUNK] @ bn.T
+    rows = torch.arange(i0, i0 + dots.shape[0], device=an.device)
+    positive = rows[:, None] == torch.arange(bn.shape[0], device=an.device)[None, :]
+    return dots, scale * dots + bias, positive
+
+
+class _SigmoidLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, an: Tensor, bn: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+        ctx.save_for_backward(an, bn, scale, bias)
+        total = an.new_zeros(())
+        for i0 in range(0, an.shape[0], SIGLIP_CHUNK):
+            _, z, positive = _siglip_chunk(an, bn, scale, bias, i0)
+            total = total - F.logsigmoid(torch.where(positive, z, -z)).sum()
+        return total / an.shape[0]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        an, bn, scale, bias = ctx.saved_tensors
+        grad_an, grad_bn = torch.empty_like(an), torch.zeros_like(bn)
+        grad_scale, grad_bias = scale.new_zeros(()), bias.new_zeros(())
+        g = grad / an.shape[0]
+        for i0 in range(0, an.shape[0], SIGLIP_CHUNK):
+            dots, z, positive = _siglip_chunk(an, bn, scale, bias, i0)
+            G = g * (torch.sigmoid(z) - positive.to(z.dtype))
+            grad_an[i0:i0 + SIGLIP_CHUNK] = scale * (G @ bn)
+            grad_bn = grad_bn + scale * (G.T @ an[i0:i0 + SIGLIP_CHUNK])
+            grad_scale = grad_scale + (G * dots).sum()
+            grad_bias = grad_bias + G.sum()
+        return grad_an, grad_bn, grad_scale, grad_bias
+
+
 def _penalised(mode: int, owner: Tensor, row_labels: Tensor, col_labels: Tensor) -> Tensor:
     """(M, L) pairs that get the hardness penalty (csrc/common/contrastive_math.h, penalty_applies)."""
     has_owner = owner[None, :] >= 0

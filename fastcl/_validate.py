@@ -74,6 +74,26 @@ def temperature(t: Union[float, Tensor]) -> None:
         raise ValueError(f"temperature must be finite and > 0, got {value}")
 
 
+def logit_parameter(name: str, x, ref: Tensor, dtype: torch.dtype, positive: bool) -> Tensor:
+    """A float, or a one-element floating tensor (learnable when it requires grad), as a 0-dim tensor
+    of dtype on ref's device (the gradient flows back through the cast); finite, and > 0 when
+    positive. The value is not read while compiling."""
+    if isinstance(x, Tensor):
+        if x.numel() != 1 or not x.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a float or a one-element floating tensor, got {x.dtype} "
+                             f"{tuple(x.shape)}")
+        t = x.to(device=ref.device, dtype=dtype).reshape(())
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        t = torch.tensor(float(x), device=ref.device, dtype=dtype)
+    else:
+        raise TypeError(f"{name} must be a float or a 0-dim tensor, got {type(x).__name__}")
+    if not _compiling():
+        value = float(t.detach())
+        if not math.isfinite(value) or (positive and value <= 0):
+            raise ValueError(f"{name} must be finite{' and > 0' if positive else ''}, got {value}")
+    return t
+
+
 def reduction(r: str) -> None:
     if r not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {r!r}")

@@ -1,4 +1,4 @@
-"""Functional contrastive losses: NT-Xent (SimCLR), SupCon, InfoNCE (SimCSE, CLIP).
+"""Functional contrastive losses: NT-Xent (SimCLR), SupCon, InfoNCE (SimCSE, CLIP), SigLIP.
 
 Each checks its arguments, has fastcl.translate turn them into the fused core's problem,
 runs it (fastcl.ops.solve) and reduces the per-row losses. The losses are returned in float32
@@ -6,7 +6,7 @@ runs it (fastcl.ops.solve) and reduces the per-row losses. The losses are return
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -169,6 +169,42 @@ def info_nce(
     lp = translate.info_nce(pairs, symmetric, queue, temperature, normalize, gather_distributed)
     loss, num_pos = ops.solve(lp, impl)
     return _reduce_problem(loss, num_pos, lp, reduction, allow_no_positive=False)
+
+
+def siglip(a: Tensor, b: Tensor, logit_scale: Union[float, Tensor], logit_bias: Union[float, Tensor, None] = None,
+           normalize: bool = True, *, impl: str = "auto") -> Tensor:
+    """The sigmoid loss of SigLIP (Zhai et al. 2023) over paired rows a, b (M, D), as open_clip's
+    SigLipLoss computes it on one process:
+
+        z_ij = logit_scale * <a_i, b_j> + logit_bias,   y_ij = 1 if i == j else -1
+        loss = (1 / M) * sum_ij softplus(-y_ij z_ij)     (= -sum logsigmoid(y * z) / M)
+
+    Every pair is an independent binary problem (no softmax), so the CPU kernel streams 256 x 256
+    logit tiles and never holds the M x M matrix; gradients reach a, b, logit_scale and logit_bias.
+
+    logit_scale: > 0, a float or a 0-dim tensor: the scale itself, as open_clip passes it (its
+    models learn log scale and pass ``logit_scale.exp()``; SigLIP initialises it to 10).
+    logit_bias: a float or a 0-dim tensor (SigLIP initialises it to -10); None: 0.
+    normalize: L2-normalise the rows first (open_clip's model does this before its loss; the
+    open_clip drop-in passes False). impl: "auto", "fastcl" or "torch" as nt_xent. CUDA inputs run
+    the chunked pure-PyTorch path for now (the CUDA kernel is issue 26's next increment).
+
+    Types: fp32/fp16/bf16 (fp64 on CPU); the loss is float32 (float64 for fp64 inputs).
+
+    Example::
+
+        loss = fastcl.functional.siglip(img, txt, log_scale.exp(), bias)   # log_scale, bias: nn.Parameters"""
+    a = _validate.embeddings("a", a)
+    b = _validate.embeddings("b", b)
+    _validate.same_kind("b", b, "a", a)
+    if b.shape[0] != a.shape[0]:
+        raise ValueError(f"a and b must have the same batch size (paired rows), got {a.shape[0]} and {b.shape[0]}")
+    if a.shape[0] < 1:
+        raise ValueError("a must hold at least one row")
+    acc = ops.loss_dtype(a.dtype)
+    scale = _validate.logit_parameter("logit_scale", logit_scale, a, acc, positive=True)
+    bias = _validate.logit_parameter("logit_bias", 0.0 if logit_bias is None else logit_bias, a, acc, positive=False)
+    return ops.siglip(a, b, scale, bias, normalize, impl)
 
 
 def _pairs(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], sample_ids: Optional[Tensor],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -139,3 +140,53 @@ class InfoNCELoss(nn.Module):
         return (f"temperature={self.temperature}, symmetric={self.symmetric}, "
                 f"hard_negative_weight={self.hard_negative_weight}, in_batch_negatives={self.in_batch_negatives}, "
                 f"reduction={self.reduction!r}")
+
+
+class SigLIPLoss(nn.Module):
+    """The sigmoid loss of SigLIP (fastcl.functional.siglip): every image-text pair is its own
+    binary problem, the diagonal positive; fused on the CPU (256 x 256 tiles, never the M x M matrix).
+
+    The module owns SigLIP's two learnable scalars in open_clip's parametrisation: ``logit_scale``
+    holds the log of the scale (the loss uses ``logit_scale.exp()``) and ``logit_bias`` the bias,
+    initialised to log(10) and -10 as in the paper and open_clip's SigLIP models.
+
+    Args:
+        init_logit_scale: initial log scale (default log 10).
+        init_logit_bias: initial bias (default -10).
+        learnable: hold both as nn.Parameters (True) or as buffers.
+        normalize: L2-normalise the rows first (False: the features are used as given, as open_clip's
+            SigLipLoss does after its model normalised them).
+        impl: "auto", "fastcl" or "torch".
+
+    Call: ``criterion(a, b)`` with paired rows (M, D); ``criterion(a, b, logit_scale, logit_bias)``
+    uses the given scale (already exponentiated, as open_clip's models pass it) and bias instead of
+    the module's. Returns a float32 scalar (float64 for fp64 inputs).
+
+    Example::
+
+        criterion = fastcl.SigLIPLoss()
+        loss = criterion(image_encoder(images), text_encoder(texts))   # also trains scale and bias
+    """
+
+    def __init__(self, init_logit_scale: float = math.log(10.0), init_logit_bias: float = -10.0, *,
+                 learnable: bool = True, normalize: bool = True, impl: str = "auto"):
+        super().__init__()
+        _validate.finite_weight("init_logit_scale", init_logit_scale)
+        _validate.finite_weight("init_logit_bias", init_logit_bias)
+        for name, value in (("logit_scale", init_logit_scale), ("logit_bias", init_logit_bias)):
+            tensor = torch.tensor(float(value))
+            if learnable:
+                setattr(self, name, nn.Parameter(tensor))
+            else:
+                self.register_buffer(name, tensor)
+        self.normalize = normalize
+        self.impl = impl
+
+    def forward(self, a: Tensor, b: Tensor, logit_scale: Optional[Tensor] = None,
+                logit_bias: Optional[Tensor] = None) -> Tensor:
+        scale = self.logit_scale.exp() if logit_scale is None else logit_scale
+        bias = self.logit_bias if logit_bias is None else logit_bias
+        return functional.siglip(a, b, scale, bias, self.normalize, impl=self.impl)
+
+    def extra_repr(self) -> str:
+        return f"normalize={self.normalize}"

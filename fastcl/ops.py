@@ -10,10 +10,11 @@ import torch
 from torch import Tensor
 
 from . import _extension, _torch_impl
-from .problem import POSITIVE_ONLY, ContrastiveProblem, LossProblem, PairProblem, check_meta, check_pair_meta, loss_dtype
+from .problem import (POSITIVE_ONLY, ContrastiveProblem, LossProblem, PairProblem, check_meta, check_pair_meta,
+                      check_siglip_meta, loss_dtype)
 
 __all__ = ["POSITIVE_ONLY", "ContrastiveProblem", "LossProblem", "PairProblem", "contrastive", "contrastive_pair",
-           "loss_dtype", "solve"]
+           "loss_dtype", "siglip", "solve"]
 
 
 def _register_contrastive() -> None:
@@ -88,6 +89,31 @@ def _register_pair() -> None:
                                     setup_context=_pair_setup_context)
 
 
+def _register_siglip() -> None:
+    @torch.library.register_fake("fastcl::siglip_forward")
+    def _siglip_forward_fake(a, b, logit_scale, logit_bias, normalize):
+        check_siglip_meta(a, b, logit_scale, logit_bias)
+        return a.new_empty((), dtype=loss_dtype(a.dtype))
+
+    @torch.library.register_fake("fastcl::siglip_backward")
+    def _siglip_backward_fake(grad_loss, a, b, logit_scale, logit_bias, normalize):
+        check_siglip_meta(a, b, logit_scale, logit_bias)
+        torch._check(grad_loss.dim() == 0, lambda: "fastcl: siglip_backward's grad_loss must be 0-dim")
+        return torch.empty_like(a), torch.empty_like(b), logit_scale.new_empty(()), logit_bias.new_empty(())
+
+    def _siglip_setup_context(ctx, inputs, output):
+        a, b, logit_scale, logit_bias, normalize = inputs
+        ctx.save_for_backward(a, b, logit_scale, logit_bias)
+        ctx.normalize = normalize
+
+    def _siglip_backward(ctx, grad_loss):
+        a, b, logit_scale, logit_bias = ctx.saved_tensors
+        grads = torch.ops.fastcl.siglip_backward(grad_loss.contiguous(), a, b, logit_scale, logit_bias, ctx.normalize)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None)
+
+    torch.library.register_autograd("fastcl::siglip_forward", _siglip_backward, setup_context=_siglip_setup_context)
+
+
 def _register_augment() -> None:
     @torch.library.register_fake("fastcl::augment")
     def _augment_fake(images, source_index, params, size, blur_kernel, mean, std, out_dtype, channels_last):
@@ -99,6 +125,7 @@ def _register_augment() -> None:
 if _extension.has_ops():
     _register_contrastive()
     _register_pair()
+    _register_siglip()
     _register_augment()
 
 
@@ -133,6 +160,21 @@ def contrastive_pair(problem: PairProblem, impl: str = "auto") -> tuple[Tensor, 
         return _torch_impl.contrastive_pair(problem)
     loss_a, _, loss_b, _ = torch.ops.fastcl.contrastive_pair_forward(*problem)
     return loss_a, loss_b
+
+
+def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool,
+           impl: str = "auto") -> Tensor:
+    """The sigmoid loss (SigLIP) of paired rows a, b (M, D): mean over i of sum over j of
+    softplus(-y_ij (logit_scale * <a_i, b_j> + logit_bias)), y_ij = 1 if i == j else -1; logit_scale
+    and logit_bias 0-dim tensors of the loss dtype. The CPU kernel streams 256 x 256 tiles; CUDA
+    inputs run the chunked pure-PyTorch path (the CUDA kernel is issue 26's next increment)."""
+    use_torch = _use_torch(impl, a, cuda_ops_warning=False)
+    if a.is_cuda and impl == "fastcl":
+        raise NotImplementedError("fastcl: the SigLIP CUDA kernel is issue 26's next increment; impl='auto' runs "
+                                  "the chunked pure-PyTorch path on CUDA inputs")
+    if use_torch or a.is_cuda:
+        return _torch_impl.siglip(a, b, logit_scale, logit_bias, normalize)
+    return torch.ops.fastcl.siglip_forward(a, b, logit_scale, logit_bias, normalize)
 
 
 def solve(problem: LossProblem, impl: str = "auto") -> tuple[Tensor, Tensor]:

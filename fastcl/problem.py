@@ -112,3 +112,9 @@ def check_pair_meta(problem: PairProblem) -> None:
     torch._check(problem.logit_scale.dim() == 0 and problem.logit_scale.dtype == loss_dtype(a.dtype),
                  lambda: f"fastcl: logit_scale must be a 0-dim {loss_dtype(a.dtype)} tensor")
 
+
+def check_siglip_meta(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> None:
+    """check_pair_meta for the sigmoid loss, with its 0-dim logit bias."""
+    check_pair_meta(PairProblem(a, b, logit_scale))
+    torch._check(logit_bias.dim() == 0 and logit_bias.dtype == loss_dtype(a.dtype),
+                 lambda: f"fastcl: logit_bias must be a 0-dim {loss_dtype(a.dtype)} tensor")

@@ -15,10 +15,12 @@ from torch import Tensor
 
 from fastcl import augment as A
 from fastcl._torch_impl import contrastive, contrastive_pair
+from fastcl._torch_impl import siglip as siglip_chunked
 from fastcl.bench.baselines import clip_loss, moco_loss, nt_xent_deduplicated, nt_xent_naive
 
 __all__ = ["contrastive", "contrastive_pair", "nt_xent_naive", "simcse_loss", "supcon_loss", "clip_loss",
-           "nt_xent_deduplicated", "info_nce_deduplicated", "memory_bank_loss", "memory_bank_push", "moco_loss", "augment"]
+           "nt_xent_deduplicated", "info_nce_deduplicated", "memory_bank_loss", "memory_bank_push", "moco_loss", "augment",
+           "siglip_loss", "siglip_chunked"]
 
 
 def simcse_loss(z1: Tensor, z2: Tensor, z3: Optional[Tensor] = None, temperature: float = 0.05,
@@ -61,6 +63,16 @@ def info_nce_deduplicated(query: Tensor, key: Tensor, negatives: Tensor, sample_
     rows = torch.arange(query.shape[0], device=query.device)
     masked[rows, rows] = False
     return F.cross_entropy(logits.masked_fill(masked, float("-inf")), rows)
+
+
+def siglip_loss(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool = True) -> Tensor:
+    """SigLIP's sigmoid loss as open_clip's SigLipLoss writes it (the whole logit matrix, labels 2 I - 1,
+    -sum logsigmoid / batch), in the inputs' dtype; normalize as fastcl.functional.siglip."""
+    if normalize:
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    logits = logit_scale.to(a.dtype) * a @ b.T + logit_bias.to(a.dtype)
+    labels = 2 * torch.eye(a.shape[0], dtype=a.dtype, device=a.device) - 1
+    return -F.logsigmoid(labels * logits).sum() / a.shape[0]
 
 
 def memory_bank_loss(out0: Tensor, out1: Tensor, bank: Tensor, temperature: float = 0.5) -> Tensor:

@@ -162,6 +162,22 @@ void check_pair_backward_args(const at::Tensor& a, const at::Tensor& grad_a, con
   }
 }
 
+void check_siglip_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale,
+                       const at::Tensor& logit_bias) {
+  check_pair_args(a, b, logit_scale);
+  TORCH_CHECK_VALUE(logit_bias.device() == a.device() && logit_bias.dim() == 0,
+                    "fastcl: logit_bias must be a 0-dim tensor on ", a.device());
+  TORCH_CHECK_TYPE(logit_bias.scalar_type() == loss_dtype(a.scalar_type()), "fastcl: logit_bias must be ",
+                   loss_dtype(a.scalar_type()), " for ", a.scalar_type(), " inputs, got ", logit_bias.scalar_type());
+}
+
+void check_siglip_backward_args(const at::Tensor& a, const at::Tensor& grad_loss) {
+  TORCH_CHECK_VALUE(grad_loss.device() == a.device() && grad_loss.dim() == 0,
+                    "fastcl: siglip_backward's grad_loss must be a 0-dim tensor on ", a.device());
+  TORCH_CHECK_TYPE(grad_loss.scalar_type() == loss_dtype(a.scalar_type()), "fastcl: grad_loss must be ",
+                   loss_dtype(a.scalar_type()), ", got ", grad_loss.scalar_type());
+}
+
 void check_backward_args(const ContrastiveArgs& a, const at::Tensor& grad_loss, const at::Tensor& lse,
                          const at::Tensor& num_pos) {
   for (const at::Tensor* t : {&grad_loss, &lse, &num_pos}) {

@@ -23,6 +23,12 @@ void check_pair_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
 void check_pair_backward_args(const at::Tensor& a, const at::Tensor& grad_a, const at::Tensor& grad_b,
                               const at::Tensor& lse_a, const at::Tensor& lse_b);
 
+// The sigmoid loss: a and b as check_pair_args; logit_scale and logit_bias 0-dim, loss dtype, a's device.
+void check_siglip_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale,
+                       const at::Tensor& logit_bias);
+// Its backward's grad_loss: 0-dim, loss dtype, a's device.
+void check_siglip_backward_args(const at::Tensor& a, const at::Tensor& grad_loss);
+
 // The shape of an augment call: one (B, C, H, W) batch or a list of (C, H, W) images.
 struct AugmentSizes {
   bool batched;

@@ -60,6 +60,8 @@ TORCH_LIBRARY(fastcl, m) {
   m.def(fastcl::schema::kContrastiveBackward);
   m.def(fastcl::schema::kContrastivePairForward);
   m.def(fastcl::schema::kContrastivePairBackward);
+  m.def(fastcl::schema::kSiglipForward);
+  m.def(fastcl::schema::kSiglipBackward);
   m.def(fastcl::schema::kAugment);
 }
 

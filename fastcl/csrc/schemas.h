@@ -29,6 +29,14 @@ constexpr const char* kContrastivePairForward =
 constexpr const char* kContrastivePairBackward =
     "contrastive_pair_backward(Tensor grad_loss_a, Tensor grad_loss_b, Tensor a, Tensor b, Tensor logit_scale, "
     "Tensor lse_a, Tensor lse_b, bool normalize) -> (Tensor grad_a, Tensor grad_b, Tensor grad_logit_scale)";
+// The sigmoid loss (SigLIP): a (M, D) against b (M, D), logit scale * <a_i, b_j> + bias, the positive on
+// the diagonal -> the mean over rows of the summed pair losses softplus(-y_ij logit_ij) (0-dim), and
+// its gradients with respect to a, b, the scale and the bias (csrc/README.md, siglip).
+constexpr const char* kSiglipForward =
+    "siglip_forward(Tensor a, Tensor b, Tensor logit_scale, Tensor logit_bias, bool normalize) -> Tensor";
+constexpr const char* kSiglipBackward =
+    "siglip_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor logit_scale, Tensor logit_bias, bool normalize) "
+    "-> (Tensor grad_a, Tensor grad_b, Tensor grad_logit_scale, Tensor grad_logit_bias)";
 // SimCLR batch augmentation: output sample p is images[source_index[p]] transformed by the
 // parameter row params[p] (layout: csrc/common/augment_math.h), resized to size x size.
 constexpr const char* kAugment =

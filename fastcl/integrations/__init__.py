@@ -6,4 +6,5 @@ numbers with fastcl's kernels:
     #   symmetric and cached forms, for sentence_transformers' classes of those names
     from fastcl.integrations.lightly import NTXentLoss          # for lightly.loss.NTXentLoss
     from fastcl.integrations.open_clip import ClipLoss          # for open_clip.ClipLoss
+    from fastcl.integrations.open_clip import SigLipLoss        # for open_clip.loss.SigLipLoss
 """

@@ -1,10 +1,11 @@
 """open_clip's ClipLoss on fastcl's fused kernels: the same arguments, call and numbers (and
 gradients, logit scale included), without the (N x N) logit matrices, for every combination of
-local_loss and gather_with_grad that open_clip trains with.
+local_loss and gather_with_grad that open_clip trains with; and its SigLipLoss (one process for now).
 
-    # from open_clip import ClipLoss
-    from fastcl.integrations.open_clip import ClipLoss
+    # from open_clip import ClipLoss; from open_clip.loss import SigLipLoss
+    from fastcl.integrations.open_clip import ClipLoss, SigLipLoss
     criterion = ClipLoss(local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size)
+    criterion = SigLipLoss()    # forward(image_features, text_features, logit_scale, logit_bias)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from .. import _validate, distributed, ops, translate
+from .. import _validate, distributed, functional, ops, translate
 from ..problem import PairProblem
 
 
@@ -90,4 +91,38 @@ class ClipLoss(nn.Module):
             loss = _both_directions(image, text, scale)
         if logit_bias is not None:  # a constant added to every logit leaves the softmax unchanged
             loss = loss + 0 * logit_bias.sum()
+        return {"contrastive_loss": loss} if output_dict else loss
+
+
+class SigLipLoss(nn.Module):
+    """open_clip.loss.SigLipLoss (open_clip 3.x), fused: the same constructor, call, value and gradients
+    (features, logit_scale and logit_bias), without the (N x N) logit matrix on the CPU.
+
+    Args:
+        cache_labels: accepted for compatibility (fastcl builds no label matrix to cache).
+        rank, world_size: this process in the torch.distributed group; world_size > 1 is not
+            supported yet (the distributed ring without quadratic memory is issue 26's next step).
+        dist_impl: "bidir" (default), "shift", "reduce" or "gather", as open_clip; checked and kept.
+
+    Call: ``criterion(image_features, text_features, logit_scale, logit_bias, output_dict=False)``
+    with features (N, D) normalised by the model, logit_scale the exp() of the model's parameter and
+    logit_bias the model's bias (None: no bias); returns the loss, or {"contrastive_loss": loss}.
+    """
+
+    def __init__(self, cache_labels: bool = False, rank: int = 0, world_size: int = 1,
+                 dist_impl: Optional[str] = None):
+        super().__init__()
+        self.cache_labels, self.rank, self.world_size = cache_labels, rank, world_size
+        self.dist_impl = dist_impl or "bidir"
+        if self.dist_impl not in ("bidir", "shift", "reduce", "gather"):
+            raise ValueError(f"dist_impl must be 'bidir', 'shift', 'reduce' or 'gather', got {dist_impl!r}")
+        if world_size > 1:
+            raise NotImplementedError(
+                "fastcl's SigLipLoss runs on one process for now (world_size=1): the distributed sigmoid loss "
+                "(keys passed around a ring, chunks recomputed in the backward) is issue 26's next increment; "
+                "use open_clip.SigLipLoss for world_size > 1")
+
+    def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
+                logit_bias: Optional[Tensor] = None, output_dict: bool = False):
+        loss = functional.siglip(image_features, text_features, logit_scale, logit_bias, normalize=False)
         return {"contrastive_loss": loss} if output_dict else loss

@@ -1,0 +1,56 @@
+// The sigmoid loss of one logit (SigLIP), shared by the CPU kernel and, later, the CUDA kernels.
+// Each pair's loss and gradient depend on its own logit z alone: with y = +1 for a positive pair
+// and -1 for a negative one, loss = softplus(-y z) = -log sigmoid(y z), and d loss / dz =
+// sigmoid(z) - [y = +1]. Written so that no exp sees a positive argument: finite for any finite z.
+#pragma once
+#include <cmath>
+
+#include "common/macros.h"
+
+namespace fastcl::math {
+
+template <typename T>
+FASTCL_HD T log1p_of(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::log1p(x);
+#else
+  return std::log1p(x);
+#endif
+}
+
+template <typename T>
+FASTCL_HD T exp_neg_abs(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(-::fabs(x));
+#else
+  return std::exp(-std::fabs(x));
+#endif
+}
+
+// log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)).
+template <typename T>
+FASTCL_HD T softplus(T x) {
+  return (x > T(0) ? x : T(0)) + log1p_of(exp_neg_abs(x));
+}
+
+// 1 / (1 + exp(-x)), from exp(-|x|) so that it neither overflows nor loses the small side.
+template <typename T>
+FASTCL_HD T sigmoid(T x) {
+  const T e = exp_neg_abs(x);
+  return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+}
+
+// The loss of a pair with logit z: softplus(-z) for a positive, softplus(z) for a negative.
+template <typename T>
+FASTCL_HD T sigmoid_pair_loss(T z, bool positive) {
+  return softplus(positive ? -z : z);
+}
+
+// d loss / dz of that pair: sigmoid(z) - 1 for a positive (= -sigmoid(-z), formed without the
+// cancellation), sigmoid(z) for a negative.
+template <typename T>
+FASTCL_HD T sigmoid_pair_grad(T z, bool positive) {
+  return positive ? -sigmoid(-z) : sigmoid(z);
+}
+
+}  // namespace fastcl::math

@@ -1,0 +1,87 @@
+"""fastcl.integrations.open_clip.loss.SigLipLoss against open_clip's own class: values and gradients
+(features, logit scale, logit bias), fp32 and bf16, odd shapes, output_dict, no bias, a batch of
+one, the constructor's arguments, and a few steps of open_clip's smallest shipped model with
+SigLIP's scale and bias, randomly initialised."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+open_clip = pytest.importorskip("open_clip")
+
+from fastcl.integrations.open_clip import SigLipLoss  # noqa: E402
+
+
+def _features(n, d, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image, text = (F.normalize(torch.randn(n, d, generator=g), dim=1).to(dtype).requires_grad_() for _ in range(2))
+    return image, text, torch.tensor(10.0, requires_grad=True), torch.tensor(-10.0, requires_grad=True)
+
+
+@pytest.mark.parametrize("n,d", [(1, 3), (2, 3), (5, 17), (33, 64), (300, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_open_clip(n, d, dtype):
+    image, text, scale, bias = _features(n, d, dtype)
+    got = SigLipLoss()(image, text, scale, bias)
+    got_grads = torch.autograd.grad(got, (image, text, scale, bias))
+    leaves = [x.detach().float().requires_grad_() for x in (image, text)] + [
+        x.detach().requires_grad_() for x in (scale, bias)]
+    want = open_clip.loss.SigLipLoss()(*leaves)
+    want_grads = torch.autograd.grad(want, leaves)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-3)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g.float(), w, **tol)
+
+
+def test_output_dict_and_no_bias():
+    image, text, scale, _ = _features(6, 8, torch.float32)
+    got = SigLipLoss()(image, text, scale, None, output_dict=True)
+    want = open_clip.loss.SigLipLoss()(image, text, scale, None, output_dict=True)
+    assert set(got) == set(want) == {"contrastive_loss"}
+    torch.testing.assert_close(got["contrastive_loss"], want["contrastive_loss"], rtol=1e-5, atol=1e-6)
+
+
+def test_constructor_follows_open_clip():
+    criterion = SigLipLoss(cache_labels=True, rank=0, world_size=1, dist_impl="shift")
+    assert (criterion.cache_labels, criterion.rank, criterion.world_size, criterion.dist_impl) == (True, 0, 1, "shift")
+    assert SigLipLoss().dist_impl == "bidir"
+    with pytest.raises(ValueError, match="dist_impl"):
+        SigLipLoss(dist_impl="ring")
+    with pytest.raises(NotImplementedError, match="issue 26"):
+        SigLipLoss(rank=1, world_size=2)
+
+
+def _train(criterion_cls, steps=2):
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-S-32-alt", pretrained=None, init_logit_scale=math.log(10),
+                                   init_logit_bias=-10.0)
+    tokenizer = open_clip.get_tokenizer("ViT-S-32-alt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    criterion = criterion_cls()
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(4, 3, 224, 224, generator=g)
+    texts = tokenizer(["a photo of a cat", "a dog on grass", "a red car", "two birds"])
+    losses = []
+    for _ in range(steps):
+        image_features, text_features, logit_scale, logit_bias = model(images, texts)
+        loss = criterion(image_features, text_features, logit_scale, logit_bias)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses, float(model.logit_bias.detach())
+
+
+def test_a_few_steps_of_an_open_clip_siglip_model():
+    with torch.random.fork_rng():
+        want, want_bias = _train(open_clip.loss.SigLipLoss)
+    with torch.random.fork_rng():
+        got, got_bias = _train(SigLipLoss)
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-5)
+    assert got_bias == pytest.approx(want_bias, rel=1e-5)
+    assert got[-1] < got[0]
