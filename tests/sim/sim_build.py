@@ -115,7 +115,8 @@ def build(name: str, sources, extra_include_paths=(), extra_cflags=(), verbose: 
     return cpp_extension.load(
         name=name,
         sources=srcs,
-        extra_cflags=[*KERNEL_CFLAGS, *extra_cflags],
+        # The op library a module's kernels register for (device_api.cuh's FASTCL_CUDA_KERNELS) is its name.
+        extra_cflags=[*KERNEL_CFLAGS, f"-DFASTCL_SIM_LIBRARY={name}", *extra_cflags],
         extra_ldflags=build_runtime(),
         extra_include_paths=include_paths,
         build_directory=str(build_dir),

@@ -403,7 +403,7 @@ void launch(AugmentArgs a, int64_t smem, const at::Tensor& like, dev::Stream str
   dev::allow_dynamic_smem<augment_kernel<T, kSmemWork>>(
       "fastcl.augment", static_cast<size_t>(smem),
       " (the output size, the blur kernel and the largest image set it; downscale the images first)");
-  const auto& prop = dev::properties();
+  const dev::Properties prop = dev::properties();
   const int per_sm = dev::max_active_blocks_per_sm<augment_kernel<T, kSmemWork>>(kThreads, static_cast<size_t>(smem));
   int64_t grid = std::min<int64_t>(a.P, std::max(1, per_sm) * static_cast<int64_t>(prop.multiProcessorCount));
   if (!kSmemWork) {

@@ -43,7 +43,7 @@ void dispatch_type(at::ScalarType t, F&& f) {
 
 Inputs prepare(const ContrastiveArgs& a) {
   if (a.q.scalar_type() == at::kDouble) fail_unsupported_dtype("fastcl (float64 runs on the CPU only)", at::kDouble);
-  const auto& prop = dev::properties();
+  const dev::Properties prop = dev::properties();
   check_cuda_capability(prop.major, prop.minor);
   return Inputs(a);
 }

@@ -3,7 +3,8 @@
 // staging memory), the dynamic shared-memory declaration and the op registration.
 //   nvcc:        the CUDA runtime and ATen's CUDA context; ops register for the CUDA key of fastcl.
 //   FASTCL_SIM:  g++ with csrc/sim/cuda_sim.h force-included (tests only): the CPU simulator of the
-//                CUDA execution model, CPU tensors, ops registered for the CPU key of fastcl_sim.
+//                CUDA execution model, CPU tensors, ops registered for the CPU key of the library
+//                the simulator build names (FASTCL_SIM_LIBRARY, tests/sim/sim_build.py).
 // Kernel bodies never branch on FASTCL_SIM; only this header and the asm wrappers of
 // tile_math.cuh do, one function each.
 #pragma once
@@ -13,16 +14,27 @@
 #include <cstddef>
 #include <utility>
 
+namespace fastcl::dev {
+
+// The device properties the ops read, one type for both builds (a field that only one side had
+// would compile there alone): compute capability, SM count, opt-in shared memory per block.
+struct Properties {
+  int major, minor, multiProcessorCount;
+  size_t sharedMemPerBlockOptin;
+};
+
+}  // namespace fastcl::dev
+
 #if defined(FASTCL_SIM)
+
+#ifndef FASTCL_SIM_LIBRARY
+#error "the simulator build names the op library its kernels register for (-DFASTCL_SIM_LIBRARY=...)"
+#endif
 
 namespace fastcl::dev {
 
 using Stream = int;  // the simulator runs each launch to completion, in order
 
-struct Properties {
-  int major, minor, multiProcessorCount;
-  size_t sharedMemPerBlockOptin;
-};
 inline Properties properties() {
   const sim::DeviceProperties* p = sim::device_properties();
   return {p->major, p->minor, p->multiProcessorCount, p->sharedMemPerBlockOptin};
@@ -53,7 +65,7 @@ inline at::TensorOptions host_staging(at::TensorOptions options) { return option
 
 }  // namespace fastcl::dev
 
-#define FASTCL_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(fastcl_sim, CPU, m)
+#define FASTCL_CUDA_KERNELS(m) TORCH_LIBRARY_IMPL(FASTCL_SIM_LIBRARY, CPU, m)
 
 #else  // nvcc
 
@@ -65,7 +77,10 @@ namespace fastcl::dev {
 
 using Stream = cudaStream_t;
 
-inline const cudaDeviceProp& properties() { return *at::cuda::getCurrentDeviceProperties(); }
+inline Properties properties() {
+  const cudaDeviceProp& p = *at::cuda::getCurrentDeviceProperties();
+  return {p.major, p.minor, p.multiProcessorCount, p.sharedMemPerBlockOptin};
+}
 inline Stream current_stream() { return at::cuda::getCurrentCUDAStream(); }
 
 using DeviceGuard = c10::cuda::CUDAGuard;
