@@ -28,20 +28,10 @@ namespace {
 
 constexpr int64_t kTile = kColTile;
 
-struct Blocks {
-  int64_t M, count, chunks;
-  explicit Blocks(int64_t m) : M(m), count((m + kTile - 1) / kTile) {
-    chunks = std::min<int64_t>(count, std::max(1, at::get_num_threads()));
-  }
-  int64_t begin(int64_t c) const { return c * count / chunks; }
-  int64_t end(int64_t c) const { return (c + 1) * count / chunks; }
-  int64_t rows(int64_t b) const { return std::min(kTile, M - b * kTile); }
-};
-
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward_typed(const at::Tensor& an, const at::Tensor& bn,
                                                                          acc_t scale) {
-  const Blocks blocks(an.size(0));
+  const RowBlocks blocks(an.size(0));
   const int64_t M = blocks.M;
   std::vector<std::vector<OnlineLSE<acc_t>>> col_state(blocks.chunks, std::vector<OnlineLSE<acc_t>>(M));
   std::vector<OnlineLSE<acc_t>> row_state(M);
@@ -94,7 +84,7 @@ template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, acc_t> backward_typed(const at::Tensor& an, const at::Tensor& bn, acc_t scale,
                                                           const acc_t* g_a, const acc_t* g_b, const acc_t* lse_a,
                                                           const acc_t* lse_b) {
-  const Blocks blocks(an.size(0));
+  const RowBlocks blocks(an.size(0));
   const int64_t M = blocks.M, D = an.size(1);
   at::Tensor grad_a = at::zeros({M, D}, an.options());
   at::Tensor partials = at::zeros({blocks.chunks, M, D}, an.options());

@@ -2,6 +2,7 @@
 // (the normalisation pre-pass and epilogue are in normalise.h, shared with the CUDA host code).
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -16,6 +17,19 @@ namespace fastcl::cpu {
 constexpr int64_t kColTile = 256;               // columns per GEMM tile: a 256 x 256 fp32 tile is 256 KiB
 constexpr int64_t kMaxRowBlock = 256;
 constexpr int64_t kPartialBudget = 64ll << 20;  // bytes of grad_kn partials in flight in the backward
+
+// The kColTile-row blocks of M rows of a square (paired) problem, split into at most one contiguous
+// chunk per thread: a chunk keeps its own partial sums, merged in chunk order, so results do not
+// depend on scheduling.
+struct RowBlocks {
+  int64_t M, count, chunks;
+  explicit RowBlocks(int64_t m) : M(m), count((m + kColTile - 1) / kColTile) {
+    chunks = std::min<int64_t>(count, std::max(1, at::get_num_threads()));
+  }
+  int64_t begin(int64_t c) const { return c * count / chunks; }
+  int64_t end(int64_t c) const { return (c + 1) * count / chunks; }
+  int64_t rows(int64_t b) const { return std::min(kColTile, M - b * kColTile); }
+};
 
 // FASTCL_CPU_PARTIAL_BYTES overrides the budget (the tests shrink it to exercise column groups).
 inline int64_t partial_budget() {

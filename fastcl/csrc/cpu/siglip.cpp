@@ -26,16 +26,6 @@ namespace {
 
 constexpr int64_t kTile = kColTile;
 
-struct Blocks {
-  int64_t M, count, chunks;
-  explicit Blocks(int64_t m) : M(m), count((m + kTile - 1) / kTile) {
-    chunks = std::min<int64_t>(count, std::max(1, at::get_num_threads()));
-  }
-  int64_t begin(int64_t c) const { return c * count / chunks; }
-  int64_t end(int64_t c) const { return (c + 1) * count / chunks; }
-  int64_t rows(int64_t b) const { return std::min(kTile, M - b * kTile); }
-};
-
 // Sum of the pair losses of one tile: rows i0 + r against columns j0 + k, dots in S (bi x bj).
 template <typename acc_t>
 double tile_loss(const acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj, acc_t scale, acc_t bias) {
@@ -52,7 +42,7 @@ double tile_loss(const acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj,
 
 template <typename acc_t>
 double forward_typed(const at::Tensor& an, const at::Tensor& bn, acc_t scale, acc_t bias) {
-  const Blocks blocks(an.size(0));
+  const RowBlocks blocks(an.size(0));
   const int64_t M = blocks.M;
   std::vector<double> partial(blocks.chunks, 0.0);
   at::parallel_for(0, blocks.chunks, 1, [&](int64_t c_begin, int64_t c_end) {
@@ -98,7 +88,7 @@ void tile_grad(acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj, acc_t s
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, double, double> backward_typed(const at::Tensor& an, const at::Tensor& bn,
                                                                   acc_t scale, acc_t bias, acc_t g) {
-  const Blocks blocks(an.size(0));
+  const RowBlocks blocks(an.size(0));
   const int64_t M = blocks.M, D = an.size(1);
   at::Tensor grad_a = at::zeros({M, D}, an.options());
   at::Tensor partials = at::zeros({blocks.chunks, M, D}, an.options());

@@ -300,12 +300,18 @@ at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf wh
   return out;
 }
 
+namespace {
+
+// fp16/bf16 and only the features the mma kernels implement (an owned bias, not an ownerless one).
+bool mma_takes_features(const Inputs& in, size_t element_size) {
+  return element_size == 2 && in.only(kMmaFeatures) && !(in.has(kColBias) && !in.col_bias_owner.defined());
+}
+
+}  // namespace
+
 void pad_rows_for_mma(Inputs& in) {
   const int64_t pad = (8 - in.D % 8) % 8;
-  if (in.q.element_size() != 2 || in.D == 0 || in.D + pad > 256 || in.vectorisable() || !in.only(kMmaFeatures) ||
-      (in.has(kColBias) && !in.col_bias_owner.defined())) {
-    return;
-  }
+  if (!mma_takes_features(in, in.q.element_size()) || in.D == 0 || in.D + pad > 256 || in.vectorisable()) return;
   Inputs padded = in;
   const auto copy = [&](const at::Tensor& x) { return pad > 0 ? at::constant_pad_nd(x, {0, pad}) : x.clone(); };
   padded.q = copy(in.q);
@@ -315,10 +321,7 @@ void pad_rows_for_mma(Inputs& in) {
 }
 
 bool forward_mma_applies(const Inputs& in, size_t element_size) {
-  if (element_size != 2 || !in.only(kMmaFeatures) || (in.has(kColBias) && !in.col_bias_owner.defined()) ||
-      in.D > 256 || !in.vectorisable()) {
-    return false;
-  }
+  if (!mma_takes_features(in, element_size) || in.D > 256 || !in.vectorisable()) return false;
   // kD = 256 needs 130 KiB: more than the 99 KiB a block may have on compute capability 8.6 / 8.9,
   // where those widths keep forward_kernel (the 1 KiB a resident block reserves counts too).
   size_t smem = 0;
