@@ -1,18 +1,17 @@
 """SimCLR pre-training: uint8 batches to the device, two views from fastcl.augment there, the
 fused NT-Xent loss, LARS with warm-up and cosine decay, a kNN monitor every epoch, metrics in
-metrics.jsonl, atomic checkpoints and exact resume. The loop pieces come from fastcl.engine."""
+metrics.jsonl, atomic checkpoints and exact resume. fastcl.engine.Trainer runs the loop; this
+module supplies the batches, the views, the loss and the kNN monitor."""
 
 from __future__ import annotations
 
 import dataclasses
-import sys
-import time
 from typing import Optional
 
 import torch
 
 from .. import distributed
-from ..engine import Trainer, TrainingDiverged, progress_bar, runtime
+from ..engine import Trainer, TrainingDiverged, runtime
 from ..losses import NTXentLoss
 from ..queue import MemoryQueue
 from . import data, evaluate, models, optim
@@ -38,6 +37,7 @@ class SimCLRTrainer(Trainer):
     """
 
     kind = "simclr"
+    rate_unit = ("img", "images_per_s")
 
     def __init__(self, config: SimCLRConfig):
         config.validate()
@@ -69,51 +69,62 @@ class SimCLRTrainer(Trainer):
         self.optimizer = optim.build_optimizer(cfg.optimizer, self.model, lr, cfg.weight_decay)
         self.scheduler = optim.warmup_cosine(self.optimizer, int(cfg.warmup() * self.steps_per_epoch), total)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.epoch = self.step_in_epoch = self.global_step = 0
         self.start_or_resume(cfg)
 
-    # -- state --------------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return self.training_state(epoch=self.epoch, step_in_epoch=self.step_in_epoch, global_step=self.global_step,
-                                   criterion=self.criterion.state_dict())
+    # -- what the engine's loop calls ---------------------------------------------------------
+    def extra_state(self) -> dict:
+        return dict(criterion=self.criterion.state_dict())
 
-    def save(self, collective: bool = True) -> None:
-        """All ranks call this together (it gathers their random states), except on Ctrl-C."""
-        self.save_state(self._state, self.global_step, collective)
-
-    def _restore(self, state: dict) -> None:
-        self.load_training_state(state)
+    def restore_extra(self, state: dict) -> None:
         if "criterion" in state:  # the memory bank; older checkpoints have none
             self.criterion.load_state_dict(state["criterion"])
-        self.epoch, self.step_in_epoch, self.global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
-        self.metrics.keep_only(self._before_checkpoint)
 
-    def _before_checkpoint(self, record: dict) -> bool:
-        if record["kind"] == "step":
-            return record["step"] <= self.global_step
-        return record["epoch"] < self.epoch
+    def batches(self):
+        """This rank's share of each batch of the epoch: (uint8 images, labels, sample ids), in an
+        order that depends on the seed and the epoch alone."""
+        return data.batches(self.train_data, self.cfg.batch_size, self.cfg.seed, self.epoch,
+                            shard=(self.rank, self.world))
 
-    # -- training -----------------------------------------------------------------------------
+    def samples(self, batch) -> int:
+        return batch[0].shape[0] * self.world
+
+    def prepare(self, batch) -> tuple:
+        """Two views of each image, stacked (the encoder's inputs), and the sample ids that keep an
+        image stored twice from being its own negative (None with mask_duplicates off)."""
+        images, _, ids = batch
+        images = images.to(self.device, non_blocking=True)
+        ids = ids.to(self.device) if self.cfg.mask_duplicates else None
+        v1, v2 = self._views(images)
+        return torch.cat([v1, v2]), ids
+
+    def loss(self, embeddings: torch.Tensor, ids) -> torch.Tensor:
+        n = embeddings.shape[0] // 2
+        return self.criterion(embeddings[:n], embeddings[n:], sample_ids=ids)
+
     def _views(self, images: torch.Tensor) -> tuple:
         """Two views of this rank's images; under torch.distributed each sample gets the views it
         would get in a one-process run (see SimCLRAugment's shard)."""
         shard = None if self.world == 1 else (self.rank * images.shape[0], self.cfg.batch_size)
         return self.augment(images, views=2, generator=self.generator, shard=shard)
 
-    def _step(self, images: torch.Tensor, ids: torch.Tensor) -> float:
-        images = images.to(self.device, non_blocking=True)
-        ids = ids.to(self.device) if self.cfg.mask_duplicates else None
-        v1, v2 = self._views(images)
-        n = images.shape[0]
-        loss, cache = self.embed_and_loss(torch.cat([v1, v2]), self.net,
-                                          lambda z: self.criterion(z[:n], z[n:], sample_ids=ids), self.chunk_size)
-        value = self.mean_loss(loss, lambda bad: (
-            f"the loss became {bad} at step {self.global_step + 1} (epoch {self.epoch}); training stopped and the "
-            f"last good checkpoint {self.checkpoint_path} is kept. Lower the learning rate or use bf16 instead "
-            "of fp16."))
-        self.optimizer_step(loss, self.optimizer, self.scheduler, cache=cache)
-        return value
+    def divergence_message(self, value: float) -> str:
+        return (f"the loss became {value} at step {self.global_step + 1} (epoch {self.epoch}); training stopped and "
+                f"the last good checkpoint {self.checkpoint_path} is kept. Lower the learning rate or use bf16 "
+                "instead of fp16.")
 
+    def end_of_epoch(self) -> dict:
+        return dict(knn_top1=self.knn_accuracy())
+
+    def summary(self, final_loss: Optional[float], seconds: float) -> dict:
+        """The summary; kNN accuracy only for a run that trained all its epochs (taken now when the
+        run was finished before this call trained anything)."""
+        knn = None
+        if self.epoch >= self.cfg.epochs:
+            knn = self.last_evaluation["knn_top1"] if self.last_evaluation else self.knn_accuracy()
+        return dict(epochs=self.epoch, steps=self.global_step, final_loss=final_loss, knn_top1=knn, seconds=seconds,
+                    checkpoint=self.checkpoint_path, world_size=self.world)
+
+    # -- evaluation ---------------------------------------------------------------------------
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         """Encoder features of all `images`; under torch.distributed each rank encodes a slice
         and the slices are gathered, so every rank holds them all."""
@@ -130,67 +141,6 @@ class SimCLRTrainer(Trainer):
         bank, test = self._features(self.train_data.images), self._features(self.test_data.images)
         return evaluate.knn_accuracy(bank, self.train_data.labels, test, self.test_data.labels, self.cfg.knn_k,
                                      self.cfg.knn_t)
-
-    def train(self) -> dict:
-        """Runs to `epochs` (or `max_steps`) and returns the summary."""
-        start, losses, knn = time.perf_counter(), [], None
-        if self.epoch >= self.cfg.epochs:  # resumed a finished run: nothing to train
-            return self._finish(start, losses, self.knn_accuracy())
-        if self.cfg.max_steps is not None and self.global_step >= self.cfg.max_steps:
-            return self._finish(start, losses, None)  # resumed where max_steps stopped it
-        try:
-            while self.epoch < self.cfg.epochs:
-                knn = self._epoch(losses)
-                if knn is None:  # max_steps reached mid-epoch
-                    return self._finish(start, losses, None)
-                self.metrics.log(kind="epoch", epoch=self.epoch - 1, loss=losses[-1] if losses else None,
-                                 knn_top1=knn)
-                self.save()
-        except KeyboardInterrupt:
-            self.save(collective=False)  # between steps, so the state is consistent and resumable
-            print(f"\ninterrupted: checkpoint saved to {self.checkpoint_path}; continue with --resume",
-                  file=sys.stderr)
-            raise
-        return self._finish(start, losses, knn)
-
-    def _epoch(self, losses: list) -> Optional[float]:
-        """One epoch from where the run stands, then the kNN monitor's accuracy; None when
-        max_steps stopped it (with a checkpoint saved)."""
-        cfg = self.cfg
-        tick, seen = time.perf_counter(), 0
-        with progress_bar(self.steps_per_epoch, cfg.progress and self.is_main, initial=self.step_in_epoch,
-                          desc=f"epoch {self.epoch + 1}/{cfg.epochs}") as bar:
-            for i, (images, _, ids) in enumerate(data.batches(self.train_data, cfg.batch_size, cfg.seed, self.epoch,
-                                                         shard=(self.rank, self.world))):
-                if i < self.step_in_epoch:
-                    continue  # resumed mid-epoch: this batch was trained on before the checkpoint
-                loss = self._step(images, ids)
-                losses.append(loss)
-                self.step_in_epoch, self.global_step = i + 1, self.global_step + 1
-                seen += images.shape[0] * self.world
-                rate = seen / max(time.perf_counter() - tick, 1e-9)
-                lr = self.optimizer.param_groups[0]["lr"]
-                bar.set_postfix_str(f"loss {loss:.4f} lr {lr:.3g} {rate:,.0f} img/s", refresh=False)
-                bar.update()
-                stopping = cfg.max_steps is not None and self.global_step >= cfg.max_steps
-                if self.global_step % cfg.log_every == 0 or self.step_in_epoch == self.steps_per_epoch or stopping:
-                    self.metrics.log(kind="step", step=self.global_step, epoch=self.epoch, loss=loss, lr=lr,
-                                     images_per_s=rate)
-                if stopping:
-                    self.save()
-                    return None
-                if self.schedule.due(self.global_step) and self.step_in_epoch < self.steps_per_epoch:
-                    self.save()  # (the epoch's end saves after the kNN monitor)
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            knn = self.knn_accuracy()
-            last = f"loss {losses[-1]:.4f} " if losses else ""
-            bar.set_postfix_str(f"{last}kNN top-1 {100 * knn:.2f}%", refresh=False)
-        return knn
-
-    def _finish(self, start: float, losses: list, knn: Optional[float]) -> dict:
-        return self.write_summary(dict(
-            epochs=self.epoch, steps=self.global_step, final_loss=losses[-1] if losses else None, knn_top1=knn,
-            seconds=time.perf_counter() - start, checkpoint=self.checkpoint_path, world_size=self.world))
 
 
 __all__ = ["SimCLRTrainer", "TrainingDiverged"]

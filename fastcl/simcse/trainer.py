@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Optional
 
 import torch
 
-from ..engine import Trainer, TrainingDiverged, progress_bar, resume
+from ..engine import Trainer, TrainingDiverged, resume
 from ..losses import InfoNCELoss
 from . import data, duplicates, sts
 from .config import SimCSEConfig
@@ -40,6 +39,8 @@ class SimCSETrainer(Trainer):
     """
 
     kind = "simcse"
+    rate_unit = ("sent", "sentences_per_s")
+    always_saves = False  # the product is the model folder; OUT/last.pt only when save_every_* asks
     run_files = Trainer.run_files + (CONFIG_NAME,)
 
     def __init__(self, config: SimCSEConfig):
@@ -72,29 +73,18 @@ class SimCSETrainer(Trainer):
         self.optimizer, self.scheduler = self._optimizer()
         groups = 3 if self.data.hard_negatives is not None else 2  # encoder inputs per row of a batch
         self.chunk_size = self.chunking(cfg.chunk_size, groups * -(-self.batch_size // self.world))
-        self.global_step, self.best, self.saved_at = 0, None, -1
-        # Data order: the epoch, the order generator's state when the epoch drew its permutation,
-        # and the batches of the epoch done.
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.epoch, self.step_in_epoch, self.order_state = 0, 0, None
+        self.max_grad_norm = cfg.max_grad_norm
+        self.best, self.saved_at = None, -1
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # the data order's
         # max_steps sets the length of the learning-rate schedule here, so it defines the run
         self.start_or_resume(cfg, resume.NOT_RUN_DEFINING - {"max_steps"})
 
     # -- state --------------------------------------------------------------------------------
-    def _state(self) -> dict:
-        return self.training_state(order_state=self.order_state, epoch=self.epoch, step_in_epoch=self.step_in_epoch,
-                                   global_step=self.global_step, best=self.best, saved_at=self.saved_at)
+    def extra_state(self) -> dict:
+        return dict(best=self.best, saved_at=self.saved_at)
 
-    def save(self) -> None:
-        """The training state to OUT/last.pt; all ranks call this together."""
-        self.save_state(self._state, self.global_step)
-
-    def _restore(self, state: dict) -> None:
-        self.load_training_state(state)
-        self.order_state = None if state["order_state"] is None else state["order_state"].cpu()
-        self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-        self.global_step, self.best, self.saved_at = state["global_step"], state["best"], state["saved_at"]
-        self.metrics.keep_only(lambda record: record.get("step", 0) <= self.global_step)
+    def restore_extra(self, state: dict) -> None:
+        self.best, self.saved_at = state["best"], state["saved_at"]
 
     def _optimizer(self) -> tuple:
         """AdamW without decay on biases and LayerNorm, linear warm-up then linear decay to 0 (the
@@ -134,32 +124,69 @@ class SimCSETrainer(Trainer):
         pair_ids = pair_ids[start:stop].to(self.device)
         return pair_ids, None if negative_ids is None else negative_ids[start:stop].to(self.device)
 
-    def _step(self, batch: list, start: int, stop: int) -> float:
-        rows = batch[start:stop]
-        n = len(rows)
-        tokens = self._tokens(rows)
-        ids, negative_ids = self._sample_ids(batch, start, stop, tokens)
+    # -- what the engine's loop calls ---------------------------------------------------------
+    def batches(self):
+        """(the global batch's rows, this rank's share [start, stop) of them) of each step of the
+        epoch, in the order a one-process run sees them. The epoch's permutation is the
+        (epoch + 1)-th that the order generator draws from the seed: it depends on the seed and
+        the epoch alone, so a resumed run draws it again and skips the batches done."""
+        self.generator.manual_seed(self.cfg.seed)
+        for _ in range(self.epoch + 1):
+            order = torch.randperm(len(self.data), generator=self.generator).tolist()
+        batches = [order[first:first + self.batch_size] for first in range(0, len(order), self.batch_size)]
+        for batch in batches:
+            if len(batch) >= self.smallest_batch:
+                sizes = [len(part) for part in torch.tensor(batch).tensor_split(self.world)]
+                start = sum(sizes[:self.rank])
+                yield batch, start, start + sizes[self.rank]
 
-        def loss_fn(z):
-            z = z.float()
-            return self.criterion(z[:n], z[n:2 * n], negative_keys=z[2 * n:] if z.shape[0] > 2 * n else None,
-                                  sample_ids=ids, negative_ids=negative_ids)
+    def samples(self, batch) -> int:
+        return len(batch[0])
 
+    def prepare(self, batch) -> tuple:
+        """The tokens of this rank's rows (anchors, positives, hard negatives: one forward embeds
+        them all) and the loss's target: (rows, pair ids, hard-negative ids)."""
+        rows, start, stop = batch
+        tokens = self._tokens(rows[start:stop])
+        ids, negative_ids = self._sample_ids(rows, start, stop, tokens)
         inputs = {k: v.to(self.device, non_blocking=True) for k, v in tokens.items()}
-        loss, cache = self.embed_and_loss(inputs, self.net, loss_fn, self.chunk_size)
-        value = self.mean_loss(loss, lambda bad: (
-            f"the SimCSE loss became {bad} at step {self.global_step + 1}; lower the learning rate or use bf16 "
-            f"instead of fp16; the last saved model in {self.cfg.out} (if any) is kept"))
-        self.optimizer_step(loss, self.optimizer, self.scheduler, clip=self.model.parameters(),
-                            max_grad_norm=self.cfg.max_grad_norm, cache=cache)
-        return value
+        return inputs, (stop - start, ids, negative_ids)
 
+    def loss(self, embeddings: torch.Tensor, target: tuple) -> torch.Tensor:
+        n, ids, negative_ids = target
+        z = embeddings.float()
+        return self.criterion(z[:n], z[n:2 * n], negative_keys=z[2 * n:] if z.shape[0] > 2 * n else None,
+                              sample_ids=ids, negative_ids=negative_ids)
+
+    def divergence_message(self, value: float) -> str:
+        return (f"the SimCSE loss became {value} at step {self.global_step + 1}; lower the learning rate or use bf16 "
+                f"instead of fp16; the last saved model in {self.cfg.out} (if any) is kept")
+
+    def end_of_step(self) -> None:
+        if self.global_step % self.cfg.eval_steps == 0:
+            self.keep_model()
+
+    def end_of_training(self) -> None:
+        self.keep_model()
+
+    def summary(self, final_loss: Optional[float], seconds: float) -> dict:
+        return dict(steps=self.global_step, final_loss=final_loss, best_dev_spearman=self.best, seconds=seconds,
+                    model=self.cfg.out, supervised=self.data.supervised, pooler=self.model.pooler,
+                    world_size=self.world, config=dataclasses.asdict(self.cfg))
+
+    def train(self) -> dict:
+        """Runs to `epochs` (or `max_steps`), saves, and returns the summary."""
+        self.model.train()
+        self.model.head_trained = True
+        return super().train()
+
+    # -- evaluation ---------------------------------------------------------------------------
     def evaluate_dev(self) -> Optional[float]:
         if self.dev is None:
             return None
         return sts.evaluate_pairs(self.model, self.dev)["spearman"]
 
-    def _checkpoint(self) -> None:
+    def keep_model(self) -> None:
         """With a dev set, keep the best model by dev Spearman; without, the latest. Rank 0 only:
         the ranks hold identical models."""
         if not self.is_main or self.saved_at == self.global_step:
@@ -172,58 +199,6 @@ class SimCSETrainer(Trainer):
                 return  # a NaN score (constant embeddings) never replaces a real best
             self.best = score
         self.model.save_pretrained(self.cfg.out)
-
-    def _batches(self):
-        """(epoch, the global batch's rows, this rank's share [start, stop) of them) of each step
-        from where the run stands, in the order a one-process run would see them."""
-        while self.epoch < self.cfg.epochs:
-            if self.step_in_epoch == 0 or self.order_state is None:
-                self.order_state = self.generator.get_state()
-            else:  # resumed mid-epoch: draw the epoch's permutation again
-                self.generator.set_state(self.order_state)
-            order = torch.randperm(len(self.data), generator=self.generator).tolist()
-            batches = [order[first:first + self.batch_size] for first in range(0, len(order), self.batch_size)]
-            batches = [batch for batch in batches if len(batch) >= self.smallest_batch]
-            for batch in batches[self.step_in_epoch:]:
-                sizes = [len(part) for part in torch.tensor(batch).tensor_split(self.world)]
-                start = sum(sizes[:self.rank])
-                self.step_in_epoch += 1
-                yield self.epoch, batch, start, start + sizes[self.rank]
-            self.epoch, self.step_in_epoch = self.epoch + 1, 0
-
-    def train(self) -> dict:
-        """Runs to `epochs` (or `max_steps`), saves, and returns the summary."""
-        cfg, start, losses = self.cfg, time.perf_counter(), []
-        tick, seen = time.perf_counter(), 0
-        self.model.train()
-        self.model.head_trained = True
-        with progress_bar(self.total_steps, cfg.progress and self.is_main, initial=self.global_step) as bar:
-            for epoch, batch, first, stop in (self._batches() if self.global_step < self.total_steps else ()):
-                loss = self._step(batch, first, stop)
-                losses.append(loss)
-                self.global_step += 1
-                seen += len(batch)
-                rate = seen / max(time.perf_counter() - tick, 1e-9)
-                lr = self.scheduler.get_last_lr()[0]
-                bar.set_postfix_str(f"epoch {epoch + 1} loss {loss:.4f} lr {lr:.3g} {rate:,.0f} sent/s",
-                                    refresh=False)
-                bar.update()
-                if self.global_step % cfg.log_every == 0 or self.global_step >= self.total_steps:
-                    self.metrics.log(kind="step", step=self.global_step, epoch=epoch, loss=loss, lr=lr,
-                                     sentences_per_s=rate)
-                if self.global_step % cfg.eval_steps == 0:
-                    self._checkpoint()
-                if self.global_step >= self.total_steps:
-                    break
-                if self.schedule.due(self.global_step):
-                    self.save()
-        self._checkpoint()
-        if self.schedule.periodic:
-            self.save()  # a restart of a finished run then finds it finished
-        return self.write_summary(dict(
-            steps=self.global_step, final_loss=losses[-1] if losses else None, best_dev_spearman=self.best,
-            seconds=time.perf_counter() - start, model=cfg.out, supervised=self.data.supervised,
-            pooler=self.model.pooler, world_size=self.world, config=dataclasses.asdict(cfg)))
 
 
 __all__ = ["SimCSETrainer", "TrainingDiverged"]

@@ -84,7 +84,7 @@ def arm(job):
     else:  # before that training step, or once an evaluation at or after it has its score
         module = importlib.import_module(job["trainer_module"])
         cls = getattr(module, job["trainer_class"])
-        name = "_step" if moment == "step" else job["evaluation"]
+        name = "train_step" if moment == "step" else job["evaluation"]
         real = getattr(cls, name)
         def hooked(self, *args):
             if moment == "step" and self.global_step + 1 >= target:

@@ -86,13 +86,13 @@ def test_timed_saves(tmp_path, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(resume.time, "monotonic", lambda: clock[0])
     trainer = SimCLRTrainer(_config(tmp_path, save_every_minutes=0.5, keep_checkpoints=5, max_steps=6))
-    real_step = trainer._step
+    real_step = trainer.train_step
 
     def slow_step(*args):
         clock[0] += 11.0  # three steps pass 30 s
         return real_step(*args)
 
-    trainer._step = slow_step
+    trainer.train_step = slow_step
     trainer.train()
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["step-00000003.pt", "step-00000006.pt"]
 
