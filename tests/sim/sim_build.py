@@ -5,8 +5,9 @@
 Each `.cu` becomes a generated `<stem>.sim.cpp` in build/sim/<name>/ that includes
 fastcl/csrc/sim/cuda_sim.h and then the `.cu` itself, so torch's load() compiles it with g++ as C++
 (load() picks the compiler by extension). Every C++ source of the extension gets
-`-DFASTCL_SIM=1 -fsanitize=thread -O1 -g`: ThreadSanitizer's instrumentation is how the
-simulator sees each load and store, but libtsan is never linked (the link line has no
+`-DFASTCL_SIM=1 -fsanitize=thread -O1 -g1`: ThreadSanitizer's instrumentation is how the
+simulator sees each load and store (-g1: line tables only, all that the messages' addr2line
+file:line needs, at about 60% of -g's compile time), but libtsan is never linked (the link line has no
 -fsanitize); the simulator's runtime (fastcl/csrc/sim/*.cpp), compiled separately without
 instrumentation into build/sim/_runtime/<hash>/, defines the __tsan_* callbacks and is linked
 in through extra_ldflags. Plain `.cpp` sources are instrumented too, which costs time but
@@ -35,7 +36,7 @@ CUDA_INCLUDE = Path(os.environ.get("FASTCL_SIM_CUDA_INCLUDE", "/usr/local/cuda/i
 RUNTIME_SOURCES = tuple(sorted(p.name for p in SIM.glob("*.cpp")))
 # -fno-builtin-mem*: g++ would expand constant-size memcpy/memset into plain stores after the
 # instrumentation pass, out of every check; as calls they reach the runtime's interceptors.
-KERNEL_CFLAGS = ["-DFASTCL_SIM=1", "-fsanitize=thread", "-O1", "-g", "-Wno-unknown-pragmas", f"-I{CUDA_INCLUDE}",
+KERNEL_CFLAGS = ["-DFASTCL_SIM=1", "-fsanitize=thread", "-O1", "-g1", "-Wno-unknown-pragmas", f"-I{CUDA_INCLUDE}",
                  "-fno-builtin-memcpy", "-fno-builtin-memmove", "-fno-builtin-memset"]
 _HEADER_SUFFIXES = {".h", ".hpp", ".cuh", ".cu", ".cpp", ".inc"}
 
