@@ -67,7 +67,7 @@ SAMPLE_IDS = 1 << 2  # kSampleIds of csrc/contrastive_args.h
 
 def _features(name: str) -> int:
     """The feature flags (csrc/contrastive_args.h) of an mma kernel, its last template argument."""
-    m = re.search(r"_mma_kernel<[^<>]*, (\d+)u?>", name)
+    m = re.search(r"_(?:mma|wide)_kernel<[^<>]*, (\d+)u?>", name)
     return int(m.group(1)) if m else 0
 
 
@@ -77,6 +77,16 @@ def _smem_forward_mma(dtype: str, name: str) -> int:
     d = _template_int(name)
     ids = 2 * 64 * 8 if _features(name) & SAMPLE_IDS else 0
     return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 4 + 2 * 64 * 8 + ids
+
+
+WIDE_MAX_D = 768  # kMaxWideD of contrastive_host.cuh
+
+
+def _smem_forward_wide(dtype: str, name: str, D: int = 512) -> int:
+    """WideLayout: q as D / 64 chunk tiles of 128 x 64, three 64 x 64 k stages, three tiles' norms and
+    labels (and ids); it grows with D, shown at D = 512 (CLIP's width)."""
+    ids = 3 * 64 * 8 if _features(name) & SAMPLE_IDS else 0
+    return 128 * D * 2 + 3 * 64 * 64 * 2 + 3 * 64 * 4 + 3 * 64 * 8 + ids
 
 
 def _mma_width(D: int) -> int:
@@ -115,6 +125,20 @@ LOSS_KERNELS = [
         lambda D, t: 1,
         _smem_forward_mma,
         lambda D, t, name: _template_int(name) == _mma_width(D) and _features(name) == 0,
+        priority=1,
+    ),
+    # forward_wide_kernel<T, kFeatures>: the same tile for 256 < D <= 768, its q from shared memory,
+    # k streamed in 64-column D chunks (the inner loop).
+    KernelTraits(
+        r"\bforward_wide_kernel<",
+        "forward",
+        256,
+        128,
+        64,
+        lambda t: 64,
+        lambda D, t: 1,
+        _smem_forward_wide,
+        lambda D, t, name: 256 < D <= WIDE_MAX_D and _features(name) == 0,
         priority=1,
     ),
     KernelTraits(r"\bforward_kernel<", "forward", 256, 64, 64, chunk, lambda D, t: 1, _smem_forward),

@@ -1,5 +1,5 @@
 """The FlashAttention-2 style fp16/bf16 kernels (csrc/cuda/contrastive_forward_mma.cu,
-contrastive_backward_mma.cu) on the simulator, whose mma.sync and ldmatrix follow the PTX fragment
+contrastive_forward_wide.cu, contrastive_backward_mma.cu) on the simulator, whose mma.sync and ldmatrix follow the PTX fragment
 maps: they equal the CPU op on every plain problem shape (each kD instantiation, partial tiles,
 several row blocks, masks on the diagonal and on label-overlap tiles), issue the mma count their
 tiling implies with conflict-free ldmatrix, and are not taken for the problems they do not cover.
@@ -106,6 +106,26 @@ def test_mma_forward_equals_the_cpu_op(mode, dtype, n, d):
     # Every block runs 8 warps x (kD / 16) x (64 / 8) mma per column tile it owns.
     blocks, tiles = math.ceil(rows / BM), math.ceil(cols / BN)
     assert c["mma"] == blocks * tiles * 8 * (kd // 16) * (BN // 8)
+    assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], "bank conflicts in the swizzled tiles"
+
+
+@pytest.mark.parametrize("mode,dtype,d", [("ntxent", torch.bfloat16, 320), ("infonce", torch.float16, 300),
+                                          ("duplicates", torch.bfloat16, 384), ("hard_negative_ids", torch.bfloat16, 264)])
+def test_wide_forward_streams_d_in_chunks(mode, dtype, d):
+    """256 < D <= 768: q's 128 rows stay in shared memory, k's tiles stream in 64-column D chunks
+    (the last one partial: D = 264, and D = 300 padded to 304), the same fold as the narrow kernel."""
+    q, k, lr, lc, scale, kw = _case(mode, 70, d, dtype)
+    problem = ContrastiveProblem(q, k, lr, lc, scale, **kw)
+    want = ops.contrastive(problem, impl="fastcl")[0]
+    got, counters = _run(lambda: ops.contrastive(problem, impl="fastcl")[0])
+    torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5 * float(want.abs().max()))
+    counts = {name: c for name, c in counters.items() if "forward_wide_kernel" in name}
+    assert len(counts) == 1 and not any("forward_mma_kernel" in n for n in counters), list(counters)
+    ((name, c),) = counts.items()
+    assert re.search(rf", {FEATURES.get(mode, 0)}u?>", name), name
+    # Per block and column tile: 8 warps x D / 64 chunks x 4 k-steps x 8 fragments.
+    blocks, tiles = math.ceil(q.shape[0] / BM), math.ceil(k.shape[0] / BN)
+    assert c["mma"] == blocks * tiles * 8 * math.ceil(d / 64) * 4 * (BN // 8)
     assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], "bank conflicts in the swizzled tiles"
 
 

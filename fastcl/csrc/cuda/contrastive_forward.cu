@@ -140,7 +140,11 @@ void forward_impl(const Inputs& in, dev::Stream stream, at::Tensor& loss, at::Te
   at::Tensor partial;
   Split split{1, 1};
   if constexpr (!std::is_same<T, float>::value) {
-    if (forward_mma_applies(in, sizeof(T))) split = forward_mma_impl<T>(in, stream, partial);
+    if (forward_mma_applies(in, sizeof(T))) {
+      split = forward_mma_impl<T>(in, stream, partial);
+    } else if (forward_wide_applies(in, sizeof(T))) {
+      split = forward_wide_impl<T>(in, stream, partial);
+    }
   }
   if (!partial.defined()) {
     const Problem p = in.problem();

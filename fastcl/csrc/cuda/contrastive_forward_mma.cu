@@ -19,6 +19,7 @@
 #include "cuda/contrastive_device.cuh"
 #include "cuda/contrastive_host.cuh"
 #include "cuda/device_api.cuh"
+#include "cuda/forward_fold.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/swizzled_tile.cuh"
 #include "cuda/warp_logits.cuh"
@@ -29,9 +30,6 @@ namespace fastcl::gpu {
 using namespace math;
 
 namespace {
-
-constexpr int kMmaThreads = 256, kBM = 128, kBN = 64;
-constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 // Shared memory of forward_mma_kernel<T, kD, kIds>: q (kBM x kD) and two stages of k (kBN x kD) as
 // swizzled rows (swizzled_tile.cuh), and per stage the columns' inverse norms, labels (and ids).
@@ -45,28 +43,6 @@ struct MmaLayout {
   static constexpr size_t kColId = kColLabel + 2 * kBN * sizeof(int64_t);  // int64 [2][kBN], with ids
   static constexpr size_t kBytes = kColId + (kIds ? 2 * kBN * sizeof(int64_t) : 0);
 };
-
-// Column side values of one stage: labels (threads 0-63), inverse norms (threads 64-79, four a
-// copy from col_norm, which is padded to whole tiles) and with kIds sample ids (threads 80-143),
-// for columns [col0, col0 + kBN).
-template <bool kIds>
-__device__ __forceinline__ void load_col_values(float* norm, int64_t* label, int64_t* id, const Problem& p,
-                                                const float* __restrict__ col_norm, int64_t col0) {
-  const int t = threadIdx.x;
-  if (t < kBN) {
-    const int64_t j = col0 + t;
-    const bool ok = j < p.L;
-    cp_async8(&label[t], ok ? p.col_labels + j : p.col_labels, ok);
-  } else if (t < kBN + kBN / 4) {
-    const int c = 4 * (t - kBN);
-    cp_async16(&norm[c], col_norm + col0 + c, true);
-  } else if (kIds && t < 2 * kBN + kBN / 4) {
-    const int c = t - kBN - kBN / 4;
-    const int64_t j = col0 + c;
-    const bool ok = j < p.L;
-    cp_async8(&id[c], ok ? p.col_ids + j : p.col_ids, ok);
-  }
-}
 
 // partial[split][row] = (running max, sum of exp, positive logit sum, positive count), natural log.
 template <typename T, int kD, uint32_t kFeatures>
@@ -95,13 +71,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
   // the rare masks need them, so no 64-bit register stays live through the loop): base-2 factors.
   const int64_t my_row = row0 + warp * 16 + g;
   float a[2];
-  const float scale = *p.logit_scale;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t i = my_row + 8 * h;
-    // >= 0 (the sign rides on col_norm) and never 0, so a masked -inf stays -inf times a_i.
-    a[h] = i < p.M ? fmaxf(fabsf(scale) * kLog2e * p.row_info[i].x, 1e-30f) : 1.f;
-  }
+  row_factors(a, p, my_row);
 
   // Whether each stage's tile can need masks (tile_may_mask): decided once per block, by a thread
   // that copies nothing, as the tile's copies are issued, instead of by every thread after them.
@@ -129,8 +99,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
   load_warp_rows<kD>(qa, smem_addr(sQ), warp, lane);
 
   const LaneRows<kD> krow = logit_rows<kD>(lane);
-  float m_run[2] = {neg_inf<float>(), neg_inf<float>()}, l_run[2] = {0.f, 0.f};
-  float pos_sum[2] = {0.f, 0.f}, pos_cnt[2] = {0.f, 0.f};
+  RowRun run;
 
   for (int tile = t_begin; tile < t_end; ++tile) {
     const int stage = (tile - t_begin) & 1;
@@ -143,110 +112,12 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     float acc[kFrags][4];
     warp_logits<T, kD, kBN>(acc, qa, smem_addr(sK) + stage * L::kStageK, krow);
 
-    // x = acc * sign(scale) / |k_j|; the base-2 logit is y = x * a_i with a_i >= 0, so a row's
-    // largest y is a_i times its largest x. Element e of fragment f sits at row h = e / 2, column
-    // f * 8 + 2 t4 + e % 2.
-    const float* norm = sNorm + stage * kBN;
-#pragma unroll
-    for (int f = 0; f < kFrags; ++f) {
-      const float2 rk = *reinterpret_cast<const float2*>(norm + f * 8 + 2 * t4);
-      acc[f][0] *= rk.x;
-      acc[f][1] *= rk.y;
-      acc[f][2] *= rk.x;
-      acc[f][3] *= rk.y;
-    }
-    const int64_t col0 = int64_t(tile) * kBN;
-    if (s_masked[stage]) {  // sass: rare
-      // In tile coordinates: columns c < width exist; column self[h] is row h's own (or none);
-      // is_self, is_positive and is_masked_negative of common/contrastive_math.h, on 32-bit offsets.
-      const int64_t* lab = sLabel + stage * kBN;
-      const int64_t* ids = sId + stage * kBN;
-      const int width = static_cast<int>(min(int64_t(kBN), p.L - col0));
-      int self[2];
-      int64_t label[2], id[2];
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t i = my_row + 8 * h, at = i + p.row_offset - col0;
-        self[h] = p.exclude_self && at >= 0 && at < kBN ? static_cast<int>(at) : -1;
-        label[h] = i < p.M ? p.row_labels[i] : -1;
-        id[h] = kIds && i < p.M ? p.row_ids[i] : -1;
-      }
-      if constexpr (kBias) {
-        // An owned bias (bias_applies): + bias_j log2(e) on the base-2 logit y = x a_i, so x gains
-        // bias_j log2(e) / a_i; owners and biases read from global memory, on these tiles only.
-        const float inv_a[2] = {1.f / a[0], 1.f / a[1]};
-#pragma unroll
-        for (int f = 0; f < kFrags; ++f) {
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const int c = f * 8 + 2 * t4 + b;
-            if (c >= width) continue;
-            const int64_t owner = p.col_bias_owner[col0 + c];
-            const float bias2 = p.col_info[col0 + c].y * kLog2e;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              if (owner == label[h]) acc[f][2 * h + b] = fmaf(bias2, inv_a[h], acc[f][2 * h + b]);
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int f = 0; f < kFrags; ++f) {
-#pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          const int c = f * 8 + 2 * t4 + b;
-          const int64_t col_label = lab[c], col_id = kIds ? ids[c] : -1;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            float& x = acc[f][2 * h + b];
-            const bool valid = c < width && c != self[h], positive = valid && is_positive(label[h], col_label);
-            if (positive) {
-              pos_sum[h] = fmaf(x, a[h], pos_sum[h]);
-              pos_cnt[h] += 1.f;
-            }
-            if (!valid || (kIds && !positive && is_masked_negative(id[h], col_id))) x = neg_inf<float>();
-          }
-        }
-      }
-    }
-
-    // Online log-sum-exp per row: the quad (t4 = 0..3) shares a row.
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float mx = neg_inf<float>();
-#pragma unroll
-      for (int f = 0; f < kFrags; ++f) mx = fmaxf(mx, fmaxf(acc[f][2 * h], acc[f][2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m_run[h], mx * a[h]);
-      const float base = m_new == neg_inf<float>() ? 0.f : m_new;  // an all-masked row so far: no NaN
-      float sum = 0.f;
-#pragma unroll
-      for (int f = 0; f < kFrags; ++f) {
-        sum += ex2_approx(fmaf(acc[f][2 * h], a[h], -base)) + ex2_approx(fmaf(acc[f][2 * h + 1], a[h], -base));
-      }
-      l_run[h] = l_run[h] * ex2_approx(m_run[h] - base) + sum;
-      m_run[h] = m_new;
-    }
+    fold_tile<kFrags, kIds, kBias>(acc, run, a, p, my_row, int64_t(tile) * kBN, sNorm + stage * kBN,
+                                   sLabel + stage * kBN, sId + stage * kBN, s_masked[stage], t4);
     __syncthreads();  // the stage is free for the prefetch two tiles on
   }
   cp_async_wait_all();  // without column tiles the row copies above were never waited for
-
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    float l = l_run[h], ps = pos_sum[h], pc = pos_cnt[h];
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-      l += __shfl_xor_sync(0xffffffffu, l, off);
-      ps += __shfl_xor_sync(0xffffffffu, ps, off);
-      pc += __shfl_xor_sync(0xffffffffu, pc, off);
-    }
-    const int64_t i = my_row + 8 * h;
-    if (t4 == 0 && i < p.M) {
-      const float m = m_run[h] == neg_inf<float>() ? m_run[h] : m_run[h] * kLn2;
-      partial[int64_t(blockIdx.y) * p.M + i] = make_float4(m, l, ps * kLn2, pc);
-    }
-  }
+  write_row_partials(run, p, my_row, t4, partial);
 }
 
 // {min, max} of values[tile * size, +size) as RangeOf `what` says (an empty set gives min > max).
@@ -269,11 +140,6 @@ __global__ void range_kernel(const int64_t* __restrict__ values, int64_t n, int 
   out[2 * tile] = lo;
   out[2 * tile + 1] = hi;
 }
-
-// Padded inverse norms; label (and id) ranges per row block / column tile.
-struct ColumnTables {
-  at::Tensor norm, row_range, col_range, row_id_range, col_id_range, owner_range;
-};
 
 template <typename T, int kD, uint32_t kFeatures>
 void launch_forward_mma(const Inputs& in, const Problem& p, const ColumnTables& tab, const Split& split,
@@ -302,22 +168,23 @@ at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf wh
 
 namespace {
 
-// fp16/bf16 and only the features the mma kernels implement (an owned bias, not an ownerless one).
+}  // namespace
+
 bool mma_takes_features(const Inputs& in, size_t element_size) {
   return element_size == 2 && in.only(kMmaFeatures) && !(in.has(kColBias) && !in.col_bias_owner.defined());
 }
 
-}  // namespace
-
 void pad_rows_for_mma(Inputs& in) {
   const int64_t pad = (8 - in.D % 8) % 8;
-  if (!mma_takes_features(in, in.q.element_size()) || in.D == 0 || in.D + pad > 256 || in.vectorisable()) return;
+  if (!mma_takes_features(in, in.q.element_size()) || in.D == 0 || in.D + pad > kMaxWideD || in.vectorisable()) {
+    return;
+  }
   Inputs padded = in;
   const auto copy = [&](const at::Tensor& x) { return pad > 0 ? at::constant_pad_nd(x, {0, pad}) : x.clone(); };
   padded.q = copy(in.q);
   padded.k = in.k.is_same(in.q) ? padded.q : copy(in.k);
   padded.D = in.D + pad;
-  if (forward_mma_applies(padded, 2)) in = padded;
+  if (forward_mma_applies(padded, 2) || forward_wide_applies(padded, 2)) in = padded;
 }
 
 bool forward_mma_applies(const Inputs& in, size_t element_size) {
@@ -332,11 +199,7 @@ bool forward_mma_applies(const Inputs& in, size_t element_size) {
   return smem + 1024 <= static_cast<size_t>(dev::properties().sharedMemPerBlockOptin);
 }
 
-template <typename T>
-Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial) {
-  const Problem p = in.problem();
-  const int64_t blocks = ceil_div(in.M, kBM), tiles = ceil_div(in.L, kBN);
-  const Split split = split_stream(blocks, tiles);
+ColumnTables column_tables(const Inputs& in, dev::Stream stream) {
   ColumnTables tab;
   tab.row_range = tile_ranges(in.row_labels, in.M, kBM, RangeOf::kLabels, stream);
   tab.col_range = tile_ranges(in.col_labels, in.L, kBN, RangeOf::kNonNegativeLabels, stream);
@@ -345,8 +208,16 @@ Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial
     tab.col_id_range = tile_ranges(in.col_ids, in.L, kBN, RangeOf::kIds, stream);
   }
   if (in.has(kColBias)) tab.owner_range = tile_ranges(in.col_bias_owner, in.L, kBN, RangeOf::kLabels, stream);
-  tab.norm = at::zeros({tiles * kBN}, in.q.options().dtype(at::kFloat));
+  tab.norm = at::zeros({ceil_div(in.L, kBN) * kBN}, in.q.options().dtype(at::kFloat));
   tab.norm.narrow(0, 0, in.L).copy_(in.col_info.select(1, 0) * at::sign(in.logit_scale));
+  return tab;
+}
+
+template <typename T>
+Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial) {
+  const Problem p = in.problem();
+  const Split split = split_stream(ceil_div(in.M, kBM), ceil_div(in.L, kBN));
+  const ColumnTables tab = column_tables(in, stream);
   partial = at::empty({split.count * in.M * 4}, in.q.options().dtype(at::kFloat));
   with_width<64, 128, 256>(in.D, [&](auto w) {
     constexpr int kD = decltype(w)::value;

@@ -74,6 +74,11 @@ inline Split split_stream(int64_t blocks, int64_t tiles) {
 constexpr uint32_t kMmaFeatures =
     kExcludeSelf | kRowOffset | kConstantCols | kNormalize | kSelfSimilarity | kSampleIds | kColBias;
 
+// fp16/bf16 and only the features the mma kernels implement (an owned bias, not an ownerless one).
+bool mma_takes_features(const Inputs& in, size_t element_size);
+// The widest D (after padding to a multiple of 8) an mma forward takes (forward_wide_applies).
+constexpr int64_t kMaxWideD = 768;
+
 // Whether forward_mma_impl takes this problem (fp16/bf16, only kMmaFeatures, D <= 256, 16-byte rows):
 // the FlashAttention-2 style kernel of contrastive_forward_mma.cu.
 bool forward_mma_applies(const Inputs& in, size_t element_size);
@@ -86,6 +91,23 @@ void pad_rows_for_mma(Inputs& in);
 // mma kernel; returns the split of the columns it used.
 template <typename T>
 Split forward_mma_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial);
+
+// Whether forward_wide_impl takes this problem: as forward_mma_applies, but 256 < D <= 768 (CLIP's 512
+// and 768, BERT's 768, MiniLM's 384), where q's rows no longer fit in registers
+// (contrastive_forward_wide.cu). Its shared memory grows with D: on compute capability 8.x only
+// some widths fit, and the others keep forward_kernel.
+bool forward_wide_applies(const Inputs& in, size_t element_size);
+// As forward_mma_impl, with the wide kernel.
+template <typename T>
+Split forward_wide_impl(const Inputs& in, dev::Stream stream, at::Tensor& partial);
+
+// The mma forwards' column side: inverse norms times sign(scale), padded to whole 64-column tiles, and
+// the label (id, bias owner) ranges of each 128-row block and 64-column tile that say which tiles
+// may need masks (tile_may_mask).
+struct ColumnTables {
+  at::Tensor norm, row_range, col_range, row_id_range, col_id_range, owner_range;
+};
+ColumnTables column_tables(const Inputs& in, dev::Stream stream);
 
 // Which values of a tile its {min, max} range covers (range_kernel, contrastive_forward_mma.cu).
 enum class RangeOf : int {

@@ -42,23 +42,32 @@ struct LaneRows {
 // copies the same chunk of rows r0, r0 + kStride, ..., which share one swizzle (kStride is a multiple
 // of 8). Its offsets are recomputed from the thread index (opaque_tid, tile_math.cuh) at each call:
 // a few shifts, where offsets kept live through the tile loop were spilled beside the accumulators.
+//
+// load_swizzled_chunk: the same for a kD-column chunk of wider rows: x points at the chunk's first
+// column of a (n, ld) matrix, of which `cols` columns from x on exist (zero past them).
 template <typename T, int kD, int kRows, int kThreads>
-__device__ __forceinline__ void load_swizzled(T* tile, const T* __restrict__ x, int64_t n, int64_t D, int64_t row0) {
+__device__ __forceinline__ void load_swizzled_chunk(T* tile, const T* __restrict__ x, int64_t n, int64_t ld,
+                                                    int64_t cols, int64_t row0) {
   constexpr int kChunks = kD / 8, kStride = kThreads / kChunks, kCopies = kRows * kChunks / kThreads;
   static_assert(kThreads % kChunks == 0 && kStride % 8 == 0 && kRows % kStride == 0, "one swizzle per thread");
   const int tid = opaque_tid(), c = tid % kChunks, r0 = tid / kChunks;
-  const bool col_ok = c * 8 < D;
+  const bool col_ok = c * 8 < cols;
   const int64_t left = n - row0 - r0;  // rows of x from this thread's first one on
   const int rows_left = left > kRows ? kRows : static_cast<int>(left);
   T* dst = tile + SwizzledRows<kD>::at(r0, c);
-  const T* src = x + (row0 + r0) * D + c * 8;
-  const int64_t stride = int64_t(kStride) * D;
+  const T* src = x + (row0 + r0) * ld + c * 8;
+  const int64_t stride = int64_t(kStride) * ld;
 #pragma unroll
   for (int it = 0; it < kCopies; ++it) {
     const bool ok = col_ok && it * kStride < rows_left;
     cp_async16(dst + it * kStride * kD, ok ? src : x, ok);
     src += stride;
   }
+}
+
+template <typename T, int kD, int kRows, int kThreads>
+__device__ __forceinline__ void load_swizzled(T* tile, const T* __restrict__ x, int64_t n, int64_t D, int64_t row0) {
+  load_swizzled_chunk<T, kD, kRows, kThreads>(tile, x, n, D, D, row0);
 }
 
 }  // namespace fastcl::gpu

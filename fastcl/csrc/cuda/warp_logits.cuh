@@ -49,15 +49,13 @@ __device__ __forceinline__ void warp_logits(float (&s)[kCols / 8][4], const uint
   }
 }
 
-// As warp_logits, with the A fragments read from the swizzled tile `a_tile` (the lane's rows
-// `a_rows`: warp_rows) at each step: for kD whose fragments would not stay in
-// registers beside a backward's accumulators.
+// s += a (16 x kD, A fragments read from the swizzled tile `a_tile` at each step; the lane's rows
+// `a_rows`: warp_rows) . (rows [0, kCols) of the swizzled tile)^T: for kD whose fragments would not
+// stay in registers beside a backward's accumulators, and for D chunks of wider rows.
 template <typename T, int kD, int kCols>
-__device__ __forceinline__ void warp_logits_from_smem(float (&s)[kCols / 8][4], SmemAddr a_tile,
-                                                      const LaneRows<kD>& a_rows, SmemAddr tile,
-                                                      const LaneRows<kD>& rows) {
-#pragma unroll
-  for (int f = 0; f < kCols / 8; ++f) s[f][0] = s[f][1] = s[f][2] = s[f][3] = 0.f;
+__device__ __forceinline__ void warp_logits_add_from_smem(float (&s)[kCols / 8][4], SmemAddr a_tile,
+                                                          const LaneRows<kD>& a_rows, SmemAddr tile,
+                                                          const LaneRows<kD>& rows) {
 #pragma unroll
   for (int k = 0; k < kD / 16; ++k) {
     uint32_t a[4];
@@ -71,6 +69,16 @@ __device__ __forceinline__ void warp_logits_from_smem(float (&s)[kCols / 8][4], 
       mma_m16n8k16<T>(s[f + 1], a, b1, s[f + 1]);
     }
   }
+}
+
+// As warp_logits_add_from_smem, into zeroed accumulators.
+template <typename T, int kD, int kCols>
+__device__ __forceinline__ void warp_logits_from_smem(float (&s)[kCols / 8][4], SmemAddr a_tile,
+                                                      const LaneRows<kD>& a_rows, SmemAddr tile,
+                                                      const LaneRows<kD>& rows) {
+#pragma unroll
+  for (int f = 0; f < kCols / 8; ++f) s[f][0] = s[f][1] = s[f][2] = s[f][3] = 0.f;
+  warp_logits_add_from_smem<T, kD, kCols>(s, a_tile, a_rows, tile, rows);
 }
 
 }  // namespace fastcl::gpu
