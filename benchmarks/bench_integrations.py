@@ -71,6 +71,7 @@ def _mnrl(impl, rows, dim, device):
 
 CASES = [("sentence_transformers.MNRL", _mnrl, 4096, 384), ("sentence_transformers.MNRL", _mnrl, 16384, 384),
          ("open_clip.ClipLoss", _clip, 16384, 512), ("open_clip.SigLipLoss", _siglip, 4096, 512),
+         ("open_clip.SigLipLoss", _siglip, 16384, 512),
          ("lightly.NTXentLoss", _lightly, 16384, 128)]
 
 

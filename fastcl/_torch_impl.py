@@ -63,49 +63,86 @@ def contrastive_pair(problem: PairProblem) -> tuple[Tensor, Tensor]:
 SIGLIP_CHUNK = 1024  # rows of the sigmoid loss's logits formed at a time by the pure-PyTorch path
 
 
-def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool) -> Tensor:
+def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool,
+           a_ids: Optional[Tensor] = None, b_ids: Optional[Tensor] = None, offset: int = 0) -> Tensor:
     """The sigmoid loss (SigLIP; ops.siglip) in the loss dtype, SIGLIP_CHUNK rows of logits at a
     time: the forward keeps no logits and the backward recomputes them, so memory is
-    O(SIGLIP_CHUNK x M), not M x M (the path CUDA inputs take until the CUDA kernel lands)."""
-    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-    an, bn = a.to(acc), b.to(acc)
+    O(SIGLIP_CHUNK x L), not M x L (the path CUDA inputs take until the CUDA kernel lands)."""
+    return _SigmoidLoss.apply(a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset)
+
+
+def _siglip_rows(a: Tensor, b: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    an, bn = a.to(_acc(a)), b.to(_acc(a))
     if normalize:
         an, bn = F.normalize(an, dim=1, eps=NORM_EPS), F.normalize(bn, dim=1, eps=NORM_EPS)
-    return _SigmoidLoss.apply(an, bn, logit_scale.to(acc), logit_bias.to(acc))
+    return an, bn
 
 
-def _siglip_chunk(an: Tensor, bn: Tensor, scale: Tensor, bias: Tensor, i0: int) -> tuple[Tensor, Tensor, Tensor]:
+def _siglip_chunk(an: Tensor, bn: Tensor, scale: Tensor, bias: Tensor, i0: int, a_ids: Optional[Tensor],
+                  b_ids: Optional[Tensor], offset: int) -> tuple[Tensor, Tensor, Tensor]:
     """(dots, logits, positive mask) of rows [i0, i0 + SIGLIP_CHUNK) against every column."""
     dots = an[i0:i0 + SIGLIP_CHUNK] @ bn.T
     rows = torch.arange(i0, i0 + dots.shape[0], device=an.device)
-    positive = rows[:, None] == torch.arange(bn.shape[0], device=an.device)[None, :]
+    positive = (rows[:, None] + offset) == torch.arange(bn.shape[0], device=an.device)[None, :]
+    if a_ids is not None:
+        row_ids = a_ids[i0:i0 + SIGLIP_CHUNK, None]
+        positive = positive | ((row_ids == b_ids[None, :]) & (row_ids >= 0))
     return dots, scale * dots + bias, positive
 
 
-class _SigmoidLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, an: Tensor, bn: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
-        ctx.save_for_backward(an, bn, scale, bias)
+def siglip_forward(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool,
+                   a_ids: Optional[Tensor] = None, b_ids: Optional[Tensor] = None, offset: int = 0) -> Tensor:
+    """The loss of ops.siglip, without autograd (torch.ops.fastcl.siglip_forward's twin)."""
+    with torch.no_grad():
+        an, bn = _siglip_rows(a, b, normalize)
         total = an.new_zeros(())
         for i0 in range(0, an.shape[0], SIGLIP_CHUNK):
-            _, z, positive = _siglip_chunk(an, bn, scale, bias, i0)
+            _, z, positive = _siglip_chunk(an, bn, logit_scale, logit_bias, i0, a_ids, b_ids, offset)
             total = total - F.logsigmoid(torch.where(positive, z, -z)).sum()
         return total / an.shape[0]
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        an, bn, scale, bias = ctx.saved_tensors
+
+def siglip_backward(grad: Tensor, a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool,
+                    a_ids: Optional[Tensor] = None, b_ids: Optional[Tensor] = None,
+                    offset: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_a, grad_b, grad_logit_scale, grad_logit_bias) of siglip_forward, each chunk's logits
+    recomputed (torch.ops.fastcl.siglip_backward's twin)."""
+    with torch.enable_grad():
+        a_leaf, b_leaf = a.detach().requires_grad_(), b.detach().requires_grad_()
+        an, bn = _siglip_rows(a_leaf, b_leaf, normalize)
+    scale, bias = logit_scale.detach(), logit_bias.detach()
+    with torch.no_grad():
         grad_an, grad_bn = torch.empty_like(an), torch.zeros_like(bn)
         grad_scale, grad_bias = scale.new_zeros(()), bias.new_zeros(())
         g = grad / an.shape[0]
         for i0 in range(0, an.shape[0], SIGLIP_CHUNK):
-            dots, z, positive = _siglip_chunk(an, bn, scale, bias, i0)
+            dots, z, positive = _siglip_chunk(an, bn, scale, bias, i0, a_ids, b_ids, offset)
             G = g * (torch.sigmoid(z) - positive.to(z.dtype))
             grad_an[i0:i0 + SIGLIP_CHUNK] = scale * (G @ bn)
-            grad_bn = grad_bn + scale * (G.T @ an[i0:i0 + SIGLIP_CHUNK])
-            grad_scale = grad_scale + (G * dots).sum()
-            grad_bias = grad_bias + G.sum()
-        return grad_an, grad_bn, grad_scale, grad_bias
+            grad_bn += scale * (G.T @ an[i0:i0 + SIGLIP_CHUNK])
+            grad_scale += (G * dots).sum()
+            grad_bias += G.sum()
+    grad_a, grad_b = torch.autograd.grad((an, bn), (a_leaf, b_leaf), (grad_an, grad_bn))
+    return grad_a, grad_b, grad_scale, grad_bias
+
+
+class _SigmoidLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a, b, scale, bias, normalize, a_ids, b_ids, offset):
+        ctx.save_for_backward(a, b, scale, bias, a_ids, b_ids)
+        ctx.normalize, ctx.offset = normalize, offset
+        return siglip_forward(a, b, scale.to(_acc(a)), bias.to(_acc(a)), normalize, a_ids, b_ids, offset)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, scale, bias, a_ids, b_ids = ctx.saved_tensors
+        grads = siglip_backward(grad, a, b, scale.to(_acc(a)), bias.to(_acc(a)), ctx.normalize, a_ids, b_ids,
+                                ctx.offset)
+        return (*grads, None, None, None, None)
+
+
+def _acc(a: Tensor) -> torch.dtype:
+    return torch.float64 if a.dtype == torch.float64 else torch.float32
 
 
 def _penalised(mode: int, owner: Tensor, row_labels: Tensor, col_labels: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from . import _validate, ops, translate
+from . import _validate, distributed, ops, siglip_ring, translate
 from .problem import LossProblem
 from .translate import Temperature
 from .queue import MemoryQueue
@@ -172,7 +172,8 @@ def info_nce(
 
 
 def siglip(a: Tensor, b: Tensor, logit_scale: Union[float, Tensor], logit_bias: Union[float, Tensor, None] = None,
-           normalize: bool = True, *, impl: str = "auto") -> Tensor:
+           normalize: bool = True, *, sample_ids: Optional[Tensor] = None, gather_distributed: bool = False,
+           impl: str = "auto") -> Tensor:
     """The sigmoid loss of SigLIP (Zhai et al. 2023) over paired rows a, b (M, D), as open_clip's
     SigLipLoss computes it on one process:
 
@@ -188,6 +189,13 @@ def siglip(a: Tensor, b: Tensor, logit_scale: Union[float, Tensor], logit_bias: 
     normalize: L2-normalise the rows first (open_clip's model does this before its loss; the
     open_clip drop-in passes False). impl: "auto", "fastcl" or "torch" as nt_xent. CUDA inputs run
     the chunked pure-PyTorch path for now (the CUDA kernel is issue 26's next increment).
+    sample_ids: (M,) ints; rows i and j sharing an id >= 0 make a positive pair (duplicates of one
+    sample: a second caption of the same image), not a negative (-1: no id).
+    gather_distributed: under torch.distributed, every rank's rows against every rank's b rows (the
+    global batch), the b rows and their gradients passed around the ranks in a ring, so no rank holds
+    more than a few (M, D) blocks (fastcl.siglip_ring); each rank returns its rows' share scaled so
+    that the mean over ranks is the global loss and DDP's averaged gradients are its gradients (batch
+    sizes may differ between ranks; sample ids match across ranks).
 
     Types: fp32/fp16/bf16 (fp64 on CPU); the loss is float32 (float64 for fp64 inputs).
 
@@ -204,7 +212,10 @@ def siglip(a: Tensor, b: Tensor, logit_scale: Union[float, Tensor], logit_bias: 
     acc = ops.loss_dtype(a.dtype)
     scale = _validate.logit_parameter("logit_scale", logit_scale, a, acc, positive=True)
     bias = _validate.logit_parameter("logit_bias", 0.0 if logit_bias is None else logit_bias, a, acc, positive=False)
-    return ops.siglip(a, b, scale, bias, normalize, impl)
+    ids = None if sample_ids is None else _validate.sample_ids("sample_ids", sample_ids, a.shape[0], a)
+    if gather_distributed and distributed.active():
+        return siglip_ring.siglip_ring(a, b, scale, bias, normalize, ids, impl=impl, global_mean=True)
+    return ops.siglip(a, b, scale, bias, normalize, impl, ids, ids)
 
 
 def _pairs(query: Tensor, positive_key: Tensor, negative_keys: Optional[Tensor], sample_ids: Optional[Tensor],

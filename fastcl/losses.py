@@ -156,11 +156,15 @@ class SigLIPLoss(nn.Module):
         learnable: hold both as nn.Parameters (True) or as buffers.
         normalize: L2-normalise the rows first (False: the features are used as given, as open_clip's
             SigLipLoss does after its model normalised them).
+        gather_distributed: under torch.distributed, every rank's rows against the global batch, the
+            b rows passed around the ranks in a ring (memory O(M x D) per rank whatever the world size;
+            fastcl.functional.siglip).
         impl: "auto", "fastcl" or "torch".
 
     Call: ``criterion(a, b)`` with paired rows (M, D); ``criterion(a, b, logit_scale, logit_bias)``
     uses the given scale (already exponentiated, as open_clip's models pass it) and bias instead of
-    the module's. Returns a float32 scalar (float64 for fp64 inputs).
+    the module's; ``sample_ids=`` (M,) makes rows sharing an id positives. Returns a float32 scalar
+    (float64 for fp64 inputs).
 
     Example::
 
@@ -169,7 +173,8 @@ class SigLIPLoss(nn.Module):
     """
 
     def __init__(self, init_logit_scale: float = math.log(10.0), init_logit_bias: float = -10.0, *,
-                 learnable: bool = True, normalize: bool = True, impl: str = "auto"):
+                 learnable: bool = True, normalize: bool = True, gather_distributed: bool = False,
+                 impl: str = "auto"):
         super().__init__()
         _validate.finite_weight("init_logit_scale", init_logit_scale)
         _validate.finite_weight("init_logit_bias", init_logit_bias)
@@ -179,14 +184,14 @@ class SigLIPLoss(nn.Module):
                 setattr(self, name, nn.Parameter(tensor))
             else:
                 self.register_buffer(name, tensor)
-        self.normalize = normalize
-        self.impl = impl
+        self.normalize, self.gather_distributed, self.impl = normalize, gather_distributed, impl
 
     def forward(self, a: Tensor, b: Tensor, logit_scale: Optional[Tensor] = None,
-                logit_bias: Optional[Tensor] = None) -> Tensor:
+                logit_bias: Optional[Tensor] = None, sample_ids: Optional[Tensor] = None) -> Tensor:
         scale = self.logit_scale.exp() if logit_scale is None else logit_scale
         bias = self.logit_bias if logit_bias is None else logit_bias
-        return functional.siglip(a, b, scale, bias, self.normalize, impl=self.impl)
+        return functional.siglip(a, b, scale, bias, self.normalize, sample_ids=sample_ids,
+                                 gather_distributed=self.gather_distributed, impl=self.impl)
 
     def extra_repr(self) -> str:
-        return f"normalize={self.normalize}"
+        return f"normalize={self.normalize}, gather_distributed={self.gather_distributed}"

@@ -6,6 +6,8 @@ otherwise (or when asked with impl="torch")."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -14,7 +16,7 @@ from .problem import (POSITIVE_ONLY, ContrastiveProblem, LossProblem, PairProble
                       check_siglip_meta, loss_dtype)
 
 __all__ = ["POSITIVE_ONLY", "ContrastiveProblem", "LossProblem", "PairProblem", "contrastive", "contrastive_pair",
-           "loss_dtype", "siglip", "solve"]
+           "loss_dtype", "siglip", "siglip_kernels", "solve"]
 
 
 def _register_contrastive() -> None:
@@ -91,25 +93,26 @@ def _register_pair() -> None:
 
 def _register_siglip() -> None:
     @torch.library.register_fake("fastcl::siglip_forward")
-    def _siglip_forward_fake(a, b, logit_scale, logit_bias, normalize):
-        check_siglip_meta(a, b, logit_scale, logit_bias)
+    def _siglip_forward_fake(a, b, logit_scale, logit_bias, normalize, a_ids=None, b_ids=None, offset=0):
+        check_siglip_meta(a, b, logit_scale, logit_bias, a_ids, b_ids)
         return a.new_empty((), dtype=loss_dtype(a.dtype))
 
     @torch.library.register_fake("fastcl::siglip_backward")
-    def _siglip_backward_fake(grad_loss, a, b, logit_scale, logit_bias, normalize):
-        check_siglip_meta(a, b, logit_scale, logit_bias)
+    def _siglip_backward_fake(grad_loss, a, b, logit_scale, logit_bias, normalize, a_ids=None, b_ids=None, offset=0):
+        check_siglip_meta(a, b, logit_scale, logit_bias, a_ids, b_ids)
         torch._check(grad_loss.dim() == 0, lambda: "fastcl: siglip_backward's grad_loss must be 0-dim")
         return torch.empty_like(a), torch.empty_like(b), logit_scale.new_empty(()), logit_bias.new_empty(())
 
     def _siglip_setup_context(ctx, inputs, output):
-        a, b, logit_scale, logit_bias, normalize = inputs
-        ctx.save_for_backward(a, b, logit_scale, logit_bias)
-        ctx.normalize = normalize
+        a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset = inputs
+        ctx.save_for_backward(a, b, logit_scale, logit_bias, a_ids, b_ids)
+        ctx.normalize, ctx.offset = normalize, offset
 
     def _siglip_backward(ctx, grad_loss):
-        a, b, logit_scale, logit_bias = ctx.saved_tensors
-        grads = torch.ops.fastcl.siglip_backward(grad_loss.contiguous(), a, b, logit_scale, logit_bias, ctx.normalize)
-        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None)
+        a, b, logit_scale, logit_bias, a_ids, b_ids = ctx.saved_tensors
+        grads = torch.ops.fastcl.siglip_backward(grad_loss.contiguous(), a, b, logit_scale, logit_bias, ctx.normalize,
+                                                 a_ids, b_ids, ctx.offset)
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None, None, None)
 
     torch.library.register_autograd("fastcl::siglip_forward", _siglip_backward, setup_context=_siglip_setup_context)
 
@@ -162,19 +165,35 @@ def contrastive_pair(problem: PairProblem, impl: str = "auto") -> tuple[Tensor, 
     return loss_a, loss_b
 
 
-def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool,
-           impl: str = "auto") -> Tensor:
-    """The sigmoid loss (SigLIP) of paired rows a, b (M, D): mean over i of sum over j of
-    softplus(-y_ij (logit_scale * <a_i, b_j> + logit_bias)), y_ij = 1 if i == j else -1; logit_scale
-    and logit_bias 0-dim tensors of the loss dtype. The CPU kernel streams 256 x 256 tiles; CUDA
-    inputs run the chunked pure-PyTorch path (the CUDA kernel is issue 26's next increment)."""
+def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool, impl: str = "auto",
+           a_ids: Optional[Tensor] = None, b_ids: Optional[Tensor] = None, offset: int = 0) -> Tensor:
+    """The sigmoid loss (SigLIP) of rows a (M, D) against columns b (L, D): (1 / M) sum over i, j of
+    softplus(-y_ij (logit_scale * <a_i, b_j> + logit_bias)), y_ij = 1 if j == i + offset (none when out
+    of range) or a_ids[i] == b_ids[j] >= 0, else -1; logit_scale and logit_bias 0-dim tensors of the loss
+    dtype. The CPU kernel streams 256 x 256 tiles; CUDA inputs run the chunked pure-PyTorch path (the
+    CUDA kernel is issue 26's next increment)."""
+    args = (a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset)
+    if _siglip_uses_torch(a, impl):
+        return _torch_impl.siglip(*args)
+    return torch.ops.fastcl.siglip_forward(*args)
+
+
+def siglip_kernels(like: Tensor, impl: str = "auto") -> tuple:
+    """(forward, backward) without autograd, with the ops' signatures (siglip_forward(a, b, logit_scale,
+    logit_bias, normalize, a_ids, b_ids, offset) -> loss; siglip_backward(grad_loss, ...) -> the four
+    gradients): the compiled ops or the pure-PyTorch path, as ops.siglip picks. The distributed ring
+    (fastcl.siglip_ring) calls them chunk by chunk."""
+    if _siglip_uses_torch(like, impl):
+        return _torch_impl.siglip_forward, _torch_impl.siglip_backward
+    return torch.ops.fastcl.siglip_forward.default, torch.ops.fastcl.siglip_backward.default
+
+
+def _siglip_uses_torch(a: Tensor, impl: str) -> bool:
     use_torch = _use_torch(impl, a, cuda_ops_warning=False)
     if a.is_cuda and impl == "fastcl":
         raise NotImplementedError("fastcl: the SigLIP CUDA kernel is issue 26's next increment; impl='auto' runs "
                                   "the chunked pure-PyTorch path on CUDA inputs")
-    if use_torch or a.is_cuda:
-        return _torch_impl.siglip(a, b, logit_scale, logit_bias, normalize)
-    return torch.ops.fastcl.siglip_forward(a, b, logit_scale, logit_bias, normalize)
+    return use_torch or a.is_cuda
 
 
 def solve(problem: LossProblem, impl: str = "auto") -> tuple[Tensor, Tensor]:

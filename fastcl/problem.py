@@ -113,8 +113,17 @@ def check_pair_meta(problem: PairProblem) -> None:
                  lambda: f"fastcl: logit_scale must be a 0-dim {loss_dtype(a.dtype)} tensor")
 
 
-def check_siglip_meta(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> None:
-    """check_pair_meta for the sigmoid loss, with its 0-dim logit bias."""
-    check_pair_meta(PairProblem(a, b, logit_scale))
-    torch._check(logit_bias.dim() == 0 and logit_bias.dtype == loss_dtype(a.dtype),
-                 lambda: f"fastcl: logit_bias must be a 0-dim {loss_dtype(a.dtype)} tensor")
+def check_siglip_meta(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, a_ids: Optional[Tensor] = None,
+                      b_ids: Optional[Tensor] = None) -> None:
+    """The sigmoid loss's op arguments (shapes and dtypes): a (M, D) and b (L, D) of one dtype, a 0-dim
+    logit scale and bias, sample ids a_ids (M,) and b_ids (L,), both or neither."""
+    torch._check(a.dim() == 2 and b.dim() == 2 and a.shape[1] == b.shape[1],
+                 lambda: f"fastcl: a and b must be (M, D) and (L, D), got {a.shape}, {b.shape}")
+    torch._check(a.dtype == b.dtype, lambda: f"fastcl: a and b must have the same dtype, got {a.dtype}, {b.dtype}")
+    for name, t in (("logit_scale", logit_scale), ("logit_bias", logit_bias)):
+        torch._check(t.dim() == 0 and t.dtype == loss_dtype(a.dtype),
+                     lambda: f"fastcl: {name} must be a 0-dim {loss_dtype(a.dtype)} tensor")
+    torch._check((a_ids is None) == (b_ids is None), lambda: "fastcl: a_ids and b_ids come together (both or neither)")
+    if a_ids is not None:
+        torch._check(a_ids.shape == (a.shape[0],) and b_ids.shape == (b.shape[0],),
+                     lambda: "fastcl: sample ids must be 1-D of their rows' count")

@@ -163,12 +163,28 @@ void check_pair_backward_args(const at::Tensor& a, const at::Tensor& grad_a, con
 }
 
 void check_siglip_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale,
-                       const at::Tensor& logit_bias) {
-  check_pair_args(a, b, logit_scale);
+                       const at::Tensor& logit_bias, const c10::optional<at::Tensor>& a_ids,
+                       const c10::optional<at::Tensor>& b_ids) {
+  TORCH_CHECK_VALUE(a.dim() == 2 && a.size(0) >= 1, "fastcl: a must be 2-D (M, D) with M >= 1, got shape ",
+                    a.sizes());
+  TORCH_CHECK_VALUE(b.dim() == 2 && b.size(0) >= 1 && b.size(1) == a.size(1),
+                    "fastcl: b must be 2-D (L, D) with L >= 1 and a's feature size ", a.size(1), ", got shape ",
+                    b.sizes());
+  // The paired checks (dtypes, device, the scale) see b's first row broadcast to a's shape when L != M.
+  check_pair_args(a, b.size(0) == a.size(0) ? b : b.narrow(0, 0, 1).expand(a.sizes()), logit_scale);
   TORCH_CHECK_VALUE(logit_bias.device() == a.device() && logit_bias.dim() == 0,
                     "fastcl: logit_bias must be a 0-dim tensor on ", a.device());
   TORCH_CHECK_TYPE(logit_bias.scalar_type() == loss_dtype(a.scalar_type()), "fastcl: logit_bias must be ",
                    loss_dtype(a.scalar_type()), " for ", a.scalar_type(), " inputs, got ", logit_bias.scalar_type());
+  TORCH_CHECK_VALUE(a_ids.has_value() == b_ids.has_value(), "fastcl: a_ids and b_ids come together (both or neither)");
+  if (!a_ids.has_value()) return;
+  const std::pair<const at::Tensor*, const at::Tensor*> ids[] = {{&*a_ids, &a}, {&*b_ids, &b}};
+  for (const auto& [id, x] : ids) {
+    TORCH_CHECK_TYPE(id->scalar_type() == at::kLong, "fastcl: sample ids must be int64, got ", id->scalar_type());
+    TORCH_CHECK_VALUE(id->dim() == 1 && id->size(0) == x->size(0) && id->device() == a.device(),
+                      "fastcl: sample ids must be 1-D of their rows' count (", x->size(0), ") on ", a.device(),
+                      ", got shape ", id->sizes(), " on ", id->device());
+  }
 }
 
 void check_siglip_backward_args(const at::Tensor& a, const at::Tensor& grad_loss) {

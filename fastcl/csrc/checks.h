@@ -23,9 +23,11 @@ void check_pair_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor&
 void check_pair_backward_args(const at::Tensor& a, const at::Tensor& grad_a, const at::Tensor& grad_b,
                               const at::Tensor& lse_a, const at::Tensor& lse_b);
 
-// The sigmoid loss: a and b as check_pair_args; logit_scale and logit_bias 0-dim, loss dtype, a's device.
+// The sigmoid loss: a (M, D) and b (L, D), M, L >= 1, one dtype and device; logit_scale and logit_bias
+// 0-dim, loss dtype, a's device; a_ids (M,) and b_ids (L,) int64 on a's device, both or neither.
 void check_siglip_args(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale,
-                       const at::Tensor& logit_bias);
+                       const at::Tensor& logit_bias, const c10::optional<at::Tensor>& a_ids,
+                       const c10::optional<at::Tensor>& b_ids);
 // Its backward's grad_loss: 0-dim, loss dtype, a's device.
 void check_siglip_backward_args(const at::Tensor& a, const at::Tensor& grad_loss);
 

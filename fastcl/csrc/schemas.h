@@ -29,13 +29,17 @@ constexpr const char* kContrastivePairForward =
 constexpr const char* kContrastivePairBackward =
     "contrastive_pair_backward(Tensor grad_loss_a, Tensor grad_loss_b, Tensor a, Tensor b, Tensor logit_scale, "
     "Tensor lse_a, Tensor lse_b, bool normalize) -> (Tensor grad_a, Tensor grad_b, Tensor grad_logit_scale)";
-// The sigmoid loss (SigLIP): a (M, D) against b (M, D), logit scale * <a_i, b_j> + bias, the positive on
-// the diagonal -> the mean over rows of the summed pair losses softplus(-y_ij logit_ij) (0-dim), and
-// its gradients with respect to a, b, the scale and the bias (csrc/README.md, siglip).
+// The sigmoid loss (SigLIP): rows a (M, D) against columns b (L, D), logit scale * <a_i, b_j> + bias; the
+// pair (i, j) is positive when j == i + offset (none when out of range: a chunk of another rank's keys)
+// or, with a_ids (M,) and b_ids (L,) (both or neither), when they share an id >= 0; every other pair
+// is negative -> (1 / M) sum_ij softplus(-y_ij logit_ij) (0-dim), and its gradients with respect to a,
+// b, the scale and the bias (csrc/README.md, siglip).
 constexpr const char* kSiglipForward =
-    "siglip_forward(Tensor a, Tensor b, Tensor logit_scale, Tensor logit_bias, bool normalize) -> Tensor";
+    "siglip_forward(Tensor a, Tensor b, Tensor logit_scale, Tensor logit_bias, bool normalize, "
+    "Tensor? a_ids=None, Tensor? b_ids=None, int offset=0) -> Tensor";
 constexpr const char* kSiglipBackward =
-    "siglip_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor logit_scale, Tensor logit_bias, bool normalize) "
+    "siglip_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor logit_scale, Tensor logit_bias, bool normalize, "
+    "Tensor? a_ids=None, Tensor? b_ids=None, int offset=0) "
     "-> (Tensor grad_a, Tensor grad_b, Tensor grad_logit_scale, Tensor grad_logit_bias)";
 // SimCLR batch augmentation: output sample p is images[source_index[p]] transformed by the
 // parameter row params[p] (layout: csrc/common/augment_math.h), resized to size x size.

@@ -1,6 +1,8 @@
 """open_clip's ClipLoss on fastcl's fused kernels: the same arguments, call and numbers (and
 gradients, logit scale included), without the (N x N) logit matrices, for every combination of
-local_loss and gather_with_grad that open_clip trains with; and its SigLipLoss (one process for now).
+local_loss and gather_with_grad that open_clip trains with; and its SigLipLoss, whose distributed
+form passes the text features (and their gradients) around the ranks in a ring instead of keeping
+every exchanged chunk's logits (fastcl.siglip_ring).
 
     # from open_clip import ClipLoss; from open_clip.loss import SigLipLoss
     from fastcl.integrations.open_clip import ClipLoss, SigLipLoss
@@ -100,9 +102,12 @@ class SigLipLoss(nn.Module):
 
     Args:
         cache_labels: accepted for compatibility (fastcl builds no label matrix to cache).
-        rank, world_size: this process in the torch.distributed group; world_size > 1 is not
-            supported yet (the distributed ring without quadratic memory is issue 26's next step).
-        dist_impl: "bidir" (default), "shift", "reduce" or "gather", as open_clip; checked and kept.
+        rank, world_size: this process in the torch.distributed group (checked against it). With
+            world_size > 1 each rank's loss is its image rows against every rank's text rows, as
+            open_clip's, and the text gradients reach their owners: the same values and gradients.
+        dist_impl: "bidir" (default), "shift", "reduce" or "gather", as open_clip; all four give the
+            same result there, and here all run the ring (memory O(N x D) per rank whatever the world
+            size, where open_clip's keep every exchanged chunk's N x N logits for the backward).
 
     Call: ``criterion(image_features, text_features, logit_scale, logit_bias, output_dict=False)``
     with features (N, D) normalised by the model, logit_scale the exp() of the model's parameter and
@@ -116,13 +121,16 @@ class SigLipLoss(nn.Module):
         self.dist_impl = dist_impl or "bidir"
         if self.dist_impl not in ("bidir", "shift", "reduce", "gather"):
             raise ValueError(f"dist_impl must be 'bidir', 'shift', 'reduce' or 'gather', got {dist_impl!r}")
-        if world_size > 1:
-            raise NotImplementedError(
-                "fastcl's SigLipLoss runs on one process for now (world_size=1): the distributed sigmoid loss "
-                "(keys passed around a ring, chunks recomputed in the backward) is issue 26's next increment; "
-                "use open_clip.SigLipLoss for world_size > 1")
 
     def forward(self, image_features: Tensor, text_features: Tensor, logit_scale: Tensor,
                 logit_bias: Optional[Tensor] = None, output_dict: bool = False):
-        loss = functional.siglip(image_features, text_features, logit_scale, logit_bias, normalize=False)
+        if self.world_size > 1:
+            rank, world = distributed.rank_world()
+            if (rank, world) != (self.rank, self.world_size):
+                raise ValueError(f"SigLipLoss(rank={self.rank}, world_size={self.world_size}) does not match the "
+                                 f"torch.distributed group (rank {rank} of {world})")
+        # Equal batches on every rank (as open_clip's exchanges need): the global-mean share of a rank is
+        # then exactly its own rows' mean, open_clip's value.
+        loss = functional.siglip(image_features, text_features, logit_scale, logit_bias, normalize=False,
+                                 gather_distributed=self.world_size > 1)
         return {"contrastive_loss": loss} if output_dict else loss

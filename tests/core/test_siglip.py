@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import fastcl
-from fastcl import _torch_impl, functional
+from fastcl import _torch_impl, functional, ops
 
 import reference
 from helpers import assert_close_to_truth
@@ -167,6 +167,10 @@ BAD = [
     (lambda: functional.siglip(_x(4, 8), _x(4, 8), torch.ones(2), 0.0), ValueError, "one-element"),
     (lambda: functional.siglip(_x(4, 8), _x(4, 8), "1", 0.0), TypeError, "logit_scale"),
     (lambda: functional.siglip(_x(4, 8), _x(4, 8), 1.0, 0.0, impl="cuda"), ValueError, "impl"),
+    (lambda: functional.siglip(_x(4, 8), _x(4, 8), 1.0, 0.0, sample_ids=torch.arange(3)), ValueError, "sample_ids"),
+    (lambda: functional.siglip(_x(4, 8), _x(4, 8), 1.0, 0.0, sample_ids=torch.ones(4)), TypeError, "sample_ids"),
+    (lambda: functional.siglip(_x(4, 8), _x(4, 8), 1.0, 0.0, sample_ids=torch.full((4,), -2)), ValueError,
+     "sample_ids"),
 ]
 
 
@@ -181,11 +185,107 @@ def test_ops_reject_bad_arguments_without_crashing():
     fwd, bwd = torch.ops.fastcl.siglip_forward, torch.ops.fastcl.siglip_backward
     with pytest.raises(ValueError, match="a must be 2-D"):
         fwd(_x(4), _x(4), s, t, True)
-    with pytest.raises(ValueError, match="b must have the shape of a"):
-        fwd(a, _x(3, 8), s, t, True)
+    with pytest.raises(ValueError, match="b must be 2-D"):
+        fwd(a, _x(3, 7), s, t, True)
+    with pytest.raises(ValueError, match="b must be 2-D"):
+        fwd(a, _x(0, 8), s, t, True)
+    ids = torch.arange(4)
+    with pytest.raises(ValueError, match="both or neither"):
+        fwd(a, a, s, t, True, ids, None)
+    with pytest.raises(TypeError, match="sample ids must be int64"):
+        fwd(a, a, s, t, True, ids, ids.int())
+    with pytest.raises(ValueError, match="sample ids must be 1-D"):
+        fwd(a, _x(3, 8), s, t, True, ids, ids)
+    with pytest.raises(ValueError, match="sample ids must be 1-D"):
+        bwd(torch.tensor(1.0), a, a, s, t, True, ids[None], ids)
     with pytest.raises(TypeError, match="logit_bias must be"):
         fwd(a, a, s, t.double(), True)
     with pytest.raises(ValueError, match="logit_bias must be a 0-dim"):
         fwd(a, a, s, torch.zeros(2), True)
     with pytest.raises(ValueError, match="grad_loss must be a 0-dim"):
         bwd(torch.ones(2), a, a, s, t, True)
+
+
+# Sample ids and the diagonal offset (the arguments the distributed ring's chunks need): rows a (M)
+# against columns b (L), positives j == i + offset (none when out of range) and shared ids >= 0.
+
+def _oracle(a, b, s, t, normalize=True, a_ids=None, b_ids=None, offset=0):
+    """The whole M x L logit matrix in the inputs' dtype, labels +1 on the positives, -1 elsewhere."""
+    if normalize:
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    z = s.to(a.dtype) * a @ b.T + t.to(a.dtype)
+    rows, cols = torch.arange(a.shape[0])[:, None], torch.arange(b.shape[0])[None, :]
+    positive = cols == rows + offset
+    if a_ids is not None:
+        positive = positive | ((a_ids[:, None] == b_ids[None, :]) & (a_ids[:, None] >= 0))
+    return -F.logsigmoid(torch.where(positive, z, -z)).sum() / a.shape[0]
+
+
+def _chunk_case(m, l, d, dtype, with_ids, seed=0):
+    a, _, s, t = _case(m, d, dtype, seed=seed, scale=4.0, bias=-2.0)
+    b = torch.randn(l, d, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(dtype)
+    g = torch.Generator().manual_seed(seed + 2)
+    ids = [torch.randint(-1, 4, (n,), generator=g) if with_ids else None for n in (m, l)]
+    return a, b.requires_grad_(), s, t, ids
+
+
+CHUNKS = [(37, 300, 0), (300, 37, -5), (5, 7, 7), (5, 7, -5), (300, 300, 10), (1, 1, 1), (260, 9, -256)]
+
+
+@pytest.mark.parametrize("m,l,offset", CHUNKS)
+@pytest.mark.parametrize("with_ids", [False, True], ids=["no-ids", "ids"])
+@pytest.mark.parametrize("impl", ["fastcl", "torch"])
+def test_ids_and_offset_match_the_oracle(m, l, offset, with_ids, impl, monkeypatch):
+    monkeypatch.setattr(_torch_impl, "SIGLIP_CHUNK", 16)
+    for dtype, tol in ((torch.float64, dict(rtol=1e-10, atol=1e-12)), (torch.float32, dict(rtol=1e-4, atol=1e-5))):
+        a, b, s, t, (ia, ib) = _chunk_case(m, l, 9, dtype, with_ids)
+        for normalize in (True, False):
+            got = _value_and_grads(lambda *x: ops.siglip(*x, normalize, impl, ia, ib, offset), a, b, s, t)
+            want = _value_and_grads(lambda *x: _oracle(*x, normalize, ia, ib, offset), *_fp64(a, b, s, t))
+            for name, x, w in zip(NAMES, got, want):
+                torch.testing.assert_close(x.double(), w, **tol, msg=f"{name} {dtype} normalize={normalize}")
+
+
+def test_the_kernels_without_autograd_match_the_op():
+    """ops.siglip_kernels: the (forward, backward) pair the ring calls, compiled and pure PyTorch."""
+    a, b, s, t, (ia, ib) = _chunk_case(40, 23, 6, torch.float64, True)
+    g = torch.tensor(1.5, dtype=torch.float64)
+    want = _value_and_grads(lambda *x: _oracle(*x, True, ia, ib, 3), a, b, s, t)
+    for impl in ("fastcl", "torch"):
+        forward, backward = ops.siglip_kernels(a, impl)
+        args = (a.detach(), b.detach(), s.detach(), t.detach(), True, ia, ib, 3)
+        got = (forward(*args), *backward(g, *args))
+        for name, x, w in zip(NAMES, got, want):
+            torch.testing.assert_close(x, w, rtol=1e-10, atol=1e-12, msg=f"{impl}: {name}")
+
+
+def test_sample_ids_make_duplicates_positives():
+    """functional.siglip(sample_ids=): rows sharing an id are positives (-1: none); the diagonal stays
+    positive; distinct ids change nothing."""
+    a, b, s, t = _case(30, 8, torch.float64)
+    ids = torch.arange(30) % 7 - 1  # -1 (no id) on some rows, duplicates elsewhere
+    for impl in ("fastcl", "torch"):
+        got = _value_and_grads(lambda *x: functional.siglip(*x, sample_ids=ids, impl=impl), a, b, s, t)
+        want = _value_and_grads(lambda *x: _oracle(*x, True, ids, ids), a, b, s, t)
+        for name, x, w in zip(NAMES, got, want):
+            torch.testing.assert_close(x, w, rtol=1e-10, atol=1e-12, msg=name)
+    distinct = functional.siglip(a, b, s, t, sample_ids=torch.arange(30))
+    torch.testing.assert_close(distinct, functional.siglip(a, b, s, t))
+    criterion = fastcl.SigLIPLoss(learnable=False)
+    torch.testing.assert_close(criterion(a, b, s, t, sample_ids=ids), functional.siglip(a, b, s, t, sample_ids=ids))
+
+
+def test_gradcheck_opcheck_and_compile_with_ids_and_offset():
+    a, b, s, t, (ia, ib) = _chunk_case(5, 7, 4, torch.float64, True)
+    for offset in (0, -2, 9):
+        assert torch.autograd.gradcheck(lambda *x: ops.siglip(*x, True, "fastcl", ia, ib, offset), (a, b, s, t))
+        args = (a, b, s, t, False, ia, ib, offset)
+        torch.library.opcheck(torch.ops.fastcl.siglip_forward.default, args)
+        torch.library.opcheck(torch.ops.fastcl.siglip_backward.default,
+                              (torch.tensor(0.7, dtype=torch.float64), *(x.detach() for x in args[:4]), *args[4:]))
+    x, y = a.detach().float(), b.detach().float()
+    scale, bias = torch.tensor(4.0), torch.tensor(-2.0)
+    compiled = torch.compile(lambda p, q, sc, bi, i, j: ops.siglip(p, q, sc, bi, True, "fastcl", i, j, 2),
+                             fullgraph=True)
+    torch.testing.assert_close(compiled(x, y, scale, bias, ia, ib), ops.siglip(x, y, scale, bias, True, "fastcl", ia,
+                                                                                ib, 2))

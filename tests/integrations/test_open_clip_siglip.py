@@ -1,7 +1,7 @@
 """fastcl.integrations.open_clip.loss.SigLipLoss against open_clip's own class: values and gradients
 (features, logit scale, logit bias), fp32 and bf16, odd shapes, output_dict, no bias, a batch of
-one, the constructor's arguments, and a few steps of open_clip's smallest shipped model with
-SigLIP's scale and bias, randomly initialised."""
+one, the constructor's arguments, and a few steps of open_clip's smallest shipped model with SigLIP's
+scale and bias, randomly initialised (world_size > 1, under 2 processes: tests/distributed/test_siglip_ring.py)."""
 
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def test_constructor_follows_open_clip():
     assert SigLipLoss().dist_impl == "bidir"
     with pytest.raises(ValueError, match="dist_impl"):
         SigLipLoss(dist_impl="ring")
-    with pytest.raises(NotImplementedError, match="issue 26"):
-        SigLipLoss(rank=1, world_size=2)
+    image, text, scale, bias = _features(4, 3, torch.float32)
+    with pytest.raises(ValueError, match="does not match the torch.distributed group"):  # no process group here
+        SigLipLoss(rank=1, world_size=2)(image, text, scale, bias)
 
 
 def test_a_few_steps_of_an_open_clip_siglip_model():

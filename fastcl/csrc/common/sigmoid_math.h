@@ -4,6 +4,7 @@
 // sigmoid(z) - [y = +1]. Written so that no exp sees a positive argument: finite for any finite z.
 #pragma once
 #include <cmath>
+#include <cstdint>
 
 #include "common/macros.h"
 
@@ -51,6 +52,15 @@ FASTCL_HD T sigmoid_pair_loss(T z, bool positive) {
 template <typename T>
 FASTCL_HD T sigmoid_pair_grad(T z, bool positive) {
   return positive ? -sigmoid(-z) : sigmoid(z);
+}
+
+// Whether row i and column j (of a chunk of M rows against L columns) form a positive pair: on the
+// diagonal shifted by offset (j == i + offset; none when that falls outside the chunk, as for the
+// keys of another rank), or sharing a sample id (>= 0; row_ids nullptr: no ids).
+FASTCL_HD bool is_siglip_positive(int64_t i, int64_t j, int64_t offset, const int64_t* row_ids,
+                                         const int64_t* col_ids) {
+  if (j == i + offset) return true;
+  return row_ids != nullptr && row_ids[i] >= 0 && row_ids[i] == col_ids[j];
 }
 
 }  // namespace fastcl::math

@@ -1,8 +1,10 @@
-// CPU kernels of the sigmoid loss (SigLIP; semantics: csrc/README.md, siglip): rows a_i against
-// every b_j, logit z_ij = scale * <a_i, b_j> + bias, loss = (1 / M) sum_ij softplus(-y_ij z_ij) with
-// y_ij = +1 on the diagonal and -1 elsewhere. Each logit's loss and gradient depend on that logit
-// alone, so a tile needs no statistics of other tiles: the forward sums the tiles' losses, the
-// backward recomputes each tile and feeds its gradient straight into the two products.
+// CPU kernels of the sigmoid loss (SigLIP; semantics: csrc/README.md, siglip): rows a_i (M) against
+// columns b_j (L), logit z_ij = scale * <a_i, b_j> + bias, loss = (1 / M) sum_ij softplus(-y_ij z_ij)
+// with y_ij = +1 on the pairs math::is_siglip_positive names (the diagonal shifted by an offset, none
+// for a chunk of another rank's keys; pairs sharing a sample id) and -1 elsewhere. Each logit's loss
+// and gradient depend on that logit alone, so a tile needs no statistics of other tiles: the forward
+// sums the tiles' losses, the backward recomputes each tile and feeds its gradient straight into the
+// two products.
 //
 // Row blocks are split into contiguous chunks; a chunk keeps its own loss sum (forward) or
 // b-gradient partial and scalar sums (backward), merged in chunk order, so results do not depend
@@ -26,56 +28,66 @@ namespace {
 
 constexpr int64_t kTile = kColTile;
 
+// Which pairs are positive (math::is_siglip_positive), with the scalars every tile needs.
+template <typename acc_t>
+struct Pairs {
+  acc_t scale, bias;
+  int64_t offset;
+  const int64_t* row_ids;  // nullptr: no sample ids
+  const int64_t* col_ids;
+  bool positive(int64_t i, int64_t j) const { return math::is_siglip_positive(i, j, offset, row_ids, col_ids); }
+};
+
 // Sum of the pair losses of one tile: rows i0 + r against columns j0 + k, dots in S (bi x bj).
 template <typename acc_t>
-double tile_loss(const acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj, acc_t scale, acc_t bias) {
+double tile_loss(const acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj, const Pairs<acc_t>& p) {
   double total = 0;
   for (int64_t r = 0; r < bi; ++r) {
     const acc_t* dot = S + r * bj;
-    const int64_t diag = i0 + r - j0;  // the positive's column in this tile, if it lies here
     acc_t row = 0;
-    for (int64_t k = 0; k < bj; ++k) row += math::sigmoid_pair_loss(scale * dot[k] + bias, k == diag);
+    for (int64_t k = 0; k < bj; ++k) {
+      row += math::sigmoid_pair_loss(p.scale * dot[k] + p.bias, p.positive(i0 + r, j0 + k));
+    }
     total += static_cast<double>(row);
   }
   return total;
 }
 
 template <typename acc_t>
-double forward_typed(const at::Tensor& an, const at::Tensor& bn, acc_t scale, acc_t bias) {
+double forward_typed(const at::Tensor& an, const at::Tensor& bn, const Pairs<acc_t>& p) {
   const RowBlocks blocks(an.size(0));
-  const int64_t M = blocks.M;
+  const int64_t M = blocks.M, L = bn.size(0);
   std::vector<double> partial(blocks.chunks, 0.0);
   at::parallel_for(0, blocks.chunks, 1, [&](int64_t c_begin, int64_t c_end) {
     at::Tensor buffer = at::empty({kTile * kTile}, an.options());
     for (int64_t c = c_begin; c < c_end; ++c) {
       for (int64_t b = blocks.begin(c); b < blocks.end(c); ++b) {
         const int64_t i0 = b * kTile, bi = blocks.rows(b);
-        for (int64_t j0 = 0; j0 < M; j0 += kTile) {
-          const int64_t bj = std::min(kTile, M - j0);
+        for (int64_t j0 = 0; j0 < L; j0 += kTile) {
+          const int64_t bj = std::min(kTile, L - j0);
           at::Tensor tile = tile_view(buffer, bi, bj);
           at::mm_out(tile, an.narrow(0, i0, bi), bn.narrow(0, j0, bj).t());
-          partial[c] += tile_loss(tile.data_ptr<acc_t>(), i0, bi, j0, bj, scale, bias);
+          partial[c] += tile_loss(tile.data_ptr<acc_t>(), i0, bi, j0, bj, p);
         }
       }
     }
   });
   double total = 0;
-  for (double p : partial) total += p;
+  for (double x : partial) total += x;
   return total / static_cast<double>(M);
 }
 
 // Overwrites the dots S (bi x bj) of one tile with G = g * d loss / dz; adds sum G * dot to
 // *dscale and sum G to *dbias.
 template <typename acc_t>
-void tile_grad(acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj, acc_t scale, acc_t bias, acc_t g,
+void tile_grad(acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj, const Pairs<acc_t>& p, acc_t g,
                double* dscale, double* dbias) {
   for (int64_t r = 0; r < bi; ++r) {
     acc_t* h = S + r * bj;
-    const int64_t diag = i0 + r - j0;
     acc_t hs = 0, hb = 0;
     for (int64_t k = 0; k < bj; ++k) {
       const acc_t dot = h[k];
-      h[k] = g * math::sigmoid_pair_grad(scale * dot + bias, k == diag);
+      h[k] = g * math::sigmoid_pair_grad(p.scale * dot + p.bias, p.positive(i0 + r, j0 + k));
       hs += h[k] * dot;
       hb += h[k];
     }
@@ -87,11 +99,11 @@ void tile_grad(acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj, acc_t s
 // (grad of the normalised a, of the normalised b, of the scale, of the bias); g = grad_loss / M.
 template <typename acc_t>
 std::tuple<at::Tensor, at::Tensor, double, double> backward_typed(const at::Tensor& an, const at::Tensor& bn,
-                                                                  acc_t scale, acc_t bias, acc_t g) {
+                                                                  const Pairs<acc_t>& p, acc_t g) {
   const RowBlocks blocks(an.size(0));
-  const int64_t M = blocks.M, D = an.size(1);
+  const int64_t M = blocks.M, L = bn.size(0), D = an.size(1);
   at::Tensor grad_a = at::zeros({M, D}, an.options());
-  at::Tensor partials = at::zeros({blocks.chunks, M, D}, an.options());
+  at::Tensor partials = at::zeros({blocks.chunks, L, D}, an.options());
   std::vector<double> dscale(blocks.chunks, 0.0), dbias(blocks.chunks, 0.0);
   at::parallel_for(0, blocks.chunks, 1, [&](int64_t c_begin, int64_t c_end) {
     at::Tensor buffer = at::empty({kTile * kTile}, an.options());
@@ -101,12 +113,12 @@ std::tuple<at::Tensor, at::Tensor, double, double> backward_typed(const at::Tens
         const int64_t i0 = b * kTile, bi = blocks.rows(b);
         const at::Tensor a_blk = an.narrow(0, i0, bi);
         at::Tensor grad_blk = grad_a.narrow(0, i0, bi);
-        for (int64_t j0 = 0; j0 < M; j0 += kTile) {
-          const int64_t bj = std::min(kTile, M - j0);
+        for (int64_t j0 = 0; j0 < L; j0 += kTile) {
+          const int64_t bj = std::min(kTile, L - j0);
           const at::Tensor b_tile = bn.narrow(0, j0, bj);
           at::Tensor tile = tile_view(buffer, bi, bj);
           at::mm_out(tile, a_blk, b_tile.t());
-          tile_grad(tile.data_ptr<acc_t>(), i0, bi, j0, bj, scale, bias, g, &dscale[c], &dbias[c]);
+          tile_grad(tile.data_ptr<acc_t>(), i0, bi, j0, bj, p, g, &dscale[c], &dbias[c]);
           grad_blk.addmm_(tile, b_tile);
           partial.narrow(0, j0, bj).addmm_(tile.t(), a_blk);
         }
@@ -115,33 +127,50 @@ std::tuple<at::Tensor, at::Tensor, double, double> backward_typed(const at::Tens
   });
   double total_scale = 0, total_bias = 0;
   for (int64_t c = 0; c < blocks.chunks; ++c) total_scale += dscale[c], total_bias += dbias[c];
-  return {grad_a.mul_(scale), partials.sum(0).mul_(scale), total_scale, total_bias};
+  return {grad_a.mul_(p.scale), partials.sum(0).mul_(p.scale), total_scale, total_bias};
+}
+
+// The ids as contiguous int64 (kept alive by the caller) and the Pairs that point into them.
+template <typename acc_t>
+Pairs<acc_t> make_pairs(const at::Tensor& logit_scale, const at::Tensor& logit_bias, int64_t offset,
+                        const at::Tensor& a_ids, const at::Tensor& b_ids) {
+  const bool ids = a_ids.defined();
+  return {logit_scale.item<acc_t>(), logit_bias.item<acc_t>(), offset, ids ? a_ids.data_ptr<int64_t>() : nullptr,
+          ids ? b_ids.data_ptr<int64_t>() : nullptr};
+}
+
+at::Tensor contiguous_ids(const c10::optional<at::Tensor>& ids) {
+  return ids.has_value() ? ids->contiguous() : at::Tensor();
 }
 
 at::Tensor siglip_forward_cpu(const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale,
-                              const at::Tensor& logit_bias, bool normalize) {
-  check_siglip_args(a, b, logit_scale, logit_bias);
+                              const at::Tensor& logit_bias, bool normalize, const c10::optional<at::Tensor>& a_ids,
+                              const c10::optional<at::Tensor>& b_ids, int64_t offset) {
+  check_siglip_args(a, b, logit_scale, logit_bias, a_ids, b_ids);
   const at::ScalarType acc = loss_dtype(a.scalar_type());
   const Normalised an = normalise_rows(a, acc, normalize), bn = normalise_rows(b, acc, normalize);
-  const double loss = acc == at::kDouble
-                          ? forward_typed<double>(an.rows, bn.rows, logit_scale.item<double>(),
-                                                  logit_bias.item<double>())
-                          : forward_typed<float>(an.rows, bn.rows, logit_scale.item<float>(), logit_bias.item<float>());
+  const at::Tensor row_ids = contiguous_ids(a_ids), col_ids = contiguous_ids(b_ids);
+  const double loss =
+      acc == at::kDouble
+          ? forward_typed(an.rows, bn.rows, make_pairs<double>(logit_scale, logit_bias, offset, row_ids, col_ids))
+          : forward_typed(an.rows, bn.rows, make_pairs<float>(logit_scale, logit_bias, offset, row_ids, col_ids));
   return at::scalar_tensor(loss, a.options().dtype(acc));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale,
-    const at::Tensor& logit_bias, bool normalize) {
-  check_siglip_args(a, b, logit_scale, logit_bias);
+    const at::Tensor& logit_bias, bool normalize, const c10::optional<at::Tensor>& a_ids,
+    const c10::optional<at::Tensor>& b_ids, int64_t offset) {
+  check_siglip_args(a, b, logit_scale, logit_bias, a_ids, b_ids);
   check_siglip_backward_args(a, grad_loss);
   const at::ScalarType acc = loss_dtype(a.scalar_type());
   const Normalised an = normalise_rows(a, acc, normalize), bn = normalise_rows(b, acc, normalize);
+  const at::Tensor row_ids = contiguous_ids(a_ids), col_ids = contiguous_ids(b_ids);
   const auto run = [&](auto zero) {
     using acc_t = decltype(zero);
     const acc_t g = static_cast<acc_t>(grad_loss.item<double>() / static_cast<double>(a.size(0)));
-    auto [grad_an, grad_bn, dscale, dbias] =
-        backward_typed<acc_t>(an.rows, bn.rows, logit_scale.item<acc_t>(), logit_bias.item<acc_t>(), g);
+    const Pairs<acc_t> pairs = make_pairs<acc_t>(logit_scale, logit_bias, offset, row_ids, col_ids);
+    auto [grad_an, grad_bn, dscale, dbias] = backward_typed<acc_t>(an.rows, bn.rows, pairs, g);
     const auto opts = a.options().dtype(acc);
     return std::make_tuple(normalise_backward(grad_an, an, normalize).to(a.scalar_type()),
                            normalise_backward(grad_bn, bn, normalize).to(b.scalar_type()),
