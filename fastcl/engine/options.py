@@ -13,22 +13,57 @@ import typing
 from typing import Any, Callable, Optional, Sequence
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number option allows: low/high bounds (None: open-ended), each included unless
+    marked open, and why (said in the refusal, when the bound's reason is not obvious)."""
+
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+    why: str = ""
+
+    def __contains__(self, value) -> bool:  # written so that NaN is outside every range
+        above_low = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return above_low and (self.high is None or (value < self.high if self.high_open else value <= self.high))
+
+    def refusal(self, value) -> str:
+        """'must be >= 1, got 0' (the caller puts the name in front)."""
+        if self.high is None:
+            text = f"{'>' if self.low_open else '>='} {self.low}"
+        else:
+            text = f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        return f"must be {text}{f' ({self.why})' if self.why else ''}, got {value}"
+
+
 def option(default: Any, help: str, choices: Optional[Sequence] = None, required: bool = False,
-           flag_value: Optional[str] = None, minimum: Optional[int] = None):
+           flag_value: Optional[str] = None, minimum: Optional[float] = None, above: Optional[float] = None,
+           maximum: Optional[float] = None, below: Optional[float] = None, why: str = ""):
     """A config field with its command-line help (and choices). required: the command line
     insists on it (the default serves Python callers only). flag_value: a str option that may
-    also be given alone (`--resume` means `--resume yes`), with `--no-name` for "no". minimum: the
-    smallest value allowed (a count), checked by the command line and by `check_ranges`."""
+    also be given alone (`--resume` means `--resume yes`), with `--no-name` for "no". The allowed
+    values: >= minimum or > above, <= maximum or < below (why: the reason, said when refused),
+    checked by the command line and by `check_ranges` (unset, None, is always allowed)."""
+    bounds = None
+    if (minimum, above, maximum, below) != (None,) * 4:
+        bounds = Range(above if minimum is None else minimum, below if maximum is None else maximum,
+                       low_open=above is not None, high_open=below is not None, why=why)
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "required": required,
-                                                        "flag_value": flag_value, "minimum": minimum})
+                                                        "flag_value": flag_value, "range": bounds})
 
 
 def at_least(kind: type, minimum) -> Callable[[str], Any]:
     """An argparse type: `kind` of the text, refused below `minimum` with a message saying so."""
+    return within(kind, Range(minimum))
+
+
+def within(kind: type, bounds: Range) -> Callable[[str], Any]:
+    """An argparse type: `kind` of the text, refused outside `bounds` with a message saying so."""
     def parse(text: str):
         value = kind(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value not in bounds:
+            raise argparse.ArgumentTypeError(bounds.refusal(value))
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
@@ -36,11 +71,11 @@ def at_least(kind: type, minimum) -> Callable[[str], Any]:
 
 
 def check_ranges(config) -> None:
-    """A ValueError for the first field of `config` below its option's `minimum` (None is unset)."""
+    """A ValueError for the first field of `config` outside its option's range (None is unset)."""
     for field in dataclasses.fields(config):
-        minimum, value = field.metadata.get("minimum"), getattr(config, field.name)
-        if minimum is not None and value is not None and value < minimum:
-            raise ValueError(f"{field.name} must be >= {minimum}, got {value}")
+        bounds, value = field.metadata.get("range"), getattr(config, field.name)
+        if bounds is not None and value is not None and value not in bounds:
+            raise ValueError(f"{field.name} {bounds.refusal(value)}")
 
 
 def _value_type(hint) -> type:
@@ -80,7 +115,7 @@ def add_options(parser: argparse.ArgumentParser, config_class) -> None:
             parser.add_argument("--no-" + flag[2:], dest=field.name, action="store_const", const="no",
                                 help=argparse.SUPPRESS)
         else:
-            parse = kind if meta.get("minimum") is None else at_least(kind, meta["minimum"])
+            parse = kind if meta.get("range") is None else within(kind, meta["range"])
             parser.add_argument(flag, dest=field.name, type=parse, choices=meta.get("choices"), default=None,
                                 metavar=None if meta.get("choices") else field.name.upper(),
                                 required=bool(meta.get("required")), help=help_text)

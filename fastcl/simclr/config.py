@@ -32,8 +32,9 @@ class SimCLRConfig:
     out: str = option("runs/simclr", "output folder: last.pt, metrics.jsonl, summary.json")
     arch: str = option("small_cnn", "encoder", choices=ARCHS)
     cifar_stem: bool = option(True, "ResNet with a 3x3 stride-1 stem and no max-pool (for 32 px images)")
-    size: int = option(32, "side of the augmented views in pixels", minimum=1)
-    batch_size: int = option(256, "global batch (over all processes); 2 x batch views per step", minimum=2)
+    size: int = option(32, "side of the augmented views in pixels", above=0)
+    batch_size: int = option(256, "global batch (over all processes); 2 x batch views per step", minimum=2,
+                            why="a batch of one has no negatives")
     epochs: int = option(30, "training epochs", minimum=1)
     optimizer: str = option("lars", "optimiser", choices=("lars", "sgd", "adamw"))
     lr: Optional[float] = option(None, "peak learning rate; unset: 0.3 x B/256 (linear) or 0.075 x sqrt(B) (sqrt)")
@@ -42,21 +43,24 @@ class SimCLRConfig:
     weight_decay: float = option(1e-6, "weight decay (not on biases and norm weights)")
     warmup_epochs: Optional[float] = option(None, "linear warm-up before cosine decay; unset: 10 epochs, or a "
                                             "tenth of a shorter run")
-    temperature: float = option(0.5, "NT-Xent temperature")
+    temperature: float = option(0.5, "NT-Xent temperature", above=0)
     proj_hidden: int = option(2048, "hidden width of the projection head", minimum=1)
     proj_dim: int = option(128, "output width of the projection head (the loss's D)", minimum=1)
     strength: float = option(0.5, "colour-jitter strength: 0.5 for CIFAR, 1.0 for ImageNet")
-    crop_min: float = option(0.08, "smallest crop area fraction of the random resized crop")
-    flip_p: float = option(0.5, "horizontal flip probability")
-    blur_p: float = option(0.0, "Gaussian blur probability (ImageNet recipe: 1.0 / 0.1 per view)")
+    crop_min: float = option(0.08, "smallest crop area fraction of the random resized crop", above=0, maximum=1)
+    flip_p: float = option(0.5, "horizontal flip probability", minimum=0, maximum=1)
+    blur_p: float = option(0.0, "Gaussian blur probability (ImageNet recipe: 1.0 / 0.1 per view)", minimum=0,
+                           maximum=1)
     rotate_p: float = option(0.0, "random rotation probability per view (after crop and flip, bilinear, black "
-                             "corners); hurts where orientation is the label (digits: a turned 6 is a 9)")
-    degrees: float = option(30.0, "rotation angles are uniform in [-degrees, degrees]")
+                             "corners); hurts where orientation is the label (digits: a turned 6 is a 9)", minimum=0,
+                             maximum=1)
+    degrees: float = option(30.0, "rotation angles are uniform in [-degrees, degrees]", minimum=0, maximum=180,
+                            why="angles in [-degrees, degrees]")
     amp: str = option("none", "mixed precision of the forward", choices=tuple(amp.AMP_DTYPES))
     channels_last: bool = option(False, "channels-last views and model (faster convolutions on GPUs)")
     seed: int = option(0, "seed of weights, data order and augmentation")
     knn_k: int = option(200, "neighbours of the kNN monitor", minimum=1)
-    knn_t: float = option(0.1, "temperature of the kNN monitor's vote weights")
+    knn_t: float = option(0.1, "temperature of the kNN monitor's vote weights", above=0)
     log_every: int = option(10, "steps between metrics.jsonl records", minimum=1)
     progress: bool = option(True, "progress bar on stderr")
     max_steps: Optional[int] = option(None, "stop (with a checkpoint) after this many steps in all",
@@ -77,34 +81,18 @@ class SimCLRConfig:
                                    "batch holds both copies")
     queue_size: int = option(0, "a memory bank of this many past keys as the negatives (lightly's NTXentLoss with "
                              "memory_bank_size: view 1 against its view 2 and the bank, no in-batch negatives); 0: "
-                             "none", minimum=0)
+                             "none", minimum=0, why="0: no memory bank")
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many views at a time, any "
                                        "batch size in fixed activation memory (batch norm then normalises per "
-                                       "chunk); unset: the whole batch at once", minimum=1)
+                                       "chunk); unset: the whole batch at once", minimum=1,
+                                       why="views per encoder call")
 
     def validate(self) -> None:
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (a batch of one has no negatives), got {self.batch_size}")
-        if self.size <= 0:
-            raise ValueError(f"size must be > 0, got {self.size}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        """The ranges of the fields (their options' metadata), then what involves several fields."""
+        check_ranges(self)
         amp.check(self.amp)
         if self.arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if not 0 < self.crop_min <= 1:
-            raise ValueError(f"crop_min must be in (0, 1], got {self.crop_min}")
-        if not 0 <= self.flip_p <= 1:
-            raise ValueError(f"flip_p must be in [0, 1], got {self.flip_p}")
-        if not 0 <= self.rotate_p <= 1:
-            raise ValueError(f"rotate_p must be in [0, 1], got {self.rotate_p}")
-        if not 0 <= self.degrees <= 180:
-            raise ValueError(f"degrees must be in [0, 180] (angles in [-degrees, degrees]), got {self.degrees}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 (views per encoder call), got {self.chunk_size}")
-        if self.queue_size < 0:
-            raise ValueError(f"queue_size must be >= 0 (0: no memory bank), got {self.queue_size}")
-        check_ranges(self)
         start_mode(self.resume, self.overwrite)
         check_save_options(self.save_every_steps, self.save_every_minutes, self.keep_checkpoints)
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:

@@ -46,15 +46,16 @@ class SimCSEConfig:
     mlp_only_train: Optional[bool] = option(None, "cls pooler: use the MLP only in training; unset: on for "
                                             "unsupervised, off for supervised")
     temperature: Optional[float] = option(None, "InfoNCE temperature; unset: 0.05 (the paper), unsupervised from "
-                                          "minilm 1.0 (fastcl.simcse.UNSUPERVISED_RECIPES)")
-    max_length: int = option(32, "tokens per training sentence", minimum=1)
+                                          "minilm 1.0 (fastcl.simcse.UNSUPERVISED_RECIPES)", above=0)
+    max_length: int = option(32, "tokens per training sentence", above=0)
     batch_size: Optional[int] = option(None, "global batch of sentences (pairs); unset: 64 unsupervised, "
-                                       "512 supervised", minimum=2)
-    lr: Optional[float] = option(None, "peak learning rate; unset: 3e-5 unsupervised, 5e-5 supervised")
+                                       "512 supervised", minimum=2, why="a batch of one has no negatives")
+    lr: Optional[float] = option(None, "peak learning rate; unset: 3e-5 unsupervised, 5e-5 supervised", above=0)
     epochs: Optional[int] = option(None, "training epochs; unset: 1 unsupervised, 3 supervised", minimum=1)
     hard_negative_weight: float = option(0.0, "added to each sentence's own hard-negative logit")
     weight_decay: float = option(0.0, "AdamW weight decay (not on biases and LayerNorm)")
-    warmup_ratio: float = option(0.0, "fraction of steps of linear warm-up, then linear decay to 0")
+    warmup_ratio: float = option(0.0, "fraction of steps of linear warm-up, then linear decay to 0", minimum=0,
+                                below=1)
     max_grad_norm: float = option(1.0, "gradient clipping norm (0: none)")
     amp: str = option("none", "mixed precision of the forward", choices=tuple(amp.AMP_DTYPES))
     dev_file: Optional[str] = option(None, "an STS file: evaluate every eval_steps and keep the best model")
@@ -69,7 +70,7 @@ class SimCSEConfig:
                                    "to a row's sentence is not that row's negative")
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many sentences at a time, any "
                                        "batch size in fixed activation memory; unset: the whole batch at "
-                                       "once", minimum=1)
+                                       "once", minimum=1, why="sentences per encoder call")
     resume: Optional[str] = option(None, "continue the training state in OUT/last.pt: yes (--resume), no "
                                    "(--no-resume: start over), or auto (when OUT holds one; one of other settings is "
                                    "refused); unset: auto under torchrun, else no", choices=RESUME_CHOICES,
@@ -83,22 +84,11 @@ class SimCSEConfig:
                                     minimum=1)
 
     def validate(self) -> None:
+        """The ranges of the fields (their options' metadata), then the rest."""
+        check_ranges(self)
         if self.pooler is not None and self.pooler not in POOLERS:
             raise ValueError(f"pooler must be one of {POOLERS}, got {self.pooler!r}")
-        if self.max_length <= 0:
-            raise ValueError(f"max_length must be > 0, got {self.max_length}")
-        if self.temperature is not None and not self.temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.batch_size is not None and self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (a batch of one has no negatives), got {self.batch_size}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
         amp.check(self.amp)
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1 (sentences per encoder call), got {self.chunk_size}")
-        check_ranges(self)
         start_mode(self.resume, self.overwrite)
         check_save_options(self.save_every_steps, self.save_every_minutes, self.keep_checkpoints)
 
