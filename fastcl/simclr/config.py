@@ -82,6 +82,12 @@ class SimCLRConfig:
     queue_size: int = option(0, "a memory bank of this many past keys as the negatives (lightly's NTXentLoss with "
                              "memory_bank_size: view 1 against its view 2 and the bank, no in-batch negatives); 0: "
                              "none", minimum=0, why="0: no memory bank")
+    labelled_per_class: int = option(0, "semi-supervised: this many images per class keep their label (drawn as "
+                                     "`fastcl label-efficiency` draws them) and take every view of their class's "
+                                     "labelled images as positives too (SupCon), in the same fused NT-Xent call as "
+                                     "the unlabelled rest; 0: self-supervised only", minimum=0)
+    labelled_draw: int = option(0, "which draw (0-based, label-efficiency's numbering) of the labelled images",
+                                minimum=0)
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many views at a time, any "
                                        "batch size in fixed activation memory (batch norm then normalises per "
                                        "chunk); unset: the whole batch at once", minimum=1,
@@ -95,6 +101,9 @@ class SimCLRConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         start_mode(self.resume, self.overwrite)
         check_save_options(self.save_every_steps, self.save_every_minutes, self.keep_checkpoints)
+        if self.labelled_per_class and self.queue_size:
+            raise ValueError("labelled_per_class (semi-supervised) and queue_size (a memory bank) do not combine: the "
+                             "bank's keys carry no labels")
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
 

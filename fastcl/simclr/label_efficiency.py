@@ -25,6 +25,7 @@ from ..engine import progress as heartbeat
 from ..engine import runtime
 from ..engine.export import check_folder
 from . import data, evaluate, restore, retrieval
+from .labelled import draw_generator, draw_subset
 from .config import augmentation
 
 METHODS = ("supervised", "linear_probe", "fine_tune")
@@ -44,20 +45,6 @@ def parse_budgets(text: str) -> list:
         else:
             raise ValueError(f"labels per class must be integers >= 1 or 'all', got {item!r}")
     return budgets
-
-
-def draw_subset(labels: Tensor, per_class, generator: torch.Generator) -> Tensor:
-    """Indices of `per_class` random images of every class ("all": every image)."""
-    classes = labels.unique()
-    counts = torch.stack([(labels == c).sum() for c in classes])
-    if per_class == "all":
-        return torch.randperm(labels.shape[0], generator=generator)
-    if per_class > int(counts.min()):
-        raise ValueError(f"{per_class} labels per class is more than the smallest class has ({int(counts.min())} "
-                         f"images of class {int(classes[counts.argmin()])})")
-    picked = [torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=generator)[:per_class]]
-              for c, n in zip(classes, counts)]
-    return torch.cat(picked)
 
 
 def split_holdout(idx: Tensor, labels: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -124,7 +111,7 @@ def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, pe
                     device: torch.device, steps: int) -> dict:
     """The three accuracies for one label budget and one draw of the labelled subset."""
     config = state["config"]
-    g = torch.Generator().manual_seed(1000 * draw + 17)
+    g = draw_generator(draw)
     subset = draw_subset(train.labels, per_class, g)
     fit, held = split_holdout(subset, train.labels, g)
     steps = max(steps, math.ceil(MIN_EPOCHS * fit.shape[0] / BATCH))

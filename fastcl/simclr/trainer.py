@@ -14,7 +14,7 @@ from .. import distributed
 from ..engine import Trainer, TrainingDiverged, runtime
 from ..losses import NTXentLoss
 from ..queue import MemoryQueue
-from . import data, evaluate, models, optim
+from . import data, evaluate, labelled, models, optim
 from .config import SimCLRConfig, augmentation
 
 
@@ -49,6 +49,9 @@ class SimCLRTrainer(Trainer):
         self.train_data = data.load(cfg.data, train=True, size=cfg.size)
         self.test_data = data.load(cfg.data, train=False, size=cfg.size)
         self.data_fingerprint = dict(source=f"--data {cfg.data}", **self.train_data.fingerprint)
+        # Semi-supervised: the loss's labels (None: self-supervised; fastcl.simclr.labelled)
+        self.loss_labels = (labelled.semi_supervised_labels(self.train_data.labels, cfg.labelled_per_class,
+                                                            cfg.labelled_draw) if cfg.labelled_per_class else None)
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(self.train_data)} training images")
         self.model = models.simclr_model(cfg.arch, cfg.cifar_stem, cfg.proj_hidden, cfg.proj_dim,
@@ -81,25 +84,31 @@ class SimCLRTrainer(Trainer):
 
     def batches(self):
         """This rank's share of each batch of the epoch: (uint8 images, labels, sample ids), in an
-        order that depends on the seed and the epoch alone."""
-        return data.batches(self.train_data, self.cfg.batch_size, self.cfg.seed, self.epoch,
-                            shard=(self.rank, self.world))
+        order that depends on the seed and the epoch alone; the labels are the loss's (semi-supervised
+        runs), else the dataset's (unused)."""
+        source = self.train_data
+        if self.loss_labels is not None:
+            source = dataclasses.replace(source, labels=self.loss_labels)
+        return data.batches(source, self.cfg.batch_size, self.cfg.seed, self.epoch, shard=(self.rank, self.world))
 
     def samples(self, batch) -> int:
         return batch[0].shape[0] * self.world
 
     def prepare(self, batch) -> tuple:
-        """Two views of each image, stacked (the encoder's inputs), and the sample ids that keep an
-        image stored twice from being its own negative (None with mask_duplicates off)."""
-        images, _, ids = batch
+        """Two views of each image, stacked (the encoder's inputs), and the loss's target: the labels
+        of a semi-supervised run (None otherwise) and the sample ids that keep an image stored twice
+        from being its own negative (None with mask_duplicates off)."""
+        images, labels, ids = batch
         images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device) if self.loss_labels is not None else None
         ids = ids.to(self.device) if self.cfg.mask_duplicates else None
         v1, v2 = self._views(images)
-        return torch.cat([v1, v2]), ids
+        return torch.cat([v1, v2]), (labels, ids)
 
-    def loss(self, embeddings: torch.Tensor, ids) -> torch.Tensor:
+    def loss(self, embeddings: torch.Tensor, target: tuple) -> torch.Tensor:
+        labels, ids = target
         n = embeddings.shape[0] // 2
-        return self.criterion(embeddings[:n], embeddings[n:], sample_ids=ids)
+        return self.criterion(embeddings[:n], embeddings[n:], labels=labels, sample_ids=ids)
 
     def _views(self, images: torch.Tensor) -> tuple:
         """Two views of this rank's images; under torch.distributed each sample gets the views it

@@ -66,8 +66,8 @@ def test_an_image_stored_twice_is_not_its_own_negative(tmp_path):
     assert trainer.train_data.sample_ids()[:6].tolist() == [0, 0, 2, 2, 4, 4]
     seen = []
     forward = trainer.criterion.forward
-    trainer.criterion.forward = lambda z1, z2, sample_ids: seen.append(sample_ids) or forward(z1, z2,
-                                                                                             sample_ids=sample_ids)
+    trainer.criterion.forward = lambda z1, z2, labels, sample_ids: seen.append(sample_ids) or forward(
+        z1, z2, labels=labels, sample_ids=sample_ids)
     trainer.train()
     ids = seen[0]
     assert ids.shape == (128,) and len(set(ids.tolist())) < 128  # the batch holds copies, and they share ids
