@@ -1,13 +1,18 @@
-"""Turns pytest-benchmark JSON from bench_ntxent.py into a markdown table: median times,
-the speed-up and memory ratio of fastcl over the naive loss measured in the same run.
+"""Turns pytest-benchmark JSON from the benchmark suites, or the run log every benchmark appends to
+(benchmarks/data/runs.jsonl, runs.py), into markdown tables: median times, the speed-up and memory
+ratio of fastcl over the baseline measured alongside.
 
-    python benchmarks/report.py bench.json [--out table.md]"""
+    python benchmarks/report.py bench.json [--out table.md]
+    python benchmarks/report.py --runs benchmarks/data/runs.jsonl [--commit abc1234] [--since 2026-12-01]"""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections import defaultdict
+from pathlib import Path
+
+import runs
 
 
 def _mib(n):
@@ -89,7 +94,8 @@ def table(data: dict) -> str:
     integration_rows = [b for b in data["benchmarks"] if b["extra_info"].get("bench") == "integrations"]
     for bench in data["benchmarks"]:
         info = bench["extra_info"]
-        hardware.add(f"{info['hardware']}, torch {info['torch']}, fastcl {info['fastcl']}, {info['date']}")
+        hardware.add(f"{info['hardware']}, torch {info['torch']}, fastcl {info['fastcl']}, {info['date']}"
+                     + (f", commit {info['commit']}" if info.get('commit') else ""))
         if info.get("bench") in ("augment", "negatives", "integrations"):
             continue
         key = (info["device"], info["dtype"], info["passes"], info["rows"], info["dim"])
@@ -120,11 +126,19 @@ def table(data: dict) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("json")
+    parser.add_argument("json", nargs="?", help="a pytest-benchmark JSON file")
+    parser.add_argument("--runs", help="the run log instead (the last row of each measurement)")
+    parser.add_argument("--commit", help="with --runs: rows of this commit only")
+    parser.add_argument("--since", help="with --runs: rows dated on or after this day (YYYY-MM-DD)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
-    with open(args.json) as f:
-        text = table(json.load(f))
+    if (args.json is None) == (args.runs is None):
+        parser.error("give a benchmark JSON file or --runs LOG")
+    if args.runs:
+        text = table(runs.as_report(runs.load(Path(args.runs), args.commit, args.since)))
+    else:
+        with open(args.json) as f:
+            text = table(json.load(f))
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
