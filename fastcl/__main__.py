@@ -154,10 +154,11 @@ def _label_efficiency(args) -> int:
     from .engine.progress import heartbeat
     from .simclr import label_efficiency as le
 
-    print(le.header())
+    print(le.header(le.methods_of(args.semi_supervised)))
     with heartbeat(args.command, args.progress):
         result = le.run(args.checkpoint, le.parse_budgets(args.labels_per_class), args.draws, args.steps,
-                        args.data, args.device, args.out, echo=lambda line: print(line, flush=True))
+                        args.data, args.device, args.out, echo=lambda line: print(line, flush=True),
+                        semi=args.semi_supervised)
     print(f"wrote {result['path']} (fastcl plot RUN draws it)")
     return 0
 
@@ -272,6 +273,10 @@ def _add_simclr(sub) -> None:
                     "fine-tuned models (and at least 30 epochs of the labelled images); early stopping picks the point")
     le.add_argument("--out", help="JSON path (default: label_efficiency.json next to the checkpoint; with another "
                                    "--data, label_efficiency-<data name>.json)")
+    le.add_argument("--semi-supervised", dest="semi_supervised", action="store_true",
+                    help="also the semi-supervised column: the run's pre-training again with each budget's labels in "
+                    "its loss (--labelled-per-class; one run per budget and draw, into RUN/semi-K-drawD), then a "
+                    "linear probe with those labels")
     le.set_defaults(func=_label_efficiency)
     n = sub.add_parser("neighbours", help="picture: held-out images and their nearest training images under the "
                                           "random-init and the trained encoder")

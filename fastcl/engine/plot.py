@@ -73,11 +73,16 @@ def plot_label_efficiency(path: str, out: str) -> str:
     rows = table["rows"]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     xs = list(range(len(rows)))
-    for method in ("supervised", "linear_probe", "fine_tune"):
-        mean = [100 * r[method]["mean"] for r in rows]
-        std = [100 * r[method]["std"] for r in rows]
-        ax.plot(xs, mean, marker="o", label=method.replace("_", " "))
-        ax.fill_between(xs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
+    for method in ("supervised", "linear_probe", "fine_tune", "semi_supervised"):
+        # a method the table lacks (no --semi-supervised) or a budget it does not apply to ("all") is left out
+        points = [(x, r[method]) for x, r in zip(xs, rows) if r.get(method) is not None]
+        if not points:
+            continue
+        at = [x for x, _ in points]
+        mean = [100 * cell["mean"] for _, cell in points]
+        std = [100 * cell["std"] for _, cell in points]
+        ax.plot(at, mean, marker="o", label=method.replace("_", " "))
+        ax.fill_between(at, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
     ax.set_xticks(xs, [str(r["labels_per_class"]) for r in rows])
     ax.set(xlabel="labels per class", ylabel="held-out accuracy (%)", title="learning from scarce labels")
     ax.legend()

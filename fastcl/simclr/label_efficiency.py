@@ -12,8 +12,10 @@ undertrained; the test split is only ever used for the reported accuracy."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 from typing import Sequence
 
 import torch
@@ -136,11 +138,40 @@ def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, pe
     return out
 
 
+def semi_supervised(checkpoint: str, state: dict, train: data.ImageData, test: data.ImageData, per_class,
+                    draw: int, spec: str | None, device: str) -> float | None:
+    """The semi-supervised column: the checkpoint's run trained again from scratch, its settings
+    unchanged but for the `per_class` labels of draw `draw` in its loss (labelled_per_class; the
+    very images the other columns are given), into RUN/semi-<K>-draw<d>, then a linear probe on
+    its frozen encoder with those labels. None for "all" (every image labelled is SupCon, not
+    semi-supervised)."""
+    if per_class == "all":
+        return None
+    from .config import SimCLRConfig
+    from .trainer import SimCLRTrainer
+
+    names = {f.name for f in dataclasses.fields(SimCLRConfig)}
+    settings = {k: v for k, v in state["config"].items() if k in names}
+    where = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"semi-{per_class}-draw{draw + 1}")
+    settings.update(data=spec or settings["data"], labelled_per_class=per_class, labelled_draw=draw, out=where,
+                    resume="no", overwrite=True, progress=False, device=device)
+    heartbeat.note(f"{per_class} labels/class, draw {draw + 1}: semi-supervised pre-training into {where}")
+    trainer = SimCLRTrainer(SimCLRConfig(**settings))
+    trainer.train()
+    subset = draw_subset(train.labels, per_class, draw_generator(draw))
+    encoder = trainer.model.encoder
+    f_train = evaluate.encode(encoder, train.images[subset], trainer.device, what="the labelled images")
+    f_test = evaluate.encode(encoder, test.images, trainer.device, what="the held-out images")
+    return evaluate.linear_probe(f_train, train.labels[subset], f_test, test.labels)
+
+
 def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, steps: int = 1000,
-        spec: str | None = None, device: str = "auto", out: str | None = None, echo=print) -> dict:
+        spec: str | None = None, device: str = "auto", out: str | None = None, echo=print,
+        semi: bool = False) -> dict:
     """Every budget x draw; prints the table (mean and spread over draws) and writes it as JSON
     (default: label_efficiency.json next to the checkpoint; for another dataset
-    label_efficiency-<data name>.json)."""
+    label_efficiency-<data name>.json). semi: also the semi-supervised column (a pre-training run
+    per budget and draw: `semi_supervised`)."""
     if draws < 1 or steps < 1:
         raise ValueError(f"draws and steps must be >= 1, got {draws} and {steps}")
     heartbeat.note("loading the checkpoint and its data")
@@ -151,15 +182,17 @@ def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, 
     out = out or retrieval.derived_output(checkpoint, "label_efficiency.json", state["config"]["data"], spec)
     check_folder(out)
     dev = runtime.device(device)
-    rows = []
+    rows, methods = [], methods_of(semi)
     for b in budgets:
         runs = [evaluate_budget(state, train, test, b, d, dev, steps) for d in range(draws)]
+        if semi:
+            for d, r in enumerate(runs):
+                r["semi_supervised"] = semi_supervised(checkpoint, state, train, test, b, d, spec, device)
         row = {"labels_per_class": b, "draws": runs}
-        for m in METHODS:
-            values = torch.tensor([r[m] for r in runs], dtype=torch.float64)
-            row[m] = {"mean": float(values.mean()), "std": float(values.std()) if draws > 1 else 0.0}
+        for m in methods:
+            row[m] = _spread([r[m] for r in runs])
         rows.append(row)
-        echo(format_row(row))
+        echo(format_row(row, methods))
     result = {"checkpoint": checkpoint, "data": spec or state["config"]["data"], "steps": steps, "rows": rows}
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
@@ -167,10 +200,23 @@ def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, 
     return result
 
 
-def header() -> str:
-    return f"{'labels/class':>12}  " + "  ".join(f"{m.replace('_', ' '):>18}" for m in METHODS)
+def methods_of(semi: bool) -> tuple:
+    return METHODS + ("semi_supervised",) if semi else METHODS
 
 
-def format_row(row: dict) -> str:
-    cells = "  ".join(f"{100 * row[m]['mean']:9.2f} ± {100 * row[m]['std']:5.2f}%" for m in METHODS)
+def _spread(values: list) -> dict | None:
+    """Mean and standard deviation over draws (None where the method does not apply)."""
+    if any(v is None for v in values):
+        return None
+    t = torch.tensor(values, dtype=torch.float64)
+    return {"mean": float(t.mean()), "std": float(t.std()) if len(values) > 1 else 0.0}
+
+
+def header(methods: Sequence = METHODS) -> str:
+    return f"{'labels/class':>12}  " + "  ".join(f"{m.replace('_', ' '):>18}" for m in methods)
+
+
+def format_row(row: dict, methods: Sequence = METHODS) -> str:
+    cells = "  ".join(f"{'-':>18}" if row[m] is None else f"{100 * row[m]['mean']:9.2f} ± {100 * row[m]['std']:5.2f}%"
+                      for m in methods)
     return f"{str(row['labels_per_class']):>12}  {cells}"

@@ -4,6 +4,7 @@ and the errors for a budget larger than the smallest class."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,25 @@ def test_command_line_table_json_and_plot(tmp_path):
                           "--labels-per-class", "100000", "--device", "cpu"], capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "more than the smallest class" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_semi_supervised_column(tmp_path):
+    """--semi-supervised: one pre-training per budget and draw with that draw's labels in its loss,
+    probed with the same labels; "all" has no such column."""
+    out = tmp_path / "run"
+    SimCLRTrainer(SimCLRConfig(data="fake", out=str(out), arch="small_cnn", batch_size=64, epochs=1, max_steps=2,
+                               proj_hidden=64, proj_dim=32, device="cpu", log_every=1, progress=False)).train()
+    run = subprocess.run([sys.executable, "-m", "fastcl", "label-efficiency", "--checkpoint", str(out / "last.pt"),
+                          "--labels-per-class", "2,all", "--draws", "1", "--steps", "2", "--device", "cpu",
+                          "--semi-supervised"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "semi supervised" in run.stdout
+    rows = json.loads((out / "label_efficiency.json").read_text())["rows"]
+    assert 0.0 <= rows[0]["semi_supervised"]["mean"] <= 1.0 and rows[1]["semi_supervised"] is None
+    semi = json.loads((out / "semi-2-draw1" / "summary.json").read_text())
+    assert semi["steps"] == 2  # the run's own settings (max_steps 2 here) but for the labels
+    saved = torch.load(out / "semi-2-draw1" / "last.pt", weights_only=True)["config"]
+    assert saved["labelled_per_class"] == 2 and saved["labelled_draw"] == 0
+    from fastcl.engine.plot import plot_label_efficiency
+
+    assert os.path.getsize(plot_label_efficiency(str(out / "label_efficiency.json"), str(tmp_path / "le.png"))) > 0
