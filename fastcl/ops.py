@@ -170,8 +170,8 @@ def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normal
     """The sigmoid loss (SigLIP) of rows a (M, D) against columns b (L, D): (1 / M) sum over i, j of
     softplus(-y_ij (logit_scale * <a_i, b_j> + logit_bias)), y_ij = 1 if j == i + offset (none when out
     of range) or a_ids[i] == b_ids[j] >= 0, else -1; logit_scale and logit_bias 0-dim tensors of the loss
-    dtype. The CPU kernel streams 256 x 256 tiles; CUDA inputs run the chunked pure-PyTorch path (the
-    CUDA kernel is issue 26's next increment)."""
+    dtype. The CPU kernel streams 256 x 256 tiles; fp16/bf16 CUDA inputs with D <= 256 run the CUDA
+    kernels (csrc/cuda/siglip_mma.cu), other CUDA inputs the chunked pure-PyTorch path."""
     args = (a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset)
     if _siglip_uses_torch(a, impl):
         return _torch_impl.siglip(*args)
@@ -189,11 +189,32 @@ def siglip_kernels(like: Tensor, impl: str = "auto") -> tuple:
 
 
 def _siglip_uses_torch(a: Tensor, impl: str) -> bool:
+    """The pure-PyTorch path: asked for, no compiled ops, or CUDA inputs the CUDA kernels do not take
+    (no CUDA build; fp32, or D > 256: the chunked path, as impl="fastcl" says)."""
     use_torch = _use_torch(impl, a, cuda_ops_warning=False)
-    if a.is_cuda and impl == "fastcl":
-        raise NotImplementedError("fastcl: the SigLIP CUDA kernel is issue 26's next increment; impl='auto' runs "
-                                  "the chunked pure-PyTorch path on CUDA inputs")
-    return use_torch or a.is_cuda
+    if not a.is_cuda or use_torch:
+        return use_torch
+    if not _siglip_cuda_kernel_takes(a):
+        if impl == "fastcl":
+            raise NotImplementedError(
+                f"fastcl: the SigLIP CUDA kernels take float16/bfloat16 rows with D <= {SIGLIP_CUDA_MAX_D} (got "
+                f"{a.dtype}, D = {a.shape[-1]}); the others are issue 26's next increment: impl='auto' runs the "
+                "chunked pure-PyTorch path on them")
+        return True
+    return False
+
+
+SIGLIP_CUDA_MAX_D = 256  # kSiglipMaxD of csrc/cuda/siglip_host.cuh
+
+
+def _siglip_cuda_kernel_takes(a: Tensor) -> bool:
+    """fp16/bf16, D <= 256, and (for D > 128) a GPU whose blocks hold the kernels' 129 KiB of shared memory."""
+    if a.dtype not in (torch.float16, torch.bfloat16) or a.dim() != 2 or a.shape[1] > SIGLIP_CUDA_MAX_D:
+        return False
+    if a.shape[1] <= 128:
+        return True
+    optin = getattr(torch.cuda.get_device_properties(a.device), "shared_memory_per_block_optin", None)
+    return optin is None or optin >= 128 * 256 * 2 + 2 * 64 * 256 * 2 + 2 * 64 * 4 + 1024
 
 
 def solve(problem: LossProblem, impl: str = "auto") -> tuple[Tensor, Tensor]:

@@ -16,6 +16,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 REPO = Path(__file__).resolve().parents[2]
 CSRC = REPO / "fastcl" / "csrc"
 
@@ -113,35 +115,28 @@ def compile_cubins(
     workdir = Path(workdir or REPO / "build" / "sass") / f"sm_{arch}-{digest.hexdigest()[:12]}"
     workdir.mkdir(parents=True, exist_ok=True)
     cubins, ptxas_text = [], ""
-    for src in sources:
-        cubin, log = workdir / f"{src.stem}.cubin", workdir / f"{src.stem}.ptxas.txt"
-        if not (cubin.exists() and log.exists()):
-            text = _run(
-                [
-                    tool("nvcc"),
-                    "-cubin",
-                    f"-gencode=arch=compute_{arch},code=sm_{arch}",
-                    *flags,
-                    "-Xptxas",
-                    "-v",
-                    "-o",
-                    str(cubin),
-                    str(src),
-                ]
-            )
-            log.write_text(text)
-        cubins.append(cubin)
-        ptxas_text += log.read_text()
+    # One compiler per cache folder: processes that ask at once (pytest-xdist workers collecting the
+    # SASS tests) wait for the first and then read its cubins.
+    with FileLock(str(workdir) + ".lock"):
+        for src in sources:
+            cubin, log = workdir / f"{src.stem}.cubin", workdir / f"{src.stem}.ptxas.txt"
+            if not (cubin.exists() and log.exists()):
+                text = _run([tool("nvcc"), "-cubin", f"-gencode=arch=compute_{arch},code=sm_{arch}", *flags,
+                             "-Xptxas", "-v", "-o", str(cubin), str(src)])
+                log.write_text(text)
+            cubins.append(cubin)
+            ptxas_text += log.read_text()
     return cubins, parse_ptxas(ptxas_text)
 
 
 def extract_cubins(library: Path, workdir: Path) -> list[Path]:
     """The cubins a built extension carries (`cuobjdump -xelf all`), e.g. fastcl/_C*.so."""
     workdir.mkdir(parents=True, exist_ok=True)
-    for old in workdir.glob("*.cubin"):
-        old.unlink()
-    _run([tool("cuobjdump"), "-xelf", "all", str(Path(library).resolve())], cwd=workdir)
-    return sorted(workdir.glob("*.cubin"))
+    with FileLock(str(workdir) + ".lock"):  # another process may be extracting into the same folder
+        for old in workdir.glob("*.cubin"):
+            old.unlink()
+        _run([tool("cuobjdump"), "-xelf", "all", str(Path(library).resolve())], cwd=workdir)
+        return sorted(workdir.glob("*.cubin"))
 
 
 def built_library() -> Path | None:

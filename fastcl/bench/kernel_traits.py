@@ -112,6 +112,18 @@ def _grad_mma_slices(D: int, dtype: str) -> int:
     return max(1, math.ceil(D / 128))
 
 
+def _smem_siglip(dtype: str, name: str) -> int:
+    """SiglipLayout<kD> (siglip_mma.cu): owner rows (128 x kD), two stream stages (64 x kD), per stage 64
+    inverse norms."""
+    d = _template_int(name)
+    return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 4
+
+
+def _siglip_slices(D: int, dtype: str) -> int:
+    """siglip_grad_kernel's gradient slices: kD = 256 splits the columns into two of 128 (kSlice)."""
+    return max(1, math.ceil(D / 128))
+
+
 LOSS_KERNELS = [
     # forward_mma_kernel<T, kD, kFeatures>: 128 rows x 64 columns a trip, all of kD unrolled (no D loop);
     # the report's problem is plain NT-Xent, so the instantiation without features runs it.
@@ -169,6 +181,13 @@ LOSS_KERNELS = [
         _grad_mma_used,
         priority=1,
     ),
+    # The sigmoid loss (siglip_mma.cu): siglip_forward_kernel<T, kD, kIds> and siglip_grad_kernel<T, kD,
+    # kRowOwner, kIds>, 128 owner rows x 64 stream rows a trip, all of kD unrolled. Reported, never part
+    # of the contrastive problem the cost model prices (used_for False).
+    KernelTraits(r"\bsiglip_forward_kernel<", "forward", 256, 128, 64, lambda t: 1 << 30, lambda D, t: 1,
+                 _smem_siglip, lambda D, t, name: False),
+    KernelTraits(r"\bsiglip_grad_kernel<", "backward", 256, 128, 64, lambda t: 1 << 30, _siglip_slices,
+                 _smem_siglip, lambda D, t, name: False),
     # grad_kernel<T, true> (dq, the scale partials) and <T, false> (dk): each covers every logit;
     # a block owns 256 D columns (128 for fp32) and recomputes the logits per slice.
     KernelTraits(

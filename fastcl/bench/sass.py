@@ -207,11 +207,10 @@ def analyse_build(workdir: Path | None = None) -> list[KernelReport]:
 def compiled_cubins(args) -> tuple[list[Path], dict]:
     found, ptxas = [], {}
     for arch in args.arch:
-        files, info = cb.compile_cubins(
-            arch, Path(args.csrc), pattern="*.cu" if args.all else "contrastive*.cu"
-        )
-        found += files
-        ptxas.update(info)
+        for pattern in ["*.cu"] if args.all else ["contrastive*.cu", "siglip*.cu"]:
+            files, info = cb.compile_cubins(arch, Path(args.csrc), pattern=pattern)
+            found += files
+            ptxas.update(info)
     return found, ptxas
 
 

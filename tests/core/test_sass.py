@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import shutil
 import textwrap
-from pathlib import Path
 
 import pytest
 
@@ -150,7 +149,7 @@ def _built_loss_kernels():
         cb.tool("cuobjdump"), cb.tool("nvdisasm")
     except FileNotFoundError:
         return None
-    return sass.analyse_build(Path(cb.REPO) / "build" / "sass" / "from-build")
+    return sass.analyse_build()  # a folder of this process's own: pytest-xdist workers collect this at once
 
 
 _BUILT = _built_loss_kernels()  # once per process: the parametrisation below needs the names

@@ -22,7 +22,7 @@ CSRC = ROOT / "fastcl" / "csrc"
 SOURCES = [*sorted((CSRC / "cuda").glob("*.cu")), CSRC / "checks.cpp",
            ROOT / "tests" / "sim" / "sim_kernels" / "fastcl_sim_ops.cpp"]
 OPS = ("contrastive_forward", "contrastive_backward", "contrastive_pair_forward", "contrastive_pair_backward",
-       "augment")
+       "augment", "siglip_forward", "siglip_backward")
 CALLS = {name: 0 for name in OPS}  # simulated calls so far, so tests can tell the route was taken
 
 

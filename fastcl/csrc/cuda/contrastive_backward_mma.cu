@@ -85,33 +85,6 @@ __device__ __forceinline__ bool tile_masked(const Side<T>& own, const Side<T>& s
                        kBias ? (kRowOwner ? own_at : str_at) : nullptr, kBias ? owners : nullptr);
 }
 
-// acc (16 owner rows x the kOut columns from 16-byte chunk chunk0 on, per warp) += G' (16 x 64, fp32
-// fragments) . stream tile (64 x kD at sa),
-// with G' rounded to T, or with `low` its rounding error: hi + lo carries G' to about twice T's
-// precision on the tiles whose positives need it.
-template <typename T, int kD, int kOut>
-__device__ __forceinline__ void product(float (&acc)[kOut / 8][4], const float (&g)[kGBN / 8][4], SmemAddr sa,
-                                        const LaneRows<kD>& trow, int chunk0, bool low) {
-#pragma unroll
-  for (int c = 0; c < kGBN / 16; ++c) {
-    const float* v[4] = {&g[2 * c][0], &g[2 * c][2], &g[2 * c + 1][0], &g[2 * c + 1][2]};
-    uint32_t a[4];
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const float x = v[r][0], y = v[r][1];
-      a[r] = low ? pack2<T>(x - to_float(from_float<T>(x)), y - to_float(from_float<T>(y))) : pack2<T>(x, y);
-    }
-#pragma unroll
-    for (int n = 0; n < kOut / 8; n += 2) {
-      uint32_t b[4];
-      ldmatrix_x4_trans(b, trow(sa, 2 * c, chunk0 + n));
-      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
-      mma_m16n8k16<T>(acc[n], a, b0, acc[n]);
-      mma_m16n8k16<T>(acc[n + 1], a, b1, acc[n + 1]);
-    }
-  }
-}
-
 template <typename T, int kD, bool kRowOwner, bool kBoth, uint32_t kFeatures>
 __global__ void __launch_bounds__(kGThreads, 1)
     grad_mma_kernel(Side<T> own, Side<T> str, Problem p, const float* __restrict__ g_scale, int tiles_per_split,
@@ -290,8 +263,8 @@ __global__ void __launch_bounds__(kGThreads, 1)
 
     // acc += G' . str: the G' fragments of stream rows [16 c, 16 c + 16) are the A operand of chunk c;
     // the stream tile, (stream row, d) in shared memory, is read transposed as B.
-    product<T, kD, kOut>(acc, g, sa, trow, chunk0, false);
-    if (masked) product<T, kD, kOut>(acc, g, sa, trow, chunk0, true);  // sass: rare (the low part of G')
+    warp_grad_product<T, kD, kOut, kGBN>(acc, g, sa, trow, chunk0, false);
+    if (masked) warp_grad_product<T, kD, kOut, kGBN>(acc, g, sa, trow, chunk0, true);  // sass: rare (the low part of G')
     __syncthreads();  // the stage is free for the prefetch two tiles on
   }
   cp_async_wait_all();

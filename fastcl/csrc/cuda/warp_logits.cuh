@@ -6,6 +6,7 @@
 
 #include "cuda/mma.cuh"
 #include "cuda/swizzled_tile.cuh"
+#include "cuda/tile_math.cuh"
 
 namespace fastcl::gpu {
 
@@ -79,6 +80,35 @@ __device__ __forceinline__ void warp_logits_from_smem(float (&s)[kCols / 8][4], 
 #pragma unroll
   for (int f = 0; f < kCols / 8; ++f) s[f][0] = s[f][1] = s[f][2] = s[f][3] = 0.f;
   warp_logits_add_from_smem<T, kD, kCols>(s, a_tile, a_rows, tile, rows);
+}
+
+// acc (16 owner rows x the kOut columns from 16-byte chunk chunk0 on, per warp) += G' (16 x kCols, fp32
+// fragments, the accumulator layout of warp_logits) . stream tile (kCols x kD at sa), G' re-packed as
+// the A operand and the tile read transposed (`trow`: lane rows (l % 8) + 8 ((l / 8) % 2), chunk bit
+// l / 16); G' rounded to T, or with `low` its rounding error: hi + lo carries G' to about twice T's
+// precision on the tiles that need it. The backward kernels' second product (contrastive_backward_mma.cu,
+// siglip_mma.cu).
+template <typename T, int kD, int kOut, int kCols>
+__device__ __forceinline__ void warp_grad_product(float (&acc)[kOut / 8][4], const float (&g)[kCols / 8][4],
+                                                  SmemAddr sa, const LaneRows<kD>& trow, int chunk0, bool low) {
+#pragma unroll
+  for (int c = 0; c < kCols / 16; ++c) {
+    const float* v[4] = {&g[2 * c][0], &g[2 * c][2], &g[2 * c + 1][0], &g[2 * c + 1][2]};
+    uint32_t a[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const float x = v[r][0], y = v[r][1];
+      a[r] = low ? pack2<T>(x - to_float(from_float<T>(x)), y - to_float(from_float<T>(y))) : pack2<T>(x, y);
+    }
+#pragma unroll
+    for (int n = 0; n < kOut / 8; n += 2) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, trow(sa, 2 * c, chunk0 + n));
+      const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
+      mma_m16n8k16<T>(acc[n], a, b0, acc[n]);
+      mma_m16n8k16<T>(acc[n + 1], a, b1, acc[n + 1]);
+    }
+  }
 }
 
 }  // namespace fastcl::gpu

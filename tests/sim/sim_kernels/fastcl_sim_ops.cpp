@@ -24,6 +24,8 @@ TORCH_LIBRARY(fastcl_sim, m) {
   m.def(fastcl::schema::kContrastivePairForward);
   m.def(fastcl::schema::kContrastivePairBackward);
   m.def(fastcl::schema::kAugment);
+  m.def(fastcl::schema::kSiglipForward);
+  m.def(fastcl::schema::kSiglipBackward);
 }
 
 namespace {
