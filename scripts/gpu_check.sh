@@ -8,7 +8,7 @@
 # report of the build it made.
 #
 # From a session with the device tool (the GPU machine has no network; 15 minutes in all):
-#   1. here, once (network):  bash scripts/fetch_gpu_wheels.sh    # .gpu-wheels/inf_cl-1.2.1-*.whl
+#   1. here, once (network):  bash scripts/fetch_gpu_wheels.sh    # .gpu-wheels/: Inf-CL, siglip-kernel
 #   2. run(command="FASTCL_COMMIT=<git rev-parse --short HEAD, here; add -dirty if fastcl/csrc has
 #          uncommitted changes> bash scripts/gpu_check.sh", carry=[".gpu-wheels"], timeout_s=540)
 #      Nothing else to pass: OUT is the tool's. Without the wheels the Inf-CL rows say "skipped".
@@ -18,7 +18,7 @@
 #      the header to benchmarks/data/cuda_runs.csv; the JSON's sass_counts is the content of
 #      benchmarks/data/sass_counts_<commit>.json for the fit), ncu.csv + ncu.json, sass.json.
 # A rerun of some steps: FASTCL_GPU_CHECK_STEPS=loss,ncu,sass (a comma list of errors, tests,
-# sanitizers, bench, extra, million, trainers, loss, ncu, sass; the build always runs).
+# sanitizers, bench, extra, million, trainers, loss, siglip, ncu, sass; the build always runs).
 # FASTCL_GPU_CHECK_QUICK=1 stops after the sanitizers (about 2 minutes).
 #
 # Uses the machine's python3 and packages (torch with CUDA, ninja, pybind11, pytest,
@@ -224,6 +224,17 @@ rc=$?; tail -30 "$LOG/loss-sizes.log"
 record "loss sizes" "$( [ $rc -eq 0 ] && echo "ok (loss-sizes.json, loss-sizes.csv)" || echo "FAILED rc=$rc (loss-sizes.log)")"
 if grep -q '^| impl' "$LOG/loss-sizes.log"; then
   { echo; sed -n '/^NT-Xent, /,$p' "$LOG/loss-sizes.log"; } >> "$SUMMARY"
+fi
+[ $rc -eq 0 ] || status=1
+fi
+
+if want siglip; then
+step "SigLIP forward+backward, bf16, B = 16384 and 65536, D = 256 and 768: fastcl, the eager loss, siglip-kernel"
+timeout 150 "$PY" benchmarks/gpu_siglip.py --json "$LOG/siglip.json" > "$LOG/siglip.log" 2>&1
+rc=$?; tail -14 "$LOG/siglip.log"
+record "SigLIP" "$( [ $rc -eq 0 ] && echo "ok (logs: siglip.json)" || echo "FAILED rc=$rc (siglip.log)")"
+if grep -q '^| impl' "$LOG/siglip.log"; then
+  { echo; sed -n '/^SigLIP forward+backward/,$p' "$LOG/siglip.log"; } >> "$SUMMARY"
 fi
 [ $rc -eq 0 ] || status=1
 fi
