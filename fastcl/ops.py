@@ -115,6 +115,31 @@ def _register_siglip() -> None:
         return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None, None, None)
 
     torch.library.register_autograd("fastcl::siglip_forward", _siglip_backward, setup_context=_siglip_setup_context)
+    _register_siglip_fused()
+
+
+def _register_siglip_fused() -> None:
+    """siglip_forward_backward: the loss and its gradients for grad_loss = 1 from one pass; its
+    backward scales the saved gradients by grad_loss (the gradients' own outputs get none)."""
+    @torch.library.register_fake("fastcl::siglip_forward_backward")
+    def _fused_fake(a, b, logit_scale, logit_bias, normalize, a_ids=None, b_ids=None, offset=0):
+        check_siglip_meta(a, b, logit_scale, logit_bias, a_ids, b_ids)
+        acc = loss_dtype(a.dtype)
+        return (a.new_empty((), dtype=acc), torch.empty_like(a, dtype=acc), torch.empty_like(b, dtype=acc),
+                logit_scale.new_empty(()), logit_bias.new_empty(()))
+
+    def _fused_setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*output[1:])
+        ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
+        ctx.mark_non_differentiable(*output[1:])
+
+    def _fused_backward(ctx, grad_loss, *_unused):
+        grads = [g * grad_loss for g in ctx.saved_tensors]
+        grads[0], grads[1] = grads[0].to(ctx.dtypes[0]), grads[1].to(ctx.dtypes[1])
+        return (*(g if need else None for g, need in zip(grads, ctx.needs_input_grad)), None, None, None, None)
+
+    torch.library.register_autograd("fastcl::siglip_forward_backward", _fused_backward,
+                                    setup_context=_fused_setup_context)
 
 
 def _register_augment() -> None:
@@ -170,11 +195,16 @@ def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normal
     """The sigmoid loss (SigLIP) of rows a (M, D) against columns b (L, D): (1 / M) sum over i, j of
     softplus(-y_ij (logit_scale * <a_i, b_j> + logit_bias)), y_ij = 1 if j == i + offset (none when out
     of range) or a_ids[i] == b_ids[j] >= 0, else -1; logit_scale and logit_bias 0-dim tensors of the loss
-    dtype. The CPU kernel streams 256 x 256 tiles; fp16/bf16 CUDA inputs with D <= 256 run the CUDA
-    kernels (csrc/cuda/siglip_mma.cu), other CUDA inputs the chunked pure-PyTorch path."""
+    dtype. The CPU kernel streams 256 x 256 tiles (when a gradient is wanted, the loss and the gradients
+    in one pass: siglip_forward_backward); fp16/bf16 CUDA inputs with D <= 256 run the CUDA kernels
+    (csrc/cuda/siglip_mma.cu), other CUDA inputs the chunked pure-PyTorch path."""
     args = (a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset)
     if _siglip_uses_torch(a, impl):
         return _torch_impl.siglip(*args)
+    if not a.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
+        # Training on the CPU: the gradients come from the forward's own pass over the tiles (three
+        # matrix products, not a forward's one and a backward's three).
+        return torch.ops.fastcl.siglip_forward_backward(*args)[0]
     return torch.ops.fastcl.siglip_forward(*args)
 
 

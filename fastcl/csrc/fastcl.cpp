@@ -62,6 +62,7 @@ TORCH_LIBRARY(fastcl, m) {
   m.def(fastcl::schema::kContrastivePairBackward);
   m.def(fastcl::schema::kSiglipForward);
   m.def(fastcl::schema::kSiglipBackward);
+  m.def(fastcl::schema::kSiglipForwardBackward);
   m.def(fastcl::schema::kAugment);
 }
 

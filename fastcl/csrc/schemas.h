@@ -41,6 +41,12 @@ constexpr const char* kSiglipBackward =
     "siglip_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor logit_scale, Tensor logit_bias, bool normalize, "
     "Tensor? a_ids=None, Tensor? b_ids=None, int offset=0) "
     "-> (Tensor grad_a, Tensor grad_b, Tensor grad_logit_scale, Tensor grad_logit_bias)";
+// Both in one pass (training on the CPU): the loss and its gradients for grad_loss = 1, the row
+// gradients in the loss dtype; autograd scales them by grad_loss (fastcl/ops.py).
+constexpr const char* kSiglipForwardBackward =
+    "siglip_forward_backward(Tensor a, Tensor b, Tensor logit_scale, Tensor logit_bias, bool normalize, "
+    "Tensor? a_ids=None, Tensor? b_ids=None, int offset=0) "
+    "-> (Tensor loss, Tensor grad_a, Tensor grad_b, Tensor grad_logit_scale, Tensor grad_logit_bias)";
 // SimCLR batch augmentation: output sample p is images[source_index[p]] transformed by the
 // parameter row params[p] (layout: csrc/common/augment_math.h), resized to size x size.
 constexpr const char* kAugment =

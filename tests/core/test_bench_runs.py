@@ -64,7 +64,9 @@ def test_a_benchmark_session_appends_its_rows(tmp_path):
     """One real benchmark (the smallest augmentation case) through pytest-benchmark: its row lands in
     the log with the commit."""
     log = tmp_path / "runs.jsonl"
-    env = dict(os.environ, FASTCL_BENCH_RUNS=str(log))
+    # Not as an xdist worker: pytest-benchmark disables itself when it sees PYTEST_XDIST_* set.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env["FASTCL_BENCH_RUNS"] = str(log)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
            str(REPO / "benchmarks" / "bench_ntxent.py"), "-k", "cpu and float32 and 1024 and fwd and not bwd",
            "--benchmark-min-rounds=1", "--benchmark-max-time=0.01", "--benchmark-warmup=off"]

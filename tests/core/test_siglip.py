@@ -289,3 +289,51 @@ def test_gradcheck_opcheck_and_compile_with_ids_and_offset():
                              fullgraph=True)
     torch.testing.assert_close(compiled(x, y, scale, bias, ia, ib), ops.siglip(x, y, scale, bias, True, "fastcl", ia,
                                                                                 ib, 2))
+
+
+# The fused forward + backward (siglip_forward_backward): what training on the CPU calls.
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_ids", [False, True], ids=["no-ids", "ids"])
+def test_the_fused_pass_equals_the_forward_and_the_backward_bit_for_bit(dtype, with_ids):
+    """The loss and the gradients for grad_loss = 1 are the forward's and the backward's, bitwise (the
+    same tiles in the same order, both from one exp per logit)."""
+    for m, l, offset in ((300, 37, -5), (37, 300, 3), (5, 5, 0)):
+        a, b, s, t, (ia, ib) = _chunk_case(m, l, 11, dtype, with_ids)
+        for normalize in (True, False):
+            args = (a.detach(), b.detach(), s.detach(), t.detach(), normalize, ia, ib, offset)
+            loss, ga, gb, gs, gt = torch.ops.fastcl.siglip_forward_backward(*args)
+            assert torch.equal(loss, torch.ops.fastcl.siglip_forward(*args))
+            want = torch.ops.fastcl.siglip_backward(torch.ones((), dtype=s.dtype), *args)
+            acc = s.dtype
+            assert ga.dtype == acc and gb.dtype == acc
+            assert torch.equal(ga.to(a.dtype), want[0]) and torch.equal(gb.to(b.dtype), want[1])
+            assert torch.equal(gs, want[2]) and torch.equal(gt, want[3])
+
+
+def test_training_takes_the_fused_pass_and_its_gradients_scale():
+    """ops.siglip with a gradient wanted runs siglip_forward_backward once (no backward op), and the
+    gradients of grad_loss * loss are those of the backward op for that grad_loss."""
+    a, b, s, t, (ia, ib) = _chunk_case(40, 23, 6, torch.float64, True)
+    profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+    with profile:
+        loss = ops.siglip(a, b, s, t, True, "fastcl", ia, ib, 2)
+        grads = torch.autograd.grad(loss * 0.7, (a, b, s, t))
+    calls = {e.name for e in profile.events()}
+    assert "fastcl::siglip_forward_backward" in calls
+    assert "fastcl::siglip_backward" not in calls and "fastcl::siglip_forward" not in calls
+    args = (a.detach(), b.detach(), s.detach(), t.detach(), True, ia, ib, 2)
+    want = torch.ops.fastcl.siglip_backward(torch.tensor(0.7, dtype=torch.float64), *args)
+    for name, x, w in zip(NAMES[1:], grads, want):
+        torch.testing.assert_close(x, w, rtol=1e-13, atol=1e-15, msg=name)
+    with torch.no_grad():  # no gradient wanted: the forward alone
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as quiet:
+            ops.siglip(a, b, s, t, True, "fastcl", ia, ib, 2)
+    assert "fastcl::siglip_forward" in {e.name for e in quiet.events()}
+
+
+def test_the_fused_op_passes_opcheck():
+    a, b, s, t, (ia, ib) = _chunk_case(7, 9, 4, torch.float64, True)
+    for args in ((a, b, s, t, True, ia, ib, -1), (a.float(), b.float(), s.float(), t.float(), False, None, None, 0)):
+        torch.library.opcheck(torch.ops.fastcl.siglip_forward_backward.default,
+                              tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in args))

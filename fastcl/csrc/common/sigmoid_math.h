@@ -54,6 +54,18 @@ FASTCL_HD T sigmoid_pair_grad(T z, bool positive) {
   return positive ? -sigmoid(-z) : sigmoid(z);
 }
 
+// Both at once, from one exp (the fused forward + backward): *loss = sigmoid_pair_loss(z, positive)
+// and *grad = sigmoid_pair_grad(z, positive), bit for bit, since each is a function of
+// x = (positive ? -z : z): loss softplus(x), grad (positive ? -1 : 1) sigmoid(x).
+template <typename T>
+FASTCL_HD void sigmoid_pair_loss_grad(T z, bool positive, T* loss, T* grad) {
+  const T x = positive ? -z : z;
+  const T e = exp_neg_abs(x);
+  *loss = (x > T(0) ? x : T(0)) + log1p_of(e);
+  const T s = x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
+  *grad = positive ? -s : s;
+}
+
 // Whether row i and column j (of a chunk of M rows against L columns) form a positive pair: on the
 // diagonal shifted by offset (j == i + offset; none when that falls outside the chunk, as for the
 // keys of another rank), or sharing a sample id (>= 0; row_ids nullptr: no ids).

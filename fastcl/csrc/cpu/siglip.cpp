@@ -78,33 +78,51 @@ double forward_typed(const at::Tensor& an, const at::Tensor& bn, const Pairs<acc
 }
 
 // Overwrites the dots S (bi x bj) of one tile with G = g * d loss / dz; adds sum G * dot to
-// *dscale and sum G to *dbias.
-template <typename acc_t>
+// *dscale and sum G to *dbias, and with kLoss the tile's loss (tile_loss's sum, bit for bit) to *dloss.
+template <bool kLoss, typename acc_t>
 void tile_grad(acc_t* S, int64_t i0, int64_t bi, int64_t j0, int64_t bj, const Pairs<acc_t>& p, acc_t g,
-               double* dscale, double* dbias) {
+               double* dscale, double* dbias, double* dloss) {
+  double tile_total = 0;  // summed as tile_loss sums it, then added once
   for (int64_t r = 0; r < bi; ++r) {
     acc_t* h = S + r * bj;
-    acc_t hs = 0, hb = 0;
+    acc_t hs = 0, hb = 0, row = 0;
     for (int64_t k = 0; k < bj; ++k) {
       const acc_t dot = h[k];
-      h[k] = g * math::sigmoid_pair_grad(p.scale * dot + p.bias, p.positive(i0 + r, j0 + k));
+      const acc_t z = p.scale * dot + p.bias;
+      const bool positive = p.positive(i0 + r, j0 + k);
+      acc_t grad;
+      if constexpr (kLoss) {
+        acc_t loss;
+        math::sigmoid_pair_loss_grad(z, positive, &loss, &grad);
+        row += loss;
+      } else {
+        grad = math::sigmoid_pair_grad(z, positive);
+      }
+      h[k] = g * grad;
       hs += h[k] * dot;
       hb += h[k];
     }
     *dscale += static_cast<double>(hs);
     *dbias += static_cast<double>(hb);
+    if constexpr (kLoss) tile_total += static_cast<double>(row);
   }
+  if constexpr (kLoss) *dloss += tile_total;
 }
 
-// (grad of the normalised a, of the normalised b, of the scale, of the bias); g = grad_loss / M.
-template <typename acc_t>
-std::tuple<at::Tensor, at::Tensor, double, double> backward_typed(const at::Tensor& an, const at::Tensor& bn,
-                                                                  const Pairs<acc_t>& p, acc_t g) {
+// The gradients of the normalised rows, of the scale and of the bias (g = grad_loss / M), and with
+// kLoss the loss too (the forward's sum: the same tiles in the same order).
+struct Gradients {
+  at::Tensor grad_an, grad_bn;
+  double dscale = 0, dbias = 0, loss = 0;
+};
+
+template <bool kLoss, typename acc_t>
+Gradients backward_typed(const at::Tensor& an, const at::Tensor& bn, const Pairs<acc_t>& p, acc_t g) {
   const RowBlocks blocks(an.size(0));
   const int64_t M = blocks.M, L = bn.size(0), D = an.size(1);
   at::Tensor grad_a = at::zeros({M, D}, an.options());
   at::Tensor partials = at::zeros({blocks.chunks, L, D}, an.options());
-  std::vector<double> dscale(blocks.chunks, 0.0), dbias(blocks.chunks, 0.0);
+  std::vector<double> dscale(blocks.chunks, 0.0), dbias(blocks.chunks, 0.0), dloss(blocks.chunks, 0.0);
   at::parallel_for(0, blocks.chunks, 1, [&](int64_t c_begin, int64_t c_end) {
     at::Tensor buffer = at::empty({kTile * kTile}, an.options());
     for (int64_t c = c_begin; c < c_end; ++c) {
@@ -118,16 +136,17 @@ std::tuple<at::Tensor, at::Tensor, double, double> backward_typed(const at::Tens
           const at::Tensor b_tile = bn.narrow(0, j0, bj);
           at::Tensor tile = tile_view(buffer, bi, bj);
           at::mm_out(tile, a_blk, b_tile.t());
-          tile_grad(tile.data_ptr<acc_t>(), i0, bi, j0, bj, p, g, &dscale[c], &dbias[c]);
+          tile_grad<kLoss>(tile.data_ptr<acc_t>(), i0, bi, j0, bj, p, g, &dscale[c], &dbias[c], &dloss[c]);
           grad_blk.addmm_(tile, b_tile);
           partial.narrow(0, j0, bj).addmm_(tile.t(), a_blk);
         }
       }
     }
   });
-  double total_scale = 0, total_bias = 0;
-  for (int64_t c = 0; c < blocks.chunks; ++c) total_scale += dscale[c], total_bias += dbias[c];
-  return {grad_a.mul_(p.scale), partials.sum(0).mul_(p.scale), total_scale, total_bias};
+  Gradients out{grad_a.mul_(p.scale), partials.sum(0).mul_(p.scale)};
+  for (int64_t c = 0; c < blocks.chunks; ++c) out.dscale += dscale[c], out.dbias += dbias[c], out.loss += dloss[c];
+  out.loss /= static_cast<double>(M);
+  return out;
 }
 
 // The ids as contiguous int64 (kept alive by the caller) and the Pairs that point into them.
@@ -157,26 +176,47 @@ at::Tensor siglip_forward_cpu(const at::Tensor& a, const at::Tensor& b, const at
   return at::scalar_tensor(loss, a.options().dtype(acc));
 }
 
+// (loss, grad_a, grad_b, grad_scale, grad_bias) for grad_loss `grad` (kLoss: the loss computed in
+// the same pass; else undefined); the row gradients in the loss dtype.
+template <bool kLoss>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gradients(
+    double grad, const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale, const at::Tensor& logit_bias,
+    bool normalize, const c10::optional<at::Tensor>& a_ids, const c10::optional<at::Tensor>& b_ids, int64_t offset) {
+  const at::ScalarType acc = loss_dtype(a.scalar_type());
+  const Normalised an = normalise_rows(a, acc, normalize), bn = normalise_rows(b, acc, normalize);
+  const at::Tensor row_ids = contiguous_ids(a_ids), col_ids = contiguous_ids(b_ids);
+  const auto run = [&](auto zero) {
+    using acc_t = decltype(zero);
+    const acc_t g = static_cast<acc_t>(grad / static_cast<double>(a.size(0)));
+    const Pairs<acc_t> pairs = make_pairs<acc_t>(logit_scale, logit_bias, offset, row_ids, col_ids);
+    const Gradients out = backward_typed<kLoss, acc_t>(an.rows, bn.rows, pairs, g);
+    const auto opts = a.options().dtype(acc);
+    return std::make_tuple(kLoss ? at::scalar_tensor(out.loss, opts) : at::Tensor(),
+                           normalise_backward(out.grad_an, an, normalize), normalise_backward(out.grad_bn, bn, normalize),
+                           at::scalar_tensor(out.dscale, opts), at::scalar_tensor(out.dbias, opts));
+  };
+  return acc == at::kDouble ? run(double(0)) : run(float(0));
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_backward_cpu(
     const at::Tensor& grad_loss, const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale,
     const at::Tensor& logit_bias, bool normalize, const c10::optional<at::Tensor>& a_ids,
     const c10::optional<at::Tensor>& b_ids, int64_t offset) {
   check_siglip_args(a, b, logit_scale, logit_bias, a_ids, b_ids);
   check_siglip_backward_args(a, grad_loss);
-  const at::ScalarType acc = loss_dtype(a.scalar_type());
-  const Normalised an = normalise_rows(a, acc, normalize), bn = normalise_rows(b, acc, normalize);
-  const at::Tensor row_ids = contiguous_ids(a_ids), col_ids = contiguous_ids(b_ids);
-  const auto run = [&](auto zero) {
-    using acc_t = decltype(zero);
-    const acc_t g = static_cast<acc_t>(grad_loss.item<double>() / static_cast<double>(a.size(0)));
-    const Pairs<acc_t> pairs = make_pairs<acc_t>(logit_scale, logit_bias, offset, row_ids, col_ids);
-    auto [grad_an, grad_bn, dscale, dbias] = backward_typed<acc_t>(an.rows, bn.rows, pairs, g);
-    const auto opts = a.options().dtype(acc);
-    return std::make_tuple(normalise_backward(grad_an, an, normalize).to(a.scalar_type()),
-                           normalise_backward(grad_bn, bn, normalize).to(b.scalar_type()),
-                           at::scalar_tensor(dscale, opts), at::scalar_tensor(dbias, opts));
-  };
-  return acc == at::kDouble ? run(double(0)) : run(float(0));
+  auto [loss, grad_a, grad_b, dscale, dbias] =
+      gradients<false>(grad_loss.item<double>(), a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset);
+  return {grad_a.to(a.scalar_type()), grad_b.to(b.scalar_type()), dscale, dbias};
+}
+
+// The loss and its gradients for grad_loss = 1 in one pass over the tiles: three (M x L x D)
+// products where a forward and a backward take four. The gradients stay in the loss dtype, for
+// autograd to scale by grad_loss before rounding to the inputs' dtype.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_forward_backward_cpu(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& logit_scale, const at::Tensor& logit_bias,
+    bool normalize, const c10::optional<at::Tensor>& a_ids, const c10::optional<at::Tensor>& b_ids, int64_t offset) {
+  check_siglip_args(a, b, logit_scale, logit_bias, a_ids, b_ids);
+  return gradients<true>(1.0, a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset);
 }
 
 }  // namespace
@@ -184,6 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> siglip_backward_cpu(
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) {
   m.impl("siglip_forward", &siglip_forward_cpu);
   m.impl("siglip_backward", &siglip_backward_cpu);
+  m.impl("siglip_forward_backward", &siglip_forward_backward_cpu);
 }
 
 }  // namespace fastcl::cpu
