@@ -81,11 +81,8 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     load_swizzled<T, kD, kBN, kMmaThreads>(sK + stage * (kBN * kD), k, p.L, p.D, col0);
     load_col_values<kIds>(sNorm + stage * kBN, sLabel + stage * kBN, sId + stage * kBN, p, col_norm, col0);
     if (threadIdx.x == kMmaThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
-      s_masked[stage] = tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * blockIdx.x,
-                                      col_range + 2 * tile, kIds ? row_id_range + 2 * blockIdx.x : nullptr,
-                                      kIds ? col_id_range + 2 * tile : nullptr,
-                                      kBias ? row_range + 2 * blockIdx.x : nullptr,
-                                      kBias ? owner_range + 2 * tile : nullptr);
+      s_masked[stage] = forward_tile_masked<kIds, kBias>(p, row0, col0, blockIdx.x, tile, row_range, col_range,
+                                                         row_id_range, col_id_range, owner_range);
     }
   };
   // The q rows first, in a group of their own, so the warps take their fragments before the loop.

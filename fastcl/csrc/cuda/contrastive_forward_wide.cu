@@ -75,11 +75,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
     const int64_t col0 = int64_t(tile) * kBN;
     load_col_values<kIds>(sNorm + buf * kBN, sLabel + buf * kBN, sId + buf * kBN, p, col_norm, col0);
     if (threadIdx.x == kMmaThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
-      s_masked[buf] = tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * blockIdx.x,
-                                    col_range + 2 * tile, kIds ? row_id_range + 2 * blockIdx.x : nullptr,
-                                    kIds ? col_id_range + 2 * tile : nullptr,
-                                    kBias ? row_range + 2 * blockIdx.x : nullptr,
-                                    kBias ? owner_range + 2 * tile : nullptr);
+      s_masked[buf] = forward_tile_masked<kIds, kBias>(p, row0, col0, blockIdx.x, tile, row_range, col_range,
+                                                       row_id_range, col_id_range, owner_range);
     }
   };
   // The next k chunk to copy: chunk ic of tile it, into stage is; one commit per step, empty past the end.

@@ -57,6 +57,19 @@ __device__ __forceinline__ void row_factors(float (&a)[2], const Problem& p, int
   }
 }
 
+// Whether column tile `tile` (kBN columns from col0) can hold a masked pair for block `block`'s kBM
+// rows from row0: tile_may_mask over the per-tile ranges of the pre-pass (row and column labels,
+// and with their features the ids and the bias owners).
+template <bool kIds, bool kBias>
+__device__ __forceinline__ int forward_tile_masked(const Problem& p, int64_t row0, int64_t col0, int block, int tile,
+                                                   const int64_t* row_range, const int64_t* col_range,
+                                                   const int64_t* row_id_range, const int64_t* col_id_range,
+                                                   const int64_t* owner_range) {
+  return tile_may_mask(p, row0, kBM, col0, kBN, col0 + kBN > p.L, row_range + 2 * block, col_range + 2 * tile,
+                       kIds ? row_id_range + 2 * block : nullptr, kIds ? col_id_range + 2 * tile : nullptr,
+                       kBias ? row_range + 2 * block : nullptr, kBias ? owner_range + 2 * tile : nullptr);
+}
+
 // Folds the warp's logits of columns [col0, col0 + kBN) (acc: q . k, unscaled) into `run`. norm, lab
 // and ids: the tile's column values in shared memory; masked: tile_may_mask of the tile.
 template <int kFrags, bool kIds, bool kBias>
