@@ -190,6 +190,12 @@ def contrastive_pair(problem: PairProblem, impl: str = "auto") -> tuple[Tensor, 
     return loss_a, loss_b
 
 
+# Training on the CPU takes siglip_forward_backward. CUDA inputs never do (their kernels are a forward
+# and a backward), so the simulator's route (tests/sim/sim_ops.py), which runs the CUDA kernels on CPU
+# tensors, turns it off while it stands in.
+SIGLIP_FUSED_ON_CPU = True
+
+
 def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normalize: bool, impl: str = "auto",
            a_ids: Optional[Tensor] = None, b_ids: Optional[Tensor] = None, offset: int = 0) -> Tensor:
     """The sigmoid loss (SigLIP) of rows a (M, D) against columns b (L, D): (1 / M) sum over i, j of
@@ -201,7 +207,7 @@ def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normal
     args = (a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset)
     if _siglip_uses_torch(a, impl):
         return _torch_impl.siglip(*args)
-    if not a.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
+    if SIGLIP_FUSED_ON_CPU and not a.is_cuda and torch.is_grad_enabled() and any(t.requires_grad for t in args[:4]):
         # Training on the CPU: the gradients come from the forward's own pass over the tiles (three
         # matrix products, not a forward's one and a backward's three).
         return torch.ops.fastcl.siglip_forward_backward(*args)[0]

@@ -67,11 +67,15 @@ def cuda_kernels_on_cpu(schedule_seed: int = 0):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the simulator runs on one thread; idle OpenMP workers would spin beside it
     lib = torch.library.Library("fastcl", "IMPL")
+    from fastcl import ops
+
+    fused, ops.SIGLIP_FUSED_ON_CPU = ops.SIGLIP_FUSED_ON_CPU, False  # CUDA runs SigLIP's forward and backward
     try:
         for name in OPS:
             lib.impl(name, _simulated(name), "CPU")
         yield
     finally:
+        ops.SIGLIP_FUSED_ON_CPU = fused
         lib._destroy()
         torch.set_num_threads(threads)
         mod.set_schedule(0)
