@@ -8,7 +8,8 @@ report how often the loop runs per trip of the kernel's main loop:
 A loop without a mark counts once (D/BK if it holds the math). A mark on an `if` line,
   // sass: rare         a branch the common case skips (masks on the few tiles that need them)
   // sass: share=1/8    a branch one warp of eight takes (work done once per block, not per warp)
-(or on the `} else {` line of such a branch) applies to every instruction of its braces' lines, or
+(or on the `} else {` line of such a branch) applies to every instruction of the lines inside its
+braces (an `if (...) {` line's own instructions, the condition's test, run every time), or
 inlined from a call on one of them: a rare one is left out of the common-case counts (the report
 gives their number apart), a shared one counts at its share. Sources of an older commit, which
 carry no marks, borrow them from the line with the same code in this checkout's file of the same
@@ -85,16 +86,18 @@ def _branch_ranges(path: str) -> tuple[tuple[int, int, float], ...]:
             continue
         factor = 0.0 if m.group(1) == "rare" else 1.0 / int(m.group(1).split("/")[1])
         # From the marked line (less a leading "}" of "} else {") to the brace that closes it; a
-        # marked line without "{" (a one-line if) is its own range.
+        # marked line without "{" (a one-line if) is its own range. An `if (...) {` line's own
+        # instructions test the condition, which every thread runs: the range starts below it.
         depth, end = 0, n
         first = line.split("//")[0].strip().removeprefix("}")
+        start = n + 1 if first.startswith("if") and first.endswith("{") else n
         if "{" in first:
             for end in range(n, len(lines)):
                 code = first if end == n else lines[end].split("//")[0]
                 depth += code.count("{") - code.count("}")
                 if depth <= 0:
                     break
-        out.append((n + 1, end + 1, factor))
+        out.append((start + 1, end + 1, factor))
     return tuple(out)
 
 

@@ -107,6 +107,10 @@ def test_branch_marks_weight_what_they_enclose(tmp_path):
     assert loop_marks.branch_factor(at(4), at(2)) == 1 / 32  # an inlining chain counts each branch once
     assert loop_marks.branch_factor(at(10)) == 0.0 and loop_marks.in_rare_branch(at(10))
     assert loop_marks.branch_factor(at(8)) == 1.0 and not loop_marks.in_rare_branch(at(8))
+    # An `if` line's own instructions test its condition, which every thread runs; an `else` line
+    # has no test of its own, so it belongs to its branch.
+    assert loop_marks.branch_factor(at(1)) == 1.0 and loop_marks.branch_factor(at(3)) == 1 / 8
+    assert loop_marks.in_rare_branch(at(9))
 
 
 def test_blocks_per_sm_limits():
