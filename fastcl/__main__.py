@@ -156,9 +156,9 @@ def _label_efficiency(args) -> int:
 
     print(le.header(le.methods_of(args.semi_supervised)))
     with heartbeat(args.command, args.progress):
-        result = le.run(args.checkpoint, le.parse_budgets(args.labels_per_class), args.draws, args.steps,
-                        args.data, args.device, args.out, echo=lambda line: print(line, flush=True),
-                        semi=args.semi_supervised)
+        budgets = None if args.labels_per_class is None else le.parse_budgets(args.labels_per_class)
+        result = le.run(args.checkpoint, budgets, args.draws, args.steps, args.data, args.device, args.out,
+                        echo=lambda line: print(line, flush=True), semi=args.semi_supervised, labels=args.labels)
     print(f"wrote {result['path']} (fastcl plot RUN draws it)")
     return 0
 
@@ -264,8 +264,12 @@ def _add_simclr(sub) -> None:
     le = sub.add_parser("label-efficiency", help="held-out accuracy per label budget: supervised from scratch vs "
                                                  "linear probe vs fine-tuned SimCLR encoder")
     _checkpoint_options(le)
-    le.add_argument("--labels-per-class", dest="labels_per_class", default="1,5,10,all",
-                    help="comma-separated budgets, 'all' for the whole training split")
+    le.add_argument("--labels-per-class", dest="labels_per_class",
+                    help="comma-separated budgets, 'all' for the whole training split (default: 1,5,10,all)")
+    le.add_argument("--labels", metavar="FILE",
+                    help="your own labels instead of budgets (--data folder:DIR): a CSV with the header path,label "
+                    "and a line per labelled image (its path relative to DIR/train, its class folder's name); one "
+                    "row, 'file'")
     le.add_argument("--draws", type=at_least(int, 1), default=3,
                     help="random draws of the labelled subset per budget")
     le.add_argument("--steps", type=at_least(int, 1), default=1000,

@@ -86,6 +86,10 @@ class SimCLRConfig:
                                      "`fastcl label-efficiency` draws them) and take every view of their class's "
                                      "labelled images as positives too (SupCon), in the same fused NT-Xent call as "
                                      "the unlabelled rest; 0: self-supervised only", minimum=0)
+    labels: Optional[str] = option(None, "semi-supervised on your own images (--data folder:DIR): a CSV with the "
+                                   "header path,label and a line per labelled image (its path relative to "
+                                   "DIR/train, its class folder's name); those images take SupCon positives as "
+                                   "with labelled_per_class, every other image is unlabelled")
     labelled_draw: int = option(0, "which draw (0-based, label-efficiency's numbering) of the labelled images",
                                 minimum=0)
     chunk_size: Optional[int] = option(None, "gradient caching: encode at most this many views at a time, any "
@@ -101,11 +105,28 @@ class SimCLRConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         start_mode(self.resume, self.overwrite)
         check_save_options(self.save_every_steps, self.save_every_minutes, self.keep_checkpoints)
-        if self.labelled_per_class and self.queue_size:
-            raise ValueError("labelled_per_class (semi-supervised) and queue_size (a memory bank) do not combine: the "
-                             "bank's keys carry no labels")
+        self._check_labels()
+        if (self.labelled_per_class or self.labels is not None) and self.queue_size:
+            which = "labels" if self.labels is not None else "labelled_per_class"
+            raise ValueError(f"{which} (semi-supervised) and queue_size (a memory bank) do not combine: the bank's "
+                             "keys carry no labels")
         if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must be in [0, epochs], got {self.warmup_epochs}")
+
+    def _check_labels(self) -> None:
+        """A labels file goes with a folder, and is the one way of this run to pick labelled images."""
+        if self.labels is None:
+            return
+        if self.labelled_per_class:
+            raise ValueError(f"labels (--labels {self.labels}) and labelled_per_class (--labelled-per-class "
+                             f"{self.labelled_per_class}) both pick the labelled images: give the file or K per "
+                             "class, not both")
+        if self.labelled_draw:
+            raise ValueError("labelled_draw picks a draw of labelled_per_class; with labels (a file) the labelled "
+                             "images are the file's: leave it out")
+        if not self.data.startswith("folder:"):
+            raise ValueError(f"labels (--labels {self.labels}) names images of a folder by their paths: it needs "
+                             f"--data folder:DIR, got --data {self.data}")
 
     def warmup(self) -> float:
         return self.warmup_epochs if self.warmup_epochs is not None else min(10.0, self.epochs / 10)

@@ -30,6 +30,10 @@ class ImageData:
     # What the images were made from, for resume to check (name and version of a built-in set; the
     # files' count, bytes and listing hash of a folder or CIFAR copy)
     fingerprint: dict = field(default_factory=dict, repr=False)
+    classes: tuple = ()  # class names in label order (a folder's class subfolders)
+    # A folder's: source (the split's folder), cache and meta, where each image's relative path is
+    # kept (image_cache.read_paths; what a labels file names)
+    folder: Optional[dict] = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -103,13 +107,14 @@ def _folder(root: str, train: bool, size: int) -> ImageData:
         source, split = root, "all"  # one flat ImageFolder: train and evaluation both use it
     target = image_cache.cache_dir(root, split, size)
     images, labels, meta = _cached_folder(source, target, size)
-    return ImageData(images, labels, len(meta["classes"]),
-                     fingerprint=dict(data="folder", **meta.get("listing", {})))
+    return ImageData(images, labels, len(meta["classes"]), fingerprint=dict(data="folder", **meta.get("listing", {})),
+                     classes=tuple(meta["classes"]), folder=dict(source=source, cache=target, meta=meta))
 
 
 def _cached_folder(source: str, target: str, size: int) -> tuple:
     """The cache of `source`: as found when its folder has not changed since it was built (or holds
-    no images any more: the cache is all there is), else built again."""
+    no images any more: the cache is all there is), else built again (so is a cache from before
+    the image paths were kept)."""
     files = image_cache.listing(source)
     try:
         cached = image_cache.open_cache(target)
@@ -122,11 +127,15 @@ def _cached_folder(source: str, target: str, size: int) -> tuple:
         why = f"folder: decoding {source} into {target} (once)"
     if cached is not None:
         changed = image_cache.changes(cached[2].get("listing"), files)
-        if not changed or files["files"] == 0:
+        if changed and files["files"]:
+            why = f"folder: {source} changed since its cache was built ({changed}); rebuilding {target}"
+        elif "paths" not in cached[2] and files["files"]:
+            # a labels file names images by path: an older cache without them is decoded again, once
+            why = f"folder: the cache {target} records no image paths (built by an older fastcl); rebuilding it"
+        else:
             if changed:
                 print(f"folder: {source} holds no images any more; using its cache {target}", flush=True)
             return cached
-        why = f"folder: {source} changed since its cache was built ({changed}); rebuilding {target}"
     print(why, flush=True)
     image_cache.build(source, target, size, files=files)
     return image_cache.open_cache(target)

@@ -2,12 +2,14 @@
 size, stored once as a uint8 (N, 3, S, S) .npy file that later runs memory-map, so epochs after
 the first read no JPEGs and a dataset larger than RAM pages in from disk as batches touch it.
 
-Layout: DIR/.fastcl-cache/<split>-<size>/{images.npy, labels.npy, meta.json}. meta.json is
-written last, after the arrays are complete and renamed into place, so an interrupted build
-leaves no cache that looks finished; the next run builds it again. meta.json also holds a listing
-of the folder (file count, bytes, and a hash of every image's path, size and mtime): a folder whose
-images were added, removed or changed since gets its cache rebuilt, and so does a cache whose
-arrays are truncated (refused, naming what to delete, when no images are left to rebuild from).
+Layout: DIR/.fastcl-cache/<split>-<size>/{images.npy, labels.npy, paths.json, meta.json}, paths.json
+holding each image's path relative to the split's folder in the arrays' order (what a labels file
+names: fastcl.simclr.labels_file). meta.json is written last, after the other files are complete
+and renamed into place, so an interrupted build leaves no cache that looks finished; the next run
+builds it again. meta.json also holds a listing of the folder (file count, bytes, and a hash of
+every image's path, size and mtime): a folder whose images were added, removed or changed since
+gets its cache rebuilt, and so does a cache whose arrays are truncated (refused, naming what to
+delete, when no images are left to rebuild from).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 
+PATHS = "paths.json"
 # torchvision's IMG_EXTENSIONS, the files ImageFolder reads
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -68,7 +71,8 @@ def changes(old: dict | None, new: dict) -> str:
 
 
 def _decode_batches(source: str, size: int, workers: int, batch_size: int = 256):
-    """(uint8 images (B, 3, S, S), labels (B,)) in file order, decoded by DataLoader workers."""
+    """(count, class names, each image's path relative to `source`, and a loader of (uint8 images
+    (B, 3, S, S), labels (B,)) in that order, decoded by DataLoader workers)."""
     from torchvision.datasets import ImageFolder
     from torchvision.transforms import v2
 
@@ -88,7 +92,8 @@ def _decode_batches(source: str, size: int, workers: int, batch_size: int = 256)
     # initialisation after a build (a run that builds the cache and its rerun would differ).
     loader = torch.utils.data.DataLoader(folder, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          generator=torch.Generator())
-    return len(folder), folder.classes, loader
+    paths = [os.path.relpath(path, source) for path, _ in folder.samples]
+    return len(folder), folder.classes, paths, loader
 
 
 def build(source: str, target: str, size: int, workers: int | None = None, files: dict | None = None) -> None:
@@ -96,7 +101,7 @@ def build(source: str, target: str, size: int, workers: int | None = None, files
     files = files or listing(source)
     if workers is None:
         workers = min(8, os.cpu_count() or 1) if os.cpu_count() and os.cpu_count() > 1 else 0
-    count, classes, loader = _decode_batches(source, size, workers)
+    count, classes, paths, loader = _decode_batches(source, size, workers)
     os.makedirs(target, exist_ok=True)
     tmp_images = os.path.join(target, ".images.npy.tmp")
     images = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(count, 3, size, size))
@@ -111,13 +116,39 @@ def build(source: str, target: str, size: int, workers: int | None = None, files
     del images
     os.replace(tmp_images, os.path.join(target, "images.npy"))
     np.save(os.path.join(target, "labels.npy"), labels)
-    meta = dict(count=count, size=size, classes=classes, source=os.path.abspath(source), listing=files)
-    tmp_meta = os.path.join(target, ".meta.json.tmp")
-    with open(tmp_meta, "w") as f:
-        json.dump(meta, f)
+    _write_json(os.path.join(target, PATHS), paths)
+    meta = dict(count=count, size=size, classes=classes, source=os.path.abspath(source), listing=files,
+                paths=PATHS)
+    _write_json(os.path.join(target, "meta.json"), meta)
+
+
+def _write_json(path: str, value) -> None:
+    """`value` at `path` in one rename: a killed build leaves no half-written file under the name."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp_meta, os.path.join(target, "meta.json"))
+    os.replace(tmp, path)
+
+
+def read_paths(target: str, meta: dict) -> list[str]:
+    """The relative path of every image of the cache at `target`, in its arrays' order; CacheDamaged
+    when the file is missing or holds another count (a cache built before paths were kept has none:
+    `data` rebuilds those while the images are there)."""
+    if "paths" not in meta:
+        raise CacheDamaged(f"the image cache {target!r} was built by an older fastcl and records no image paths; "
+                           "delete it and load the folder again (from its images) to rebuild it")
+    name = os.path.join(target, meta["paths"])
+    try:
+        with open(name) as f:
+            paths = json.load(f)
+    except (ValueError, OSError) as exc:
+        raise CacheDamaged(f"the image cache {target!r} is damaged ({meta['paths']}: {exc})") from None
+    if not isinstance(paths, list) or len(paths) != meta["count"]:
+        raise CacheDamaged(f"the image cache {target!r} is damaged ({meta['paths']} does not list its "
+                           f"{meta['count']} images)")
+    return paths
 
 
 def open_cache(target: str) -> tuple[Tensor, Tensor, dict] | None:

@@ -8,7 +8,10 @@ at least `steps` steps and at least MIN_EPOCHS passes over the labelled images, 
 weights that score best on a held-out part of the labelled subset (a fifth, at least one image
 per class; with one label per class there is none to hold out, and the last weights count). The
 schedule is long on purpose and early stopping picks the point, so that the baseline is not
-undertrained; the test split is only ever used for the reported accuracy."""
+undertrained; the test split is only ever used for the reported accuracy.
+
+With a labels file (`--data folder:DIR --labels FILE`, fastcl.simclr.labels_file) the labelled
+subset is the file's images with the file's classes, in place of the drawn budgets."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Sequence
 
 import torch
@@ -26,8 +30,9 @@ from ..augment import SimCLRAugment
 from ..engine import progress as heartbeat
 from ..engine import runtime
 from ..engine.export import check_folder
-from . import data, evaluate, restore, retrieval
+from . import data, evaluate, labels_file, restore, retrieval
 from .labelled import draw_generator, draw_subset
+from .labels_file import LabelsFile
 from .config import augmentation
 
 METHODS = ("supervised", "linear_probe", "fine_tune")
@@ -110,11 +115,13 @@ def train_classifier(model: Classifier, images: Tensor, labels: Tensor, fit: Ten
 
 
 def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, per_class, draw: int,
-                    device: torch.device, steps: int) -> dict:
-    """The three accuracies for one label budget and one draw of the labelled subset."""
+                    device: torch.device, steps: int, subset: Tensor | None = None) -> dict:
+    """The three accuracies for one label budget and one draw of the labelled subset (`subset`:
+    the images a labels file names, whose classes `train.labels` holds; draws then differ in the
+    held-out part and the seeds)."""
     config = state["config"]
     g = draw_generator(draw)
-    subset = draw_subset(train.labels, per_class, g)
+    subset = draw_subset(train.labels, per_class, g) if subset is None else subset
     fit, held = split_holdout(subset, train.labels, g)
     steps = max(steps, math.ceil(MIN_EPOCHS * fit.shape[0] / BATCH))
     augment = augmentation(config)
@@ -139,12 +146,12 @@ def evaluate_budget(state: dict, train: data.ImageData, test: data.ImageData, pe
 
 
 def semi_supervised(checkpoint: str, state: dict, train: data.ImageData, test: data.ImageData, per_class,
-                    draw: int, spec: str | None, device: str) -> float | None:
+                    draw: int, spec: str | None, device: str, named: LabelsFile | None = None) -> float | None:
     """The semi-supervised column: the checkpoint's run trained again from scratch, its settings
     unchanged but for the `per_class` labels of draw `draw` in its loss (labelled_per_class; the
     very images the other columns are given), into RUN/semi-<K>-draw<d>, then a linear probe on
-    its frozen encoder with those labels. None for "all" (every image labelled is SupCon, not
-    semi-supervised)."""
+    its frozen encoder with those labels; with a labels file (`named`), its labels, into
+    RUN/semi-file. None for "all" (every image labelled is SupCon, not semi-supervised)."""
     if per_class == "all":
         return None
     from .config import SimCLRConfig
@@ -152,52 +159,104 @@ def semi_supervised(checkpoint: str, state: dict, train: data.ImageData, test: d
 
     names = {f.name for f in dataclasses.fields(SimCLRConfig)}
     settings = {k: v for k, v in state["config"].items() if k in names}
-    where = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"semi-{per_class}-draw{draw + 1}")
-    settings.update(data=spec or settings["data"], labelled_per_class=per_class, labelled_draw=draw, out=where,
-                    resume="no", overwrite=True, progress=False, device=device)
+    name = "semi-file" if named is not None else f"semi-{per_class}-draw{draw + 1}"
+    where = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), name)
+    pick = (dict(labels=named.path, labelled_per_class=0, labelled_draw=0) if named is not None else
+            dict(labels=None, labelled_per_class=per_class, labelled_draw=draw))
+    settings.update(data=spec or settings["data"], out=where, resume="no", overwrite=True, progress=False,
+                    device=device, **pick)
     heartbeat.note(f"{per_class} labels/class, draw {draw + 1}: semi-supervised pre-training into {where}")
     trainer = SimCLRTrainer(SimCLRConfig(**settings))
     trainer.train()
-    subset = draw_subset(train.labels, per_class, draw_generator(draw))
+    subset = draw_subset(train.labels, per_class, draw_generator(draw)) if named is None else named.indices
     encoder = trainer.model.encoder
     f_train = evaluate.encode(encoder, train.images[subset], trainer.device, what="the labelled images")
     f_test = evaluate.encode(encoder, test.images, trainer.device, what="the held-out images")
     return evaluate.linear_probe(f_train, train.labels[subset], f_test, test.labels)
 
 
-def run(checkpoint: str, budgets: Sequence = (1, 5, 10, "all"), draws: int = 3, steps: int = 1000,
+def run(checkpoint: str, budgets: Sequence | None = None, draws: int = 3, steps: int = 1000,
         spec: str | None = None, device: str = "auto", out: str | None = None, echo=print,
-        semi: bool = False) -> dict:
-    """Every budget x draw; prints the table (mean and spread over draws) and writes it as JSON
-    (default: label_efficiency.json next to the checkpoint; for another dataset
-    label_efficiency-<data name>.json). semi: also the semi-supervised column (a pre-training run
-    per budget and draw: `semi_supervised`)."""
+        semi: bool = False, labels: str | None = None) -> dict:
+    """Every budget x draw (budgets default: 1, 5, 10 and all labels per class); prints the table
+    (mean and spread over draws) and writes it as JSON (default: label_efficiency.json next to the
+    checkpoint; for another dataset label_efficiency-<data name>.json). semi: also the
+    semi-supervised column (a pre-training run per budget and draw: `semi_supervised`). labels: a
+    labels file (fastcl.simclr.labels_file) gives the labelled images instead of budgets: one row,
+    "file", its draws differing in the held-out part and the seeds only."""
     if draws < 1 or steps < 1:
         raise ValueError(f"draws and steps must be >= 1, got {draws} and {steps}")
+    if labels is not None and budgets is not None:
+        raise ValueError(f"--labels {labels} names the labelled images and --labels-per-class draws them: give one")
     heartbeat.note("loading the checkpoint and its data")
-    state, train, test = restore.load_run_data(checkpoint, spec)
+    state, train, test = restore.load_run_data(checkpoint, _labels_spec(checkpoint, spec, labels))
+    named = None
+    if labels is not None:
+        train, named, budgets = _with_labels_file(labels, train, test)
+    budgets = (1, 5, 10, "all") if budgets is None else budgets
     for b in budgets:  # refuse a budget before any training
-        if b != "all":
+        if b not in ("all", "file"):
             draw_subset(train.labels, b, torch.Generator().manual_seed(0))
-    out = out or retrieval.derived_output(checkpoint, "label_efficiency.json", state["config"]["data"], spec)
+    out = out or retrieval.derived_output(checkpoint, _table_name(labels), state["config"]["data"], spec)
     check_folder(out)
     dev = runtime.device(device)
     rows, methods = [], methods_of(semi)
     for b in budgets:
-        runs = [evaluate_budget(state, train, test, b, d, dev, steps) for d in range(draws)]
-        if semi:
-            for d, r in enumerate(runs):
-                r["semi_supervised"] = semi_supervised(checkpoint, state, train, test, b, d, spec, device)
-        row = {"labels_per_class": b, "draws": runs}
-        for m in methods:
-            row[m] = _spread([r[m] for r in runs])
-        rows.append(row)
-        echo(format_row(row, methods))
+        rows.append(_row(checkpoint, state, train, test, b, draws, steps, spec, device, dev, semi, named))
+        echo(format_row(rows[-1], methods))
     result = {"checkpoint": checkpoint, "data": spec or state["config"]["data"], "steps": steps, "rows": rows}
+    if labels is not None:
+        result.update(labels_file=labels, labels_sha256=named.sha256)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     result["path"] = out
     return result
+
+
+def _row(checkpoint: str, state: dict, train, test, budget, draws: int, steps: int, spec, device: str,
+         dev: torch.device, semi: bool, named: LabelsFile | None) -> dict:
+    """One budget's row: every draw's accuracies, and their mean and spread per method."""
+    subset = named.indices if named is not None else None
+    runs = [evaluate_budget(state, train, test, budget, d, dev, steps, subset) for d in range(draws)]
+    if semi:
+        for d, r in enumerate(runs):
+            # a labels file's run is the same for every draw: trained once
+            r["semi_supervised"] = (runs[0]["semi_supervised"] if named is not None and d else
+                                    semi_supervised(checkpoint, state, train, test, budget, d, spec, device, named))
+    row = {"labels_per_class": budget, "draws": runs}
+    if named is not None:
+        row["labelled_images"] = int(named.indices.numel())
+    for m in methods_of(semi):
+        row[m] = _spread([r[m] for r in runs])
+    return row
+
+
+def _labels_spec(checkpoint: str, spec: str | None, labels: str | None) -> str | None:
+    """`spec`, checked to be a folder where a labels file is given (it names a folder's images)."""
+    if labels is None:
+        return spec
+    data_spec = spec or restore.load_run(checkpoint)["config"]["data"]
+    if not data_spec.startswith("folder:"):
+        raise ValueError(f"--labels {labels} names images of a folder by their paths: it needs --data folder:DIR "
+                         f"(the data here is {data_spec!r})")
+    return spec
+
+
+def _with_labels_file(labels: str, train: data.ImageData, test: data.ImageData) -> tuple:
+    """(the training split with the file's classes, the file, the one budget "file")."""
+    if test.classes != train.classes:
+        raise ValueError(f"--labels {labels}: the folder's training and held-out splits have other class folders "
+                         f"({len(train.classes)} and {len(test.classes)}, not the same names); a label's class must "
+                         "mean the same in both")
+    named = labels_file.read(labels, train)
+    return dataclasses.replace(train, labels=named.dataset_labels(train)), named, ["file"]
+
+
+def _table_name(labels: str | None) -> str:
+    if labels is None:
+        return "label_efficiency.json"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(labels))[0]).strip("._") or "labels"
+    return f"label_efficiency-labels_{stem}.json"
 
 
 def methods_of(semi: bool) -> tuple:

@@ -39,7 +39,13 @@ def semi_supervised_labels(labels: Tensor, per_class: int, draw: int) -> Tensor:
                          f"classes; this data has {classes.numel()} class (a folder of unlabelled images): train "
                          "without labelled_per_class")
     subset = draw_subset(labels, per_class, draw_generator(draw))
-    own = int(labels.max()) + 1 + torch.arange(labels.shape[0], dtype=torch.int64)
-    out = own.clone()
-    out[subset] = labels[subset].to(torch.int64)
+    return with_own_labels(labels.shape[0], subset, labels[subset], int(labels.max()) + 1)
+
+
+def with_own_labels(count: int, indices: Tensor, classes: Tensor, num_classes: int) -> Tensor:
+    """int64 (count,): `classes` at `indices` (the labelled images), and for every other image i the
+    label num_classes + i, which no other image has: its only positive in NT-Xent with labels is
+    its other view. The one rule of both ways to name the labelled images (K per class, a file)."""
+    out = num_classes + torch.arange(count, dtype=torch.int64)
+    out[indices] = classes.to(torch.int64)
     return out

@@ -14,7 +14,7 @@ from .. import distributed
 from ..engine import Trainer, TrainingDiverged, runtime
 from ..losses import NTXentLoss
 from ..queue import MemoryQueue
-from . import data, evaluate, labelled, models, optim
+from . import data, evaluate, labelled, labels_file, models, optim
 from .config import SimCLRConfig, augmentation
 
 
@@ -47,11 +47,8 @@ class SimCLRTrainer(Trainer):
             raise ValueError(f"batch_size {cfg.batch_size} (the global batch) must divide evenly over "
                              f"{self.world} processes")
         self.train_data = data.load(cfg.data, train=True, size=cfg.size)
+        self.loss_labels = self._loss_labels()  # before the held-out split: a bad labels file is refused sooner
         self.test_data = data.load(cfg.data, train=False, size=cfg.size)
-        self.data_fingerprint = dict(source=f"--data {cfg.data}", **self.train_data.fingerprint)
-        # Semi-supervised: the loss's labels (None: self-supervised; fastcl.simclr.labelled)
-        self.loss_labels = (labelled.semi_supervised_labels(self.train_data.labels, cfg.labelled_per_class,
-                                                            cfg.labelled_draw) if cfg.labelled_per_class else None)
         if len(self.train_data) < cfg.batch_size:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {len(self.train_data)} training images")
         self.model = models.simclr_model(cfg.arch, cfg.cifar_stem, cfg.proj_hidden, cfg.proj_dim,
@@ -73,6 +70,21 @@ class SimCLRTrainer(Trainer):
         self.scheduler = optim.warmup_cosine(self.optimizer, int(cfg.warmup() * self.steps_per_epoch), total)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.start_or_resume(cfg)
+
+    def _loss_labels(self) -> Optional[torch.Tensor]:
+        """Semi-supervised: the loss's labels, with the labelled images drawn K per class or named by a
+        labels file (None: self-supervised; fastcl.simclr.labelled); and the data fingerprint resume
+        checks, which covers the labels file's content too (a changed file is other training data)."""
+        cfg = self.cfg
+        source = f"--data {cfg.data}" + (f" --labels {cfg.labels}" if cfg.labels is not None else "")
+        self.data_fingerprint = dict(source=source, **self.train_data.fingerprint)
+        if cfg.labels is not None:
+            named = labels_file.read(cfg.labels, self.train_data)
+            self.data_fingerprint.update(named.fingerprint())
+            return named.loss_labels(self.train_data)
+        if cfg.labelled_per_class:
+            return labelled.semi_supervised_labels(self.train_data.labels, cfg.labelled_per_class, cfg.labelled_draw)
+        return None
 
     # -- what the engine's loop calls ---------------------------------------------------------
     def extra_state(self) -> dict:

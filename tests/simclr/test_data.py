@@ -84,7 +84,7 @@ def test_folder_is_decoded_once_into_a_memory_mapped_cache(tmp_path):
     assert first.images.shape == (6, 3, 16, 16) and first.images.dtype == torch.uint8
     assert first.labels.tolist() == [0, 0, 0, 1, 1, 1] and first.num_classes == 2
     cache = tmp_path / ".fastcl-cache" / "train-16"
-    assert sorted(os.listdir(cache)) == ["images.npy", "labels.npy", "meta.json"]
+    assert sorted(os.listdir(cache)) == ["images.npy", "labels.npy", "meta.json", "paths.json"]
     assert isinstance(np.load(cache / "images.npy", mmap_mode="r"), np.memmap)
     for png in (tmp_path / "train").rglob("*.png"):
         png.unlink()  # a second load must not need the JPEGs/PNGs any more
