@@ -112,6 +112,24 @@ def _grad_mma_slices(D: int, dtype: str) -> int:
     return max(1, math.ceil(D / 128))
 
 
+def _wide_groups(D: int) -> int:
+    """The kGroups instantiation launch_grad_wide picks: 16-column groups of D per warp (3, 4 or 6)."""
+    g = math.ceil(D / 128)
+    return 3 if g <= 3 else 4 if g == 4 else 6
+
+
+def _smem_grad_wide(dtype: str, name: str) -> int:
+    """GradWideLayout(kGroups) (contrastive_backward_wide.cu): owner rows (32 x 128 kGroups), two stream
+    stages (32 x 128 kGroups), eight warps' partial 32 x 32 logits (fp32), G' and its low part (32 x 40),
+    per stage 32 float4 + 32 labels + 32 ids."""
+    d = 128 * _template_int(name)
+    return 32 * d * 2 + 2 * 32 * d * 2 + 8 * 32 * 32 * 4 + 2 * 32 * 40 * 2 + 2 * 32 * (16 + 8 + 8)
+
+
+def _grad_wide_used(D: int, dtype: str, name: str) -> bool:
+    return 256 < D <= WIDE_MAX_D and _template_int(name) == _wide_groups(D)
+
+
 def _smem_siglip(dtype: str, name: str) -> int:
     """SiglipLayout<kD> (siglip_mma.cu): owner rows (128 x kD), two stream stages (64 x kD), per stage 64
     inverse norms."""
@@ -181,6 +199,12 @@ LOSS_KERNELS = [
         _grad_mma_used,
         priority=1,
     ),
+    # grad_wide_kernel<T, kGroups, kRowOwner, kBoth> (256 < D <= 768): 32 owner rows x 32 stream rows a
+    # trip, all of D unrolled over each warp's kGroups 16-column groups; q = k (<.., true, true>) first.
+    KernelTraits(r"\bgrad_wide_kernel<[^>]*, true, true>", "backward", 256, 32, 32, lambda t: 1 << 30,
+                 lambda D, t: 1, _smem_grad_wide, _grad_wide_used, priority=2),
+    KernelTraits(r"\bgrad_wide_kernel<", "backward", 256, 32, 32, lambda t: 1 << 30, lambda D, t: 1,
+                 _smem_grad_wide, _grad_wide_used, priority=1),
     # The sigmoid loss (siglip_mma.cu): siglip_forward_kernel<T, kD, kIds> and siglip_grad_kernel<T, kD,
     # kRowOwner, kIds>, 128 owner rows x 64 stream rows a trip, all of kD unrolled. Reported, never part
     # of the contrastive problem the cost model prices (used_for False).

@@ -23,6 +23,7 @@
 #include "cuda/contrastive_device.cuh"
 #include "cuda/contrastive_host.cuh"
 #include "cuda/device_api.cuh"
+#include "cuda/grad_tile.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/swizzled_tile.cuh"
 #include "cuda/warp_logits.cuh"
@@ -43,7 +44,6 @@ constexpr int kMaxSlice = 128;
 // The q = k kernel with sample ids fits 255 registers up to kD = 64 only: at kD = 128 it spilled 76-92
 // bytes in its main loop (make sass), so such problems take the dq and dk kernels instead.
 constexpr int kSymmetricIdsMaxD = 64;
-constexpr float kLog2e = 1.4426950408889634f;
 
 // Shared memory: owner rows (kGBM x kD) and two stages of stream rows (kGBN x kD) as swizzled rows
 // (swizzled_tile.cuh), and per stage the stream rows' info (float4), labels (and sample ids).
@@ -57,33 +57,6 @@ struct GradLayout {
   static constexpr size_t kId = kLabel + 2 * kGBN * sizeof(int64_t);    // int64 [2][kGBN], with ids
   static constexpr size_t kBytes = kId + (kIds ? 2 * kGBN * sizeof(int64_t) : 0);
 };
-
-// One side of the problem as the kernel sees it: its rows, per-row info and labels.
-template <typename T>
-struct Side {
-  const T* x;
-  const float4* info;  // q rows: {1/|q|, lse, grad (0: no positives), 1/num_pos}; k rows: {1/|k|, ...}
-  const int64_t* labels;
-  int64_t n;
-  const int64_t* range;  // {min, max} label per tile of this side's tiling (columns: labels >= 0)
-  const int64_t* ids;    // with sample ids: this side's ids and their ranges (tile_ranges, RangeOf::kIds)
-  const int64_t* id_range;
-  const int64_t* owner_range;  // the column side with an owned bias: col_bias_owner's ranges
-};
-
-// tile_may_mask (contrastive_device.cuh) of stream tile `tile` against the block's owner rows, in
-// q/k roles: owners are q rows or k columns.
-template <typename T, bool kRowOwner, bool kIds, bool kBias>
-__device__ __forceinline__ bool tile_masked(const Side<T>& own, const Side<T>& str, const Problem& p, int64_t own0,
-                                            int64_t s0, int tile) {
-  const int64_t q0 = kRowOwner ? own0 : s0, k0 = kRowOwner ? s0 : own0;
-  const int64_t qn = kRowOwner ? kGBM : kGBN, kn = kRowOwner ? kGBN : kGBM;
-  const int64_t *own_at = own.range + 2 * (own0 / kGBM), *str_at = str.range + 2 * tile;
-  const int64_t* owners = kRowOwner ? str.owner_range + 2 * tile : own.owner_range + 2 * (own0 / kGBM);
-  return tile_may_mask(p, q0, qn, k0, kn, s0 + kGBN > str.n, own_at, str_at,
-                       kIds ? own.id_range + 2 * (own0 / kGBM) : nullptr, kIds ? str.id_range + 2 * tile : nullptr,
-                       kBias ? (kRowOwner ? own_at : str_at) : nullptr, kBias ? owners : nullptr);
-}
 
 template <typename T, int kD, bool kRowOwner, bool kBoth, uint32_t kFeatures>
 __global__ void __launch_bounds__(kGThreads, 1)
@@ -111,20 +84,9 @@ __global__ void __launch_bounds__(kGThreads, 1)
   // fp16: G' staged times 2^e, within fp16's range; bf16 has fp32's range and stages G' as it is.
   const float gs = std::is_same<T, __half>::value ? *g_scale : 1.f;
 
-  // The thread's two owner rows: index, label, 1/norm, and for q rows lse (base 2), grad, 1/num_pos.
-  int64_t oi[2], olabel[2];
-  float orn[2], olse[2], ograd[2], oinv[2];
+  OwnRow o[2];
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    oi[h] = own0 + warp * 16 + g + 8 * h;
-    const bool in = oi[h] < own.n;
-    const float4 v = in ? own.info[oi[h]] : make_float4(0.f, 0.f, 0.f, 0.f);
-    olabel[h] = in ? own.labels[oi[h]] : 0;
-    orn[h] = v.x;
-    olse[h] = v.z == 0.f ? INFINITY : v.y * kLog2e;  // grad 0: P = 0 (the common path's guard)
-    ograd[h] = v.z;
-    oinv[h] = v.w;
-  }
+  for (int h = 0; h < 2; ++h) o[h] = own_row(own, own0 + warp * 16 + g + 8 * h);
 
   // Whether each stage's tile can need masks (tile_masked): decided once per block, by a thread that
   // copies nothing, as the tile's copies are issued, instead of by every thread after them.
@@ -134,7 +96,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
     load_swizzled<T, kD, kGBN, kGThreads>(sStr + stage * (kGBN * kD), str.x, str.n, p.D, s0);
     const int t = threadIdx.x;
     if (t == kGThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
-      s_masked[stage] = tile_masked<T, kRowOwner, kIds, kBias>(own, str, p, own0, s0, tile);
+      s_masked[stage] = tile_masked<T, kGBM, kGBN, kRowOwner>(own, str, p, own0, s0, tile, kIds, kBias);
     }
     if (t < kGBN) {
       const bool ok = s0 + t < str.n;
@@ -169,7 +131,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
   for (int f = 0; f < kDFrags; ++f) acc[f][0] = acc[f][1] = acc[f][2] = acc[f][3] = 0.f;
   double dscale = 0.0;  // row owners: sum of G * dot, a tile's fp32 share at a time
   const float c2 = scale * kLog2e;
-  const float ow2[2] = {orn[0] * c2, orn[1] * c2};  // the owner rows' share of the base-2 logit factor
+  const float ow2[2] = {o[0].rn * c2, o[1].rn * c2};  // the owner rows' share of the base-2 logit factor
 
   for (int tile = t_begin; tile < t_end; ++tile) {
     const int stage = (tile - t_begin) & 1;
@@ -195,10 +157,8 @@ __global__ void __launch_bounds__(kGThreads, 1)
     const bool masked = s_masked[stage];
     float tile_dscale = 0.f;
     if (!masked) {
-      // Per element: t = raw * (1 / |stream|), P = exp2(t * (1 / |own|) * scale * log2(e) - lse2),
-      // gp = grad * P, G' = gp * (1 / |stream|) * gs; the scale gradient sums gp * t per owner row
-      // and takes the owner's 1 / norm once a tile. A q row with grad 0 (no positives) has lse2 = +inf
-      // here, so its P is 0 and no exp of a foreign lse can overflow into 0 * inf.
+      // Per element: G' = G (plain_pair_grad) / |stream row| * gs; the scale gradient takes the owner's
+      // 1 / norm once a tile.
       float row_dscale[2] = {0.f, 0.f};
 #pragma unroll
       for (int f = 0; f < kSFrags; ++f) {
@@ -207,52 +167,44 @@ __global__ void __launch_bounds__(kGThreads, 1)
         for (int e = 0; e < 4; ++e) {
           const int h = e >> 1;
           const float4& si = (e & 1) ? i1 : i0;
-          const float t = g[f][e] * si.x;
-          const float grad = kRowOwner ? ograd[h] : si.z;
-          const float lse2 = kRowOwner ? olse[h] : (si.z == 0.f ? INFINITY : si.y * kLog2e);
-          float gp = grad * ex2_approx(fmaf(t, ow2[h], -lse2));
-          if (kRowOwner) row_dscale[h] = fmaf(gp, t, row_dscale[h]);
-          if (kBoth) {  // + G_ji: the same logit under the stream row's lse and grad
-            gp += si.z * ex2_approx(fmaf(t, ow2[h], si.z == 0.f ? -INFINITY : -si.y * kLog2e));
-          }
-          g[f][e] = gp * (si.x * gs);
+          g[f][e] = plain_pair_grad<kRowOwner, kBoth>(o[h], ow2[h], si, g[f][e], row_dscale[h]) * (si.x * gs);
         }
       }
-      tile_dscale = row_dscale[0] * orn[0] + row_dscale[1] * orn[1];
+      tile_dscale = row_dscale[0] * o[0].rn + row_dscale[1] * o[1].rn;
     } else {  // sass: rare
       const int64_t* lab = sLabel + stage * kGBN;
       const int64_t* sid = sId + stage * kGBN;
       int64_t oid[2];  // the owner rows' sample ids (read here: no register holds them through the loop)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) oid[h] = kIds && oi[h] < own.n ? own.ids[oi[h]] : -1;
+      for (int h = 0; h < 2; ++h) oid[h] = kIds && o[h].i < own.n ? own.ids[o[h].i] : -1;
 #pragma unroll
       for (int f = 0; f < kSFrags; ++f) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int h = e >> 1, c = f * 8 + 2 * t4 + (e & 1);
           const float4 si = info[c];
-          const int64_t sr = s0 + c, i = kRowOwner ? oi[h] : sr, j = kRowOwner ? sr : oi[h];
-          const bool in_pair = sr < str.n && oi[h] < own.n && !is_self(i, j, p.row_offset, p.exclude_self);
-          const bool pos = is_positive(kRowOwner ? olabel[h] : lab[c], kRowOwner ? lab[c] : olabel[h]);
-          // Sample ids take a non-positive pair out (is_masked_negative, row id first); for G_ji the
-          // rows swap, and a POSITIVE_ONLY id makes the rule one-sided.
+          // masked_pair_grad (grad_tile.cuh) spelled out: called, nvcc 13.0 gives the kD = 128 k-owner
+          // kernel with ids 27 more registers and a spill (make sass).
+          const int64_t sr = s0 + c, i = kRowOwner ? o[h].i : sr, j = kRowOwner ? sr : o[h].i;
+          const bool in_pair = sr < str.n && o[h].i < own.n && !is_self(i, j, p.row_offset, p.exclude_self);
+          const bool pos = is_positive(kRowOwner ? o[h].label : lab[c], kRowOwner ? lab[c] : o[h].label);
           const int64_t row_id = kIds ? (kRowOwner ? oid[h] : sid[c]) : -1;
           const int64_t col_id = kIds ? (kRowOwner ? sid[c] : oid[h]) : -1;
           const bool valid = in_pair && !(kIds && !pos && is_masked_negative(row_id, col_id));
           const bool valid_t = in_pair && !(kIds && !pos && is_masked_negative(col_id, row_id));
-          const float dot = g[f][e] * orn[h] * si.x;
-          const float grad = kRowOwner ? ograd[h] : si.z;
-          const float lse2 = kRowOwner ? olse[h] : si.y * kLog2e;
-          const float inv = kRowOwner ? oinv[h] : si.w;
-          float bias2 = 0.f;  // an owned bias (bias_applies), base 2, read from global memory on these tiles
+          const float dot = g[f][e] * o[h].rn * si.x;
+          const float grad = kRowOwner ? o[h].grad : si.z;
+          const float lse2 = kRowOwner ? o[h].lse2 : si.y * kLog2e;
+          const float inv = kRowOwner ? o[h].inv : si.w;
+          float bias2 = 0.f;
           if (kBias && in_pair) {
-            const int64_t col = kRowOwner ? sr : oi[h];
-            if (p.col_bias_owner[col] == (kRowOwner ? olabel[h] : lab[c])) bias2 = p.col_info[col].y * kLog2e;
+            const int64_t col = kRowOwner ? sr : o[h].i;
+            if (p.col_bias_owner[col] == (kRowOwner ? o[h].label : lab[c])) bias2 = p.col_info[col].y * kLog2e;
           }
           float gp = 0.f;
           if (valid && grad != 0.f) gp = grad * (ex2_approx(fmaf(dot, c2, bias2 - lse2)) - (pos ? inv : 0.f));
           if (kRowOwner) tile_dscale = fmaf(gp, dot, tile_dscale);
-          if (kBoth && valid_t && si.z != 0.f) {  // + G_ji (q = k, one label vector: the pair rules are symmetric)
+          if (kBoth && valid_t && si.z != 0.f) {
             gp += si.z * (ex2_approx(fmaf(dot, c2, -si.y * kLog2e)) - (pos ? si.w : 0.f));
           }
           g[f][e] = gp * si.x * gs;
@@ -277,8 +229,8 @@ __global__ void __launch_bounds__(kGThreads, 1)
     const int64_t d = int64_t(slice) * kOut + int64_t(n) * 8 + 2 * t4;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      if (oi[h] < own.n && d < p.D) {
-        *reinterpret_cast<float2*>(out + oi[h] * p.D + d) =
+      if (o[h].i < own.n && d < p.D) {
+        *reinterpret_cast<float2*>(out + o[h].i * p.D + d) =
             make_float2(acc[n][2 * h] * unscale, acc[n][2 * h + 1] * unscale);
       }
     }
@@ -343,9 +295,15 @@ void launch_grad_mma(int64_t D, uint32_t features, const Side<T>& own, const Sid
 
 }  // namespace
 
+bool backward_wide_applies(const Inputs& in, size_t element_size) {
+  return forward_wide_applies(in, element_size) &&
+         grad_wide_smem(in.D) + 1024 <= static_cast<size_t>(dev::properties().sharedMemPerBlockOptin);
+}
+
 bool backward_mma_applies(const Inputs& in, size_t element_size) {
-  return forward_mma_applies(in, element_size) &&
-         (in.D <= kMaxSlice || (in.D <= 2 * kMaxSlice && !in.has(kSampleIds) && !in.has(kColBias)));
+  return (forward_mma_applies(in, element_size) &&
+          (in.D <= kMaxSlice || (in.D <= 2 * kMaxSlice && !in.has(kSampleIds) && !in.has(kColBias)))) ||
+         backward_wide_applies(in, element_size);
 }
 
 bool pair_backward_fused(const Inputs& in, size_t element_size) {
@@ -354,7 +312,8 @@ bool pair_backward_fused(const Inputs& in, size_t element_size) {
 
 bool backward_mma_symmetric(const Inputs& in, size_t element_size) {
   return backward_mma_applies(in, element_size) && in.has(kSelfSimilarity) && !in.has(kRowOffset) &&
-         !in.has(kConstantCols) && !in.has(kColBias) && (!in.has(kSampleIds) || in.D <= kSymmetricIdsMaxD);
+         !in.has(kConstantCols) && !in.has(kColBias) &&
+         (!in.has(kSampleIds) || in.D <= kSymmetricIdsMaxD || in.D > 2 * kMaxSlice);  // wide: ids at run time
 }
 
 template <typename T, bool kRowOwner>
@@ -363,8 +322,11 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   const bool both = transposed != Transposed::kNone;
   const Problem p = in.problem();
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
-  const int64_t blocks = ceil_div(n_own, kGBM), tiles = ceil_div(n_str, kGBN);
-  const int64_t slices = ceil_div(in.D, kMaxSlice);
+  // D > 256: the wide kernel's 32-row blocks and tiles, no slices (contrastive_backward_wide.cu).
+  const bool wide = in.D > 2 * kMaxSlice;
+  const int own_rows = wide ? kWideOwnRows : kGBM, str_rows = wide ? kWideStrRows : kGBN;
+  const int64_t blocks = ceil_div(n_own, own_rows), tiles = ceil_div(n_str, str_rows);
+  const int64_t slices = wide ? 1 : ceil_div(in.D, kMaxSlice);
   const Split split = split_stream(blocks * slices, tiles);
   const at::Tensor& own_labels = kRowOwner ? in.row_labels : in.col_labels;
   const at::Tensor& str_labels = kRowOwner ? in.col_labels : in.row_labels;
@@ -373,19 +335,19 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   const at::Tensor& str_info = !kRowOwner || transposed == Transposed::kSelf ? in.row_info : in.col_info;
   // Column labels below zero are never positives: their side's ranges leave them out.
   const auto kind = [](bool columns) { return columns ? RangeOf::kNonNegativeLabels : RangeOf::kLabels; };
-  const at::Tensor own_range = tile_ranges(own_labels, n_own, kGBM, kind(!kRowOwner), stream);
-  const at::Tensor str_range = tile_ranges(str_labels, n_str, kGBN, kind(kRowOwner), stream);
+  const at::Tensor own_range = tile_ranges(own_labels, n_own, own_rows, kind(!kRowOwner), stream);
+  const at::Tensor str_range = tile_ranges(str_labels, n_str, str_rows, kind(kRowOwner), stream);
   const at::Tensor& own_ids = kRowOwner ? in.row_ids : in.col_ids;
   const at::Tensor& str_ids = kRowOwner ? in.col_ids : in.row_ids;
   at::Tensor own_id_range, str_id_range;
   if (in.has(kSampleIds)) {
-    own_id_range = tile_ranges(own_ids, n_own, kGBM, RangeOf::kIds, stream);
-    str_id_range = tile_ranges(str_ids, n_str, kGBN, RangeOf::kIds, stream);
+    own_id_range = tile_ranges(own_ids, n_own, own_rows, RangeOf::kIds, stream);
+    str_id_range = tile_ranges(str_ids, n_str, str_rows, RangeOf::kIds, stream);
   }
   // With an owned bias, the column side's owner ranges (kLabels: an owner -1 may meet a row label -1).
   at::Tensor owner_range;
   if (in.has(kColBias)) {
-    owner_range = tile_ranges(in.col_bias_owner, in.L, kRowOwner ? kGBN : kGBM, RangeOf::kLabels, stream);
+    owner_range = tile_ranges(in.col_bias_owner, in.L, kRowOwner ? str_rows : own_rows, RangeOf::kLabels, stream);
   }
   const Side<T> own{ptr<T>(own_x),           ptr<float4>(own_info),  ptr<int64_t>(own_labels),
                     n_own,                   ptr<int64_t>(own_range), ptr<int64_t>(own_ids),
@@ -416,6 +378,14 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   double* scale_ptr = kRowOwner ? scale_part->data_ptr<double>() : nullptr;
   const float* gs = g_scale.defined() ? g_scale.data_ptr<float>() : nullptr;
 
+  if (wide) {
+    if (kRowOwner && both) {
+      launch_grad_wide<T, true, true>(in.D, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+    } else {
+      launch_grad_wide<T, kRowOwner, false>(in.D, own, str, p, gs, split.per, grid, part_ptr, scale_ptr, stream);
+    }
+    return split.count;
+  }
   if constexpr (kRowOwner) {
     if (both) {
       launch_grad_mma<T, true, true>(in.D, in.features, own, str, p, gs, split.per, grid, part_ptr, scale_ptr,

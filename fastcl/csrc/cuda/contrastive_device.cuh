@@ -11,6 +11,8 @@
 namespace fastcl::gpu {
 
 constexpr int kWarps = kThreads / 32;
+// The mma kernels form base-2 logits for ex2.approx and turn their sums back to natural logs.
+constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 // Everything the per-pair rules read.
 struct Problem {

@@ -15,7 +15,6 @@
 namespace fastcl::gpu {
 
 constexpr int kMmaThreads = 256, kBM = 128, kBN = 64;
-constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
 
 // A thread's two rows (g and g + 8 of its warp's 16), base 2: running max, sum of exp, positive
 // logit sum, positive count.
