@@ -113,9 +113,9 @@ def _grad_mma_slices(D: int, dtype: str) -> int:
 
 
 def _wide_groups(D: int) -> int:
-    """The kGroups instantiation launch_grad_wide picks: 16-column groups of D per warp (3, 4 or 6)."""
-    g = math.ceil(D / 128)
-    return 3 if g <= 3 else 4 if g == 4 else 6
+    """The kGroups instantiation launch_grad_wide picks: 16-column groups of D per warp (2, 3, 4 or 6)."""
+    g = max(2, math.ceil(D / 128))
+    return g if g <= 4 else 6
 
 
 def _smem_grad_wide(dtype: str, name: str) -> int:

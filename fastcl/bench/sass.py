@@ -115,9 +115,17 @@ def main_loop(fn: Function) -> MainLoop | None:
     split: dict[str, dict[int, float]] = {}
     flops: dict[int, float] = {}
     cold = rare = 0
+    # nvdisasm sometimes gives an instruction inlined from a nested call only its innermost frames,
+    # without the kernel's own line that the branch marks are on: such an instruction takes the
+    # branch factor of the one before it (an inlined body lies together with its call site).
+    kernel_file = fn.instrs[main.tail].source.rpartition(":")[0]
+    previous = 1.0
     for i in range(main.head, main.tail + 1):
         ins = fn.instrs[i]
         share = loop_marks.branch_factor(*ins.chain)
+        if ins.chain and ins.chain[-1].rpartition(":")[0] != kernel_file and share != 0.0:
+            share = previous
+        previous = share
         if share == 0.0:
             rare += 1
             continue

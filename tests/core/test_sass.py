@@ -113,6 +113,27 @@ def test_branch_marks_weight_what_they_enclose(tmp_path):
     assert loop_marks.in_rare_branch(at(9))
 
 
+def test_an_instruction_without_its_kernel_line_takes_the_branch_of_the_one_before(tmp_path):
+    """nvdisasm may give an instruction of a nested inlined call only its inner frames: it lies with
+    its call site, so it counts as the instruction before it does (here: in the rare branch)."""
+    from fastcl.bench.sass_parse import Function, Instr
+
+    kernel, header = tmp_path / "k.cu", tmp_path / "h.cuh"
+    kernel.write_text("for (;;) {\n  x();\n  if (m) {  // sass: rare\n    y();\n  }\n}\n")
+    header.write_text("inline void y() {}\n")
+    k, h = (lambda n: f"{kernel}:{n}"), (lambda n: f"{header}:{n}")  # noqa: E731
+    instrs = [
+        Instr(0, "IADD3", "", source=k(2), chain=(k(2),)),
+        Instr(16, "FMUL", "", source=h(1), chain=(h(1), k(4))),  # full chain: rare
+        Instr(32, "FADD", "", source=h(1), chain=(h(1),)),  # truncated: as the one before
+        Instr(48, "HMMA.16816.F32.BF16", "", source=k(2), chain=(k(2),)),
+        Instr(64, "FADD", "", source=h(1), chain=(h(1),)),  # truncated after a common one: common
+        Instr(80, "BRA", "", target=".L_x_0", source=k(1), chain=(k(1),)),
+    ]
+    main = sass.main_loop(Function("f", instrs, {".L_x_0": 0}))
+    assert main.rare == 2 and main.per_trip("all", 1) == 4
+
+
 def test_blocks_per_sm_limits():
     assert sass.blocks_per_sm("90", 128, 256, 80 * 1024) == 2  # registers: 65536 / (128 * 256)
     assert sass.blocks_per_sm("90", 64, 256, 0) == 4

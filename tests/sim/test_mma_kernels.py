@@ -230,17 +230,17 @@ def test_wide_mma_backward_splits_the_gradient_into_slices(mode, dtype):
     assert tiles * per_tile <= dq["mma"] <= tiles * per_tile * 3 // 2
 
 
-# (mode, dtype, D): 16-column groups per warp 3 (D 264-384) and 6 (D 520, zero-padded to 768);
-# q = k with ids in one pass (the wide kernel reads them at run time); the dq/dk kernels with an
-# owned bias and ids; CLIP-like InfoNCE (q != k).
+# (mode, dtype, D): 16-column groups per warp 2 (128 < D <= 256 with features), 3 (D 264-384) and 6
+# (D 520, zero-padded to 768); q = k with ids in one pass (the wide kernel reads them at run time);
+# the dq/dk kernels with an owned bias and ids; CLIP-like InfoNCE (q != k).
 WIDE_BACKWARD = [("ntxent", torch.bfloat16, 320), ("infonce", torch.float16, 300),
                  ("duplicates", torch.bfloat16, 384), ("hard_negative_ids", torch.bfloat16, 264),
-                 ("supcon", torch.float16, 520)]
+                 ("supcon", torch.float16, 520), ("duplicates", torch.bfloat16, 200)]
 
 
 @pytest.mark.parametrize("mode,dtype,d", WIDE_BACKWARD)
 def test_wide_backward_takes_d_past_256_in_2u_a_side(mode, dtype, d):
-    """256 < D <= 768: 32-row blocks, 32-row stream tiles; each warp's share of the logits over its
+    """256 < D <= 768 (and 128 < D <= 256 with features): 32-row blocks, 32-row stream tiles; each warp's share of the logits over its
     16-column groups of D, summed through shared memory, then G' . stream tile into its groups' columns
     of the gradient: the logits are formed once a side (not once per 128-column slice)."""
     n = 70
@@ -251,7 +251,7 @@ def test_wide_backward_takes_d_past_256_in_2u_a_side(mode, dtype, d):
     _assert_grads_close(got, want, dtype)
     grads = {name: c for name, c in counters.items() if "grad_wide_kernel" in name}
     assert grads and not any("grad_mma_kernel" in name or "grad_kernel" in name for name in counters), list(counters)
-    groups = 3 if d <= 384 else 4 if d <= 512 else 6
+    groups = 2 if d <= 256 else 3 if d <= 384 else 4 if d <= 512 else 6
     symmetric = mode in ("ntxent", "supcon", "duplicates")
     want_kernels = [f", {groups}, true, true>"] if symmetric else [f", {groups}, true, false>", f", {groups}, false, false>"]
     assert sorted(grads) == sorted(next(n for n in grads if w in n) for w in want_kernels), list(grads)

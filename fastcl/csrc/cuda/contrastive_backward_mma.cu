@@ -293,17 +293,21 @@ void launch_grad_mma(int64_t D, uint32_t features, const Side<T>& own, const Sid
   });
 }
 
-}  // namespace
-
-bool backward_wide_applies(const Inputs& in, size_t element_size) {
-  return forward_wide_applies(in, element_size) &&
+// Whether the wide kernel (contrastive_backward_wide.cu) takes the problem: the wide forward's
+// (256 < D <= 768), and 128 < D <= 256 with sample ids or an owned bias, which the kD = 256 kernel
+// here is not instantiated for.
+bool grad_wide_takes(const Inputs& in, size_t element_size) {
+  const bool featured = in.D > kMaxSlice && in.D <= 2 * kMaxSlice && (in.has(kSampleIds) || in.has(kColBias));
+  return (forward_wide_applies(in, element_size) || (featured && forward_mma_applies(in, element_size))) &&
          grad_wide_smem(in.D) + 1024 <= static_cast<size_t>(dev::properties().sharedMemPerBlockOptin);
 }
+
+}  // namespace
 
 bool backward_mma_applies(const Inputs& in, size_t element_size) {
   return (forward_mma_applies(in, element_size) &&
           (in.D <= kMaxSlice || (in.D <= 2 * kMaxSlice && !in.has(kSampleIds) && !in.has(kColBias)))) ||
-         backward_wide_applies(in, element_size);
+         grad_wide_takes(in, element_size);
 }
 
 bool pair_backward_fused(const Inputs& in, size_t element_size) {
@@ -313,7 +317,7 @@ bool pair_backward_fused(const Inputs& in, size_t element_size) {
 bool backward_mma_symmetric(const Inputs& in, size_t element_size) {
   return backward_mma_applies(in, element_size) && in.has(kSelfSimilarity) && !in.has(kRowOffset) &&
          !in.has(kConstantCols) && !in.has(kColBias) &&
-         (!in.has(kSampleIds) || in.D <= kSymmetricIdsMaxD || in.D > 2 * kMaxSlice);  // wide: ids at run time
+         (!in.has(kSampleIds) || in.D <= kSymmetricIdsMaxD || in.D > kMaxSlice);  // wide: ids at run time
 }
 
 template <typename T, bool kRowOwner>
@@ -322,8 +326,8 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   const bool both = transposed != Transposed::kNone;
   const Problem p = in.problem();
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
-  // D > 256: the wide kernel's 32-row blocks and tiles, no slices (contrastive_backward_wide.cu).
-  const bool wide = in.D > 2 * kMaxSlice;
+  // The wide kernel's 32-row blocks and tiles, no slices (contrastive_backward_wide.cu).
+  const bool wide = grad_wide_takes(in, sizeof(T));
   const int own_rows = wide ? kWideOwnRows : kGBM, str_rows = wide ? kWideStrRows : kGBN;
   const int64_t blocks = ceil_div(n_own, own_rows), tiles = ceil_div(n_str, str_rows);
   const int64_t slices = wide ? 1 : ceil_div(in.D, kMaxSlice);

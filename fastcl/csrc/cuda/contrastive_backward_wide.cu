@@ -1,5 +1,5 @@
 // The fp16/bf16 backward of contrastive_backward_mma.cu for 256 < D <= 768 (CLIP's 512 and 768,
-// BERT's 768, MiniLM's 384), 2U a side where slicing the narrow kernel's gradient into 128-column
+// BERT's 768, MiniLM's 384; and 128 < D <= 256 with sample ids or an owned bias), 2U a side where slicing the narrow kernel's gradient into 128-column
 // parts would recompute the logits once a slice (7U at D = 768).
 //
 // A block owns 32 rows and streams 32-row tiles of the other side, whole D, double-buffered, each
@@ -56,14 +56,22 @@ struct GradWideLayout {
 
 int groups_of(int64_t D) { return static_cast<int>(ceil_div(D, 128)); }
 
-// Rows [row0, row0 + kRows) of x (all D columns) into `chunks` swizzled kRows x 64 tiles.
-template <typename T, int kRows>
-__device__ __forceinline__ void load_chunk_tiles(T* tiles, const T* __restrict__ x, int64_t n, int64_t D,
-                                                 int chunks, int64_t row0) {
-  for (int c = 0; c < chunks; ++c) {
-    const int64_t col = int64_t(c) * kChunkW;
-    load_swizzled_chunk<T, kChunkW, kRows, kThreadsW>(tiles + c * (kRows * kChunkW), x + (col < D ? col : 0), n, D,
-                                                      D - col, row0);
+// Rows [row0, row0 + 32) of the (n, D) matrix x, all of its kChunks x 64 columns (zero past n and D),
+// into kChunks swizzled 32 x 64 tiles: thread t copies 16-byte chunk t % 8 of row t / 8 of every tile,
+// one row offset and one swizzle for all of them, so a tile costs a copy and a compare.
+template <typename T, int kChunks>
+__device__ __forceinline__ void load_row_chunks(T* tiles, const T* __restrict__ x, int64_t n, int64_t D,
+                                                int64_t row0) {
+  static_assert(kRowsW == kColsW && kRowsW * 8 == kThreadsW, "one 16-byte chunk a thread per chunk tile");
+  const int tid = opaque_tid(), cc = tid & 7, r = tid >> 3;
+  const bool row_ok = row0 + r < n;
+  const T* src = x + (row_ok ? (row0 + r) * D + cc * 8 : 0);
+  T* dst = tiles + SwizzledRows<kChunkW>::at(r, cc);
+  const int left = static_cast<int>(D) - cc * 8;  // columns of the row from this thread's first on
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    const bool ok = row_ok && c * kChunkW < left;
+    cp_async16(dst + c * (kRowsW * kChunkW), ok ? src + c * kChunkW : x, ok);
   }
 }
 
@@ -102,7 +110,7 @@ __global__ void __launch_bounds__(kThreadsW, 1)
 
   auto issue = [&](int tile, int stage) {
     const int64_t s0 = int64_t(tile) * kColsW;
-    load_chunk_tiles<T, kColsW>(sStr + stage * (L.stage / sizeof(T)), str.x, str.n, p.D, kChunks, s0);
+    load_row_chunks<T, kChunks>(sStr + stage * (L.stage / sizeof(T)), str.x, str.n, p.D, s0);
     const int t = threadIdx.x;
     if (t == kThreadsW - 1) {  // sass: share=1/8 (one warp of the block's eight)
       s_masked[stage] = tile_masked<T, kRowsW, kColsW, kRowOwner>(own, str, p, own0, s0, tile, ids, bias);
@@ -121,21 +129,29 @@ __global__ void __launch_bounds__(kThreadsW, 1)
     }
   };
 
-  load_chunk_tiles<T, kRowsW>(sOwn, own.x, own.n, p.D, kChunks, own0);
+  load_row_chunks<T, kChunks>(sOwn, own.x, own.n, p.D, own0);
   if (t_begin < t_end) issue(t_begin, 0);
   cp_async_commit();
   cp_async_wait_all();
   __syncthreads();
 
-  // The warp's owner fragments: group w + 8 i is 16-byte chunks 2 (gi % 4), +1 of chunk tile gi / 4.
-  const LaneRows<kChunkW> arow((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);  // also the .trans rows
+  // Group w + 8 i is 16-byte chunks c0, c0 + 1 (c0 = 2 (w % 4)) of chunk tile w / 4 + 2 i: the lane's
+  // swizzled offsets are the same for all of a warp's groups, so they are taken once here and each
+  // ldmatrix adds an immediate (i, the row block, the k-step). Owner rows as A (and stream rows as
+  // the .trans B of the gradient): lanes 8j..8j+7 give rows 8 (j % 2) + l % 8, chunk c0 + j / 2; the
+  // stream rows as the logits' B: rows 8 (j / 2) + l % 8, chunk c0 + j % 2.
+  constexpr int kChunkBytes = kRowsW * kChunkW * 2, kRowBlock = 8 * kChunkW * 2;
+  const int c0 = 2 * (warp & 3);
+  const LaneRows<kChunkW> arow((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4);
   const LaneRows<kChunkW> srow((lane >> 4) * 8 + (lane & 7), (lane >> 3) & 1);
+  const SmemAddr own_at = arow(smem_addr(sOwn) + (warp >> 2) * kChunkBytes, 0, c0);
+  const SmemAddr str_a_at = arow(smem_addr(sStr) + (warp >> 2) * kChunkBytes, 0, c0);
+  const SmemAddr str_b_at = srow(smem_addr(sStr) + (warp >> 2) * kChunkBytes, 0, c0);
   // Up to 4 groups (D <= 512) the fragments stay in registers; at 6, beside 96 accumulators, they
   // spilled (make sass), so they are read from shared memory at each tile there.
   constexpr bool kOwnInRegisters = kGroups <= 4;
   const auto owner_fragment = [&](uint32_t(&a)[4], int i, int m) {
-    const int gi = warp + kWarpsW * i;
-    ldmatrix_x4(a, arow(smem_addr(sOwn) + (gi >> 2) * (kRowsW * kChunkW * 2), 2 * m, 2 * (gi & 3)));
+    ldmatrix_x4(a, own_at + (2 * i * kChunkBytes + 2 * m * kRowBlock));
   };
   uint32_t oa[kOwnInRegisters ? kGroups : 1][2][4];
   if constexpr (kOwnInRegisters) {
@@ -162,7 +178,7 @@ __global__ void __launch_bounds__(kThreadsW, 1)
     }
     if (tile + 1 < t_end) issue(tile + 1, stage ^ 1);  // its stage was last read before the barrier above
     cp_async_commit();
-    const SmemAddr sa = smem_addr(sStr) + stage * L.stage;
+    const int sa = stage * static_cast<int>(L.stage);  // the stage's byte offset
 
     // The warp's share of S (32 x 32) over its groups, then into the fragment-major partials.
     float s[2][4][4];
@@ -172,12 +188,10 @@ __global__ void __launch_bounds__(kThreadsW, 1)
       for (int f = 0; f < 4; ++f) s[m][f][0] = s[m][f][1] = s[m][f][2] = s[m][f][3] = 0.f;
 #pragma unroll
     for (int i = 0; i < kGroups; ++i) {
-      const int gi = warp + kWarpsW * i;
-      const SmemAddr ct = sa + (gi >> 2) * (kColsW * kChunkW * 2);
 #pragma unroll
       for (int f = 0; f < 4; f += 2) {
         uint32_t b[4];
-        ldmatrix_x4(b, srow(ct, f, 2 * (gi & 3)));
+        ldmatrix_x4(b, str_b_at + sa + (2 * i * kChunkBytes + f * kRowBlock));
         const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
@@ -189,16 +203,19 @@ __global__ void __launch_bounds__(kThreadsW, 1)
         }
       }
     }
+    // sPart[warp][fragment][lane]: fragment m * 4 + f of each warp; the sum of fragment `warp` over the
+    // eight warps is this thread's. Base pointers, so that the offsets are immediates.
+    float4* mine = sPart + warp * 256 + lane;
 #pragma unroll
     for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int f = 0; f < 4; ++f)
-        sPart[(warp * 8 + m * 4 + f) * 32 + lane] = make_float4(s[m][f][0], s[m][f][1], s[m][f][2], s[m][f][3]);
+      for (int f = 0; f < 4; ++f) mine[(m * 4 + f) * 32] = make_float4(s[m][f][0], s[m][f][1], s[m][f][2], s[m][f][3]);
     __syncthreads();
+    const float4* sum_of = sPart + warp * 32 + lane;
     float x[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int w = 0; w < kWarpsW; ++w) {
-      const float4 v = sPart[(w * 8 + warp) * 32 + lane];
+      const float4 v = sum_of[w * 256];
       x[0] += v.x, x[1] += v.y, x[2] += v.z, x[3] += v.w;
     }
 
@@ -260,9 +277,8 @@ __global__ void __launch_bounds__(kThreadsW, 1)
         }
 #pragma unroll
         for (int i = 0; i < kGroups; ++i) {
-          const int gi = warp + kWarpsW * i;
           uint32_t b[4];
-          ldmatrix_x4_trans(b, arow(sa + (gi >> 2) * (kColsW * kChunkW * 2), 2 * k, 2 * (gi & 3)));
+          ldmatrix_x4_trans(b, str_a_at + sa + (2 * i * kChunkBytes + 2 * k * kRowBlock));
           const uint32_t b0[2] = {b[0], b[1]}, b1[2] = {b[2], b[3]};
 #pragma unroll
           for (int m = 0; m < 2; ++m) {
@@ -324,9 +340,12 @@ size_t grad_wide_smem(int64_t D) { return GradWideLayout(groups_of(D)).bytes; }
 template <typename T, bool kRowOwner, bool kBoth>
 void launch_grad_wide(int64_t D, const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale,
                       int64_t per, dim3 grid, float* part, double* scale_part, dev::Stream stream) {
-  // D 257-384, 385-512, 513-768 (640 rounds up to 768: three widths keep the instantiations few).
+  // D 129-256 (problems with features), 257-384, 385-512, 513-768 (640 rounds up to 768: four widths
+  // keep the instantiations few).
   const int groups = groups_of(D);
-  if (groups <= 3) {
+  if (groups <= 2) {
+    launch_groups<T, 2, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+  } else if (groups == 3) {
     launch_groups<T, 3, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
   } else if (groups == 4) {
     launch_groups<T, 4, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);

@@ -120,7 +120,8 @@ enum class RangeOf : int {
 at::Tensor tile_ranges(const at::Tensor& values, int64_t n, int tile, RangeOf what, dev::Stream stream);
 
 // Whether grad_mma_partials takes this problem: forward_mma_applies and D <= 128, or D <= 256 without
-// sample ids or a column bias; or the wide forward's problems (256 < D <= 768, the wide backward).
+// sample ids or a column bias; or, in the wide backward, the wide forward's problems (256 < D <= 768)
+// and 128 < D <= 256 with those features.
 bool backward_mma_applies(const Inputs& in, size_t element_size);
 // And whether one pass over q's rows can give the whole gradient (kSelfSimilarity, no row offset or
 // constant columns, no column bias; with sample ids D <= 64): G + G^T from each recomputed tile, 3U in all.
