@@ -328,7 +328,7 @@ int64_t grad_mma_partials(const Inputs& in, const at::Tensor& own_x, const at::T
   const int64_t n_own = own_x.size(0), n_str = str_x.size(0);
   // The wide kernel's 32-row blocks and tiles, no slices (contrastive_backward_wide.cu).
   const bool wide = grad_wide_takes(in, sizeof(T));
-  const int own_rows = wide ? kWideOwnRows : kGBM, str_rows = wide ? kWideStrRows : kGBN;
+  const int own_rows = wide ? kRowsW : kGBM, str_rows = wide ? kColsW : kGBN;
   const int64_t blocks = ceil_div(n_own, own_rows), tiles = ceil_div(n_str, str_rows);
   const int64_t slices = wide ? 1 : ceil_div(in.D, kMaxSlice);
   const Split split = split_stream(blocks * slices, tiles);

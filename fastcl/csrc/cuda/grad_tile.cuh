@@ -10,6 +10,7 @@
 #include "cuda/contrastive_device.cuh"
 #include "cuda/device_api.cuh"
 #include "cuda/mma.cuh"
+#include "cuda/wide_tile.cuh"
 
 namespace fastcl::gpu {
 
@@ -108,9 +109,9 @@ __device__ __forceinline__ float masked_pair_grad(const Problem& p, const OwnRow
   return gp;
 }
 
-// The wide backward (contrastive_backward_wide.cu) for one side: owner blocks of kWideOwnRows rows,
-// grid (blocks, splits); part and scale_part as grad_mma_partials writes them.
-constexpr int kWideOwnRows = 32, kWideStrRows = 32;
+// The wide backward (contrastive_backward_wide.cu) for one side: owner blocks of kRowsW rows and
+// stream tiles of kColsW (wide_tile.cuh), grid (blocks, splits); part and scale_part as
+// grad_mma_partials writes them.
 template <typename T, bool kRowOwner, bool kBoth>
 void launch_grad_wide(int64_t D, const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale,
                       int64_t per, dim3 grid, float* part, double* scale_part, dev::Stream stream);
