@@ -7,8 +7,7 @@ features, scale 10, bias -10, median of `repeats` after a warm-up; peak memory o
     python benchmarks/gpu_siglip.py --json OUT/siglip.json          # B 16384 65536 x D 256 768
     python benchmarks/gpu_siglip.py --device cpu --sizes 64 --dims 8 --impls fastcl eager   # smoke run
 
-fastcl's CUDA kernels take D <= 256; at D = 768 its rows say which path ran (the chunked
-pure-PyTorch one until the kernels widen)."""
+fastcl's CUDA kernels take D <= 768 (the wide ones past 256); each row says which path ran."""
 
 from __future__ import annotations
 

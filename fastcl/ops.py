@@ -202,7 +202,7 @@ def siglip(a: Tensor, b: Tensor, logit_scale: Tensor, logit_bias: Tensor, normal
     softplus(-y_ij (logit_scale * <a_i, b_j> + logit_bias)), y_ij = 1 if j == i + offset (none when out
     of range) or a_ids[i] == b_ids[j] >= 0, else -1; logit_scale and logit_bias 0-dim tensors of the loss
     dtype. The CPU kernel streams 256 x 256 tiles (when a gradient is wanted, the loss and the gradients
-    in one pass: siglip_forward_backward); fp16/bf16 CUDA inputs with D <= 256 run the CUDA kernels
+    in one pass: siglip_forward_backward); fp16/bf16 CUDA inputs with D <= 768 run the CUDA kernels
     (csrc/cuda/siglip_mma.cu), other CUDA inputs the chunked pure-PyTorch path."""
     args = (a, b, logit_scale, logit_bias, normalize, a_ids, b_ids, offset)
     if _siglip_uses_torch(a, impl):
@@ -240,7 +240,7 @@ def _siglip_uses_torch(a: Tensor, impl: str) -> bool:
     return False
 
 
-SIGLIP_CUDA_MAX_D = 256  # kSiglipMaxD of csrc/cuda/siglip_host.cuh
+SIGLIP_CUDA_MAX_D = 768  # kSiglipMaxD of csrc/cuda/siglip_host.cuh
 
 
 def _siglip_cuda_kernel_takes(a: Tensor) -> bool:

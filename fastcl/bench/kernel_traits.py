@@ -137,6 +137,12 @@ def _smem_siglip(dtype: str, name: str) -> int:
     return 128 * d * 2 + 2 * 64 * d * 2 + 2 * 64 * 4
 
 
+def _smem_siglip_wide(dtype: str, name: str) -> int:
+    """SiglipWideLayout(kGroups) (siglip_wide.cu): GradWideLayout's tiles, per stage 32 inverse norms."""
+    d = 128 * _template_int(name)
+    return 32 * d * 2 + 2 * 32 * d * 2 + 8 * 32 * 32 * 4 + 2 * 32 * 40 * 2 + 2 * 32 * 4
+
+
 def _siglip_slices(D: int, dtype: str) -> int:
     """siglip_grad_kernel's gradient slices: kD = 256 splits the columns into two of 128 (kSlice)."""
     return max(1, math.ceil(D / 128))
@@ -205,6 +211,12 @@ LOSS_KERNELS = [
                  lambda D, t: 1, _smem_grad_wide, _grad_wide_used, priority=2),
     KernelTraits(r"\bgrad_wide_kernel<", "backward", 256, 32, 32, lambda t: 1 << 30, lambda D, t: 1,
                  _smem_grad_wide, _grad_wide_used, priority=1),
+    # The sigmoid loss past D = 256 (siglip_wide.cu) on the same tiles: siglip_wide_forward_kernel<T,
+    # kGroups, kIds> and siglip_wide_grad_kernel<T, kGroups, kRowOwner, kIds>; reported, not priced.
+    KernelTraits(r"\bsiglip_wide_forward_kernel<", "forward", 256, 32, 32, lambda t: 1 << 30, lambda D, t: 1,
+                 _smem_siglip_wide, lambda D, t, name: False),
+    KernelTraits(r"\bsiglip_wide_grad_kernel<", "backward", 256, 32, 32, lambda t: 1 << 30, lambda D, t: 1,
+                 _smem_siglip_wide, lambda D, t, name: False),
     # The sigmoid loss (siglip_mma.cu): siglip_forward_kernel<T, kD, kIds> and siglip_grad_kernel<T, kD,
     # kRowOwner, kIds>, 128 owner rows x 64 stream rows a trip, all of kD unrolled. Reported, never part
     # of the contrastive problem the cost model prices (used_for False).

@@ -143,8 +143,43 @@ def test_bitwise_repeatable_and_padded_rows():
         assert_close_to_truth(x, want, p, torch.bfloat16, name)
 
 
+# (M, L, D, dtype, normalize, ids, offset) past D = 256: 3 groups (D = 320, two row blocks, partial
+# stream tiles, ids and a shifted diagonal), 6 groups (D = 520 padded to 768, owner fragments from
+# shared memory), 4 groups in fp16 without normalisation.
+WIDE_CASES = [
+    (40, 70, 320, torch.bfloat16, True, True, 3),
+    (33, 20, 520, torch.float16, True, False, -2),
+    (20, 40, 400, torch.float16, False, False, 0),
+]
+
+
+@pytest.mark.parametrize("m,l,d,dtype,normalize,with_ids,offset", WIDE_CASES)
+def test_wide_rows_run_on_the_wide_tiles(m, l, d, dtype, normalize, with_ids, offset):
+    """256 < D <= 768 (siglip_wide.cu): the wide backward's tiles, 32 owner rows and 32-row stream tiles;
+    the loss and every gradient as close to fp64 as the narrow kernels, 2U a side (logits once)."""
+    a, b, s, t, (ia, ib) = _case(m, l, d, dtype, normalize, with_ids)
+    got, counters = _simulated(lambda: _value_and_grads(
+        lambda *x: ops.siglip(*x, normalize, "fastcl", ia, ib, offset), a, b, s, t))
+    fp64 = [x.detach().double().requires_grad_() for x in (a, b, s, t)]
+    truth = _value_and_grads(lambda *x: _torch_impl.siglip(*x, normalize, ia, ib, offset), *fp64)
+    plain = _value_and_grads(lambda *x: _plain(*x, normalize, ia, ib, offset), a, b, s, t)
+    for name, x, want, p in zip(NAMES, got, truth, plain):
+        assert_close_to_truth(x, want, p, dtype, name)
+    groups = 3 if d <= 384 else 4 if d <= 512 else 6
+    forward = {n: c for n, c in counters.items() if "siglip_wide_forward_kernel" in n}
+    grads = {n: c for n, c in counters.items() if "siglip_wide_grad_kernel" in n}
+    assert len(forward) == 1 and len(grads) == 2, list(counters)
+    assert not any(re.search(r"siglip_(forward|grad)_kernel", n) for n in counters), list(counters)
+    ((name, c),) = forward.items()
+    assert re.search(rf", {groups}, {'true' if with_ids else 'false'}>", name), name
+    # Per block and stream tile: 8 warps x groups x 8 mma for the logits.
+    assert c["mma"] == math.ceil(m / 32) * math.ceil(l / 32) * 8 * groups * 8
+    for name, c in counters.items():
+        assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], f"bank conflicts in {name}"
+
+
 def test_fp32_and_wide_rows_are_refused_by_the_cuda_op():
-    """The CUDA op takes fp16/bf16 with D <= 256 only; ops.siglip keeps the others on the PyTorch path."""
+    """The CUDA op takes fp16/bf16 with D <= 768 only; ops.siglip keeps the others on the PyTorch path."""
     a = torch.randn(4, 8)
     s, t = torch.tensor(10.0), torch.tensor(-10.0)
     with warnings.catch_warnings():
@@ -152,6 +187,6 @@ def test_fp32_and_wide_rows_are_refused_by_the_cuda_op():
         with sim_ops.cuda_kernels_on_cpu():
             with pytest.raises(RuntimeError, match="float16/bfloat16"):
                 torch.ops.fastcl.siglip_forward(a, a, s, t, True)
-            wide = torch.randn(4, 264, dtype=torch.bfloat16)
-            with pytest.raises(RuntimeError, match="D <= 256"):
+            wide = torch.randn(4, 776, dtype=torch.bfloat16)
+            with pytest.raises(RuntimeError, match="D <= 768"):
                 torch.ops.fastcl.siglip_forward(wide, wide, s, t, True)

@@ -1,6 +1,7 @@
 // The fp16/bf16 backward of contrastive_backward_mma.cu for 256 < D <= 768 (CLIP's 512 and 768,
-// BERT's 768, MiniLM's 384; and 128 < D <= 256 with sample ids or an owned bias), 2U a side where slicing the narrow kernel's gradient into 128-column
-// parts would recompute the logits once a slice (7U at D = 768).
+// BERT's 768, MiniLM's 384; and 128 < D <= 256 with sample ids or an owned bias), 2U a side where
+// slicing the narrow kernel's gradient into 128-column parts would recompute the logits once a
+// slice (7U at D = 768).
 //
 // The tiles are wide_tile.cuh's (32 owner rows, 32-row stream tiles of whole D, each warp's 16-column
 // groups of D for both products); this file forms G' on each warp's fragment of the summed logits:

@@ -1,7 +1,7 @@
 // CUDA ops of the sigmoid loss (SigLIP; semantics: csrc/README.md, siglip): argument checks, the
 // per-row pre-passes (inverse norms, rows padded to 16-byte multiples, id ranges) and the
-// normalisation backward here, in ATen ops; the kernels in siglip_mma.cu. fp16/bf16 with D <= 256
-// only: other inputs are refused with a message, and fastcl.ops routes them to the chunked
+// normalisation backward here, in ATen ops; the kernels in siglip_mma.cu (D <= 256) and
+// siglip_wide.cu (D <= 768). fp16/bf16 with D <= 768 only: other inputs are refused with a message, and fastcl.ops routes them to the chunked
 // pure-PyTorch path before they reach the op.
 //
 // Normalisation is folded into the logits rather than copied (as contrastive.cu does for
@@ -25,8 +25,6 @@
 namespace fastcl::gpu {
 namespace {
 
-constexpr int kOwnRows = 128, kStreamRows = 64;  // siglip_mma.cu's kBM, kBN
-
 // One side, prepared: rows in 16-byte chunks, fp32 inverse norms padded to whole stream tiles, the
 // norms (normalize), and the ids with their ranges at the owner and the stream tiling.
 struct Prepared {
@@ -46,7 +44,8 @@ Prepared prepare(const at::Tensor& x, bool normalize, const c10::optional<at::Te
   at::Tensor rows = x.detach().contiguous();
   const bool aligned = reinterpret_cast<uintptr_t>(rows.data_ptr()) % 16 == 0;
   s.rows = pad > 0 ? at::constant_pad_nd(rows, {0, pad}).contiguous() : (aligned ? rows : rows.clone());
-  s.inv = at::zeros({std::max<int64_t>(1, ceil_div(s.n, kStreamRows)) * kStreamRows}, x.options().dtype(at::kFloat));
+  // Padded to whole 64-row tiles (the widest stream tiling), which the kernels copy whole.
+  s.inv = at::zeros({std::max<int64_t>(1, ceil_div(s.n, 64)) * 64}, x.options().dtype(at::kFloat));
   if (normalize) {
     s.norms = at::linalg_vector_norm(rows, 2, {1}, false, at::kFloat);
     // An all-zero row's dots are 0 whatever its factor: 0 keeps 1 / eps out of fp16's G'.
@@ -54,15 +53,16 @@ Prepared prepare(const at::Tensor& x, bool normalize, const c10::optional<at::Te
   } else {
     s.inv.narrow(0, 0, s.n).fill_(1.0);
   }
-  if (ids.has_value()) {
+  if (ids.has_value()) {  // at the tilings of the kernels for this D (siglip_own_rows, siglip_stream_rows)
+    const int64_t width = D + pad;
     s.ids = ids->contiguous();
-    s.own_range = tile_ranges(s.ids, s.n, kOwnRows, RangeOf::kIds, stream);
-    s.str_range = tile_ranges(s.ids, s.n, kStreamRows, RangeOf::kIds, stream);
+    s.own_range = tile_ranges(s.ids, s.n, static_cast<int>(siglip_own_rows(width)), RangeOf::kIds, stream);
+    s.str_range = tile_ranges(s.ids, s.n, static_cast<int>(siglip_stream_rows(width)), RangeOf::kIds, stream);
   }
   return s;
 }
 
-// fp16/bf16 with D <= 256 on a GPU whose blocks may hold the kernels' shared memory.
+// fp16/bf16 with D <= kSiglipMaxD on a GPU whose blocks may hold the kernels' shared memory.
 void check_siglip_cuda(const at::Tensor& a) {
   const dev::Properties prop = dev::properties();
   check_cuda_capability(prop.major, prop.minor);

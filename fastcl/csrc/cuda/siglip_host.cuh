@@ -33,9 +33,26 @@ struct SiglipProblem {
   int64_t D, offset;
 };
 
-// The widest D the kernels take, and the dynamic shared memory they need for D (0: too wide).
-constexpr int64_t kSiglipMaxD = 256;
+// The widest D the kernels take (D <= 256: siglip_mma.cu; past it the wide kernels of
+// siglip_wide.cu), and the dynamic shared memory they need for D (0: too wide).
+constexpr int64_t kSiglipNarrowMaxD = 256, kSiglipMaxD = 768;
 size_t siglip_mma_smem(int64_t D);
+size_t siglip_wide_smem(int64_t D);
+// The owner and stream tilings at D (the sides' id ranges are taken at them).
+constexpr int64_t siglip_own_rows(int64_t D) { return D > kSiglipNarrowMaxD ? 32 : 128; }
+constexpr int64_t siglip_stream_rows(int64_t D) { return D > kSiglipNarrowMaxD ? 32 : 64; }
+
+// out[v] = mul * the sum of x[v * n, (v + 1) * n) in index order, for v < count (count <= 32).
+void siglip_sum(const double* x, int64_t n, int count, float mul, float* out, dev::Stream stream);
+
+// The forward and backward below for 256 < D <= 768 (siglip_wide.cu), which those call past
+// kSiglipNarrowMaxD.
+template <typename T>
+void siglip_forward_wide(const SiglipSide& own, const SiglipSide& str, const SiglipProblem& p, at::Tensor& out,
+                         dev::Stream stream);
+template <typename T, bool kRowOwner>
+at::Tensor siglip_grad_wide(const SiglipSide& own, const SiglipSide& str, const SiglipProblem& p,
+                            at::Tensor* scalars, dev::Stream stream);
 
 // out (0-dim fp32) = (1 / own.n) sum of the pair losses; own: a's rows, str: b's.
 template <typename T>

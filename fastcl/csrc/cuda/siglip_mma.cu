@@ -31,6 +31,7 @@
 #include "cuda/forward_fold.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/siglip_host.cuh"
+#include "cuda/siglip_tile.cuh"
 #include "cuda/swizzled_tile.cuh"
 #include "cuda/tile_math.cuh"
 #include "cuda/warp_logits.cuh"
@@ -55,84 +56,12 @@ struct SiglipLayout {
   static constexpr size_t kBytes = kInv + 2 * kBN * sizeof(float);
 };
 
-// softplus(x) = max(x, 0) + log1p(exp(-|x|)) with the exp on the MUFU (ex2.approx) and log1p(e), e in
-// [0, 1], as e q(e): q of degree 8 fitted to a relative error of 3e-8 (2.2e-7 evaluated in fp32, over
-// [2^-126, 1]). No exp sees a positive argument, as in common/sigmoid_math.h, at a third of the
-// instructions of log1pf(expf()).
-__device__ __forceinline__ float fast_softplus(float x) {
-  const float e = ex2_approx(-fabsf(x) * kLog2e);
-  float q = 5.232664756e-03f;
-  q = fmaf(q, e, -2.950507775e-02f);
-  q = fmaf(q, e, 7.822560519e-02f);
-  q = fmaf(q, e, -1.366320848e-01f);
-  q = fmaf(q, e, 1.910598427e-01f);
-  q = fmaf(q, e, -2.484297454e-01f);
-  q = fmaf(q, e, 3.331909478e-01f);
-  q = fmaf(q, e, -4.999949336e-01f);
-  q = fmaf(q, e, 9.999999404e-01f);
-  return fmaxf(x, 0.f) + e * q;
-}
-
-// d loss / dz of a pair (math::sigmoid_pair_grad): sigmoid(z) for a negative, -sigmoid(-z) for a
-// positive, both from e = exp(-|z|) (MUFU) and r = 1 / (1 + e): the side whose exp is small is e r.
-__device__ __forceinline__ float fast_pair_grad(float z, bool positive) {
-  const float e = ex2_approx(-fabsf(z) * kLog2e);
-  const float r = __fdividef(1.f, 1.f + e);
-  const float v = ((z >= 0.f) == positive) ? e * r : r;
-  return positive ? -v : v;
-}
-
-// Whether the tile of owner rows [o0, o0 + kBM) and stream rows [s0, s0 + kBN) may hold a positive
-// or a pair past the end: the shifted diagonal j = i + offset meets it, the id ranges overlap, or
-// the tile is partial. Uniform over the block.
-template <bool kRowOwner, bool kIds>
-__device__ __forceinline__ bool siglip_tile_masked(const SiglipProblem& p, const SiglipSide& own,
-                                                   const SiglipSide& str, int64_t o0, int64_t s0) {
-  if (o0 + kBM > own.n || s0 + kBN > str.n) return true;
-  const int64_t i0 = kRowOwner ? o0 : s0, j0 = kRowOwner ? s0 : o0;
-  const int64_t in = kRowOwner ? kBM : kBN, jn = kRowOwner ? kBN : kBM;
-  if (i0 + p.offset < j0 + jn && j0 < i0 + in + p.offset) return true;
-  if (kIds) {
-    const int64_t* a = own.id_range + 2 * (o0 / kBM);
-    const int64_t* b = str.id_range + 2 * (s0 / kBN);
-    return max(a[0], b[0]) <= min(a[1], b[1]);
-  }
-  return false;
-}
-
 // Stream rows [s0, s0 + kBN) and their inverse norms (inv is padded to whole tiles) into a stage.
 template <typename T, int kD>
 __device__ __forceinline__ void siglip_issue(T* rows, float* inv, const SiglipSide& str, int64_t D, int64_t s0) {
   load_swizzled<T, kD, kBN, kMmaThreads>(rows, static_cast<const T*>(str.x), str.n, D, s0);
   const int t = threadIdx.x;
   if (t < kBN / 4) cp_async16(&inv[4 * t], str.inv + s0 + 4 * t, true);
-}
-
-// The pair (owner h's row, stream column c of the tile) on a masked tile: whether it exists and
-// whether it is positive.
-template <bool kRowOwner, bool kIds>
-__device__ __forceinline__ bool siglip_pair(const SiglipProblem& p, const SiglipSide& own, const SiglipSide& str,
-                                            int64_t oi, int64_t sj, bool* positive) {
-  const int64_t i = kRowOwner ? oi : sj, j = kRowOwner ? sj : oi;
-  const int64_t* row_ids = kIds ? (kRowOwner ? own.ids : str.ids) : nullptr;
-  const int64_t* col_ids = kIds ? (kRowOwner ? str.ids : own.ids) : nullptr;
-  const bool in = oi < own.n && sj < str.n;
-  *positive = in && math::is_siglip_positive(i, j, p.offset, row_ids, col_ids);
-  return in;
-}
-
-// Sums this thread's `value` over the block in a fixed order into out[index].
-__device__ __forceinline__ void block_sum_to(double value, double* s_red, double* out, int64_t index) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) value += __shfl_xor_sync(0xffffffffu, value, off);
-  if ((threadIdx.x & 31) == 0) s_red[threadIdx.x >> 5] = value;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kMmaThreads / 32; ++w) total += s_red[w];
-    out[index] = total;
-  }
-  __syncthreads();
 }
 
 // partial[split * blocks + block] = sum of the block's pair losses over the split's tiles.
@@ -165,7 +94,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     const int64_t s0 = int64_t(tile) * kBN;
     siglip_issue<T, kD>(sStr + stage * (kBN * kD), sInv + stage * kBN, str, p.D, s0);
     if (threadIdx.x == kMmaThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
-      s_masked[stage] = siglip_tile_masked<true, kIds>(p, own, str, o0, s0);
+      s_masked[stage] = siglip_tile_masked<kBM, kBN, true, kIds>(p, own, str, o0, s0);
     }
   };
   load_swizzled<T, kD, kBM, kMmaThreads>(sOwn, static_cast<const T*>(own.x), own.n, p.D, o0);
@@ -255,7 +184,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
     const int64_t s0 = int64_t(tile) * kBN;
     siglip_issue<T, kD>(sStr + stage * (kBN * kD), sInv + stage * kBN, str, p.D, s0);
     if (threadIdx.x == kMmaThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
-      s_masked[stage] = siglip_tile_masked<kRowOwner, kIds>(p, own, str, o0, s0);
+      s_masked[stage] = siglip_tile_masked<kBM, kBN, kRowOwner, kIds>(p, own, str, o0, s0);
     }
   };
   load_swizzled<T, kD, kBM, kMmaThreads>(sOwn, static_cast<const T*>(own.x), own.n, p.D, o0);
@@ -348,16 +277,6 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   }
 }
 
-// out[v] = mul * sum of x[v * n, (v + 1) * n) in index order, for v < count: the partials' fixed-order sum.
-__global__ void siglip_sum_kernel(const double* __restrict__ x, int64_t n, int count, float mul,
-                                  float* __restrict__ out) {
-  const int v = threadIdx.x;
-  if (v >= count) return;
-  double total = 0.0;
-  for (int64_t k = 0; k < n; ++k) total += x[v * n + k];
-  out[v] = static_cast<float>(total * mul);
-}
-
 template <typename T, int kD, bool kIds>
 void launch_forward(const SiglipSide& own, const SiglipSide& str, const SiglipProblem& p, const Split& split,
                     dim3 grid, double* partial, dev::Stream stream) {
@@ -376,9 +295,24 @@ void launch_grad(const SiglipSide& own, const SiglipSide& str, const SiglipProbl
   dev::launch<kernel>(grid, kMmaThreads, smem, stream, own, str, p, static_cast<int>(split.per), part, sums);
 }
 
+// out[v] = mul * sum of x[v * n, (v + 1) * n) in index order, for v < count: the partials' fixed-order sum.
+__global__ void siglip_sum_kernel(const double* __restrict__ x, int64_t n, int count, float mul,
+                                  float* __restrict__ out) {
+  const int v = threadIdx.x;
+  if (v >= count) return;
+  double total = 0.0;
+  for (int64_t k = 0; k < n; ++k) total += x[v * n + k];
+  out[v] = static_cast<float>(total * mul);
+}
+
 }  // namespace
 
+void siglip_sum(const double* x, int64_t n, int count, float mul, float* out, dev::Stream stream) {
+  dev::launch<siglip_sum_kernel>(dim3(1), 32, 0, stream, x, n, count, mul, out);
+}
+
 size_t siglip_mma_smem(int64_t D) {
+  if (D > kSiglipNarrowMaxD) return D <= kSiglipMaxD ? siglip_wide_smem(D) : 0;
   size_t bytes = 0;
   with_width<64, 128, 256>(D, [&](auto w) { bytes = SiglipLayout<decltype(w)::value>::kBytes; });
   return bytes;
@@ -387,6 +321,7 @@ size_t siglip_mma_smem(int64_t D) {
 template <typename T>
 void siglip_forward_mma(const SiglipSide& own, const SiglipSide& str, const SiglipProblem& p, at::Tensor& out,
                         dev::Stream stream) {
+  if (p.D > kSiglipNarrowMaxD) return siglip_forward_wide<T>(own, str, p, out, stream);
   const int64_t blocks = ceil_div(own.n, kBM);
   const Split split = split_stream(blocks, ceil_div(str.n, kBN));
   at::Tensor partial = at::empty({blocks * split.count}, out.options().dtype(at::kDouble));
@@ -396,13 +331,14 @@ void siglip_forward_mma(const SiglipSide& own, const SiglipSide& str, const Sigl
     if (own.ids != nullptr) launch_forward<T, kD, true>(own, str, p, split, grid, partial.data_ptr<double>(), stream);
     else launch_forward<T, kD, false>(own, str, p, split, grid, partial.data_ptr<double>(), stream);
   });
-  dev::launch<siglip_sum_kernel>(dim3(1), 32, 0, stream, partial.data_ptr<double>(), partial.numel(), 1,
-                                 static_cast<float>(1.0 / static_cast<double>(own.n)), out.data_ptr<float>());
+  siglip_sum(partial.data_ptr<double>(), partial.numel(), 1, static_cast<float>(1.0 / static_cast<double>(own.n)),
+             out.data_ptr<float>(), stream);
 }
 
 template <typename T, bool kRowOwner>
 at::Tensor siglip_grad_mma(const SiglipSide& own, const SiglipSide& str, const SiglipProblem& p,
                            at::Tensor* scalars, dev::Stream stream) {
+  if (p.D > kSiglipNarrowMaxD) return siglip_grad_wide<T, kRowOwner>(own, str, p, scalars, stream);
   const int64_t blocks = ceil_div(own.n, kBM), slices = ceil_div(p.D, kSlice);
   const Split split = split_stream(blocks * slices, ceil_div(str.n, kBN));
   const auto opts = scalars->options();
@@ -417,8 +353,7 @@ at::Tensor siglip_grad_mma(const SiglipSide& own, const SiglipSide& str, const S
     else launch_grad<T, kD, kRowOwner, false>(own, str, p, split, grid, part.data_ptr<float>(), sums_ptr, stream);
   });
   if (kRowOwner) {
-    dev::launch<siglip_sum_kernel>(dim3(1), 32, 0, stream, sums.data_ptr<double>(), blocks * split.count, 2, 1.f,
-                                   scalars->data_ptr<float>());
+    siglip_sum(sums.data_ptr<double>(), blocks * split.count, 2, 1.f, scalars->data_ptr<float>(), stream);
   }
   return split.count == 1 ? part[0] : part.sum(0);
 }
