@@ -79,3 +79,15 @@ def cuda_kernels_on_cpu(schedule_seed: int = 0):
         lib._destroy()
         torch.set_num_threads(threads)
         mod.set_schedule(0)
+
+
+@contextlib.contextmanager
+def one_sm():
+    """The simulated device with one SM: the ops split no block's tiles, so every block streams all of
+    them through its cp.async stages (with 132 SMs the small test shapes give each split one tile)."""
+    mod = module()
+    before = mod.set_multiprocessor_count(1)
+    try:
+        yield
+    finally:
+        mod.set_multiprocessor_count(before)

@@ -178,6 +178,19 @@ def test_wide_rows_run_on_the_wide_tiles(m, l, d, dtype, normalize, with_ids, of
         assert c["ldmatrix_wavefronts"] == c["ldmatrix_ideal_wavefronts"], f"bank conflicts in {name}"
 
 
+@pytest.mark.parametrize("d", [40, 320])
+def test_every_tile_through_one_block_pipeline(d):
+    """One SM: each block streams all its tiles through the cp.async stages (narrow and wide kernels)."""
+    a, b, s, t, (ia, ib) = _case(70, 90, d, torch.bfloat16, True, True)
+    with sim_ops.one_sm():
+        got, _ = _simulated(lambda: _value_and_grads(lambda *x: ops.siglip(*x, True, "fastcl", ia, ib, 1), a, b, s, t))
+    fp64 = [x.detach().double().requires_grad_() for x in (a, b, s, t)]
+    truth = _value_and_grads(lambda *x: _torch_impl.siglip(*x, True, ia, ib, 1), *fp64)
+    plain = _value_and_grads(lambda *x: _plain(*x, True, ia, ib, 1), a, b, s, t)
+    for name, x, want, p in zip(NAMES, got, truth, plain):
+        assert_close_to_truth(x, want, p, torch.bfloat16, name)
+
+
 def test_fp32_and_wide_rows_are_refused_by_the_cuda_op():
     """The CUDA op takes fp16/bf16 with D <= 768 only; ops.siglip keeps the others on the PyTorch path."""
     a = torch.randn(4, 8)

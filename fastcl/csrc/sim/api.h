@@ -63,6 +63,9 @@ struct DeviceProperties {
   size_t totalGlobalMem;
 };
 const DeviceProperties* device_properties();
+// Tests: the SM count the ops see (132 by default), which sets how they split the stream of tiles
+// over blocks; returns the count before. Fewer SMs give each block more tiles, through the pipeline.
+int set_multiprocessor_count(int count);
 
 namespace detail {
 

@@ -151,8 +151,9 @@ void trap(Site site) {
 
 }  // namespace detail
 
-const DeviceProperties* device_properties() {
-  static const DeviceProperties p = [] {
+namespace {
+DeviceProperties& properties_of_the_device() {
+  static DeviceProperties p = [] {
     DeviceProperties d{};
     d.name = "NVIDIA H200 (fastcl.sim)";
     d.major = 9;
@@ -177,7 +178,16 @@ const DeviceProperties* device_properties() {
     d.totalGlobalMem = size_t(141) << 30;
     return d;
   }();
-  return &p;
+  return p;
+}
+}  // namespace
+
+const DeviceProperties* device_properties() { return &properties_of_the_device(); }
+
+int set_multiprocessor_count(int count) {
+  const int before = properties_of_the_device().multiProcessorCount;
+  properties_of_the_device().multiProcessorCount = count;
+  return before;
 }
 
 }  // namespace sim

@@ -92,4 +92,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_schedule", &fastcl::sim::set_schedule, "0: threads in index order; else a seeded shuffle");
   m.def("mma_counters", &fastcl::sim::mma_counters, "per kernel: launches, mma, ldmatrix and its wavefronts");
   m.def("reset_mma_counters", &fastcl::sim::reset_mma_counters, "zero the mma counters");
+  m.def("set_multiprocessor_count", &fastcl::sim::set_multiprocessor_count,
+        "the SM count the ops split their tiles by; returns the one before");
 }
