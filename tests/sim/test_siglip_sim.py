@@ -68,6 +68,15 @@ def _value_and_grads(fn, a, b, s, t):
     return (loss, *torch.autograd.grad(loss * 1.5, (a, b, s, t)))
 
 
+def _assert_close_to_fp64(got, a, b, s, t, normalize, ia, ib, offset, dtype):
+    """err(got) <= 2 err(plain PyTorch in the test dtype) + tol[dtype] for the loss and every gradient."""
+    fp64 = [x.detach().double().requires_grad_() for x in (a, b, s, t)]
+    truth = _value_and_grads(lambda *x: _torch_impl.siglip(*x, normalize, ia, ib, offset), *fp64)
+    plain = _value_and_grads(lambda *x: _plain(*x, normalize, ia, ib, offset), a, b, s, t)
+    for name, x, want, p in zip(NAMES, got, truth, plain):
+        assert_close_to_truth(x, want, p, dtype, name)
+
+
 def _simulated(fn):
     mod = sim_ops.module()
     mod.reset_mma_counters()
@@ -86,12 +95,8 @@ def test_loss_and_gradients_match_the_fp64_path(m, l, d, dtype, normalize, with_
     a, b, s, t, (ia, ib) = _case(m, l, d, dtype, normalize, with_ids)
     got, counters = _simulated(lambda: _value_and_grads(
         lambda *x: ops.siglip(*x, normalize, "fastcl", ia, ib, offset), a, b, s, t))
-    fp64 = [x.detach().double().requires_grad_() for x in (a, b, s, t)]
-    truth = _value_and_grads(lambda *x: _torch_impl.siglip(*x, normalize, ia, ib, offset), *fp64)
-    plain = _value_and_grads(lambda *x: _plain(*x, normalize, ia, ib, offset), a, b, s, t)
     assert got[0].dtype == torch.float32 and got[1].dtype == dtype
-    for name, x, want, p in zip(NAMES, got, truth, plain):
-        assert_close_to_truth(x, want, p, dtype, name)
+    _assert_close_to_fp64(got, a, b, s, t, normalize, ia, ib, offset, dtype)
 
     kd = next(w for w in (64, 128, 256) if d <= w)
     forward = {n: c for n, c in counters.items() if "siglip_forward_kernel" in n}
@@ -136,11 +141,7 @@ def test_bitwise_repeatable_and_padded_rows():
     second, _ = _simulated(run)
     for name, x, y in zip(NAMES, first, second):
         assert torch.equal(x, y), name
-    fp64 = [x.detach().double().requires_grad_() for x in (a, b, s, t)]
-    truth = _value_and_grads(lambda *x: _torch_impl.siglip(*x, True, ia, ib, 2), *fp64)
-    plain = _value_and_grads(lambda *x: _plain(*x, True, ia, ib, 2), a, b, s, t)
-    for name, x, want, p in zip(NAMES, first, truth, plain):
-        assert_close_to_truth(x, want, p, torch.bfloat16, name)
+    _assert_close_to_fp64(first, a, b, s, t, True, ia, ib, 2, torch.bfloat16)
 
 
 # (M, L, D, dtype, normalize, ids, offset) past D = 256: 3 groups (D = 320, two row blocks, partial
@@ -160,11 +161,7 @@ def test_wide_rows_run_on_the_wide_tiles(m, l, d, dtype, normalize, with_ids, of
     a, b, s, t, (ia, ib) = _case(m, l, d, dtype, normalize, with_ids)
     got, counters = _simulated(lambda: _value_and_grads(
         lambda *x: ops.siglip(*x, normalize, "fastcl", ia, ib, offset), a, b, s, t))
-    fp64 = [x.detach().double().requires_grad_() for x in (a, b, s, t)]
-    truth = _value_and_grads(lambda *x: _torch_impl.siglip(*x, normalize, ia, ib, offset), *fp64)
-    plain = _value_and_grads(lambda *x: _plain(*x, normalize, ia, ib, offset), a, b, s, t)
-    for name, x, want, p in zip(NAMES, got, truth, plain):
-        assert_close_to_truth(x, want, p, dtype, name)
+    _assert_close_to_fp64(got, a, b, s, t, normalize, ia, ib, offset, dtype)
     groups = 3 if d <= 384 else 4 if d <= 512 else 6
     forward = {n: c for n, c in counters.items() if "siglip_wide_forward_kernel" in n}
     grads = {n: c for n, c in counters.items() if "siglip_wide_grad_kernel" in n}
@@ -184,11 +181,7 @@ def test_every_tile_through_one_block_pipeline(d):
     a, b, s, t, (ia, ib) = _case(70, 90, d, torch.bfloat16, True, True)
     with sim_ops.one_sm():
         got, _ = _simulated(lambda: _value_and_grads(lambda *x: ops.siglip(*x, True, "fastcl", ia, ib, 1), a, b, s, t))
-    fp64 = [x.detach().double().requires_grad_() for x in (a, b, s, t)]
-    truth = _value_and_grads(lambda *x: _torch_impl.siglip(*x, True, ia, ib, 1), *fp64)
-    plain = _value_and_grads(lambda *x: _plain(*x, True, ia, ib, 1), a, b, s, t)
-    for name, x, want, p in zip(NAMES, got, truth, plain):
-        assert_close_to_truth(x, want, p, torch.bfloat16, name)
+    _assert_close_to_fp64(got, a, b, s, t, True, ia, ib, 1, torch.bfloat16)
 
 
 def test_fp32_and_wide_rows_are_refused_by_the_cuda_op():

@@ -94,22 +94,10 @@ __global__ void __launch_bounds__(kGThreads, 1)
   auto issue = [&](int tile, int stage) {
     const int64_t s0 = int64_t(tile) * kGBN;
     load_swizzled<T, kD, kGBN, kGThreads>(sStr + stage * (kGBN * kD), str.x, str.n, p.D, s0);
-    const int t = threadIdx.x;
-    if (t == kGThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
+    if (threadIdx.x == kGThreads - 1) {  // sass: share=1/8 (one warp of the block's eight)
       s_masked[stage] = tile_masked<T, kGBM, kGBN, kRowOwner>(own, str, p, own0, s0, tile, kIds, kBias);
     }
-    if (t < kGBN) {
-      const bool ok = s0 + t < str.n;
-      cp_async16(&sInfo[stage * kGBN + t], ok ? str.info + s0 + t : str.info, ok);
-    } else if (t < 2 * kGBN) {
-      const int c = t - kGBN;
-      const bool ok = s0 + c < str.n;
-      cp_async8(&sLabel[stage * kGBN + c], ok ? str.labels + s0 + c : str.labels, ok);
-    } else if (kIds && t < 3 * kGBN) {
-      const int c = t - 2 * kGBN;
-      const bool ok = s0 + c < str.n;
-      cp_async8(&sId[stage * kGBN + c], ok ? str.ids + s0 + c : str.ids, ok);
-    }
+    copy_stream_values<T, kGBN>(sInfo + stage * kGBN, sLabel + stage * kGBN, sId + stage * kGBN, str, s0, kIds);
   };
   // The owner rows first, in a group of their own, so the warps take their fragments before the loop.
   load_swizzled<T, kD, kGBM, kGThreads>(sOwn, own.x, own.n, p.D, own0);
@@ -236,15 +224,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
     }
   }
   if (kRowOwner && slice == 0) {  // every slice forms the same G; the first one sums the scale gradient
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) dscale += __shfl_xor_sync(0xffffffffu, dscale, off);
-    if (lane == 0) s_red[warp] = dscale;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      double total = 0.0;
-      for (int w = 0; w < kGThreads / 32; ++w) total += s_red[w];
-      scale_part[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = total;
-    }
+    block_sum_to(dscale, s_red, scale_part, int64_t(blockIdx.y) * gridDim.x + blockIdx.x);
   }
 }
 

@@ -27,19 +27,12 @@ namespace fastcl::gpu {
 
 namespace {
 
-// Dynamic shared memory for `groups` 16-column groups per warp (D rounded up to 128 x groups):
-// owner rows, two stages of stream rows (chunk tiles), the eight warps' partial S (fragment-major),
-// G' and its low part, and per stage the stream rows' info, labels and ids.
-struct GradWideLayout {
-  size_t own, str, stage, part, ghi, glo, info, label, id, bytes;
+// Dynamic shared memory: the wide tiles (WideTiles), then per stage the stream rows' info, labels and ids.
+struct GradWideLayout : WideTiles {
+  size_t info, label, id, bytes;
   __host__ __device__ explicit GradWideLayout(int groups)
-      : own(0),
-        str(own + size_t(kRowsW) * 128 * groups * 2),
-        stage(size_t(kColsW) * 128 * groups * 2),
-        part(str + 2 * stage),
-        ghi(part + size_t(kWarpsW) * kRowsW * kColsW * sizeof(float)),
-        glo(ghi + size_t(kRowsW) * kGStride * 2),
-        info(glo + size_t(kRowsW) * kGStride * 2),
+      : WideTiles(groups),
+        info(end),
         label(info + 2 * kColsW * sizeof(float4)),
         id(label + 2 * kColsW * sizeof(int64_t)),
         bytes(id + 2 * kColsW * sizeof(int64_t)) {}
@@ -81,22 +74,11 @@ __global__ void __launch_bounds__(kThreadsW, 1)
   auto issue = [&](int tile, int stage) {
     const int64_t s0 = int64_t(tile) * kColsW;
     load_row_chunks<T, kChunks>(sStr + stage * (L.stage / sizeof(T)), str.x, str.n, p.D, s0);
-    const int t = threadIdx.x;
-    if (t == kThreadsW - 1) {  // sass: share=1/8 (one warp of the block's eight)
+    if (threadIdx.x == kThreadsW - 1) {  // sass: share=1/8 (one warp of the block's eight)
       s_masked[stage] = tile_masked<T, kRowsW, kColsW, kRowOwner>(own, str, p, own0, s0, tile, ids, bias);
     }
-    if (t < kColsW) {
-      const bool ok = s0 + t < str.n;
-      cp_async16(&sInfo[stage * kColsW + t], ok ? str.info + s0 + t : str.info, ok);
-    } else if (t < 2 * kColsW) {
-      const int c = t - kColsW;
-      const bool ok = s0 + c < str.n;
-      cp_async8(&sLabel[stage * kColsW + c], ok ? str.labels + s0 + c : str.labels, ok);
-    } else if (t < 3 * kColsW && ids) {
-      const int c = t - 2 * kColsW;
-      const bool ok = s0 + c < str.n;
-      cp_async8(&sId[stage * kColsW + c], ok ? str.ids + s0 + c : str.ids, ok);
-    }
+    copy_stream_values<T, kColsW>(sInfo + stage * kColsW, sLabel + stage * kColsW, sId + stage * kColsW, str, s0,
+                                  ids);
   };
 
   load_row_chunks<T, kChunks>(sOwn, own.x, own.n, p.D, own0);
@@ -167,15 +149,7 @@ __global__ void __launch_bounds__(kThreadsW, 1)
   cp_async_wait_all();
   ww.store(acc, part + int64_t(blockIdx.y) * own.n * p.D, own0, own.n, p.D, 1.f / gs);
   if (kRowOwner) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) dscale += __shfl_xor_sync(0xffffffffu, dscale, off);
-    if (lane == 0) s_red[warp] = dscale;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      double total = 0.0;
-      for (int w = 0; w < kWarpsW; ++w) total += s_red[w];
-      scale_part[int64_t(blockIdx.y) * gridDim.x + blockIdx.x] = total;
-    }
+    block_sum_to(dscale, s_red, scale_part, int64_t(blockIdx.y) * gridDim.x + blockIdx.x);
   }
 }
 

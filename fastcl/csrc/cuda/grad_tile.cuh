@@ -10,6 +10,7 @@
 #include "cuda/contrastive_device.cuh"
 #include "cuda/device_api.cuh"
 #include "cuda/mma.cuh"
+#include "cuda/tile_math.cuh"
 #include "cuda/wide_tile.cuh"
 
 namespace fastcl::gpu {
@@ -42,6 +43,27 @@ __device__ __forceinline__ bool tile_masked(const Side<T>& own, const Side<T>& s
   return tile_may_mask(p, q0, qn, k0, kn, s0 + kStrRows > str.n, own_at, str_at,
                        ids ? own.id_range + 2 * block : nullptr, ids ? str.id_range + 2 * tile : nullptr,
                        bias ? (kRowOwner ? own_at : str_at) : nullptr, bias ? owners : nullptr);
+}
+
+// Thread t's share of the per-row values of stream rows [s0, s0 + kRows) into a stage: info (t < kRows),
+// labels (kRows <= t < 2 kRows) and with `ids` the sample ids (2 kRows <= t < 3 kRows); rows past
+// the end are zero-filled.
+template <typename T, int kRows>
+__device__ __forceinline__ void copy_stream_values(float4* info, int64_t* label, int64_t* id, const Side<T>& str,
+                                                   int64_t s0, bool ids) {
+  const int t = threadIdx.x;
+  if (t < kRows) {
+    const bool ok = s0 + t < str.n;
+    cp_async16(&info[t], ok ? str.info + s0 + t : str.info, ok);
+  } else if (t < 2 * kRows) {
+    const int c = t - kRows;
+    const bool ok = s0 + c < str.n;
+    cp_async8(&label[c], ok ? str.labels + s0 + c : str.labels, ok);
+  } else if (ids && t < 3 * kRows) {
+    const int c = t - 2 * kRows;
+    const bool ok = s0 + c < str.n;
+    cp_async8(&id[c], ok ? str.ids + s0 + c : str.ids, ok);
+  }
 }
 
 // An owner row of a thread: index, label, 1/norm, and for q rows lse (base 2; +inf where grad is 0,

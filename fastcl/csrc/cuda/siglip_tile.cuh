@@ -1,6 +1,6 @@
 // What the sigmoid loss's kernels (siglip_mma.cu for D <= 256, siglip_wide.cu past it) share: the
 // pair loss and its gradient on the MUFU, the per-tile mask decision, the per-pair rule on the tiles
-// that need it, and the block's fixed-order sum of its partials (8 warps).
+// that need it.
 #pragma once
 #include <cstdint>
 
@@ -70,18 +70,5 @@ __device__ __forceinline__ bool siglip_pair(const SiglipProblem& p, const Siglip
   return in;
 }
 
-// Sums this thread's `value` over the block in a fixed order into out[index].
-__device__ __forceinline__ void block_sum_to(double value, double* s_red, double* out, int64_t index) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) value += __shfl_xor_sync(0xffffffffu, value, off);
-  if ((threadIdx.x & 31) == 0) s_red[threadIdx.x >> 5] = value;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) total += s_red[w];
-    out[index] = total;
-  }
-  __syncthreads();
-}
 
 }  // namespace fastcl::gpu

@@ -25,19 +25,11 @@ namespace fastcl::gpu {
 
 namespace {
 
-// Dynamic shared memory for `groups` 16-column groups a warp: owner rows, two stream stages, the
-// warps' partial logits, G' and its low part, and per stage the stream rows' inverse norms.
-struct SiglipWideLayout {
-  size_t own, str, stage, part, ghi, glo, inv, bytes;
+// Dynamic shared memory: the wide tiles (WideTiles), then per stage the stream rows' inverse norms.
+struct SiglipWideLayout : WideTiles {
+  size_t inv, bytes;
   __host__ __device__ explicit SiglipWideLayout(int groups)
-      : own(0),
-        str(own + size_t(kRowsW) * 128 * groups * 2),
-        stage(size_t(kColsW) * 128 * groups * 2),
-        part(str + 2 * stage),
-        ghi(part + size_t(kWarpsW) * kRowsW * kColsW * sizeof(float)),
-        glo(ghi + size_t(kRowsW) * kGStride * 2),
-        inv(glo + size_t(kRowsW) * kGStride * 2),
-        bytes(inv + 2 * kColsW * sizeof(float)) {}
+      : WideTiles(groups), inv(end), bytes(inv + 2 * kColsW * sizeof(float)) {}
 };
 
 // What both kernels set up: the shared tiles, the block's rows, the split's tiles, the stream

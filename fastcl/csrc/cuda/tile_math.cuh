@@ -289,4 +289,18 @@ struct SimtMath {
 template <typename T>
 using Math = std::conditional_t<std::is_same<T, float>::value, SimtMath, WmmaMath<T>>;
 
+// Sums this thread's `value` over the block in a fixed order into out[index].
+__device__ __forceinline__ void block_sum_to(double value, double* s_red, double* out, int64_t index) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) value += __shfl_xor_sync(0xffffffffu, value, off);
+  if ((threadIdx.x & 31) == 0) s_red[threadIdx.x >> 5] = value;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) total += s_red[w];
+    out[index] = total;
+  }
+  __syncthreads();
+}
+
 }  // namespace fastcl::gpu

@@ -24,6 +24,21 @@ static_assert(kRowsW == 32 && kColsW == 32, "the sum gives each of 8 warps one 1
 
 inline int wide_groups_of(int64_t D) { return static_cast<int>((D + 127) / 128); }
 
+// The byte offsets of the tiles in a wide kernel's dynamic shared memory for `groups` 16-column groups
+// a warp (D rounded up to 128 groups): the owner rows, two stream stages (`stage` bytes each), the eight
+// warps' partial logits (fp32, fragment-major), G' and its low part; the kernel's own values from `end`.
+struct WideTiles {
+  size_t own, str, stage, part, ghi, glo, end;
+  __host__ __device__ explicit WideTiles(int groups)
+      : own(0),
+        str(own + size_t(kRowsW) * 128 * groups * 2),
+        stage(size_t(kColsW) * 128 * groups * 2),
+        part(str + 2 * stage),
+        ghi(part + size_t(kWarpsW) * kRowsW * kColsW * sizeof(float)),
+        glo(ghi + size_t(kRowsW) * kGStride * 2),
+        end(glo + size_t(kRowsW) * kGStride * 2) {}
+};
+
 // Rows [row0, row0 + 32) of the (n, D) matrix x, all of its kChunks x 64 columns (zero past n and D),
 // into kChunks swizzled 32 x 64 tiles: thread t copies 16-byte chunk t % 8 of row t / 8 of every tile,
 // one row offset and one swizzle for all of them, so a tile costs a copy and a compare.
