@@ -164,24 +164,15 @@ void launch_groups(const Side<T>& own, const Side<T>& str, const Problem& p, con
 
 }  // namespace
 
-size_t grad_wide_smem(int64_t D) { return GradWideLayout(wide_groups_of(D)).bytes; }
+size_t grad_wide_smem(int64_t D) { return GradWideLayout(wide_instance_groups(D)).bytes; }
 
 template <typename T, bool kRowOwner, bool kBoth>
 void launch_grad_wide(int64_t D, const Side<T>& own, const Side<T>& str, const Problem& p, const float* g_scale,
                       int64_t per, dim3 grid, float* part, double* scale_part, dev::Stream stream) {
-  // D 129-256 (problems with features), 257-384, 385-512, 513-768 (640 rounds up to 768: four widths
-  // keep the instantiations few).
-  const int groups = wide_groups_of(D);
-  if (groups <= 2) {
-    launch_groups<T, 2, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
-  } else if (groups == 3) {
-    launch_groups<T, 3, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
-  } else if (groups == 4) {
-    launch_groups<T, 4, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
-  } else {
-    TORCH_INTERNAL_ASSERT(groups <= 6, "fastcl: the wide backward takes D <= 768");
-    launch_groups<T, 6, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
-  }
+  // D 129-256 (problems with features), 257-384, 385-512, 513-768.
+  with_wide_groups(D, [&](auto w) {
+    launch_groups<T, decltype(w)::value, kRowOwner, kBoth>(own, str, p, g_scale, per, grid, part, scale_part, stream);
+  });
 }
 
 #define FASTCL_GRAD_WIDE(T, R, B)                                                                               \

@@ -218,21 +218,6 @@ __global__ void __launch_bounds__(kThreadsW, 1)
   }
 }
 
-// f(integral_constant<int, kGroups>) for D: 3 (D <= 384), 4 (<= 512) or 6 (<= 768).
-int groups_used(int64_t D) {
-  const int groups = wide_groups_of(D);
-  return groups <= 3 ? 3 : groups == 4 ? 4 : 6;
-}
-
-template <typename F>
-void with_groups(int64_t D, F&& f) {
-  switch (groups_used(D)) {
-    case 3: f(std::integral_constant<int, 3>{}); break;
-    case 4: f(std::integral_constant<int, 4>{}); break;
-    default: f(std::integral_constant<int, 6>{});
-  }
-}
-
 template <auto kKernel, typename... Args>
 void launch_wide(int64_t blocks, const Split& split, size_t smem, dev::Stream stream, Args... args) {
   dev::allow_dynamic_smem<kKernel>("fastcl siglip", smem, " (the wide kernels keep two 32-row tiles of D)");
@@ -241,7 +226,7 @@ void launch_wide(int64_t blocks, const Split& split, size_t smem, dev::Stream st
 
 }  // namespace
 
-size_t siglip_wide_smem(int64_t D) { return SiglipWideLayout(groups_used(D)).bytes; }
+size_t siglip_wide_smem(int64_t D) { return SiglipWideLayout(wide_instance_groups<3>(D)).bytes; }
 
 template <typename T>
 void siglip_forward_wide(const SiglipSide& own, const SiglipSide& str, const SiglipProblem& p, at::Tensor& out,
@@ -250,7 +235,7 @@ void siglip_forward_wide(const SiglipSide& own, const SiglipSide& str, const Sig
   const Split split = split_stream(blocks, ceil_div(str.n, kColsW));
   at::Tensor partial = at::empty({blocks * split.count}, out.options().dtype(at::kDouble));
   const size_t smem = siglip_wide_smem(p.D);
-  with_groups(p.D, [&](auto w) {
+  with_wide_groups<3>(p.D, [&](auto w) {
     constexpr int kGroups = decltype(w)::value;
     const int per = static_cast<int>(split.per);
     if (own.ids != nullptr) {
@@ -276,7 +261,7 @@ at::Tensor siglip_grad_wide(const SiglipSide& own, const SiglipSide& str, const 
   if (kRowOwner) sums = at::empty({2 * blocks * split.count}, opts.dtype(at::kDouble));
   double* sums_ptr = kRowOwner ? sums.data_ptr<double>() : nullptr;
   const size_t smem = siglip_wide_smem(p.D);
-  with_groups(p.D, [&](auto w) {
+  with_wide_groups<3>(p.D, [&](auto w) {
     constexpr int kGroups = decltype(w)::value;
     const int per = static_cast<int>(split.per);
     if (own.ids != nullptr) {

@@ -10,7 +10,11 @@
 //   store    acc into the gradient's partials.
 // What G' is (a softmax's, a sigmoid's) is the kernel's: this file knows only the tiles.
 #pragma once
+#include <c10/util/Exception.h>
+
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/mma.cuh"
 #include "cuda/swizzled_tile.cuh"
@@ -22,7 +26,27 @@ constexpr int kThreadsW = 256, kWarpsW = 8, kRowsW = 32, kColsW = 32, kChunkW = 
 constexpr int kGStride = kColsW + 8;  // G' row pitch in elements: 80 bytes, conflict-free ldmatrix rows
 static_assert(kRowsW == 32 && kColsW == 32, "the sum gives each of 8 warps one 16 x 8 fragment");
 
-inline int wide_groups_of(int64_t D) { return static_cast<int>((D + 127) / 128); }
+// The kGroups instantiation a wide kernel runs for D (and sizes its shared memory by): 16-column groups
+// of D a warp, ceil(D / 128) but at least kMinGroups, rounded up to one of 2, 3, 4, 6 (D = 640 runs as
+// 768: four widths keep the instantiations few).
+template <int kMinGroups = 2>
+int wide_instance_groups(int64_t D) {
+  const int groups = std::max(kMinGroups, static_cast<int>((D + 127) / 128));
+  return groups <= 4 ? groups : 6;
+}
+
+// f(std::integral_constant<int, kGroups>{}) with the instance for D (D <= 768).
+template <int kMinGroups = 2, typename F>
+void with_wide_groups(int64_t D, F&& f) {
+  TORCH_INTERNAL_ASSERT(D <= 768, "fastcl: the wide kernels take D <= 768, got ", D);
+  const int groups = wide_instance_groups<kMinGroups>(D);
+  if constexpr (kMinGroups <= 2) {
+    if (groups == 2) return f(std::integral_constant<int, 2>{});
+  }
+  if (groups == 3) return f(std::integral_constant<int, 3>{});
+  if (groups == 4) return f(std::integral_constant<int, 4>{});
+  f(std::integral_constant<int, 6>{});
+}
 
 // The byte offsets of the tiles in a wide kernel's dynamic shared memory for `groups` 16-column groups
 // a warp (D rounded up to 128 groups): the owner rows, two stream stages (`stage` bytes each), the eight
