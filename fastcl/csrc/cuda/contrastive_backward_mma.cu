@@ -101,11 +101,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
   };
   // The owner rows first, in a group of their own, so the warps take their fragments before the loop.
   load_swizzled<T, kD, kGBM, kGThreads>(sOwn, own.x, own.n, p.D, own0);
-  cp_async_commit();
-  if (t_begin < t_end) issue(t_begin, 0);
-  cp_async_commit();
-  cp_async_wait_prev();
-  __syncthreads();
+  start_two_stage(issue, t_begin, t_end);
   uint32_t oa[kOwnInRegisters ? kD / 16 : 1][4];
   if constexpr (kOwnInRegisters) load_warp_rows<kD>(oa, smem_addr(sOwn), warp, lane);
   const LaneRows<kD> orow = warp_rows<kD>(warp, lane);
@@ -122,11 +118,7 @@ __global__ void __launch_bounds__(kGThreads, 1)
   const float ow2[2] = {o[0].rn * c2, o[1].rn * c2};  // the owner rows' share of the base-2 logit factor
 
   for (int tile = t_begin; tile < t_end; ++tile) {
-    const int stage = (tile - t_begin) & 1;
-    if (tile + 1 < t_end) issue(tile + 1, stage ^ 1);
-    cp_async_commit();
-    cp_async_wait_prev();
-    __syncthreads();
+    const int stage = next_two_stage(issue, tile, t_begin, t_end);
     const SmemAddr sa = smem_addr(sStr) + stage * L::kStageStr;
     const float4* info = sInfo + stage * kGBN;
 
@@ -209,20 +201,8 @@ __global__ void __launch_bounds__(kGThreads, 1)
   }
   cp_async_wait_all();
 
-  // part[split][owner row][d] = acc / gs; element e of D fragment n: row h = e / 2, d = 8 n + 2 t4 + e % 2.
-  const float unscale = 1.f / gs;
-  float* out = part + int64_t(blockIdx.y) * own.n * p.D;
-#pragma unroll
-  for (int n = 0; n < kDFrags; ++n) {
-    const int64_t d = int64_t(slice) * kOut + int64_t(n) * 8 + 2 * t4;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (o[h].i < own.n && d < p.D) {
-        *reinterpret_cast<float2*>(out + o[h].i * p.D + d) =
-            make_float2(acc[n][2 * h] * unscale, acc[n][2 * h + 1] * unscale);
-      }
-    }
-  }
+  // part[split][owner row][d] = acc / gs.
+  store_grad_slice<kOut>(acc, part + int64_t(blockIdx.y) * own.n * p.D, o[0].i, own.n, p.D, slice, t4, 1.f / gs);
   if (kRowOwner && slice == 0) {  // every slice forms the same G; the first one sums the scale gradient
     block_sum_to(dscale, s_red, scale_part, int64_t(blockIdx.y) * gridDim.x + blockIdx.x);
   }

@@ -87,11 +87,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
   };
   // The q rows first, in a group of their own, so the warps take their fragments before the loop.
   load_swizzled<T, kD, kBM, kMmaThreads>(sQ, q, p.M, p.D, row0);
-  cp_async_commit();
-  if (t_begin < t_end) issue(t_begin, 0);
-  cp_async_commit();
-  cp_async_wait_prev();
-  __syncthreads();
+  start_two_stage(issue, t_begin, t_end);
   uint32_t qa[kSteps][4];
   load_warp_rows<kD>(qa, smem_addr(sQ), warp, lane);
 
@@ -99,11 +95,7 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
   RowRun run;
 
   for (int tile = t_begin; tile < t_end; ++tile) {
-    const int stage = (tile - t_begin) & 1;
-    if (tile + 1 < t_end) issue(tile + 1, stage ^ 1);
-    cp_async_commit();
-    cp_async_wait_prev();
-    __syncthreads();
+    const int stage = next_two_stage(issue, tile, t_begin, t_end);
 
     // S (16 x 64 per warp) = q_w . k_tile^T.
     float acc[kFrags][4];

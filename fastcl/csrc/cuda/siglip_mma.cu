@@ -98,22 +98,14 @@ __global__ void __launch_bounds__(kMmaThreads, kD <= 128 ? 2 : 1)
     }
   };
   load_swizzled<T, kD, kBM, kMmaThreads>(sOwn, static_cast<const T*>(own.x), own.n, p.D, o0);
-  cp_async_commit();
-  if (t_begin < t_end) issue(t_begin, 0);
-  cp_async_commit();
-  cp_async_wait_prev();
-  __syncthreads();
+  start_two_stage(issue, t_begin, t_end);
   uint32_t qa[kSteps][4];
   load_warp_rows<kD>(qa, smem_addr(sOwn), warp, lane);
   const LaneRows<kD> krow = logit_rows<kD>(lane);
   double total = 0.0;
 
   for (int tile = t_begin; tile < t_end; ++tile) {
-    const int stage = (tile - t_begin) & 1;
-    if (tile + 1 < t_end) issue(tile + 1, stage ^ 1);
-    cp_async_commit();
-    cp_async_wait_prev();
-    __syncthreads();
+    const int stage = next_two_stage(issue, tile, t_begin, t_end);
     float acc[kFrags][4];
     warp_logits<T, kD, kBN>(acc, qa, smem_addr(sStr) + stage * L::kStageStr, krow);
     const float* inv = sInv + stage * kBN;
@@ -188,11 +180,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
     }
   };
   load_swizzled<T, kD, kBM, kMmaThreads>(sOwn, static_cast<const T*>(own.x), own.n, p.D, o0);
-  cp_async_commit();
-  if (t_begin < t_end) issue(t_begin, 0);
-  cp_async_commit();
-  cp_async_wait_prev();
-  __syncthreads();
+  start_two_stage(issue, t_begin, t_end);
   uint32_t oa[kOwnInRegisters ? kD / 16 : 1][4];
   if constexpr (kOwnInRegisters) load_warp_rows<kD>(oa, smem_addr(sOwn), warp, lane);
   const LaneRows<kD> orow = warp_rows<kD>(warp, lane);
@@ -204,11 +192,7 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   double dscale = 0.0, dbias = 0.0;
 
   for (int tile = t_begin; tile < t_end; ++tile) {
-    const int stage = (tile - t_begin) & 1;
-    if (tile + 1 < t_end) issue(tile + 1, stage ^ 1);
-    cp_async_commit();
-    cp_async_wait_prev();
-    __syncthreads();
+    const int stage = next_two_stage(issue, tile, t_begin, t_end);
     const SmemAddr sa = smem_addr(sStr) + stage * L::kStageStr;
     const float* inv = sInv + stage * kBN;
     float s[kSFrags][4];
@@ -257,19 +241,8 @@ __global__ void __launch_bounds__(kMmaThreads, 1)
   }
   cp_async_wait_all();
 
-  const float unscale = 1.f / gs;
-  float* out = part + int64_t(blockIdx.y) * own.n * p.D;
-#pragma unroll
-  for (int n = 0; n < kDFrags; ++n) {
-    const int64_t d = int64_t(slice) * kOut + int64_t(n) * 8 + 2 * t4;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int64_t i = o0 + warp * 16 + g + 8 * h;
-      if (i < own.n && d < p.D) {
-        *reinterpret_cast<float2*>(out + i * p.D + d) = make_float2(acc[n][2 * h] * unscale, acc[n][2 * h + 1] * unscale);
-      }
-    }
-  }
+  store_grad_slice<kOut>(acc, part + int64_t(blockIdx.y) * own.n * p.D, o0 + warp * 16 + g, own.n, p.D, slice, t4,
+                         1.f / gs);
   if (kRowOwner && slice == 0) {  // every slice forms the same G; the first one sums the scalars
     const int64_t k = int64_t(blockIdx.y) * gridDim.x + blockIdx.x, count = int64_t(gridDim.x) * gridDim.y;
     block_sum_to(dscale, s_red, sums, k);

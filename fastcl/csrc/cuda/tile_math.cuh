@@ -303,4 +303,28 @@ __device__ __forceinline__ void block_sum_to(double value, double* s_red, double
   __syncthreads();
 }
 
+// The two-stage cp.async pipeline of the narrow mma kernels. start_two_stage: closes the group of the
+// copies issued before it (the block's own rows), issues the first tile's (issue(tile, stage)) in a
+// group of its own and waits for the first group only, so the warps take their row fragments while
+// the tile is in flight. next_two_stage, at each tile: issues the next tile into the other stage
+// (freed by the barrier that ended the last tile), waits for this tile's copies; returns its stage.
+template <typename Issue>
+__device__ __forceinline__ void start_two_stage(Issue&& issue, int t_begin, int t_end) {
+  cp_async_commit();
+  if (t_begin < t_end) issue(t_begin, 0);
+  cp_async_commit();
+  cp_async_wait_prev();
+  __syncthreads();
+}
+
+template <typename Issue>
+__device__ __forceinline__ int next_two_stage(Issue&& issue, int tile, int t_begin, int t_end) {
+  const int stage = (tile - t_begin) & 1;
+  if (tile + 1 < t_end) issue(tile + 1, stage ^ 1);
+  cp_async_commit();
+  cp_async_wait_prev();
+  __syncthreads();
+  return stage;
+}
+
 }  // namespace fastcl::gpu

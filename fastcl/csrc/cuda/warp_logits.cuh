@@ -111,4 +111,23 @@ __device__ __forceinline__ void warp_grad_product(float (&acc)[kOut / 8][4], con
   }
 }
 
+// out[row][d] = acc * unscale, the backward kernels' partials: the thread's owner rows row0 and row0 + 8
+// (< n) and its columns of gradient slice `slice` (kOut wide, d < D); element e of fragment f is row
+// row0 + 8 (e / 2), column slice kOut + 8 f + 2 t4 + e % 2.
+template <int kOut>
+__device__ __forceinline__ void store_grad_slice(const float (&acc)[kOut / 8][4], float* out, int64_t row0, int64_t n,
+                                                 int64_t D, int slice, int t4, float unscale) {
+#pragma unroll
+  for (int f = 0; f < kOut / 8; ++f) {
+    const int64_t d = int64_t(slice) * kOut + int64_t(f) * 8 + 2 * t4;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t i = row0 + 8 * h;
+      if (i < n && d < D) {
+        *reinterpret_cast<float2*>(out + i * D + d) = make_float2(acc[f][2 * h] * unscale, acc[f][2 * h + 1] * unscale);
+      }
+    }
+  }
+}
+
 }  // namespace fastcl::gpu
